@@ -1,0 +1,3 @@
+"""layerkit CLI commands: check."""
+
+from . import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""layerkit CLI commands: inspect."""
+
+from . import app  # noqa: F401

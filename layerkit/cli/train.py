@@ -1,0 +1,3 @@
+"""layerkit CLI commands: train."""
+
+from . import app  # noqa: F401

@@ -1,0 +1,44 @@
+"""Initializers named by :class:`layerkit.layer.ParamSpec.init`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .layer import ParamSpec
+
+
+def _fans(spec: ParamSpec) -> tuple[int, int]:
+    size = int(np.prod(spec.shape)) if spec.shape else 1
+    fan_in = spec.fan_in or (spec.shape[0] if spec.shape else 1)
+    fan_out = spec.fan_out or max(size // max(fan_in, 1), 1)
+    return fan_in, fan_out
+
+
+def initialize(spec: ParamSpec, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
+    fan_in, fan_out = _fans(spec)
+    shape = tuple(spec.shape)
+    name = spec.init
+    if name == "zeros":
+        value = np.zeros(shape)
+    elif name == "ones":
+        value = np.ones(shape)
+    elif name == "he_normal":
+        value = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+    elif name == "he_uniform":
+        limit = math.sqrt(6.0 / fan_in)
+        value = rng.uniform(-limit, limit, shape)
+    elif name == "glorot_uniform":
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        value = rng.uniform(-limit, limit, shape)
+    elif name == "glorot_normal":
+        value = rng.standard_normal(shape) * math.sqrt(2.0 / (fan_in + fan_out))
+    elif name == "lecun_normal":
+        value = rng.standard_normal(shape) * math.sqrt(1.0 / fan_in)
+    else:
+        raise ValueError(f"unknown initializer {name!r}")
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+INITIALIZERS = ("zeros", "ones", "he_normal", "he_uniform", "glorot_uniform", "glorot_normal", "lecun_normal")

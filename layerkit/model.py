@@ -1,0 +1,162 @@
+"""A built model: the graph plus its tensors, with forward and backward passes.
+
+This is the training hot path: plain loops over nodes, no plugin calls.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import CheckpointError
+from .graph import Graph, Node
+from .initializers import initialize
+from .spec import RESERVED_INPUT
+
+
+class Model:
+    def __init__(self, graph: Graph, params: dict[str, dict[str, np.ndarray]],
+                 state: dict[str, dict[str, np.ndarray]], dtype=np.float32) -> None:
+        self.graph = graph
+        self.nodes: list[Node] = graph.nodes
+        self.params = params
+        self.state = state
+        self.dtype = np.dtype(dtype)
+        # per node: positions in the value list, so forward is index lookups only
+        names = [RESERVED_INPUT] + [n.name for n in self.nodes]
+        slot = {name: i for i, name in enumerate(names)}
+        self._in_slots = [[slot[r] for r in n.inputs] for n in self.nodes]
+        self._single = [n.layer.arity == 1 for n in self.nodes]
+
+    @classmethod
+    def initialize(cls, graph: Graph, seed: int = 0, dtype=np.float32) -> "Model":
+        """Allocate parameters deterministically: one generator per tensor, seeded from
+        (seed, node index, tensor name), so adding a layer does not reshuffle the others."""
+        params, state = {}, {}
+        for index, node in enumerate(graph.nodes):
+            params[node.name] = {}
+            for tname, pspec in node.param_specs.items():
+                rng = np.random.default_rng([seed, index, *tname.encode()])
+                params[node.name][tname] = initialize(pspec, rng, dtype)
+            state[node.name] = {tname: initialize(sspec, np.random.default_rng(0), dtype)
+                                for tname, sspec in node.state_specs.items()}
+        return cls(graph, params, state, dtype)
+
+    # -- compute -------------------------------------------------------------
+    def forward(self, x: np.ndarray, training: bool = False,
+                rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[Any]]:
+        values: list[Any] = [x]
+        caches: list[Any] = []
+        for node, slots, single in zip(self.nodes, self._in_slots, self._single):
+            inp = values[slots[0]] if single else [values[s] for s in slots]
+            y, cache = node.layer.forward(self.params[node.name], inp, training, rng, self.state[node.name])
+            values.append(y)
+            caches.append(cache)
+        return values[-1], caches
+
+    def backward(self, caches: list[Any], dout: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """Gradients of every parameter tensor, given d(loss)/d(output)."""
+        n = len(self.nodes)
+        dvalues: list[Any] = [None] * (n + 1)
+        dvalues[n] = dout
+        grads: dict[str, dict[str, np.ndarray]] = {}
+        for i in range(n - 1, -1, -1):
+            node = self.nodes[i]
+            dy = dvalues[i + 1]
+            dvalues[i + 1] = None
+            if dy is None:  # cannot happen in a validated graph; kept for safety
+                continue
+            dx, g = node.layer.backward(self.params[node.name], caches[i], dy)
+            caches[i] = None
+            grads[node.name] = g
+            slots = self._in_slots[i]
+            dxs = [dx] if self._single[i] else dx
+            for s, d in zip(slots, dxs):
+                if s == 0:
+                    continue  # nobody needs the gradient w.r.t. the data
+                dvalues[s] = d if dvalues[s] is None else dvalues[s] + d
+        return grads
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        outs = [self.forward(np.ascontiguousarray(x[i:i + batch_size], dtype=self.dtype))[0]
+                for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs)
+
+    # -- tensors -------------------------------------------------------------
+    def parameters(self) -> Iterator[tuple[str, str, np.ndarray]]:
+        for node in self.nodes:
+            for tname, value in self.params[node.name].items():
+                yield node.name, tname, value
+
+    @property
+    def param_count(self) -> int:
+        return sum(v.size for _, _, v in self.parameters())
+
+    def astype(self, dtype) -> "Model":
+        cast = lambda d: {k: {t: v.astype(dtype) for t, v in inner.items()} for k, inner in d.items()}
+        return Model(self.graph, cast(self.params), cast(self.state), dtype)
+
+    def weights_dict(self) -> dict[str, np.ndarray]:
+        out = {}
+        for kind, table in (("params", self.params), ("state", self.state)):
+            for node, tensors in table.items():
+                for tname, value in tensors.items():
+                    out[f"{kind}/{node}/{tname}"] = value
+        return out
+
+    def save_weights(self, path: str | Path) -> None:
+        save_npz_atomic(path, self.weights_dict())
+
+    def load_weights(self, path: str | Path) -> None:
+        data = load_npz(path)
+        self.set_weights(data, source=str(path))
+
+    def set_weights(self, data: dict[str, np.ndarray], source: str = "weights") -> None:
+        expected = {k: v for k, v in self.weights_dict().items()}
+        missing = sorted(set(expected) - set(data))
+        extra = sorted(set(data) - set(expected))
+        problems = []
+        if missing:
+            problems.append(f"missing tensors: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if extra:
+            problems.append(f"unexpected tensors: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        for key in sorted(set(expected) & set(data)):
+            if data[key].shape != expected[key].shape:
+                problems.append(f"{key} has shape {data[key].shape}, the model needs {expected[key].shape}")
+        if problems:
+            raise CheckpointError(f"{source}: does not fit model {self.graph.spec.name!r}: " + "; ".join(problems))
+        for key, value in data.items():
+            kind, node, tname = key.split("/", 2)
+            table = self.params if kind == "params" else self.state
+            table[node][tname][...] = value.astype(self.dtype)
+
+
+def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz so that a crash leaves either the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as exc:  # zipfile/ValueError for corrupt or pickled content
+        raise CheckpointError(f"{path}: not a readable .npz weights file ({type(exc).__name__}: {exc})") from None

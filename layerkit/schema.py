@@ -1,0 +1,185 @@
+"""The JSON Schema of model files.
+
+:data:`MODEL_SCHEMA` is the static part, the same for every installation; it
+is committed as ``schemas/model.schema.json`` (a test keeps the two equal).
+:func:`composed_schema` adds every installed plugin's layer, loss and
+optimizer parameter schemas so editors can validate and autocomplete model
+files, third-party layers included (``layerkit schema``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+FORMAT_VERSION = 1
+SCHEMA_ID = "https://layerkit.dev/schemas/model.schema.json"
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+
+#: keys every layer object may have whatever its type
+LAYER_COMMON_KEYS = {
+    "type": {"type": "string", "description": "Registered layer type, e.g. conv2d."},
+    "name": {"type": "string", "pattern": NAME_PATTERN,
+             "description": "Unique layer name (default: TYPE_INDEX). 'input' is reserved."},
+    "inputs": {
+        "description": "Layer name(s) this layer reads ('input' is the model input). "
+                     "Default: the previous layer.",
+        "oneOf": [
+            {"type": "string", "pattern": NAME_PATTERN},
+            {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN}, "minItems": 1},
+        ],
+    },
+    "description": {"type": "string", "description": "Free text, ignored."},
+}
+
+SCHEDULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Learning-rate schedule, applied per epoch (warm-up per step).",
+    "properties": {
+        "type": {"enum": ["constant", "step", "exponential", "cosine"]},
+        "step_size": {"type": "integer", "minimum": 1, "description": "step: epochs between decays"},
+        "gamma": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                  "description": "step/exponential: decay factor"},
+        "min_lr": {"type": "number", "minimum": 0, "description": "cosine: final learning rate"},
+        "warmup_epochs": {"type": "number", "minimum": 0,
+                          "description": "linear warm-up from 0 over this many epochs"},
+    },
+    "required": ["type"],
+    "additionalProperties": False,
+}
+
+DATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "How the dataset is loaded and prepared.",
+    "properties": {
+        "classes": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2,
+                    "uniqueItems": True,
+                    "description": "keep only these labels, relabelled 0..k-1 in this order"},
+        "train_limit": {"type": "integer", "minimum": 1, "description": "use at most this many training samples"},
+        "test_limit": {"type": "integer", "minimum": 1, "description": "use at most this many test samples"},
+        "validation_split": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
+                             "description": "fraction of training data held out for validation"},
+        "normalize": {"enum": ["unit", "standardize", "none"], "default": "unit",
+                      "description": "unit: pixels to [0, 1]; standardize: zero mean, unit variance"},
+        "data_dir": {"type": "string", "description": "directory holding the dataset files"},
+    },
+    "additionalProperties": False,
+}
+
+TRAINING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "dataset": {"type": "string", "description": "Registered dataset name, e.g. mnist."},
+        "data": DATA_SCHEMA,
+        "epochs": {"type": "integer", "minimum": 1, "default": 10},
+        "batch_size": {"type": "integer", "minimum": 1, "default": 64},
+        "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "optimizer": {
+            "type": "object",
+            "properties": {"type": {"type": "string"}},
+            "required": ["type"],
+            "description": "Registered optimizer and its parameters.",
+        },
+        "schedule": SCHEDULE_SCHEMA,
+        "weight_decay": {"type": "number", "minimum": 0, "default": 0,
+                         "description": "L2 penalty (lambda/2)*||w||^2 on weights (not biases)"},
+        "early_stopping": {
+            "type": "object",
+            "properties": {
+                "monitor": {"enum": ["val_loss", "val_accuracy", "test_loss", "test_accuracy",
+                                     "train_loss", "train_accuracy"], "default": "val_loss"},
+                "patience": {"type": "integer", "minimum": 1, "default": 3},
+                "min_delta": {"type": "number", "minimum": 0, "default": 0},
+            },
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
+}
+
+MODEL_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SCHEMA_ID,
+    "title": "layerkit model file",
+    "type": "object",
+    "properties": {
+        "$schema": {"type": "string"},
+        "format": {"const": FORMAT_VERSION, "description": "Model file format version."},
+        "name": {"type": "string", "pattern": NAME_PATTERN},
+        "description": {"type": "string"},
+        "input": {
+            "type": "object",
+            "properties": {
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 1},
+                          "minItems": 1, "maxItems": 4,
+                          "description": "Per-sample input shape, channels first, e.g. [1, 28, 28]."},
+            },
+            "required": ["shape"],
+            "additionalProperties": False,
+        },
+        "layers": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "object", "properties": LAYER_COMMON_KEYS, "required": ["type"]},
+        },
+        "output": {"type": "string", "pattern": NAME_PATTERN,
+                   "description": "Name of the output layer (default: the last layer)."},
+        "loss": {
+            "type": "object",
+            "properties": {"type": {"type": "string"}},
+            "required": ["type"],
+        },
+        "training": TRAINING_SCHEMA,
+    },
+    "required": ["format", "input", "layers"],
+    "additionalProperties": False,
+}
+
+
+def _with_type(type_name: str, params_schema: dict, common: dict) -> dict:
+    """A per-type object schema: the plugin's parameters plus the common keys."""
+    schema = copy.deepcopy(params_schema)
+    props = {**copy.deepcopy(common), **schema.get("properties", {})}
+    props["type"] = {"const": type_name}
+    schema["properties"] = props
+    schema["type"] = "object"
+    schema["additionalProperties"] = False
+    schema["required"] = sorted({"type", *schema.get("required", [])})
+    return schema
+
+
+def composed_schema(registry) -> dict[str, Any]:
+    """The full schema: static part plus every registered type's parameters."""
+    schema = copy.deepcopy(MODEL_SCHEMA)
+    schema["$id"] = SCHEMA_ID.replace("model.schema", "model.composed.schema")
+    defs: dict[str, Any] = {}
+
+    def branches(kind: str, common: dict) -> list[dict]:
+        out = []
+        for name in registry.names(kind):
+            cls = registry.get(kind, name)
+            key = f"{kind}.{name}"
+            defs[key] = _with_type(name, getattr(cls, "params_schema", {}), common)
+            defs[key]["description"] = getattr(cls, "description", "")
+            out.append({"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+                        "then": {"$ref": f"#/$defs/{key}"}})
+        return out
+
+    def enum_of(kind: str) -> dict:
+        return {"type": "string", "enum": registry.names(kind)}
+
+    layer_items = schema["properties"]["layers"]["items"]
+    layer_items["properties"]["type"] = {**enum_of("layer"), "description": "Registered layer type."}
+    layer_items["allOf"] = branches("layer", LAYER_COMMON_KEYS)
+
+    loss = schema["properties"]["loss"]
+    loss["properties"]["type"] = enum_of("loss")
+    loss["allOf"] = branches("loss", {})
+
+    opt = schema["properties"]["training"]["properties"]["optimizer"]
+    opt["properties"]["type"] = enum_of("optimizer")
+    opt["allOf"] = branches("optimizer", {})
+
+    schema["properties"]["training"]["properties"]["dataset"] = enum_of("dataset")
+    schema["$defs"] = defs
+    return schema
