@@ -1,18 +1,24 @@
 """The static layer graph: wiring, topological order and inferred shapes.
 
 Everything here comes from the model file alone; no activation is allocated.
+Shape errors name the layer (``layers[i]``, name, type), the shape it was
+given, the layer's reason, and the shapes inferred on the way there. Layers
+on independent branches are still checked after one fails, so a file's
+shape problems are reported together.
 """
 
 from __future__ import annotations
 
-import difflib
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import GraphError, LayerkitError, Problem, ShapeError
+from .initializers import INITIALIZERS
 from .layer import Layer, ParamSpec, Shape
 from .registry import Registry
-from .spec import RESERVED_INPUT, LayerSpec, ModelSpec
+from .spec import LayerSpec, ModelSpec
+from .wiring import RESERVED_INPUT, ancestors, arity_problem, topological_order, wiring_problems
 
 FLOAT32_BYTES = 4
 
@@ -27,6 +33,7 @@ class Node:
     state_specs: dict[str, ParamSpec]
     flops: int
     consumers: list[str] = field(default_factory=list)
+    plugin: str = ""
 
     @property
     def name(self) -> str:
@@ -40,6 +47,10 @@ class Node:
     def param_count(self) -> int:
         return sum(_size(p.shape) for p in self.param_specs.values())
 
+    @property
+    def state_count(self) -> int:
+        return sum(_size(p.shape) for p in self.state_specs.values())
+
 
 def _size(shape) -> int:
     n = 1
@@ -51,15 +62,18 @@ def _size(shape) -> int:
 @dataclass
 class Graph:
     spec: ModelSpec
-    nodes: list[Node]  # topological order
+    nodes: list[Node]  # topological order, the output node last
     input_shape: Shape
+
+    def __post_init__(self) -> None:
+        self._by_name = {n.name: n for n in self.nodes}
 
     @property
     def output(self) -> Node:
         return self.nodes[-1]
 
     def node(self, name: str) -> Node:
-        return next(n for n in self.nodes if n.name == name)
+        return self._by_name[name]
 
     @property
     def param_count(self) -> int:
@@ -76,104 +90,93 @@ class Graph:
         return 2 * per_sample * batch_size * FLOAT32_BYTES
 
     def shape_trace(self, upto: int | None = None) -> str:
-        parts = [f"input {self.input_shape}"]
-        for n in self.nodes[:upto]:
-            parts.append(f"{n.name} {n.output_shape}")
-        return " -> ".join(parts)
+        return _trace(self.input_shape, [(n.name, n.output_shape) for n in self.nodes[:upto]])
 
 
-def _topological(spec: ModelSpec) -> list[LayerSpec]:
-    by_name = {layer.name: layer for layer in spec.layers}
-    problems = []
-    for layer in spec.layers:
-        for i, ref in enumerate(layer.inputs):
-            if ref != RESERVED_INPUT and ref not in by_name:
-                close = difflib.get_close_matches(ref, [*by_name, RESERVED_INPUT], n=1)
-                hint = f", did you mean {close[0]!r}?" if close else ""
-                problems.append(Problem(f"{layer.label} reads unknown layer {ref!r}{hint}",
-                                        ("layers", layer.index, "inputs"), spec.source))
-            elif ref == layer.name:
-                problems.append(Problem(f"{layer.label} reads its own output (a cycle)",
-                                        ("layers", layer.index, "inputs"), spec.source))
-    if spec.output not in by_name:
-        problems.append(Problem(f"output {spec.output!r} is not a layer name", ("output",), spec.source))
-    if problems:
-        raise GraphError(problems=problems)
+def _trace(input_shape: Shape, steps: list[tuple[str, Shape]]) -> str:
+    return " -> ".join([f"input {tuple(input_shape)}", *(f"{name} {shape}" for name, shape in steps)])
 
-    # Kahn's algorithm, keeping file order among ready layers
-    pending = {layer.name: {r for r in layer.inputs if r != RESERVED_INPUT} for layer in spec.layers}
-    order: list[LayerSpec] = []
-    done: set[str] = set()
-    while len(order) < len(spec.layers):
-        ready = [layer for layer in spec.layers if layer.name not in done and pending[layer.name] <= done]
-        if not ready:
-            stuck = [layer.name for layer in spec.layers if layer.name not in done]
-            raise GraphError(problems=[Problem(f"the layers {', '.join(map(repr, stuck))} form a cycle", ("layers",),
-                                               spec.source)])
-        order.append(ready[0])
-        done.add(ready[0].name)
 
-    # unused branches: everything must feed the output
-    needed, stack = set(), [spec.output]
-    while stack:
-        name = stack.pop()
-        if name in needed or name == RESERVED_INPUT:
-            continue
-        needed.add(name)
-        stack.extend(by_name[name].inputs)
-    unused = [layer for layer in spec.layers if layer.name not in needed]
-    if unused:
-        raise GraphError(problems=[
-            Problem(f"{layer.label} does not contribute to the output {spec.output!r} (unused branch)",
-                    ("layers", layer.index), spec.source) for layer in unused])
-    # the output layer goes last so that graph.nodes[-1] is the output
-    order.remove(by_name[spec.output])
-    order.append(by_name[spec.output])
-    return [layer for layer in order if layer.name in needed]
+def _shape(value: Any) -> Shape:
+    """A plugin's answer as a shape; ``operator.index`` refuses floats like 2.5."""
+    return tuple(operator.index(d) for d in value)
+
+
+def _specs(value: Any, what: str) -> dict[str, ParamSpec]:
+    if not isinstance(value, dict) or not all(isinstance(v, ParamSpec) for v in value.values()):
+        raise TypeError(f"{what} must return a dict of ParamSpec, got {type(value).__name__}")
+    for name, spec in value.items():
+        shape = _shape(spec.shape)
+        if any(d < 1 for d in shape):
+            raise ValueError(f"{what} gave tensor {name!r} the shape {shape}")
+        if spec.init not in INITIALIZERS:
+            raise ValueError(f"{what} gave tensor {name!r} the unknown initializer {spec.init!r}")
+    return value
 
 
 def build_graph(spec: ModelSpec, registry: Registry) -> Graph:
     """Instantiate every layer and infer every shape, statically."""
-    order = _topological(spec)
+    source = spec.source
+    problems = wiring_problems(spec.layers, spec.output, source)
+    for layer_spec in spec.layers:
+        cls = registry.layer(layer_spec.type)
+        found = arity_problem(layer_spec, cls.arity, source)
+        if found:
+            problems.append(found)
+    if problems:
+        raise GraphError(problems=problems)
+
+    order: list[LayerSpec] = topological_order(spec.layers, spec.output)
+    by_name = {layer.name: layer for layer in spec.layers}
     shapes: dict[str, Shape] = {RESERVED_INPUT: tuple(spec.input_shape)}
     nodes: list[Node] = []
-    graph = Graph(spec, nodes, tuple(spec.input_shape))
+    failed: set[str] = set()
     for layer_spec in order:
-        cls = registry.layer(layer_spec.type)
-        arity = cls.arity
-        n_in = len(layer_spec.inputs)
-        where = ("layers", layer_spec.index, "inputs")
-        if arity is None and n_in < 2:
-            raise GraphError(problems=[Problem(f"{layer_spec.label} needs two or more inputs, got {n_in}",
-                                               where, spec.source)])
-        if arity is not None and n_in != arity:
-            raise GraphError(problems=[Problem(f"{layer_spec.label} takes {arity} input(s), got {n_in}",
-                                               where, spec.source)])
+        if any(ref in failed for ref in layer_spec.inputs):
+            failed.add(layer_spec.name)  # its input shape is unknown: nothing more to say
+            continue
+        entry = registry.entry("layer", layer_spec.type)
+        arity = entry.obj.arity
         in_shapes = [shapes[ref] for ref in layer_spec.inputs]
         in_shape = in_shapes[0] if arity == 1 else in_shapes
         try:
-            layer = cls(**layer_spec.config)
-            out = tuple(int(d) for d in layer.output_shape(in_shape))
-            if not out or any(d < 1 for d in out):
-                raise ShapeError(f"would produce the empty shape {out}")
-            params = layer.param_specs(in_shape)
-            state = layer.state_specs(in_shape)
-            flops = int(layer.flops(in_shape))
+            node = _node(layer_spec, entry.obj, in_shape, entry.plugin)
         except LayerkitError as exc:
             got = in_shape if arity == 1 else " and ".join(map(str, in_shapes))
-            raise ShapeError(problems=[
-                Problem(f"{layer_spec.label} with input shape {got}: {exc}", ("layers", layer_spec.index),
-                        spec.source),
-                Problem(f"shapes so far: {graph.shape_trace()}", (), spec.source),
-            ]) from None
-        except Exception as exc:  # a plugin bug must still name the layer
-            raise ShapeError(problems=[Problem(
-                f"{layer_spec.label}: layer {cls.__module__}.{cls.__name__} failed to build: "
-                f"{type(exc).__name__}: {exc}", ("layers", layer_spec.index), spec.source)]) from exc
-        shapes[layer_spec.name] = out
-        nodes.append(Node(layer_spec, layer, in_shape, out, params, state, flops))
+            reason = " ".join(str(exc).splitlines()) or type(exc).__name__
+            where = ("layers", layer_spec.index)
+            steps = [(n.name, n.output_shape) for n in nodes
+                     if n.name in ancestors(layer_spec.name, by_name)]
+            problems += [Problem(f"{layer_spec.label} with input shape {got}: {reason}", where, source),
+                         Problem(f"shapes so far: {_trace(spec.input_shape, steps)}", where, source)]
+            failed.add(layer_spec.name)
+            continue
+        except Exception as exc:  # a plugin bug must still name the layer and the plugin
+            problems.append(Problem(
+                f"{layer_spec.label}: plugin {entry.plugin} failed on input shape {in_shape} "
+                f"({type(exc).__name__}: {exc}); this is a bug in the plugin",
+                ("layers", layer_spec.index), source))
+            failed.add(layer_spec.name)
+            continue
+        shapes[layer_spec.name] = node.output_shape
+        nodes.append(node)
+    if problems:
+        raise ShapeError(problems=problems)
+
+    graph = Graph(spec, nodes, tuple(spec.input_shape))
     for node in nodes:
         for ref in node.inputs:
             if ref != RESERVED_INPUT:
                 graph.node(ref).consumers.append(node.name)
     return graph
+
+
+def _node(layer_spec: LayerSpec, cls: type, in_shape: Any, plugin: str) -> Node:
+    layer = cls(**layer_spec.config)
+    out = _shape(layer.output_shape(in_shape))
+    if not out or any(d < 1 for d in out):
+        raise ShapeError(f"would produce the empty shape {out}")
+    params = _specs(layer.param_specs(in_shape), "param_specs")
+    state = _specs(layer.state_specs(in_shape), "state_specs")
+    flops = operator.index(layer.flops(in_shape))
+    return Node(layer_spec, layer, in_shape, out, params, state, flops, plugin=plugin)

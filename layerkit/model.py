@@ -5,6 +5,7 @@ This is the training hot path: plain loops over nodes, no plugin calls.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -35,12 +36,13 @@ class Model:
     @classmethod
     def initialize(cls, graph: Graph, seed: int = 0, dtype=np.float32) -> "Model":
         """Allocate parameters deterministically: one generator per tensor, seeded from
-        (seed, node index, tensor name), so adding a layer does not reshuffle the others."""
+        (seed, layer name, tensor name), so adding or reordering layers does not
+        reshuffle the others."""
         params, state = {}, {}
-        for index, node in enumerate(graph.nodes):
+        for node in graph.nodes:
             params[node.name] = {}
             for tname, pspec in node.param_specs.items():
-                rng = np.random.default_rng([seed, index, *tname.encode()])
+                rng = np.random.default_rng([seed, *_name_key(node.name, tname)])
                 params[node.name][tname] = initialize(pspec, rng, dtype)
             state[node.name] = {tname: initialize(sspec, np.random.default_rng(0), dtype)
                                 for tname, sspec in node.state_specs.items()}
@@ -125,7 +127,9 @@ class Model:
         if extra:
             problems.append(f"unexpected tensors: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
         for key in sorted(set(expected) & set(data)):
-            if data[key].shape != expected[key].shape:
+            if not np.issubdtype(data[key].dtype, np.number) or np.issubdtype(data[key].dtype, np.complexfloating):
+                problems.append(f"{key} holds {data[key].dtype} values, not real numbers")
+            elif data[key].shape != expected[key].shape:
                 problems.append(f"{key} has shape {data[key].shape}, the model needs {expected[key].shape}")
         if problems:
             raise CheckpointError(f"{source}: does not fit model {self.graph.spec.name!r}: " + "; ".join(problems))
@@ -133,6 +137,12 @@ class Model:
             kind, node, tname = key.split("/", 2)
             table = self.params if kind == "params" else self.state
             table[node][tname][...] = value.astype(self.dtype)
+
+
+def _name_key(layer: str, tensor: str) -> list[int]:
+    # a stable digest (not hash(), which is salted per process) of the two names
+    digest = hashlib.sha256(f"{layer}\0{tensor}".encode()).digest()
+    return [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
 
 
 def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
+import re
 import threading
 from typing import Iterable
 
+import jsonschema
 import pluggy
 
 from . import hookspecs
@@ -21,6 +23,7 @@ from .registry import KINDS, LoadProblem, PluginInfo, Registry
 
 ENTRY_POINT_GROUP = "layerkit"
 DISABLE_ENV = "LAYERKIT_DISABLE_PLUGINS"
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "layerkit.layers.dense",
@@ -71,6 +74,11 @@ def load_registry(extra_plugins: Iterable[object] = (), *,
     pm.add_hookspecs(hookspecs)
 
     def add(name: str, load, dist: str | None = None, version: str | None = None) -> None:
+        if name in registry.plugins:
+            message = f"a second plugin is named {name!r}; it is ignored"
+            registry.plugins[name].errors.append(message)
+            registry.problems.append(LoadProblem(name, message))
+            return
         info = PluginInfo(name=name, distribution=dist, version=version)
         registry.plugins[name] = info
         if name in disabled:
@@ -94,39 +102,84 @@ def load_registry(extra_plugins: Iterable[object] = (), *,
         add(name, lambda plugin=plugin: plugin)
     if entry_points:
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if ep.name in registry.plugins:
-                continue
             dist, version = _distribution_of(ep)
             add(ep.name, ep.load, dist, version)
 
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        # a misspelled hook name: say which plugin, drop it, keep the rest
-        name = pm.get_name(exc.plugin) or str(exc.plugin)
-        registry.problems.append(LoadProblem(name, f"unknown hook: {exc}"))
-        registry.plugins[name].errors.append(f"unknown hook: {exc}")
-        pm.unregister(exc.plugin)
-
+    _drop_invalid_hooks(pm, registry)
     for kind in KINDS:
-        caller = getattr(pm.hook, HOOKS[kind])
-        # call each implementation on its own so one raising does not hide the rest
-        for impl in reversed(caller.get_hookimpls()):
-            name = impl.plugin_name
-            info = registry.plugins.setdefault(name, PluginInfo(name=name))
-            info.hooks.append(HOOKS[kind])
+        _call_hooks(pm, kind, registry)
+    return registry
 
-            def register(obj, _kind=kind, _name=name):
-                key = getattr(obj, "name", None) if _kind == "dataset" else getattr(obj, "type", None)
-                registry.add(_kind, key, obj, _name)
 
-            try:
-                impl.function(register=register)
-            except Exception as exc:
-                message = f"{HOOKS[kind]} raised {type(exc).__name__}: {exc}"
+def _drop_invalid_hooks(pm: pluggy.PluginManager, registry: Registry) -> None:
+    """A misspelled hook name would otherwise be silently ignored; name the plugin and drop it.
+    ``check_pending`` stops at the first offender, hence the loop."""
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or str(exc.plugin)
+            message = f"unknown hook: {exc} (known hooks: {', '.join(HOOKS.values())})"
+            registry.problems.append(LoadProblem(name, message))
+            registry.plugins.setdefault(name, PluginInfo(name=name)).errors.append(message)
+            pm.unregister(exc.plugin)
+
+
+def _call_hooks(pm: pluggy.PluginManager, kind: str, registry: Registry) -> None:
+    hook = HOOKS[kind]
+    # each implementation on its own, so that one raising does not hide the rest;
+    # get_hookimpls lists the last registered first
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        name = impl.plugin_name
+        info = registry.plugins.setdefault(name, PluginInfo(name=name))
+        info.hooks.append(hook)
+        offered: list[object] = []
+        try:
+            impl.function(register=offered.append)
+        except Exception as exc:
+            # all or nothing: a half-registered plugin would fail in confusing ways later
+            message = f"{hook} raised {type(exc).__name__}: {exc}"
+            info.errors.append(message)
+            registry.problems.append(LoadProblem(name, message))
+            continue
+        for obj in offered:
+            reason = contract_violation(kind, obj)
+            if reason:
+                message = f"{kind} {_describe(obj)} rejected: {reason}"
                 info.errors.append(message)
                 registry.problems.append(LoadProblem(name, message))
-    return registry
+                continue
+            registry.add(kind, obj.name if kind == "dataset" else obj.type, obj, name)
+
+
+def _describe(obj: object) -> str:
+    return getattr(obj, "__qualname__", None) or repr(obj)
+
+
+def contract_violation(kind: str, obj: object) -> str | None:
+    """Why a registered class cannot be used, checked once here instead of failing
+    later in the middle of validating a model file."""
+    key = "name" if kind == "dataset" else "type"
+    value = getattr(obj, key, None)
+    if not isinstance(value, str) or not TYPE_NAME.match(value):
+        return f"its {key} {value!r} is not a snake_case name"
+    if kind == "layer":
+        from .layer import Layer
+        if not (isinstance(obj, type) and issubclass(obj, Layer)):
+            return "not a subclass of layerkit.layer.Layer"
+        arity = obj.arity
+        if arity is not None and (not isinstance(arity, int) or arity < 1):
+            return f"arity must be a positive int or None, got {arity!r}"
+    schema = getattr(obj, "params_schema", None)
+    if schema is not None:
+        if not isinstance(schema, dict):
+            return "params_schema is not a JSON Schema object"
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            return f"params_schema is not a valid JSON Schema: {exc.message}"
+    return None
 
 
 def get_registry() -> Registry:

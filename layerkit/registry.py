@@ -58,15 +58,15 @@ class Registry:
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{kind} registered by {plugin} has no name")
         table = self.entries[kind]
-        if name in self.conflicts[kind]:
-            self.conflicts[kind][name].append(plugin)
-            return
-        if name in table:
-            first = table.pop(name).plugin
-            self.conflicts[kind][name] = [first, plugin]
-            message = f"{kind} {name!r} is registered by both {first} and {plugin}"
+        if name in table or name in self.conflicts[kind]:
+            # neither wins: which one a model file got would depend on install order
+            if name in table:
+                self.conflicts[kind][name] = [table.pop(name).plugin]
+            claimants = self.conflicts[kind][name]
+            claimants.append(plugin)
+            message = f"{kind} {name!r} is registered by both {' and '.join(claimants)}"
             self.problems.append(LoadProblem(plugin, message))
-            for who in (first, plugin):
+            for who in claimants:
                 if who in self.plugins:
                     self.plugins[who].errors.append(message)
             return
@@ -103,4 +103,9 @@ class Registry:
         providers = sorted({e.plugin.split(".")[0] if e.plugin.startswith("layerkit.") else e.plugin
                             for e in self.entries[kind].values()})
         message += f" (installed {kind} plugins: {', '.join(providers) or 'none'})"
+        broken = sorted({p.plugin for p in self.problems if self.plugins.get(p.plugin) is None
+                         or not any(self.plugins[p.plugin].provides.values())})
+        if broken:
+            # the type may well live in a plugin that failed: say so rather than only "unknown"
+            message += f"; plugins that failed to load: {', '.join(broken)} (see 'layerkit plugins')"
         return message

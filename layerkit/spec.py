@@ -2,8 +2,11 @@
 
 :func:`load_spec` turns a JSON file into a :class:`ModelSpec` or raises
 :class:`ModelFileError` listing *every* problem at once, each as
-``FILE: json.path: message``. Layer, loss and optimizer parameters are checked
-against the schema their plugin declared, and their defaults are filled in.
+``FILE: json.path: message``: the static schema, every layer's, loss's and
+optimizer's parameters (against the schema their plugin declared, defaults
+filled in), layer names, and the wiring of the graph (unknown inputs, cycles,
+unused branches, input counts). Shapes are inferred later, by
+:func:`layerkit.graph.build_graph`.
 """
 
 from __future__ import annotations
@@ -11,17 +14,24 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+from jsonschema.exceptions import best_match
 
-from .errors import ModelFileError, Problem
+from .errors import GraphError, ModelFileError, Problem
 from .registry import Registry
-from .schema import LAYER_COMMON_KEYS, MODEL_SCHEMA
+from .schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA
+from .wiring import RESERVED_INPUT, arity_problem, wiring_problems
 
-RESERVED_INPUT = "input"
+__all__ = ["RESERVED_INPUT", "LayerSpec", "ModelSpec", "load_spec", "spec_from_dict", "read_model_file",
+           "parse_json"]
+
+DEFAULT_LOSS = "softmax_cross_entropy"
 
 
 @dataclass
@@ -49,8 +59,156 @@ class ModelSpec:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerSpec:
-        return next(layer for layer in self.layers if layer.name == name)
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
 
+
+# -- reading -------------------------------------------------------------------
+
+_NON_FINITE = re.compile(r"-?\b(NaN|Infinity)\b")
+
+
+def parse_json(text: str, source: str) -> Any:
+    """Strict JSON: no NaN/Infinity, no duplicate keys (both are silent surprises otherwise)."""
+    duplicates: list[str] = []
+
+    def pairs(items):
+        seen = {}
+        for key, value in items:
+            if key in seen:
+                duplicates.append(key)
+            seen[key] = value
+        return seen
+
+    def constant(name):
+        raise ValueError(name)
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(problems=[Problem(
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", (), source)]) from None
+    except ValueError as exc:
+        match = _NON_FINITE.search(text)
+        where = ""
+        if match:
+            line = text.count("\n", 0, match.start()) + 1
+            col = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+            where = f" at line {line}, column {col}"
+        raise ModelFileError(problems=[Problem(
+            f"invalid JSON{where}: {exc} is not a JSON number", (), source)]) from None
+    except RecursionError:
+        raise ModelFileError(problems=[Problem("invalid JSON: nested too deeply", (), source)]) from None
+    if duplicates:
+        raise ModelFileError(problems=[Problem(f"invalid JSON: duplicate key {key!r}", (), source)
+                                       for key in dict.fromkeys(duplicates)])
+    return data
+
+
+def read_model_file(path: str | Path) -> tuple[Any, str]:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelFileError(problems=[Problem("no such file", (), source)]) from None
+    except IsADirectoryError:
+        raise ModelFileError(problems=[Problem("is a directory, not a model file", (), source)]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFileError(problems=[Problem(f"cannot read: {exc}", (), source)]) from None
+    return parse_json(text, source), source
+
+
+def load_spec(path: str | Path, registry: Registry | None = None) -> ModelSpec:
+    """Problems name the file as the caller spelled it."""
+    data, source = read_model_file(path)
+    return spec_from_dict(data, source=source, registry=registry)
+
+
+# -- schema messages -------------------------------------------------------------
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value the way it appears in the file, cut short: messages stay one readable line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    kind, inst, expected = error.validator, error.instance, error.validator_value
+    if kind == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        return f"{_short(inst)} is not of type {' or '.join(repr(t) for t in types)}"
+    if kind == "const" and list(error.absolute_path) == ["format"]:
+        return (f"unsupported format version {_short(inst)}; this layerkit (format {FORMAT_VERSION}) "
+                f"reads only \"format\": {FORMAT_VERSION}")
+    if kind == "const":
+        return f"{_short(inst)} is not {_short(expected)}"
+    if kind == "enum":
+        return f"{_short(inst)} is not one of {', '.join(_short(v) for v in expected)}"
+    if kind == "pattern":
+        return f"{_short(inst)} is not a valid name (letters, digits, _ . -; not starting with a digit)"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "required",
+                "minItems", "maxItems", "uniqueItems"):
+        return error.message
+    return _cut(error.message)
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _one_of(error: jsonschema.ValidationError) -> tuple[tuple, str]:
+    """Say what is wrong inside the alternative the value was aiming for."""
+    here = list(error.absolute_path)
+    deeper = [e for e in error.context if not (e.validator == "type" and list(e.absolute_path) == here)]
+    if deeper:
+        best = best_match(deeper)
+        return tuple(best.absolute_path), _message(best)
+    types = [e.validator_value for e in error.context]
+    return tuple(here), f"{_short(error.instance)} is not of type {' or '.join(repr(t) for t in types)}"
+
+
+def _schema_problems(schema: dict, instance: Any, base: tuple, source: str) -> list[Problem]:
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for error in validator.iter_errors(instance):
+        path = base + tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = sorted(error.schema.get("properties", {}))
+            for key in error.instance:
+                if key in allowed:
+                    continue
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                text = f"unknown key {key!r}"
+                text += f", did you mean {hint[0]!r}?" if hint else f" (allowed: {', '.join(allowed)})"
+                problems.append(Problem(text, path + (key,), source))
+            continue
+        if error.validator in ("oneOf", "anyOf") and error.context:
+            rel, message = _one_of(error)
+            problems.append(Problem(message, base + rel, source))
+            continue
+        problems.append(Problem(_message(error), path, source))
+    return problems
+
+
+def _non_finite(value: Any, path: tuple, source: str, out: list[Problem]) -> None:
+    # spec_from_dict also takes dicts built in Python, where NaN can sneak past the parser
+    stack = [(value, path)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            out.append(Problem(f"{value} is not a finite number", path, source))
+        elif isinstance(value, dict):
+            stack.extend((v, path + (k,)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, path + (i,)) for i, v in enumerate(value))
+
+
+# -- typed sections ----------------------------------------------------------------
 
 def _fill_defaults(schema: dict, config: dict) -> dict:
     out = dict(config)
@@ -60,25 +218,10 @@ def _fill_defaults(schema: dict, config: dict) -> dict:
     return out
 
 
-def _schema_problems(schema: dict, instance: Any, base: tuple, source: str) -> list[Problem]:
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = []
-    for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
-        path = base + tuple(error.absolute_path)
-        message = error.message
-        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = list(error.schema.get("properties", {}))
-            extras = [k for k in error.instance if k not in allowed]
-            for key in extras:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                text = f"unknown key {key!r}"
-                text += f", did you mean {hint[0]!r}?" if hint else f" (allowed: {', '.join(sorted(allowed))})"
-                problems.append(Problem(text, path + (key,), source))
-            continue
-        if error.validator in ("oneOf", "anyOf") and error.context:
-            message = min(error.context, key=lambda e: len(e.absolute_path)).message
-        problems.append(Problem(message, path, source))
-    return problems
+def params_schema_of(cls: Any) -> dict:
+    """The plugin's parameter schema; a class without one accepts any parameters."""
+    schema = getattr(cls, "params_schema", None)
+    return copy.deepcopy(schema) if isinstance(schema, dict) else {"type": "object"}
 
 
 def _check_typed(section: dict, kind: str, registry: Registry, base: tuple, source: str,
@@ -89,39 +232,15 @@ def _check_typed(section: dict, kind: str, registry: Registry, base: tuple, sour
         return None, []  # the static schema already reported it
     if type_name not in registry.entries[kind]:
         return None, [Problem(registry.unknown_message(kind, type_name), base + ("type",), source)]
-    cls = registry.get(kind, type_name)
-    params_schema = copy.deepcopy(getattr(cls, "params_schema", {"type": "object"}))
+    params_schema = params_schema_of(registry.get(kind, type_name))
     params_schema.setdefault("properties", {})
-    params_schema["properties"].update({k: v for k, v in extra_keys.items()})
-    config = {k: v for k, v in section.items()}
-    problems = _schema_problems(params_schema, config, base, source)
-    params = {k: v for k, v in _fill_defaults(params_schema, config).items() if k not in extra_keys}
+    params_schema["properties"].update(copy.deepcopy(extra_keys))
+    problems = _schema_problems(params_schema, section, base, source)
+    params = {k: v for k, v in _fill_defaults(params_schema, section).items() if k not in extra_keys}
     return params, problems
 
 
-def parse_json(text: str, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(problems=[Problem(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-                                               (), source)]) from None
-
-
-def read_model_file(path: str | Path) -> tuple[Any, str]:
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelFileError(problems=[Problem("no such file", (), source)]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelFileError(problems=[Problem(f"cannot read: {exc}", (), source)]) from None
-    return parse_json(text, source), source
-
-
-def load_spec(path: str | Path, registry: Registry | None = None) -> ModelSpec:
-    data, source = read_model_file(path)
-    return spec_from_dict(data, source=Path(source).name, registry=registry)
-
+# -- the model -------------------------------------------------------------------
 
 def spec_from_dict(data: Any, source: str = "<model>", registry: Registry | None = None) -> ModelSpec:
     if registry is None:
@@ -130,57 +249,22 @@ def spec_from_dict(data: Any, source: str = "<model>", registry: Registry | None
     problems = _schema_problems(MODEL_SCHEMA, data, (), source)
     if not isinstance(data, dict):
         raise ModelFileError(problems=problems)
+    _non_finite(data, (), source, problems)
 
-    layers: list[LayerSpec] = []
-    seen: dict[str, int] = {}
-    raw_layers = data.get("layers") if isinstance(data.get("layers"), list) else []
-    for index, raw in enumerate(raw_layers):
-        if not isinstance(raw, dict):
-            continue
-        base = ("layers", index)
-        config, found = _check_typed(raw, "layer", registry, base, source, LAYER_COMMON_KEYS)
-        problems += found
-        type_name = raw.get("type") if isinstance(raw.get("type"), str) else "layer"
-        name = raw.get("name") if isinstance(raw.get("name"), str) else f"{type_name}_{index}"
-        if name == RESERVED_INPUT:
-            problems.append(Problem(f"the name {RESERVED_INPUT!r} is reserved for the model input",
-                                    base + ("name",), source))
-        elif name in seen:
-            problems.append(Problem(f"duplicate layer name {name!r} (also layers[{seen[name]}])",
-                                    base + ("name",), source))
-        seen.setdefault(name, index)
-        inputs = raw.get("inputs")
-        if inputs is None:
-            inputs = [layers[-1].name if layers else RESERVED_INPUT]
-        elif isinstance(inputs, str):
-            inputs = [inputs]
-        layers.append(LayerSpec(index, name, type_name, list(inputs) if isinstance(inputs, list) else [],
-                                config or {}))
+    layers, wired = _layers(data, registry, source, problems)
+    loss = _loss(data, registry, source, problems)
+    training = _training(data, registry, source, problems)
 
-    loss: dict[str, Any] = {"type": "softmax_cross_entropy"}
-    if isinstance(data.get("loss"), dict):
-        params, found = _check_typed(data["loss"], "loss", registry, ("loss",), source, {"type": {}})
-        problems += found
-        loss = {"type": data["loss"].get("type"), **(params or {})}
-    elif "loss" not in data and "softmax_cross_entropy" not in registry.entries["loss"] and registry.entries["loss"]:
-        problems.append(Problem("no loss given and the default softmax_cross_entropy is not installed",
-                                ("loss",), source))
+    graph_problems: list[Problem] = []
+    output = data.get("output") if isinstance(data.get("output"), str) else None
+    if layers:
+        output = output or layers[-1].name
+    if layers and wired:
+        graph_problems = wiring_problems(layers, output, source)
+    if problems or graph_problems:
+        cls = ModelFileError if problems else GraphError
+        raise cls(problems=_dedupe(problems + graph_problems))
 
-    training = data.get("training") if isinstance(data.get("training"), dict) else {}
-    training = _fill_defaults(MODEL_SCHEMA["properties"]["training"], training)
-    if isinstance(training.get("optimizer"), dict):
-        params, found = _check_typed(training["optimizer"], "optimizer", registry,
-                                     ("training", "optimizer"), source, {"type": {}})
-        problems += found
-        training["optimizer"] = {"type": training["optimizer"].get("type"), **(params or {})}
-    dataset = training.get("dataset")
-    if isinstance(dataset, str) and registry.entries["dataset"] and dataset not in registry.entries["dataset"]:
-        problems.append(Problem(registry.unknown_message("dataset", dataset), ("training", "dataset"), source))
-
-    if problems:
-        raise ModelFileError(problems=_dedupe(problems))
-
-    output = data.get("output") or layers[-1].name
     return ModelSpec(
         name=data.get("name") or Path(source).stem,
         input_shape=tuple(data["input"]["shape"]),
@@ -193,10 +277,85 @@ def spec_from_dict(data: Any, source: str = "<model>", registry: Registry | None
     )
 
 
+def _layers(data: dict, registry: Registry, source: str,
+            problems: list[Problem]) -> tuple[list[LayerSpec], bool]:
+    """The layer specs, and whether every layer's name and inputs were readable
+    (only then can the wiring be checked)."""
+    raw_layers = data.get("layers") if isinstance(data.get("layers"), list) else []
+    layers: list[LayerSpec] = []
+    seen: dict[str, int] = {}
+    wired = bool(raw_layers)
+    for index, raw in enumerate(raw_layers):
+        if not isinstance(raw, dict):
+            wired = False
+            continue
+        base = ("layers", index)
+        config, found = _check_typed(raw, "layer", registry, base, source, LAYER_COMMON_KEYS)
+        problems += found
+        type_name = raw.get("type") if isinstance(raw.get("type"), str) else "layer"
+        name = raw.get("name")
+        if not isinstance(name, str):
+            wired &= name is None
+            name = f"{type_name}_{index}"
+        if name == RESERVED_INPUT:
+            problems.append(Problem(f"the name {RESERVED_INPUT!r} is reserved for the model input",
+                                    base + ("name",), source))
+        elif name in seen:
+            problems.append(Problem(f"duplicate layer name {name!r} (also layers[{seen[name]}])",
+                                    base + ("name",), source))
+            wired = False
+        seen.setdefault(name, index)
+        inputs = raw.get("inputs")
+        if inputs is None:
+            inputs = [layers[-1].name if layers else RESERVED_INPUT]
+        elif isinstance(inputs, str):
+            inputs = [inputs]
+        if not (isinstance(inputs, list) and inputs and all(isinstance(r, str) for r in inputs)):
+            wired = False  # the schema reported it
+            inputs = []
+        spec = LayerSpec(index, name, type_name, list(inputs), config or {})
+        if config is not None and inputs:
+            found_arity = arity_problem(spec, getattr(registry.layer(type_name), "arity", 1), source)
+            if found_arity:
+                problems.append(found_arity)
+        layers.append(spec)
+    return layers, wired
+
+
+def _loss(data: dict, registry: Registry, source: str, problems: list[Problem]) -> dict:
+    if isinstance(data.get("loss"), dict):
+        params, found = _check_typed(data["loss"], "loss", registry, ("loss",), source, {"type": {}})
+        problems += found
+        return {"type": data["loss"].get("type"), **(params or {})}
+    if "loss" not in data and registry.entries["loss"] and DEFAULT_LOSS not in registry.entries["loss"]:
+        problems.append(Problem(f"no loss given and the default {DEFAULT_LOSS} is not installed",
+                                ("loss",), source))
+    return {"type": DEFAULT_LOSS}
+
+
+def _training(data: dict, registry: Registry, source: str, problems: list[Problem]) -> dict:
+    training = data.get("training") if isinstance(data.get("training"), dict) else {}
+    training = _fill_defaults(MODEL_SCHEMA["properties"]["training"], training)
+    if isinstance(training.get("optimizer"), dict):
+        params, found = _check_typed(training["optimizer"], "optimizer", registry,
+                                     ("training", "optimizer"), source, {"type": {}})
+        problems += found
+        training["optimizer"] = {"type": training["optimizer"].get("type"), **(params or {})}
+    dataset = training.get("dataset")
+    if isinstance(dataset, str) and registry.entries["dataset"] and dataset not in registry.entries["dataset"]:
+        problems.append(Problem(registry.unknown_message("dataset", dataset), ("training", "dataset"), source))
+    return training
+
+
 def _dedupe(problems: list[Problem]) -> list[Problem]:
     seen, out = set(), []
     for p in problems:
         if str(p) not in seen:
             seen.add(str(p))
             out.append(p)
-    return out
+    return sorted(out, key=_order)
+
+
+def _order(problem: Problem) -> tuple:
+    # file order: root problems first, then by path, numbers compared as numbers
+    return tuple((0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in problem.path)

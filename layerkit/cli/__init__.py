@@ -55,18 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except typer.Exit as done:
         return done.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return 2
-        if isinstance(exc, click.exceptions.Abort):
-            print("aborted", file=sys.stderr)
-            return 130
-        raise
+    except typer.TyperException as exc:
+        # usage errors (typer vendors click: its exceptions derive from TyperException)
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
     return rc if isinstance(rc, int) else 0
 
 
