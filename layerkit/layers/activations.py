@@ -1,0 +1,139 @@
+"""Element-wise activations and softmax.
+
+Each caches its *output*: the next layer keeps that array alive anyway, so the
+cache costs no memory, and every derivative here is cheap in terms of y.
+Backward never writes into ``dy`` (``add`` hands the same array to all inputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import hookimpl
+from ..layer import Example, Layer, require_rank
+
+_NO_PARAMS = {"type": "object", "properties": {}, "additionalProperties": False}
+_EXAMPLES = (Example({}, (7,), "flat features"), Example({}, (2, 3, 3), "feature maps"))
+
+
+class ReLU(Layer):
+    type = "relu"
+    description = "Rectified linear unit: max(x, 0)."
+    params_schema = _NO_PARAMS
+    examples = _EXAMPLES
+    has_kinks = True
+
+    def flops(self, input_shape):
+        return int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        y = np.maximum(x, 0)
+        return y, y
+
+    def backward(self, params, cache, dy):
+        return dy * (cache > 0), {}
+
+
+class LeakyReLU(Layer):
+    type = "leaky_relu"
+    description = "Leaky rectified linear unit: x for x > 0, alpha * x otherwise."
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "alpha": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01,
+                      "description": "slope for negative inputs"},
+        },
+        "additionalProperties": False,
+    }
+    examples = (Example({}, (7,)), Example({"alpha": 0.2}, (2, 3, 3)))
+    has_kinks = True
+
+    def flops(self, input_shape):
+        return 2 * int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        alpha = float(self.alpha)
+        # with 0 <= alpha <= 1, max(x, alpha*x) is exactly the piecewise definition
+        y = np.maximum(x, x * alpha)
+        return y, y
+
+    def backward(self, params, cache, dy):
+        # y > 0 exactly where x > 0 because alpha >= 0
+        return np.where(cache > 0, dy, dy * float(self.alpha)), {}
+
+
+class Sigmoid(Layer):
+    type = "sigmoid"
+    description = "Logistic sigmoid 1 / (1 + exp(-x)), computed overflow-free."
+    params_schema = _NO_PARAMS
+    examples = _EXAMPLES
+
+    def flops(self, input_shape):
+        return 4 * int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        # sigmoid(x) = (1 + tanh(x/2)) / 2 never overflows, unlike exp(-x) for very negative x
+        y = np.tanh(x * 0.5)
+        y += 1
+        y *= 0.5
+        return y, y
+
+    def backward(self, params, cache, dy):
+        y = cache
+        dx = 1 - y
+        dx *= y
+        dx *= dy
+        return dx, {}
+
+
+class Tanh(Layer):
+    type = "tanh"
+    description = "Hyperbolic tangent."
+    params_schema = _NO_PARAMS
+    examples = _EXAMPLES
+
+    def flops(self, input_shape):
+        return 4 * int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        y = np.tanh(x)
+        return y, y
+
+    def backward(self, params, cache, dy):
+        dx = cache * cache
+        np.subtract(1, dx, out=dx)
+        dx *= dy
+        return dx, {}
+
+
+class Softmax(Layer):
+    type = "softmax"
+    description = ("Softmax over the feature axis of a (D,) input or the channel axis of a (C, H, W) input, "
+                   "max-shifted for stability. For training prefer the fused softmax_cross_entropy loss.")
+    params_schema = _NO_PARAMS
+    examples = (Example({}, (5,), "class scores"), Example({}, (3, 2, 2), "per-pixel over channels"))
+
+    def output_shape(self, input_shape):
+        require_rank(input_shape, (1, 3), "features, or channels x height x width")
+        return tuple(input_shape)
+
+    def flops(self, input_shape):
+        return 5 * int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        y = x - x.max(axis=1, keepdims=True)
+        np.exp(y, out=y)
+        y /= y.sum(axis=1, keepdims=True)
+        return y, y
+
+    def backward(self, params, cache, dy):
+        y = cache
+        dx = dy * y
+        dx -= y * dx.sum(axis=1, keepdims=True)
+        return dx, {}
+
+
+@hookimpl
+def layerkit_register_layers(register):
+    for cls in (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax):
+        register(cls)

@@ -1,0 +1,55 @@
+"""Inverted dropout."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import hookimpl
+from ..layer import Example, Layer
+
+
+class Dropout(Layer):
+    type = "dropout"
+    description = ("Inverted dropout: in training each value is zeroed with probability `rate` and the "
+                   "survivors are scaled by 1 / (1 - rate); identity at inference. Randomness comes only from "
+                   "the generator the trainer passes in, so a seeded run is reproducible.")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "rate": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.5,
+                     "description": "probability of dropping each value"},
+        },
+        "additionalProperties": False,
+    }
+    examples = (Example({"rate": 0.5}, (6,)), Example({"rate": 0.25}, (2, 3, 3)))
+    stochastic = True
+
+    def flops(self, input_shape):
+        return 2 * int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        rate = float(self.rate)
+        if not training or rate == 0.0:
+            return x, None
+        if rng is None:
+            # never fall back to global random state: that would make runs irreproducible
+            raise ValueError("dropout needs the rng argument in training mode")
+        keep = rng.random(x.shape, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64)
+        keep = keep >= rate
+        scale = 1.0 / (1.0 - rate)
+        y = x * keep
+        y *= scale
+        return y, (keep, scale)
+
+    def backward(self, params, cache, dy):
+        if cache is None:
+            return dy, {}
+        keep, scale = cache
+        dx = dy * keep
+        dx *= scale
+        return dx, {}
+
+
+@hookimpl
+def layerkit_register_layers(register):
+    register(Dropout)

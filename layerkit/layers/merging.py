@@ -1,0 +1,82 @@
+"""Layers that merge two or more inputs: element-wise add and concatenation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import hookimpl
+from ..errors import ShapeError
+from ..layer import Example, Layer
+
+
+class Add(Layer):
+    type = "add"
+    description = "Element-wise sum of two or more inputs of the same shape (residual connections)."
+    params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    arity = None
+    examples = (Example({}, [(3,), (3,)]), Example({}, [(2, 2, 3), (2, 2, 3), (2, 2, 3)], "three inputs"))
+
+    def output_shape(self, input_shapes):
+        first = tuple(input_shapes[0])
+        for i, shape in enumerate(input_shapes[1:], start=1):
+            if tuple(shape) != first:
+                raise ShapeError(f"input {i} has shape {tuple(shape)}, input 0 has {first}; add needs equal shapes")
+        return first
+
+    def flops(self, input_shapes):
+        return (len(input_shapes) - 1) * int(np.prod(input_shapes[0]))
+
+    def forward(self, params, xs, training=False, rng=None, state=None):
+        y = xs[0] + xs[1]
+        for x in xs[2:]:
+            y += x
+        return y, len(xs)
+
+    def backward(self, params, cache, dy):
+        # the same array for every input: no layer writes into the gradient it receives
+        return [dy] * cache, {}
+
+
+class Concat(Layer):
+    type = "concat"
+    description = "Concatenate two or more inputs along a per-sample axis (default 0, the channel axis)."
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "axis": {"type": "integer", "default": 0,
+                     "description": "per-sample axis to join along (negative counts from the end)"},
+        },
+        "additionalProperties": False,
+    }
+    arity = None
+    examples = (Example({}, [(2, 3, 3), (1, 3, 3)], "channels"), Example({"axis": -1}, [(2, 2), (2, 3)], "last axis"))
+
+    def _axis(self, rank):
+        axis = int(self.axis)
+        if not -rank <= axis < rank:
+            raise ShapeError(f"axis {axis} is out of range for {rank}-d inputs")
+        return axis % rank
+
+    def output_shape(self, input_shapes):
+        first = tuple(input_shapes[0])
+        axis = self._axis(len(first))
+        for i, shape in enumerate(input_shapes[1:], start=1):
+            shape = tuple(shape)
+            if len(shape) != len(first) or shape[:axis] + shape[axis + 1:] != first[:axis] + first[axis + 1:]:
+                raise ShapeError(f"input {i} has shape {shape}, input 0 has {first}; "
+                                 f"all dimensions except axis {axis} must match")
+        return first[:axis] + (sum(int(s[axis]) for s in input_shapes),) + first[axis + 1:]
+
+    def forward(self, params, xs, training=False, rng=None, state=None):
+        axis = self._axis(xs[0].ndim - 1) + 1
+        return np.concatenate(xs, axis=axis), (axis, np.cumsum([x.shape[axis] for x in xs[:-1]]))
+
+    def backward(self, params, cache, dy):
+        axis, cuts = cache
+        return np.split(dy, cuts, axis=axis), {}
+
+
+@hookimpl
+def layerkit_register_layers(register):
+    register(Add)
+    register(Concat)

@@ -1,0 +1,167 @@
+"""Batch normalisation and AlexNet's local response normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import hookimpl
+from ..layer import Example, Layer, ParamSpec, require_rank
+
+
+def _stat_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Reduction axes and broadcast shape of per-channel statistics for (N, D) or (N, C, H, W)."""
+    if x.ndim == 2:
+        return (0,), (1, x.shape[1])
+    return (0, 2, 3), (1, x.shape[1], 1, 1)
+
+
+class BatchNorm(Layer):
+    type = "batch_norm"
+    description = ("Batch normalisation per feature of a (D,) input or per channel of a (C, H, W) input. "
+                   "Training uses batch statistics (biased variance) and updates running_mean/running_var as "
+                   "running = momentum * running + (1 - momentum) * batch; inference uses the running values.")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "momentum": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.9,
+                         "description": "weight of the old running statistics in each update"},
+            "epsilon": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
+                        "description": "added to the variance before the square root"},
+        },
+        "additionalProperties": False,
+    }
+    examples = (
+        Example({}, (4,), "per feature"),
+        Example({"momentum": 0.5, "epsilon": 1e-3}, (3, 2, 2), "per channel"),
+    )
+    stochastic = True
+
+    def output_shape(self, input_shape):
+        require_rank(input_shape, (1, 3), "features, or channels x height x width")
+        return tuple(input_shape)
+
+    def param_specs(self, input_shape):
+        c = input_shape[0]
+        return {"gamma": ParamSpec((c,), "ones"), "beta": ParamSpec((c,), "zeros")}
+
+    def state_specs(self, input_shape):
+        c = input_shape[0]
+        return {"running_mean": ParamSpec((c,), "zeros"), "running_var": ParamSpec((c,), "ones")}
+
+    def flops(self, input_shape):
+        return 8 * int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        axes, bshape = _stat_axes(x)
+        gamma, beta = params["gamma"], params["beta"]
+        eps = float(self.epsilon)
+        if not training:
+            inv_std = 1 / np.sqrt(state["running_var"] + eps)
+            scale = gamma * inv_std
+            shift = beta - state["running_mean"] * scale
+            y = x * scale.reshape(bshape)
+            y += shift.reshape(bshape)
+            # x is kept only so that gamma has a gradient in inference mode (gradient checks)
+            return y, (False, (x, state["running_mean"].copy(), inv_std, scale))
+
+        mean = x.mean(axis=axes)
+        xhat = x - mean.reshape(bshape)
+        var = np.mean(xhat * xhat, axis=axes)
+        inv_std = 1 / np.sqrt(var + eps)
+        xhat *= inv_std.reshape(bshape)
+        y = xhat * gamma.reshape(bshape)
+        y += beta.reshape(bshape)
+        if state:
+            momentum = float(self.momentum)
+            for name, batch in (("running_mean", mean), ("running_var", var)):
+                running = state[name]
+                running *= momentum
+                running += (1 - momentum) * batch
+        return y, (True, (xhat, inv_std * gamma))
+
+    def backward(self, params, cache, dy):
+        training, saved = cache
+        axes, bshape = _stat_axes(dy)
+        if not training:
+            x, mean, inv_std, scale = saved
+            xhat = x - mean.reshape(bshape)
+            xhat *= inv_std.reshape(bshape)
+            grads = {"gamma": (dy * xhat).sum(axis=axes), "beta": dy.sum(axis=axes)}
+            return dy * scale.reshape(bshape), grads
+        xhat, scale = saved
+        m = dy.size // dy.shape[1]
+        dbeta = dy.sum(axis=axes)
+        dgamma = (dy * xhat).sum(axis=axes)
+        # dx = gamma/std * (dy - mean(dy) - xhat * mean(dy * xhat)): the compact batch-norm gradient
+        dx = xhat * (dgamma * (1.0 / m)).reshape(bshape)
+        np.subtract(dy, dx, out=dx)
+        dx -= (dbeta * (1.0 / m)).reshape(bshape)
+        dx *= scale.reshape(bshape)
+        return dx, {"gamma": dgamma, "beta": dbeta}
+
+
+class LocalResponseNorm(Layer):
+    type = "local_response_norm"
+    description = ("AlexNet local response normalisation across channels: "
+                   "y_c = x_c / (k + alpha * sum of x_j^2 over the `size` channels around c) ** beta "
+                   "(alpha is not divided by size, as in the AlexNet paper).")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "size": {"type": "integer", "minimum": 1, "default": 5,
+                     "description": "channels in the window (centred; an even size reaches one further back)"},
+            "alpha": {"type": "number", "minimum": 0, "default": 1e-4, "description": "scale of the squared sum"},
+            "beta": {"type": "number", "minimum": 0, "default": 0.75, "description": "exponent"},
+            "k": {"type": "number", "exclusiveMinimum": 0, "default": 2.0, "description": "additive constant"},
+        },
+        "additionalProperties": False,
+    }
+    examples = (
+        Example({"alpha": 0.1}, (6, 2, 3), "default window on feature maps"),
+        Example({"size": 2, "alpha": 0.5, "beta": 0.6, "k": 1.0}, (3,), "even window on flat features"),
+    )
+
+    def output_shape(self, input_shape):
+        require_rank(input_shape, (1, 3), "channels, or channels x height x width")
+        return tuple(input_shape)
+
+    def flops(self, input_shape):
+        return (self.size + 6) * int(np.prod(input_shape))
+
+    def _channel_sum(self, a: np.ndarray, before: int, after: int) -> np.ndarray:
+        """out[:, c] = sum of a[:, c - before : c + after + 1], zero outside the channel range."""
+        c = a.shape[1]
+        padded = np.zeros((a.shape[0], c + before + after, *a.shape[2:]), dtype=a.dtype)
+        padded[:, before:before + c] = a
+        out = padded[:, 0:c].copy()
+        for o in range(1, before + after + 1):
+            out += padded[:, o:o + c]
+        return out
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        before, after = self.size // 2, (self.size - 1) // 2
+        denom = self._channel_sum(x * x, before, after)
+        denom *= float(self.alpha)
+        denom += float(self.k)
+        factor = np.power(denom, -float(self.beta))
+        y = x * factor
+        return y, (x, y, denom, factor)
+
+    def backward(self, params, cache, dy):
+        x, y, denom, factor = cache
+        before, after = self.size // 2, (self.size - 1) // 2
+        # d y_i / d x_j = [i == j] factor_i - 2 alpha beta x_j y_i / denom_i for j in window(i);
+        # summing over i means the window seen from j: before and after swap
+        t = dy * y
+        t /= denom
+        back = self._channel_sum(t, after, before)
+        back *= x
+        back *= -2.0 * float(self.alpha) * float(self.beta)
+        back += dy * factor
+        return back, {}
+
+
+@hookimpl
+def layerkit_register_layers(register):
+    register(BatchNorm)
+    register(LocalResponseNorm)

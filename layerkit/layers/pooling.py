@@ -1,0 +1,171 @@
+"""Max, average and global average pooling.
+
+Windowed pooling loops over the pool *offsets* (k*k iterations), each one a
+strided view of the whole batch, so any stride/padding is handled by the same
+code. Max pooling records, per output pixel, which offset won (first maximum
+in row-major window order wins ties), and backward writes ``dy`` only there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import hookimpl
+from ..errors import ShapeError
+from ..layer import Example, Layer, require_rank
+from ._windows import int_or_pair_schema, pad, pair, unpad, window
+
+
+def _pool_schema(kind: str, padding_note: str) -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "pool_size": int_or_pair_schema(1, f"{kind} window: an integer or [kh, kw]"),
+            "stride": int_or_pair_schema(1, "step between windows (default: pool_size)"),
+            "padding": int_or_pair_schema(0, f"padding on each side: an integer or [ph, pw]; {padding_note}", 0),
+        },
+        "required": ["pool_size"],
+        "additionalProperties": False,
+    }
+
+
+class _WindowPool(Layer):
+    def _window(self, hw):
+        stride = getattr(self, "stride", None) or self.pool_size
+        g = window(hw, self.pool_size, stride, self.padding)
+        if max(g.pad_top, g.pad_bottom) >= g.kh or max(g.pad_left, g.pad_right) >= g.kw:
+            # a window made of padding only has no value to pool
+            raise ShapeError(f"padding {list(pair(self.padding, 'padding'))} must be smaller than "
+                             f"pool_size {g.kh}x{g.kw}")
+        return g
+
+    def output_shape(self, input_shape):
+        require_rank(input_shape, 3, "(channels, height, width)")
+        g = self._window(input_shape[1:])
+        return (input_shape[0], g.ho, g.wo)
+
+    def flops(self, input_shape):
+        g = self._window(input_shape[1:])
+        return input_shape[0] * g.ho * g.wo * g.kh * g.kw
+
+    @staticmethod
+    def _grad_buffer(shape, g, dtype, overlap):
+        # when the windows tile the input exactly every element is written once, so no zero fill
+        tiles = not overlap and not g.padded and shape[2] == g.ho * g.kh and shape[3] == g.wo * g.kw
+        return np.empty(shape, dtype=dtype) if tiles else np.zeros(shape, dtype=dtype)
+
+
+class MaxPool2D(_WindowPool):
+    type = "max_pool2d"
+    description = ("2-D max pooling; pads with -inf, so padding never wins. Ties send the whole gradient to "
+                   "the first maximum of the window (row-major).")
+    params_schema = _pool_schema("pooling", "padding is -inf and never selected")
+    examples = (
+        Example({"pool_size": 2}, (2, 4, 6), "non-overlapping"),
+        Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 5), "overlapping with padding"),
+        Example({"pool_size": [2, 3], "stride": [1, 2]}, (1, 4, 7), "rectangular window and stride"),
+    )
+    has_kinks = True
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        g = self._window(x.shape[2:])
+        xp = pad(x, g, -np.inf)
+        offsets = g.offsets()
+        _, _, rows, cols = next(offsets)
+        y = xp[:, :, rows, cols].copy()
+        which = np.zeros(y.shape, dtype=np.uint8 if g.kh * g.kw <= 256 else np.uint16)
+        better = np.empty(y.shape, dtype=bool)
+        for o, (_, _, rows, cols) in enumerate(offsets, start=1):
+            v = xp[:, :, rows, cols]
+            np.greater(v, y, out=better)  # strict: an equal later value does not take over
+            np.copyto(y, v, where=better)
+            np.copyto(which, o, where=better)
+        return y, (x.shape, g, which)
+
+    def backward(self, params, cache, dy):
+        shape, g, which = cache
+        overlap = g.sh < g.kh or g.sw < g.kw
+        n, c, h, w = shape
+        dxp = self._grad_buffer((n, c, *g.padded_hw(h, w)), g, dy.dtype, overlap)
+        hit = np.empty(which.shape, dtype=bool)
+        for o, (_, _, rows, cols) in enumerate(g.offsets()):
+            np.equal(which, o, out=hit)
+            if overlap:
+                dxp[:, :, rows, cols] += dy * hit
+            else:
+                np.multiply(dy, hit, out=dxp[:, :, rows, cols])
+        return unpad(dxp, g, h, w), {}
+
+
+class AvgPool2D(_WindowPool):
+    type = "avg_pool2d"
+    description = ("2-D average pooling. Padding is excluded from the average: each output divides by the "
+                   "number of real input pixels in its window.")
+    params_schema = _pool_schema("averaging", "padded positions are not counted in the average")
+    examples = (
+        Example({"pool_size": 2}, (2, 4, 4), "non-overlapping"),
+        Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 6), "overlapping with padding"),
+    )
+
+    def _inverse_count(self, g, h, w, dtype):
+        """1 / (real pixels per window): a Python float, or an (Ho, Wo) array with padding."""
+        if not g.padded:
+            return 1.0 / (g.kh * g.kw)
+        real = np.zeros(g.padded_hw(h, w))
+        real[g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + w] = 1
+        count = sum(real[rows, cols] for _, _, rows, cols in g.offsets())
+        return (1.0 / count).astype(dtype)
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        n, c, h, w = x.shape
+        g = self._window((h, w))
+        xp = pad(x, g)
+        offsets = g.offsets()
+        _, _, rows, cols = next(offsets)
+        y = xp[:, :, rows, cols].copy()
+        for _, _, rows, cols in offsets:
+            y += xp[:, :, rows, cols]
+        inv = self._inverse_count(g, h, w, x.dtype)
+        y *= inv
+        return y, (x.shape, g, inv)
+
+    def backward(self, params, cache, dy):
+        (n, c, h, w), g, inv = cache
+        overlap = g.sh < g.kh or g.sw < g.kw
+        share = dy * inv
+        dxp = self._grad_buffer((n, c, *g.padded_hw(h, w)), g, dy.dtype, overlap)
+        for _, _, rows, cols in g.offsets():
+            if overlap:
+                dxp[:, :, rows, cols] += share
+            else:
+                dxp[:, :, rows, cols] = share
+        return unpad(dxp, g, h, w), {}
+
+
+class GlobalAvgPool2D(Layer):
+    type = "global_avg_pool2d"
+    description = "Average over all spatial positions: (C, H, W) -> (C,)."
+    params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    examples = (Example({}, (3, 4, 5)),)
+
+    def output_shape(self, input_shape):
+        require_rank(input_shape, 3, "(channels, height, width)")
+        return (input_shape[0],)
+
+    def flops(self, input_shape):
+        return int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        return x.mean(axis=(2, 3)), x.shape
+
+    def backward(self, params, cache, dy):
+        n, c, h, w = cache
+        dx = np.empty(cache, dtype=dy.dtype)
+        dx[...] = (dy * (1.0 / (h * w)))[:, :, None, None]
+        return dx, {}
+
+
+@hookimpl
+def layerkit_register_layers(register):
+    for cls in (MaxPool2D, AvgPool2D, GlobalAvgPool2D):
+        register(cls)

@@ -1,0 +1,68 @@
+"""Flatten and reshape: views of the same data, no copies."""
+
+from __future__ import annotations
+
+import math
+
+from .. import hookimpl
+from ..errors import ShapeError
+from ..layer import Example, Layer
+
+
+class Flatten(Layer):
+    type = "flatten"
+    description = "Flatten the per-sample shape to (features,), channels-first order."
+    params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    examples = (Example({}, (2, 3, 4)), Example({}, (5,)))
+
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        return x.reshape(x.shape[0], -1), x.shape
+
+    def backward(self, params, cache, dy):
+        return dy.reshape(cache), {}
+
+
+class Reshape(Layer):
+    type = "reshape"
+    description = "Reshape each sample (row-major order); one dimension may be -1 and is inferred."
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "shape": {"type": "array", "minItems": 1,
+                      "items": {"type": "integer", "anyOf": [{"minimum": 1}, {"const": -1}]},
+                      "description": "target per-sample shape, e.g. [1, 28, 28] or [-1, 7]"},
+        },
+        "required": ["shape"],
+        "additionalProperties": False,
+    }
+    examples = (Example({"shape": [3, 4]}, (12,)), Example({"shape": [-1, 2, 2]}, (2, 2, 4)))
+
+    def output_shape(self, input_shape):
+        shape = [int(d) for d in self.shape]
+        size = math.prod(input_shape)
+        if shape.count(-1) > 1:
+            raise ShapeError(f"shape {shape} may contain -1 only once")
+        known = math.prod(d for d in shape if d != -1)
+        if -1 in shape:
+            if size % known:
+                raise ShapeError(f"cannot reshape {tuple(input_shape)} ({size} values) to {shape}: "
+                                 f"{size} is not divisible by {known}")
+            shape[shape.index(-1)] = size // known
+        elif known != size:
+            raise ShapeError(f"cannot reshape {tuple(input_shape)} ({size} values) to {shape} ({known} values)")
+        return tuple(shape)
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        return x.reshape(x.shape[0], *self.shape), x.shape
+
+    def backward(self, params, cache, dy):
+        return dy.reshape(cache), {}
+
+
+@hookimpl
+def layerkit_register_layers(register):
+    register(Flatten)
+    register(Reshape)
