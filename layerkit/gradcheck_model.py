@@ -1,0 +1,209 @@
+"""The end-to-end part of :func:`layerkit.gradcheck.check_model`: the model's loss gradient.
+
+Each parameter tensor is checked along a few random directions ``v`` (the
+analytic ``g . v`` against ``(L(p + h v) - L(p - h v)) / 2h``): two full
+forwards per direction whatever the tensor's size, which keeps big models
+fast, and a wrong coordinate anywhere in the tensor shows up in the sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .gradcheck import (EPS, NOISE_ULPS, PASS_TOL, TensorResult, Worst, _diagnose, _is_kink, relative_error,
+                        status_of, GradCheckError)
+from .model import Model
+
+LOSS_ROW = "(loss)"
+
+
+def _loss_object(model: Model, registry) -> tuple[Any, str]:
+    if registry is None:
+        from .plugins import get_registry
+
+        registry = get_registry()
+    spec = dict(model.graph.spec.loss)
+    kind = spec.pop("type")
+    return registry.get("loss", kind)(**spec), kind
+
+
+def _make_target(loss, kind: str, out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Labels for classification losses, real targets for regression ones: whichever the loss accepts."""
+    n = out.shape[0]
+    options = []
+    if out.ndim == 2 and kind != "mse":
+        options.append(rng.integers(0, out.shape[1], size=n))
+    options.append(rng.standard_normal(out.shape))
+    if out.ndim == 2:
+        options.append(rng.integers(0, out.shape[1], size=n))
+    problems = []
+    for target in options:
+        try:
+            value = float(loss.forward(out, target)[0])
+            if np.isfinite(value):
+                return target
+        except Exception as exc:  # try the next kind of target
+            problems.append(f"{type(exc).__name__}: {exc}")
+    raise GradCheckError(f"cannot make a target for loss {kind!r} on outputs of shape {out.shape[1:]}: "
+                         + "; ".join(problems))
+
+
+class _EndToEnd:
+    def __init__(self, model: Model, x: np.ndarray, target, loss, forward_seed: int) -> None:
+        self.model, self.x, self.target, self.loss = model, x, target, loss
+        self.forward_seed = forward_seed
+        # running statistics are restored before every forward so they never drift
+        self.state0 = {n: {k: v.copy() for k, v in t.items()} for n, t in model.state.items()}
+
+    def _reset_state(self) -> None:
+        for name, tensors in self.state0.items():
+            for k, v in tensors.items():
+                np.copyto(self.model.state[name][k], v)
+
+    def loss_value(self) -> float:
+        self._reset_state()
+        out, _ = self.model.forward(self.x, True, np.random.default_rng(self.forward_seed))
+        return float(self.loss.forward(out, self.target)[0])
+
+    def gradients(self) -> tuple[float, np.ndarray, dict]:
+        self._reset_state()
+        out, caches = self.model.forward(self.x, True, np.random.default_rng(self.forward_seed))
+        value, lcache = self.loss.forward(out, self.target)
+        dout = self.loss.backward(lcache)
+        grads = self.model.backward(caches, np.asarray(dout, dtype=np.float64))
+        self._reset_state()
+        return float(value), out, grads
+
+    def along(self, array: np.ndarray, direction: np.ndarray, step: float, base: float) -> tuple[float, float, float]:
+        orig = array.copy()
+        try:
+            array += step * direction
+            plus = self.loss_value()
+            np.copyto(array, orig)
+            array -= step * direction
+            minus = self.loss_value()
+        finally:
+            np.copyto(array, orig)
+        noise = NOISE_ULPS * EPS * max(abs(plus), abs(minus), abs(base), 1.0) / step
+        return plus - base, base - minus, noise
+
+
+def _directional(run: _EndToEnd, array: np.ndarray, grad: np.ndarray, base: float, rng: np.random.Generator,
+                 *, directions: int, step: float, layer: str, tensor: str, layer_type: str) -> TensorResult:
+    worst: Worst | None = None
+    worst_dir = None
+    checked = kinks = 0
+    for _ in range(directions * 4):  # retries when a direction crosses a kink
+        if checked >= directions:
+            break
+        v = rng.standard_normal(array.shape)
+        analytic = float(np.sum(grad * v))
+        up, down, noise = run.along(array, v, step, base)
+        if _is_kink(up / step, down / step, noise):
+            kinks += 1
+            continue
+        numeric = (up + down) / (2 * step)
+        err = relative_error(analytic, numeric, noise)
+        checked += 1
+        if worst is None or err > worst.rel_error:
+            worst, worst_dir = Worst(f"direction {checked}", analytic, numeric, err), v
+    result = TensorResult(layer, tensor, tuple(array.shape), checked, array.size,
+                          f"{checked} random direction(s)", None, "skipped", kinks, scope="model",
+                          layer_type=layer_type)
+    if worst is None:
+        result.message = "every direction tried crosses a kink"
+        return result
+    result.max_rel_error, result.status, result.worst = worst.rel_error, status_of(worst.rel_error), worst
+    if result.status != "pass":
+        sweep = []
+        for h in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7):
+            up, down, noise = run.along(array, worst_dir, h, base)
+            numeric = (up + down) / (2 * h)
+            sweep.append((h, numeric, relative_error(worst.analytic, numeric, noise)))
+        worst.sweep, worst.diagnosis = sweep, _diagnose(worst.analytic, sweep)
+        if result.status == "fail" and min(e for _, _, e in sweep) < PASS_TOL:
+            result.status = "warn"
+    return result
+
+
+def _check_loss(loss, kind: str, out: np.ndarray, target, step: float, rng: np.random.Generator) -> TensorResult:
+    """d loss / d output, coordinate by coordinate (outputs are small: batch x classes)."""
+    out = np.array(out, dtype=np.float64)
+    value, cache = loss.forward(out, target)
+    dout = np.asarray(loss.backward(cache), dtype=np.float64)
+    name = f"{LOSS_ROW} {kind}"
+    if dout.shape != out.shape:
+        return TensorResult(name, "output", out.shape, 0, out.size, "-", None, "fail", scope="model",
+                            layer_type=kind, message=f"loss backward returned shape {dout.shape}, "
+                                                     f"the output has shape {out.shape}")
+    flat = out.reshape(-1)
+    idx = np.arange(flat.size) if flat.size <= 64 else rng.choice(flat.size, 64, replace=False)
+    worst = None
+    for i in idx:
+        orig = flat[i]
+        flat[i] = orig + step
+        plus = float(loss.forward(out, target)[0])
+        flat[i] = orig - step
+        minus = float(loss.forward(out, target)[0])
+        flat[i] = orig
+        numeric = (plus - minus) / (2 * step)
+        noise = NOISE_ULPS * EPS * max(abs(value), 1.0) / step
+        err = relative_error(float(dout.flat[i]), numeric, noise)
+        if worst is None or err > worst.rel_error:
+            worst = Worst(tuple(int(k) for k in np.unravel_index(i, out.shape)), float(dout.flat[i]), numeric, err)
+    strategy = "exhaustive" if len(idx) == flat.size else f"sampled {len(idx)} of {flat.size}"
+    return TensorResult(name, "output", out.shape, len(idx), flat.size, strategy, worst.rel_error,
+                        status_of(worst.rel_error), worst=worst, scope="model", layer_type=kind)
+
+
+def _blame(model: Model, end_rows: list[TensorResult], layer_rows: list[TensorResult]) -> str:
+    failed = [r for r in end_rows if r.status == "fail"]
+    if not failed:
+        return ""
+    loss_rows = [r for r in failed if r.layer.startswith(LOSS_ROW)]
+    if loss_rows:
+        return f"the loss {loss_rows[0].layer_type!r}: its backward disagrees with its forward"
+    bad_layers = sorted({r.layer for r in layer_rows if r.status == "fail"},
+                        key=lambda n: [node.name for node in model.nodes].index(n))
+    if bad_layers:
+        detail = "; ".join(f"{r.label}: {r.message or f'max relative error {r.max_rel_error:.1e}'}"
+                           for r in layer_rows if r.status == "fail" and r.layer in bad_layers[:3])
+        return (f"layer(s) {', '.join(map(repr, bad_layers))} fail in isolation too ({detail}); "
+                f"the end-to-end error follows from them")
+    order = [node.name for node in model.nodes]
+    # gradients flow backwards: the failing tensor nearest the output marks where they first go wrong
+    last_bad = max(failed, key=lambda r: order.index(r.layer)).layer
+    after = [r.layer for r in end_rows if r.scope == "model" and r.status != "fail" and r.layer in order
+             and order.index(r.layer) > order.index(last_bad)]
+    upto = min(after, key=order.index) if after else order[-1]
+    span = order[order.index(last_bad):order.index(upto) + 1]
+    return (f"every layer passes in isolation, but the end-to-end gradient first goes wrong at "
+            f"{last_bad!r} (walking back from the output); suspect the wiring between "
+            f"{' -> '.join(span)}: a layer changing its input, output or dy in place, or gradients "
+            f"summed wrongly where branches meet")
+
+
+def check_end_to_end(model: Model, x: np.ndarray, y, layer_rows: list[TensorResult], *, seed: int, step: float,
+                     directions: int, registry=None) -> tuple[list[TensorResult], str]:
+    rng = np.random.default_rng([seed, 99])
+    loss, kind = _loss_object(model, registry)
+    forward_seed = int(rng.integers(2**31))
+    out, _ = model.forward(x, True, np.random.default_rng(forward_seed))
+    target = y if y is not None else _make_target(loss, kind, np.asarray(out, np.float64), rng)
+    rows = [_check_loss(loss, kind, np.asarray(out, np.float64), target, step, rng)]
+    run = _EndToEnd(model, x, target, loss, forward_seed)
+    base, _, grads = run.gradients()
+    for node in model.nodes:
+        for tname, array in model.params[node.name].items():
+            grad = grads.get(node.name, {}).get(tname)
+            if grad is None or np.shape(grad) != array.shape:
+                rows.append(TensorResult(node.name, tname, array.shape, 0, array.size, "-", None, "fail",
+                                         scope="model", layer_type=node.layer.type,
+                                         message="model.backward produced no gradient of the right shape"))
+                continue
+            rows.append(_directional(run, array, np.asarray(grad, np.float64), base, rng,
+                                     directions=directions, step=step, layer=node.name, tensor=tname,
+                                     layer_type=node.layer.type))
+    return rows, _blame(model, rows, layer_rows)
