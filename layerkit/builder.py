@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,14 +15,25 @@ from .plugins import get_registry
 from .registry import Registry
 from .spec import ModelSpec, load_spec, spec_from_dict
 
+DEFAULT_BATCH_SIZE = 64
+
 
 @dataclass(frozen=True)
 class SizeLimits:
-    """Refuse models that would exhaust memory before allocating anything."""
+    """Refuse models that would exhaust memory before allocating anything.
+
+    ``batch_size`` None means the model file's ``training.batch_size``.
+    """
 
     max_params: int = 200_000_000
     max_activation_bytes: int = 8 * 2**30
-    batch_size: int = 64
+    batch_size: int | None = None
+
+
+def batch_size_of(graph: Graph, limits: SizeLimits) -> int:
+    if limits.batch_size is not None:
+        return limits.batch_size
+    return int(graph.spec.training.get("batch_size", DEFAULT_BATCH_SIZE))
 
 
 def check_size(graph: Graph, limits: SizeLimits) -> None:
@@ -30,18 +42,49 @@ def check_size(graph: Graph, limits: SizeLimits) -> None:
         problems.append(Problem(
             f"model has {graph.param_count:,} parameters, over the limit of {limits.max_params:,} "
             f"(raise it with --max-params)", (), graph.spec.source))
-    need = graph.activation_bytes(limits.batch_size)
+    batch = batch_size_of(graph, limits)
+    need = graph.activation_bytes(batch)
     if need > limits.max_activation_bytes:
         problems.append(Problem(
-            f"training at batch size {limits.batch_size} needs about {need / 2**30:.1f} GiB of activations, "
-            f"over the limit of {limits.max_activation_bytes / 2**30:.1f} GiB (raise it with --max-memory "
+            f"training at batch size {batch} needs about {format_bytes(need)} of activations, "
+            f"over the limit of {format_bytes(limits.max_activation_bytes)} (raise it with --max-memory "
             f"or lower the batch size)", (), graph.spec.source))
     if problems:
         raise SizeLimitError(problems=problems)
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"512MiB"``, ``"8GB"``, ``"1e9"`` -> bytes; ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{text!r} is not a size like 512MiB, 8GB or 1000000")
+    try:
+        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    except OverflowError:
+        raise ValueError(f"{text!r} is too large") from None
+    if value < 1:
+        raise ValueError(f"{text!r} is not a positive size")
+    return value
+
+
+def format_bytes(n: int) -> str:
+    # integer arithmetic: a hostile model file can ask for more bytes than a float holds
+    if n >= 2**60:
+        return "more than 1 EiB"
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            whole, rest = divmod(n * 10 // size, 10)
+            return f"{whole:,}.{rest} {unit}"
+    return f"{n} B"
+
+
 def build_graph_from(source: str | Path | dict | ModelSpec, registry: Registry | None = None,
                      limits: SizeLimits | None = None) -> Graph:
+    """Everything ``layerkit validate`` checks: schema, parameters, wiring, shapes, size."""
     registry = registry or get_registry()
     if isinstance(source, ModelSpec):
         spec = source
@@ -50,9 +93,7 @@ def build_graph_from(source: str | Path | dict | ModelSpec, registry: Registry |
     else:
         spec = load_spec(source, registry)
     graph = build_graph(spec, registry)
-    if limits is None:
-        limits = SizeLimits(batch_size=int(spec.training.get("batch_size", 64)))
-    check_size(graph, limits)
+    check_size(graph, limits or SizeLimits())
     return graph
 
 

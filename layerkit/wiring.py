@@ -58,6 +58,8 @@ def wiring_problems(layers: Sequence[Wired], output: str, source: str) -> list[P
     if output not in by_name:
         problems.append(Problem(f"output {output!r} is not a layer name{_did_you_mean(output, list(by_name))}",
                                 ("output",), source))
+    if problems:
+        # a misspelt input or a cycle cuts layers off the output; "unused" would be noise
         return problems
     needed = ancestors(output, by_name) | {output}
     for layer in layers:

@@ -1,3 +1,212 @@
-"""layerkit CLI commands: inspect."""
+"""layerkit CLI commands that look at models and plugins without training:
+validate, summary, graph, layers, plugins, schema."""
 
-from . import app  # noqa: F401
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from ..builder import SizeLimits, batch_size_of, build_graph_from, format_bytes, parse_bytes
+from ..errors import LayerkitError
+from ..export import FORMATS, export
+from ..plugins import disabled_plugins, get_registry
+from ..registry import KINDS
+from ..schema import MODEL_SCHEMA, composed_schema
+from ..spec import params_schema_of
+from . import app
+
+_DEFAULTS = SizeLimits()
+
+MAX_PARAMS = typer.Option(_DEFAULTS.max_params, "--max-params", min=1,
+                          help="Refuse models with more parameters than this.")
+MAX_MEMORY = typer.Option(None, "--max-memory", metavar="SIZE",
+                          help="Refuse models whose training activations need more than this "
+                               f"(e.g. 512MiB, 8GB; default {format_bytes(_DEFAULTS.max_activation_bytes)}).")
+BATCH_SIZE = typer.Option(None, "--batch-size", min=1,
+                          help="Batch size for the memory estimate (default: the file's training.batch_size).")
+
+
+def _limits(max_params: int, max_memory: Optional[str], batch_size: Optional[int]) -> SizeLimits:
+    try:
+        memory = parse_bytes(max_memory) if max_memory is not None else _DEFAULTS.max_activation_bytes
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-memory") from None
+    return SizeLimits(max_params=max_params, max_activation_bytes=memory, batch_size=batch_size)
+
+
+def _console():
+    from rich.console import Console
+    # a pipe or a test capture has no width; rich would otherwise squeeze tables to 80 columns
+    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+
+
+@app.command()
+def validate(models: List[Path] = typer.Argument(..., metavar="MODEL...", help="Model files to check."),
+             max_params: int = MAX_PARAMS, max_memory: Optional[str] = MAX_MEMORY,
+             batch_size: Optional[int] = BATCH_SIZE) -> None:
+    """Check model files: schema, layer parameters, graph, shapes and size limits."""
+    limits = _limits(max_params, max_memory, batch_size)
+    bad = 0
+    for path in models:
+        try:
+            graph = build_graph_from(path, limits=limits)
+        except LayerkitError as error:
+            bad += 1
+            for line in (str(error) or type(error).__name__).splitlines():
+                typer.echo(f"error: {line}", err=True)
+            continue
+        typer.echo(f"OK {path}: {len(graph.nodes)} layers, {graph.param_count:,} parameters, "
+                   f"output shape {graph.output.output_shape}")
+    if bad:
+        raise typer.Exit(2)
+
+
+@app.command()
+def summary(model: Path = typer.Argument(..., metavar="MODEL"),
+            max_params: int = MAX_PARAMS, max_memory: Optional[str] = MAX_MEMORY,
+            batch_size: Optional[int] = BATCH_SIZE) -> None:
+    """Table of layers with output shapes, parameters and FLOPs, and the totals."""
+    from rich.table import Table
+
+    limits = _limits(max_params, max_memory, batch_size)
+    graph = build_graph_from(model, limits=limits)
+    batch = batch_size_of(graph, limits)
+    table = Table(title=f"{graph.spec.name} ({model})", title_justify="left")
+    for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"),
+                            ("output shape", "left"), ("params", "right"), ("FLOPs", "right")):
+        table.add_column(column, justify=justify)
+    table.add_row("", "input", "", "", str(graph.input_shape), "", "")
+    for node in graph.nodes:
+        table.add_row(str(node.spec.index), node.name, node.spec.type, ", ".join(node.inputs),
+                      str(node.output_shape), f"{node.param_count:,}", f"{node.flops:,}")
+    table.add_section()
+    table.add_row("", "total", "", "", "", f"{graph.param_count:,}", f"{graph.flops:,}")
+    console = _console()
+    console.print(table)
+    state = sum(n.state_count for n in graph.nodes)
+    console.print(f"parameters: {graph.param_count:,}"
+                  + (f" (+ {state:,} running statistics)" if state else ""))
+    console.print(f"FLOPs per sample (forward): {graph.flops:,}")
+    console.print(f"activation memory at batch size {batch} (training, float32): "
+                  f"{format_bytes(graph.activation_bytes(batch))}")
+
+
+@app.command()
+def graph(model: Path = typer.Argument(..., metavar="MODEL"),
+          fmt: str = typer.Option("dot", "--format", "-f", help=f"One of: {', '.join(FORMATS)}.")) -> None:
+    """Print the layer graph as Graphviz DOT or Mermaid, shapes on every edge."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
+    typer.echo(export(build_graph_from(model), fmt), nl=False)
+
+
+def _kind(schema: Any) -> str:
+    if not isinstance(schema, dict):
+        return "any"
+    if "enum" in schema:
+        return " | ".join(json.dumps(v) for v in schema["enum"])
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    alternatives = schema.get("oneOf", schema.get("anyOf"))
+    if isinstance(alternatives, list):
+        return " | ".join(_kind(s) for s in alternatives)
+    kind = schema.get("type", "any")
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        return f"array of {_kind(schema['items'])}"
+    return " | ".join(map(str, kind)) if isinstance(kind, list) else str(kind)
+
+
+def describe_param(name: str, schema: dict, required: bool) -> dict[str, Any]:
+    """One parameter of a layer in words a user can act on."""
+    kind = _kind(schema)
+    bounds = {k: schema[k] for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                                     "minItems", "maxItems") if k in schema}
+    out: dict[str, Any] = {"name": name, "type": kind, "required": required}
+    if "default" in schema:
+        out["default"] = schema["default"]
+    if bounds:
+        out["bounds"] = bounds
+    if schema.get("description"):
+        out["description"] = schema["description"]
+    return out
+
+
+def describe_layers() -> list[dict[str, Any]]:
+    registry = get_registry()
+    out = []
+    for entry in (registry.entries["layer"][name] for name in registry.names("layer")):
+        schema = params_schema_of(entry.obj)
+        required = set(schema.get("required", []))
+        out.append({
+            "type": entry.name,
+            "plugin": entry.plugin,
+            "description": getattr(entry.obj, "description", ""),
+            "inputs": "2+" if entry.obj.arity is None else entry.obj.arity,
+            "parameters": [describe_param(name, sub if isinstance(sub, dict) else {}, name in required)
+                           for name, sub in schema.get("properties", {}).items()],
+        })
+    return out
+
+
+def _param_line(p: dict[str, Any]) -> str:
+    text = f"{p['name']}: {p['type']}"
+    bounds = p.get("bounds", {})
+    marks = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<",
+             "minItems": "len>=", "maxItems": "len<="}
+    if bounds:
+        text += " (" + ", ".join(f"{marks[k]}{v}" for k, v in bounds.items()) + ")"
+    if p["required"]:
+        text += " required"
+    elif "default" in p:
+        text += f" = {json.dumps(p['default'])}"
+    return text
+
+
+@app.command()
+def layers(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Every registered layer: its plugin, description and parameters."""
+    info = describe_layers()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(show_lines=True)
+    for column in ("type", "plugin", "inputs", "description", "parameters"):
+        table.add_column(column)
+    for layer in info:
+        table.add_row(layer["type"], layer["plugin"], str(layer["inputs"]), layer["description"],
+                      "\n".join(_param_line(p) for p in layer["parameters"]) or "-")
+    _console().print(table)
+
+
+@app.command()
+def plugins() -> None:
+    """Loaded plugins as JSON: what each provides, its hooks, load errors, disabled ones."""
+    registry = get_registry()
+    out = {
+        "plugins": [{
+            "plugin": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "disabled": info.disabled,
+            "hooks": info.hooks,
+            "provides": {kind: info.provides[kind] for kind in KINDS if info.provides[kind]},
+            "errors": info.errors,
+        } for info in registry.plugins.values()],
+        "conflicts": {kind: table for kind, table in registry.conflicts.items() if table},
+        "problems": [str(p) for p in registry.problems],
+        "disabled": sorted(disabled_plugins()),
+    }
+    typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
+def schema(static: bool = typer.Option(False, "--static",
+                                       help="Only the static part (schemas/model.schema.json).")) -> None:
+    """The JSON Schema of model files, with every installed plugin's parameters."""
+    typer.echo(json.dumps(MODEL_SCHEMA if static else composed_schema(get_registry()), indent=2))
