@@ -136,14 +136,22 @@ MODEL_SCHEMA: dict[str, Any] = {
 }
 
 
-def _with_type(type_name: str, params_schema: dict, common: dict) -> dict:
-    """A per-type object schema: the plugin's parameters plus the common keys."""
-    schema = copy.deepcopy(params_schema)
+def params_schema_of(cls: Any) -> dict:
+    """A copy of the plugin's parameter schema; a class without one takes no parameters."""
+    schema = getattr(cls, "params_schema", None)
+    return copy.deepcopy(schema) if isinstance(schema, dict) else {"type": "object", "properties": {}}
+
+
+def typed_schema(type_name: str, cls: Any, common: dict) -> dict:
+    """The schema of one ``{"type": type_name, ...}`` object: the plugin's parameters plus
+    the keys every such object may have. Unknown keys are refused unless the plugin
+    explicitly allows them, so a typo never silently falls back to a default."""
+    schema = params_schema_of(cls)
     props = {**copy.deepcopy(common), **schema.get("properties", {})}
     props["type"] = {"const": type_name}
     schema["properties"] = props
     schema["type"] = "object"
-    schema["additionalProperties"] = False
+    schema.setdefault("additionalProperties", False)
     schema["required"] = sorted({"type", *schema.get("required", [])})
     return schema
 
@@ -159,7 +167,7 @@ def composed_schema(registry) -> dict[str, Any]:
         for name in registry.names(kind):
             cls = registry.get(kind, name)
             key = f"{kind}.{name}"
-            defs[key] = _with_type(name, getattr(cls, "params_schema", {}), common)
+            defs[key] = typed_schema(name, cls, common)
             defs[key]["description"] = getattr(cls, "description", "")
             out.append({"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
                         "then": {"$ref": f"#/$defs/{key}"}})

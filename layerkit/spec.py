@@ -25,7 +25,7 @@ from jsonschema.exceptions import best_match
 
 from .errors import GraphError, ModelFileError, Problem
 from .registry import Registry
-from .schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA
+from .schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA, params_schema_of, typed_schema
 from .wiring import RESERVED_INPUT, arity_problem, wiring_problems
 
 __all__ = ["RESERVED_INPUT", "LayerSpec", "ModelSpec", "load_spec", "spec_from_dict", "read_model_file",
@@ -218,12 +218,6 @@ def _fill_defaults(schema: dict, config: dict) -> dict:
     return out
 
 
-def params_schema_of(cls: Any) -> dict:
-    """The plugin's parameter schema; a class without one accepts any parameters."""
-    schema = getattr(cls, "params_schema", None)
-    return copy.deepcopy(schema) if isinstance(schema, dict) else {"type": "object"}
-
-
 def _check_typed(section: dict, kind: str, registry: Registry, base: tuple, source: str,
                  extra_keys: dict) -> tuple[dict | None, list[Problem]]:
     """Validate one ``{"type": ..., **params}`` object against its plugin's schema."""
@@ -232,11 +226,9 @@ def _check_typed(section: dict, kind: str, registry: Registry, base: tuple, sour
         return None, []  # the static schema already reported it
     if type_name not in registry.entries[kind]:
         return None, [Problem(registry.unknown_message(kind, type_name), base + ("type",), source)]
-    params_schema = params_schema_of(registry.get(kind, type_name))
-    params_schema.setdefault("properties", {})
-    params_schema["properties"].update(copy.deepcopy(extra_keys))
-    problems = _schema_problems(params_schema, section, base, source)
-    params = {k: v for k, v in _fill_defaults(params_schema, section).items() if k not in extra_keys}
+    schema = typed_schema(type_name, registry.get(kind, type_name), extra_keys)
+    problems = _schema_problems(schema, section, base, source)
+    params = {k: v for k, v in _fill_defaults(schema, section).items() if k not in extra_keys and k != "type"}
     return params, problems
 
 
@@ -324,7 +316,7 @@ def _layers(data: dict, registry: Registry, source: str,
 
 def _loss(data: dict, registry: Registry, source: str, problems: list[Problem]) -> dict:
     if isinstance(data.get("loss"), dict):
-        params, found = _check_typed(data["loss"], "loss", registry, ("loss",), source, {"type": {}})
+        params, found = _check_typed(data["loss"], "loss", registry, ("loss",), source, {})
         problems += found
         return {"type": data["loss"].get("type"), **(params or {})}
     if "loss" not in data and registry.entries["loss"] and DEFAULT_LOSS not in registry.entries["loss"]:
@@ -338,7 +330,7 @@ def _training(data: dict, registry: Registry, source: str, problems: list[Proble
     training = _fill_defaults(MODEL_SCHEMA["properties"]["training"], training)
     if isinstance(training.get("optimizer"), dict):
         params, found = _check_typed(training["optimizer"], "optimizer", registry,
-                                     ("training", "optimizer"), source, {"type": {}})
+                                     ("training", "optimizer"), source, {})
         problems += found
         training["optimizer"] = {"type": training["optimizer"].get("type"), **(params or {})}
     dataset = training.get("dataset")

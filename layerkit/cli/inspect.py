@@ -15,8 +15,7 @@ from ..errors import LayerkitError
 from ..export import FORMATS, export
 from ..plugins import disabled_plugins, get_registry
 from ..registry import KINDS
-from ..schema import MODEL_SCHEMA, composed_schema
-from ..spec import params_schema_of
+from ..schema import MODEL_SCHEMA, composed_schema, params_schema_of
 from . import app
 
 _DEFAULTS = SizeLimits()
