@@ -1,0 +1,264 @@
+"""Datasets: finding the files, reading them, and preparing arrays for a model.
+
+A dataset loader is a :class:`Dataset` subclass registered through the
+``layerkit_register_datasets`` hook (built-ins in :mod:`layerkit.data.builtin`).
+It only knows how to recognise and read its files; :func:`load_data` does the
+rest for every dataset alike: where to look (``--data-dir``, the model file's
+``training.data.data_dir``, ``$LAYERKIT_DATA_DIR``, the cache directory, then
+an embedded sample if the dataset ships one), class subsets, limits, the
+validation split, normalisation, and checking that the data fits the model.
+
+Images come out float32, channels first ``(N, C, H, W)``; labels int64.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+DATA_DIR_ENV = "LAYERKIT_DATA_DIR"
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/layerkit`` or ``~/.cache/layerkit``: where ``layerkit data download`` puts files."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "layerkit"
+
+
+@dataclass
+class RawData:
+    """What a loader read: images with a leading sample axis, integer labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str  # the file or directory read, for messages and run metadata
+    notice: str | None = None  # one line the user should see (e.g. "using the embedded sample")
+
+
+@dataclass
+class DataSplits:
+    """Prepared arrays, ready for the trainer."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    source: str = ""
+    notice: str | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class Dataset:
+    """Base class. Subclasses set ``name``, ``description``, ``files`` (what to put in
+    the data directory, for messages and docs) and implement :meth:`find` and :meth:`read`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    files: ClassVar[Sequence[str]] = ()
+    #: per-sample shape, channels first, when the format fixes it
+    image_shape: ClassVar[tuple[int, ...] | None] = None
+    class_names: ClassVar[Sequence[str]] = tuple(str(i) for i in range(10))
+
+    def find(self, location: Path) -> Path | None:
+        """The file or directory under ``location`` this loader can read, or None."""
+        raise NotImplementedError
+
+    def read(self, found: Path) -> RawData:
+        """Read what :meth:`find` returned; raise :class:`DataError` naming the file on any problem."""
+        raise NotImplementedError
+
+    def fallback(self) -> RawData | None:
+        """Data to use when no location has the files (an embedded sample), or None."""
+        return None
+
+    def load(self, data_dir: str | Path | None = None) -> RawData:
+        """Find and read the dataset: the given directory (strictly), else ``$LAYERKIT_DATA_DIR``,
+        then the cache directory, then :meth:`fallback`."""
+        if data_dir is not None:
+            found = self._search([Path(data_dir).expanduser()])
+            if found is None:
+                raise DataError(f"{data_dir}: no {self.name} files here (expected {self.expected()})")
+            return self.read(found)
+        places = []
+        if os.environ.get(DATA_DIR_ENV):
+            places.append(Path(os.environ[DATA_DIR_ENV]).expanduser())
+        places.append(cache_dir())
+        found = self._search(places)
+        if found is not None:
+            return self.read(found)
+        raw = self.fallback()
+        if raw is not None:
+            return raw
+        looked = ", ".join(str(p) for p in places)
+        raise DataError(f"dataset {self.name!r}: no files found (looked in {looked} and their "
+                        f"{self.name}/ subfolders); pass --data-dir DIR holding {self.expected()}")
+
+    def expected(self) -> str:
+        return ", ".join(self.files) or "its files"
+
+    def _search(self, places: list[Path]) -> Path | None:
+        for place in places:
+            for candidate in (place, place / self.name):
+                if candidate.exists():
+                    found = self.find(candidate)
+                    if found is not None:
+                        return found
+        return None
+
+
+# -- preparation -----------------------------------------------------------------
+
+def _as_nchw(x: np.ndarray, source: str) -> np.ndarray:
+    """(N, H, W) gains a channel axis; (N, C, H, W) and flat (N, D) are kept."""
+    if x.ndim == 3:
+        return x[:, None, :, :]
+    if x.ndim in (2, 4):
+        return x
+    raise DataError(f"{source}: images have shape {x.shape}; expected (N, H, W), (N, C, H, W) or (N, features)")
+
+
+def _check_labels(y: np.ndarray, n: int, source: str, split: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{source}: {split} labels have shape {y.shape}, expected (N,)")
+    if len(y) != n:
+        raise DataError(f"{source}: {n} {split} images but {len(y)} labels")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise DataError(f"{source}: {split} labels are not whole numbers")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise DataError(f"{source}: {split} labels include negative values")
+    return y
+
+
+def _select_classes(x, y, classes: Sequence[int], source: str, split: str):
+    lookup = np.full(max(int(y.max(initial=0)), max(classes)) + 1, -1, dtype=np.int64)
+    lookup[list(classes)] = np.arange(len(classes))
+    keep = lookup[y] >= 0
+    present = set(np.unique(y[keep]).tolist())
+    absent = [c for c in classes if c not in present]
+    if absent:
+        raise DataError(f"{source}: training.data.classes asks for {absent}, which no {split} sample has")
+    return x[keep], lookup[y[keep]]
+
+
+def _normalize(splits: list[np.ndarray], how: str) -> list[np.ndarray]:
+    """Scale to float32. 'unit' maps 0..255 integers to [0, 1] (float data is taken as already
+    scaled); 'standardize' also removes the training set's per-channel mean and std."""
+    out = []
+    for x in splits:
+        scaled = x.astype(np.float32)
+        if how in ("unit", "standardize") and np.issubdtype(x.dtype, np.integer):
+            scaled *= np.float32(1 / 255)
+        out.append(scaled)
+    if how == "standardize":
+        train = out[0]
+        axes = (0, 2, 3) if train.ndim == 4 else (0,)
+        mean = train.mean(axis=axes, dtype=np.float64, keepdims=True)
+        std = train.std(axis=axes, dtype=np.float64, keepdims=True)
+        std[std == 0] = 1.0
+        mean, inv = mean.astype(np.float32), (1.0 / std).astype(np.float32)
+        for x in out:
+            x -= mean
+            x *= inv
+    return [np.ascontiguousarray(x) for x in out]
+
+
+def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
+            input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
+            class_names: Sequence[str] | None = None) -> DataSplits:
+    """Apply ``training.data`` options and check the result fits a model with
+    ``input_shape`` (per sample) and ``num_outputs`` classes."""
+    options = options or {}
+    src = raw.source
+    x_train, x_test = _as_nchw(np.asarray(raw.x_train), src), _as_nchw(np.asarray(raw.x_test), src)
+    y_train = _check_labels(raw.y_train, len(x_train), src, "training")
+    y_test = _check_labels(raw.y_test, len(x_test), src, "test")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{src}: training images are {x_train.shape[1:]} but test images are {x_test.shape[1:]}")
+    names = list(class_names) if class_names else [str(i) for i in range(int(max(y_train.max(initial=0),
+                                                                                  y_test.max(initial=0))) + 1)]
+
+    classes = options.get("classes")
+    if classes:
+        x_train, y_train = _select_classes(x_train, y_train, classes, src, "training")
+        x_test, y_test = _select_classes(x_test, y_test, classes, src, "test")
+        names = [names[c] if c < len(names) else str(c) for c in classes]
+    if options.get("train_limit"):
+        x_train, y_train = x_train[:options["train_limit"]], y_train[:options["train_limit"]]
+    if options.get("test_limit"):
+        x_test, y_test = x_test[:options["test_limit"]], y_test[:options["test_limit"]]
+    if len(x_train) == 0:
+        raise DataError(f"{src}: no training samples left")
+
+    x_val = y_val = None
+    split = float(options.get("validation_split") or 0)
+    if split:
+        n_val = int(round(len(x_train) * split))
+        if n_val < 1 or n_val >= len(x_train):
+            raise DataError(f"{src}: validation_split {split} of {len(x_train)} training samples leaves "
+                            f"{n_val} for validation and {len(x_train) - n_val} for training")
+        # a seeded permutation, not the file's tail: files are often sorted by class
+        order = np.random.default_rng([seed, 0x5A11]).permutation(len(x_train))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        x_val, y_val = x_train[val_idx], y_train[val_idx]
+        x_train, y_train = x_train[train_idx], y_train[train_idx]
+
+    if input_shape is not None:
+        input_shape = tuple(input_shape)
+        sample = x_train.shape[1:]
+        if sample != input_shape:
+            if int(np.prod(sample)) != int(np.prod(input_shape)):
+                raise DataError(f"{src}: images are {sample} per sample but the model's input is {input_shape}")
+            x_train, x_test = x_train.reshape(-1, *input_shape), x_test.reshape(-1, *input_shape)
+            x_val = None if x_val is None else x_val.reshape(-1, *input_shape)
+    if num_outputs is not None:
+        top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
+        if top >= num_outputs:
+            raise DataError(f"{src}: labels go up to {top} but the model has {num_outputs} output units "
+                            f"(pick classes with training.data.classes, or widen the last layer)")
+        names += [str(i) for i in range(len(names), num_outputs)]
+        names = names[:num_outputs]
+
+    how = options.get("normalize", "unit")
+    arrays = [x_train, x_test] + ([x_val] if x_val is not None else [])
+    arrays = _normalize(arrays, how)
+    return DataSplits(x_train=arrays[0], y_train=y_train, x_test=arrays[1], y_test=y_test,
+                      x_val=arrays[2] if x_val is not None else None, y_val=y_val,
+                      source=src, notice=raw.notice, class_names=names)
+
+
+def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | None = None, seed: int = 0,
+              input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
+              registry=None) -> DataSplits:
+    """Find, read and prepare the registered dataset ``name``. ``data_dir`` wins over
+    ``options['data_dir']``."""
+    if registry is None:
+        from ..plugins import get_registry
+        registry = get_registry()
+    dataset = registry.get("dataset", name)()
+    options = dict(options or {})
+    where = data_dir if data_dir is not None else options.get("data_dir")
+    raw = dataset.load(where)
+    return prepare(raw, options, seed=seed, input_shape=input_shape, num_outputs=num_outputs,
+                   class_names=dataset.class_names)
+
+
+__all__ = ["Dataset", "RawData", "DataSplits", "load_data", "prepare", "cache_dir", "DATA_DIR_ENV"]

@@ -1,0 +1,132 @@
+"""Readers for the non-IDX dataset files: pickles, CSV, .npz.
+
+Pickles are read with :class:`SafeUnpickler`, which resolves only the names a
+pickled numpy array needs. Anything else in the stream (``os.system``,
+``builtins.eval``, any class) is refused before it can run, so a hostile
+``mnist.pkl.gz`` or CIFAR batch is a :class:`DataError`, not code execution.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .idx import read_bytes
+
+try:  # numpy 2 renamed numpy.core to numpy._core
+    from numpy._core.multiarray import _reconstruct as _RECONSTRUCT
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _RECONSTRUCT
+#: (module, name) -> object; both numpy 1 and numpy 2 spellings of the same functions
+ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed") from None
+
+
+def safe_unpickle(path: str | Path, encoding: str = "latin1"):
+    """Unpickle a (possibly gzipped) file that may only contain numpy arrays and plain containers."""
+    data = read_bytes(path)
+    try:
+        return SafeUnpickler(io.BytesIO(data), encoding=encoding).load()
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, zlib.error,
+            gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+
+
+def _array(value, source: str, what: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except Exception:
+            raise DataError(f"{source}: {what} is not an array") from None
+    if value.dtype == object:
+        raise DataError(f"{source}: {what} is not a numeric array")
+    return value
+
+
+def read_nielsen_pickle(path: Path):
+    """Nielsen's ``mnist.pkl.gz``: ``(train, validation, test)``, each ``(x (N,784) float, y (N,))``.
+    Training and validation are joined: ``training.data.validation_split`` makes the held-out part."""
+    obj = safe_unpickle(path)
+    if not (isinstance(obj, tuple) and len(obj) == 3 and all(isinstance(p, tuple) and len(p) == 2 for p in obj)):
+        raise DataError(f"{path}: expected a (train, validation, test) tuple of (images, labels) pairs")
+    parts = [(_array(x, str(path), f"part {i} images"), _array(y, str(path), f"part {i} labels"))
+             for i, (x, y) in enumerate(obj)]
+    for i, (x, y) in enumerate(parts):
+        if len(x) != len(y):
+            raise DataError(f"{path}: part {i} has {len(x)} images but {len(y)} labels")
+    x_train = np.concatenate([parts[0][0], parts[1][0]])
+    y_train = np.concatenate([parts[0][1], parts[1][1]])
+    return x_train, y_train, parts[2][0], parts[2][1]
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: a dict with bytes keys ``b"data"`` (N, 3072) uint8, ``b"labels"``."""
+    obj = safe_unpickle(path, encoding="bytes")
+    if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
+        raise DataError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
+    data = _array(obj[b"data"], str(path), "data")
+    labels = _array(obj[b"labels"], str(path), "labels")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    # rows are 1024 red, then 1024 green, then 1024 blue values: already channels first
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_label_csv(path: Path, width: int = 784) -> tuple[np.ndarray, np.ndarray]:
+    """Kaggle digit-recognizer CSV: a header, then ``label,pixel0..pixel783`` rows."""
+    try:
+        with open(path, "r", encoding="ascii") as f:
+            header = f.readline().strip().split(",")
+            if not header or header[0] != "label" or len(header) != width + 1:
+                raise DataError(f"{path}: expected a header 'label,pixel0,...,pixel{width - 1}', "
+                                f"got {len(header)} columns starting {header[0]!r}")
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: malformed CSV ({exc})") from None
+    if table.size == 0:
+        raise DataError(f"{path}: no data rows")
+    if table.shape[1] != width + 1:
+        raise DataError(f"{path}: rows have {table.shape[1]} columns, expected {width + 1}")
+    pixels = table[:, 1:]
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise DataError(f"{path}: pixel values must be 0..255")
+    return pixels.astype(np.uint8), table[:, 0]
+
+
+def read_npz_splits(path: Path, keys=("x_train", "y_train", "x_test", "y_test")) -> tuple[np.ndarray, ...]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise DataError(f"{path}: missing arrays {', '.join(missing)} (has {', '.join(data.files) or 'none'})")
+            return tuple(data[k] for k in keys)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except DataError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
+        raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,326 @@
+"""The one training loop every model goes through.
+
+Per step: slice a shuffled mini-batch, forward (``training=True``, the
+trainer's generator for dropout), loss, backward, optimizer update. No plugin
+hooks run here and the only per-step work that grows with the model is the
+optimizer's single loop over tensors. After each epoch the validation split
+(if any) and the test split are evaluated, early stopping is consulted, and a
+checkpoint is handed to ``save_checkpoint``.
+
+Determinism: the permutation of epoch ``e`` comes from its own generator
+seeded ``(seed, e)``, the dropout generator's state travels in checkpoints,
+and the learning rate is a function of the position, so the same model file
+and seed give bit-identical weights and history, resumed or not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .data import DataSplits
+from .errors import CheckpointError, LayerkitError, TrainingError
+from .model import Model
+from .optimizers import Optimizer, build_optimizer
+from .schedules import Schedule
+
+CHECKPOINT_FORMAT = 1
+EVAL_BATCH = 512
+LOWER_IS_BETTER = ("val_loss", "test_loss", "train_loss")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; a checkpoint of the last complete batch was saved if ``saved``."""
+
+    def __init__(self, epoch: int, step: int, saved: bool):
+        super().__init__(f"interrupted in epoch {epoch + 1} after batch {step}")
+        self.epoch, self.step, self.saved = epoch, step, saved
+
+
+class Callback:
+    """Progress observer. Every method is optional; none may change training."""
+
+    def on_train_begin(self, trainer: "Trainer") -> None: ...
+    def on_epoch_begin(self, epoch: int, steps: int, start_step: int) -> None: ...
+    def on_batch_end(self, epoch: int, step: int, loss: float, accuracy: float, samples: int) -> None: ...
+    def on_epoch_end(self, epoch: int, record: dict, seconds: float) -> None: ...
+    def on_train_end(self, result: "TrainResult") -> None: ...
+
+
+@dataclass
+class TrainState:
+    """The position in training and everything a resumed run must continue from."""
+
+    epoch: int = 0  # the epoch in progress, 0-based
+    step: int = 0  # batches of it already done
+    loss_sum: float = 0.0  # running training loss * samples for the epoch in progress
+    correct: int = 0
+    seen: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+    stopped_early: bool = False
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    test_loss: float
+    test_accuracy: float
+    epochs_run: int
+    stopped_early: bool
+    best_epoch: int | None
+    monitor: str | None
+    epoch_seconds: list[float]
+
+    def metrics(self) -> dict:
+        out = asdict(self)
+        out.pop("history")
+        return out
+
+
+def build_loss(spec, registry=None):
+    """The loss object named in the model file's ``loss`` section."""
+    if registry is None:
+        from .plugins import get_registry
+        registry = get_registry()
+    config = dict(spec.loss)
+    cls = registry.get("loss", config.pop("type"))
+    return cls(**config)
+
+
+def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH
+             ) -> tuple[float, float, np.ndarray]:
+    """Mean loss, accuracy and predicted classes over ``x`` in inference mode."""
+    total, preds = 0.0, np.empty(len(x), dtype=np.int64)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        out, _ = model.forward(xb, training=False)
+        value, _ = loss.forward(out, yb)
+        total += float(value) * len(xb)
+        preds[i:i + len(xb)] = loss.predict(out)
+    n = max(len(x), 1)
+    return total / n, float(np.mean(preds == y)) if len(x) else 0.0, preds
+
+
+class Trainer:
+    def __init__(self, model: Model, loss, data: DataSplits, training: dict, *,
+                 optimizer: Optimizer | None = None, callbacks: Sequence[Callback] = (),
+                 save_checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
+                 registry=None) -> None:
+        self.model, self.loss, self.data = model, loss, data
+        self.training = dict(training)
+        self.epochs = int(self.training.get("epochs", 10))
+        self.batch_size = int(self.training.get("batch_size", 64))
+        self.seed = int(self.training.get("seed", 0))
+        self.callbacks = list(callbacks)
+        self.save_checkpoint = save_checkpoint
+        self.optimizer = optimizer or build_optimizer(model, self.training.get("optimizer") or {"type": "sgd"},
+                                                      float(self.training.get("weight_decay", 0) or 0), registry)
+        n = len(data.x_train)
+        self.steps_per_epoch = math.ceil(n / self.batch_size)
+        self.schedule = Schedule.from_config(self.training.get("schedule"), self.optimizer.lr,
+                                             self.epochs, self.steps_per_epoch)
+        self.early = self._early_stopping_config()
+        self.rng = np.random.default_rng([self.seed, 1])
+        self.state = TrainState()
+        self.best_weights: dict[str, np.ndarray] | None = None
+        self._keys = [(node.name, tname) for node in model.nodes for tname in model.params[node.name]]
+        self._stop_requested = False
+        self._busy = False
+
+    def _early_stopping_config(self) -> dict | None:
+        config = self.training.get("early_stopping")
+        if not config:
+            return None
+        config = {"monitor": "val_loss", "patience": 3, "min_delta": 0.0, **config}
+        if config["monitor"].startswith("val_") and self.data.x_val is None:
+            raise LayerkitError(f"early_stopping monitors {config['monitor']} but there is no validation split "
+                                f"(set training.data.validation_split, or monitor test_loss/train_loss)")
+        return config
+
+    # -- the loop --------------------------------------------------------------
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.data.x_train))
+
+    def fit(self) -> TrainResult:
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        with self._sigint_deferred():
+            try:
+                while self.state.epoch < self.epochs and not self.state.stopped_early:
+                    self._run_epoch()
+            except KeyboardInterrupt:
+                saved = False
+                if not self._busy and self.save_checkpoint is not None:
+                    self.save_checkpoint(self.checkpoint_arrays())
+                    saved = True
+                raise TrainingInterrupted(self.state.epoch, self.state.step, saved) from None
+        result = self._finish()
+        for cb in self.callbacks:
+            cb.on_train_end(result)
+        return result
+
+    def _run_epoch(self) -> None:
+        st, model, loss, opt = self.state, self.model, self.loss, self.optimizer
+        x, y, bs = self.data.x_train, self.data.y_train, self.batch_size
+        epoch, spe = st.epoch, self.steps_per_epoch
+        perm = self.permutation(epoch)
+        started = time.perf_counter()
+        for cb in self.callbacks:
+            cb.on_epoch_begin(epoch, spe, st.step)
+        keys = self._keys
+        for step in range(st.step, spe):
+            idx = perm[step * bs:(step + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            out, caches = model.forward(xb, training=True, rng=self.rng)
+            value, lcache = loss.forward(out, yb)
+            value = float(value)
+            if not math.isfinite(value):
+                raise TrainingError(f"the loss became {value} in epoch {epoch + 1}, batch {step + 1}; "
+                                    f"training stopped (try a lower learning rate)")
+            grads = model.backward(caches, loss.backward(lcache))
+            self._busy = True  # a second Ctrl-C in here must not checkpoint half-updated weights
+            opt.step([grads[n][t] for n, t in keys], self.schedule.lr(epoch, step))
+            self._busy = False
+            hits = int(np.count_nonzero(loss.predict(out) == yb))
+            st.step, st.loss_sum, st.correct, st.seen = step + 1, st.loss_sum + value * len(idx), \
+                st.correct + hits, st.seen + len(idx)
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            for cb in self.callbacks:
+                cb.on_batch_end(epoch, step, value, hits / len(idx), len(idx))
+        record = self._epoch_record(epoch)
+        self._busy = True
+        st.history.append(record)
+        self._update_early_stopping(record)
+        st.epoch_seconds.append(time.perf_counter() - started)
+        st.epoch, st.step, st.loss_sum, st.correct, st.seen = epoch + 1, 0, 0.0, 0, 0
+        self._busy = False
+        if self.save_checkpoint is not None:
+            self.save_checkpoint(self.checkpoint_arrays())
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, record, st.epoch_seconds[-1])
+
+    def _epoch_record(self, epoch: int) -> dict:
+        st = self.state
+        record = {"epoch": epoch + 1, "lr": self.schedule.lr(epoch, self.steps_per_epoch - 1),
+                  "train_loss": st.loss_sum / max(st.seen, 1), "train_accuracy": st.correct / max(st.seen, 1)}
+        if self.data.x_val is not None:
+            record["val_loss"], record["val_accuracy"], _ = evaluate(self.model, self.loss,
+                                                                     self.data.x_val, self.data.y_val)
+        record["test_loss"], record["test_accuracy"], _ = evaluate(self.model, self.loss,
+                                                                   self.data.x_test, self.data.y_test)
+        return record
+
+    def _update_early_stopping(self, record: dict) -> None:
+        if self.early is None:
+            return
+        st, monitor, delta = self.state, self.early["monitor"], float(self.early["min_delta"])
+        value = record[monitor]
+        if monitor in LOWER_IS_BETTER:
+            better = st.best_value is None or value < st.best_value - delta
+        else:
+            better = st.best_value is None or value > st.best_value + delta
+        if better:
+            st.best_value, st.best_epoch, st.wait = value, record["epoch"], 0
+            self.best_weights = {k: v.copy() for k, v in self.model.weights_dict().items()}
+        else:
+            st.wait += 1
+            if st.wait >= int(self.early["patience"]):
+                st.stopped_early = True
+
+    def _finish(self) -> TrainResult:
+        st = self.state
+        if self.early is not None and self.best_weights is not None:
+            # early stopping keeps the weights of the best epoch, not the last
+            self.model.set_weights(self.best_weights, source="best weights")
+        test_loss, test_acc, _ = evaluate(self.model, self.loss, self.data.x_test, self.data.y_test)
+        return TrainResult(history=list(st.history), test_loss=test_loss, test_accuracy=test_acc,
+                           epochs_run=len(st.history), stopped_early=st.stopped_early,
+                           best_epoch=st.best_epoch, monitor=self.early["monitor"] if self.early else None,
+                           epoch_seconds=list(st.epoch_seconds))
+
+    @property
+    def finished(self) -> bool:
+        return self.state.epoch >= self.epochs or self.state.stopped_early
+
+    # -- Ctrl-C ------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop after the batch in progress, saving a checkpoint (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    @contextmanager
+    def _sigint_deferred(self):
+        """Turn the first Ctrl-C into a stop after the current batch, so the checkpoint never
+        holds half-updated weights; a second Ctrl-C interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not allowed here (embedded interpreter)
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    # -- checkpoints ---------------------------------------------------------------
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue bit-identically, as plain arrays (no pickles)."""
+        arrays = {f"model/{k}": v for k, v in self.model.weights_dict().items()}
+        arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
+        if self.best_weights is not None:
+            arrays.update({f"best/{k}": v for k, v in self.best_weights.items()})
+        meta = {"format": CHECKPOINT_FORMAT, "model": self.model.graph.spec.name,
+                "optimizer": self.optimizer.type, "state": asdict(self.state),
+                "rng": self.rng.bit_generator.state, "steps_per_epoch": self.steps_per_epoch,
+                "epochs": self.epochs, "seed": self.seed}
+        arrays["meta"] = np.array(json.dumps(meta))
+        return arrays
+
+    def restore(self, arrays: dict[str, np.ndarray], source: str = "checkpoint") -> None:
+        if "meta" not in arrays:
+            raise CheckpointError(f"{source}: not a layerkit checkpoint (no meta record)")
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: unreadable meta record ({exc})") from None
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{source}: checkpoint format {meta.get('format')} is not supported")
+        if meta.get("optimizer") != self.optimizer.type:
+            raise CheckpointError(f"{source}: saved with optimizer {meta.get('optimizer')!r}, "
+                                  f"the model file now says {self.optimizer.type!r}")
+        if meta.get("steps_per_epoch") != self.steps_per_epoch:
+            raise CheckpointError(f"{source}: saved with {meta.get('steps_per_epoch')} batches per epoch, the "
+                                  f"data and batch size now give {self.steps_per_epoch}: not the same data")
+
+        def part(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        self.model.set_weights(part("model/"), source=source)
+        self.optimizer.load_state_dict(part("optim/"), source=source)
+        best = part("best/")
+        self.best_weights = best or None
+        self.rng.bit_generator.state = meta["rng"]
+        self.state = TrainState(**meta["state"])
