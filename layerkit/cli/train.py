@@ -1,3 +1,268 @@
-"""layerkit CLI commands: train."""
+"""layerkit CLI commands that train and look at results: fit, evaluate, plot, data."""
 
-from . import app  # noqa: F401
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import LayerkitError
+from ..trainer import Callback, TrainingInterrupted
+from . import app
+
+data_app = typer.Typer(help="Datasets: list the installed loaders, download MNIST / Fashion-MNIST.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DATA_DIR = typer.Option(None, "--data-dir", metavar="DIR",
+                        help="Directory (or file) holding the dataset; default: $LAYERKIT_DATA_DIR, "
+                             "the cache, then the embedded MNIST sample.")
+DATASET = typer.Option(None, "--dataset", help="Registered dataset name (overrides training.dataset).")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+    return Console(stderr=stderr, highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def summary_line(epoch: int, epochs: int, record: dict, seconds: float, samples: int) -> str:
+    parts = [f"epoch {epoch + 1}/{epochs}",
+             f"train loss {record['train_loss']:.4f} acc {_pct(record['train_accuracy'])}"]
+    if "val_loss" in record:
+        parts.append(f"val loss {record['val_loss']:.4f} acc {_pct(record['val_accuracy'])}")
+    parts.append(f"test loss {record['test_loss']:.4f} acc {_pct(record['test_accuracy'])}")
+    parts.append(f"lr {record['lr']:.3g}")
+    parts.append(f"{seconds:.1f}s ({samples / max(seconds, 1e-9):,.0f} img/s)")
+    return "  ".join(parts)
+
+
+class ProgressDisplay(Callback):
+    """A rich progress bar per epoch (unless quiet) and one summary line per epoch."""
+
+    REFRESH_S = 0.1
+
+    def __init__(self, console, quiet: bool = False) -> None:
+        self.console, self.quiet = console, quiet
+        self.progress = None
+
+    def on_train_begin(self, trainer) -> None:
+        self.epochs = trainer.epochs
+        self.samples = len(trainer.data.x_train)
+
+    def on_epoch_begin(self, epoch, steps, start_step) -> None:
+        self.loss_sum = self.hits = self.seen = 0.0
+        self.started = time.perf_counter()
+        self.last_draw = 0.0
+        if self.quiet:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[speed]} img/s"),
+            TimeRemainingColumn(), console=self.console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, completed=start_step,
+                                           loss="-", acc="-", speed="-")
+
+    def on_batch_end(self, epoch, step, loss, accuracy, samples) -> None:
+        self.loss_sum += loss * samples
+        self.hits += accuracy * samples
+        self.seen += samples
+        if self.progress is None:
+            return
+        now = time.perf_counter()
+        if now - self.last_draw < self.REFRESH_S:
+            self.progress.update(self.task, completed=step + 1)
+            return
+        self.last_draw = now
+        self.progress.update(self.task, completed=step + 1, loss=f"{self.loss_sum / self.seen:.4f}",
+                             acc=_pct(self.hits / self.seen),
+                             speed=f"{self.seen / max(now - self.started, 1e-9):,.0f}")
+
+    def _stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def on_epoch_end(self, epoch, record, seconds) -> None:
+        self._stop()
+        self.console.print(summary_line(epoch, self.epochs, record, seconds, self.samples), markup=False,
+                           soft_wrap=True)
+
+    def on_train_end(self, result) -> None:
+        self._stop()
+
+
+def _parse_classes(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of class ids", param_hint="--classes")
+
+
+def _parse_sets(items: List[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        try:
+            out[key.removeprefix("training.")] = json.loads(value)
+        except ValueError:
+            out[key.removeprefix("training.")] = value  # a bare word: a string
+    return out
+
+
+@app.command()
+def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Model file (not needed with --resume)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (training.optimizer.lr)."),
+        seed: Optional[int] = typer.Option(None, "--seed", min=0),
+        optimizer: Optional[str] = typer.Option(None, "--optimizer",
+                                                help="Optimizer type; its own defaults replace the file's parameters."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", min=0),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="constant, step, exponential or cosine."),
+        dataset: Optional[str] = DATASET,
+        data_dir: Optional[Path] = DATA_DIR,
+        train_limit: Optional[int] = typer.Option(None, "--train-limit", min=1),
+        test_limit: Optional[int] = typer.Option(None, "--test-limit", min=1),
+        validation_split: Optional[float] = typer.Option(None, "--validation-split"),
+        classes: Optional[str] = typer.Option(None, "--classes", metavar="0,1,2", help="Train on these labels only."),
+        normalize: Optional[str] = typer.Option(None, "--normalize", help="unit, standardize or none."),
+        set_: List[str] = typer.Option([], "--set", metavar="KEY=JSON",
+                                       help="Any training setting, e.g. --set early_stopping.patience=2 "
+                                            "(repeatable)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME-TIMESTAMP)."),
+        resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                              help="Continue the run in RUN_DIR from its last checkpoint."),
+        check_grads: bool = typer.Option(False, "--check-grads",
+                                         help="Gradient-check the first training batch first; stop if it fails."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the per-epoch summary lines."),
+        ) -> None:
+    """Train a model file; writes a run directory with checkpoints, history, weights and metrics."""
+    from ..runs import train
+
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
+                 "weight_decay": weight_decay, "schedule": schedule, "dataset": dataset,
+                 "data.train_limit": train_limit, "data.test_limit": test_limit,
+                 "data.validation_split": validation_split, "data.classes": _parse_classes(classes),
+                 "data.normalize": normalize, **_parse_sets(set_)}
+    given = sorted(k for k, v in overrides.items() if v is not None)
+    if resume is not None and given:
+        raise LayerkitError(f"--resume continues a run exactly as it was started; it cannot be combined with "
+                            f"{', '.join('--' + g.split('.')[-1].replace('_', '-') for g in given)}")
+    console = _console()
+    log = (lambda msg: _console(stderr=True).print(msg, markup=False, soft_wrap=True))
+    try:
+        run, result = train(model, overrides=overrides, out=out, resume=resume,
+                            data_dir=data_dir, check_grads=check_grads,
+                            callbacks=[ProgressDisplay(console, quiet)], log=log, console=console)
+    except TrainingInterrupted:
+        raise typer.Exit(130)
+    kept = f" (weights of epoch {result.best_epoch}, best {result.monitor})" if result.monitor else ""
+    console.print(f"test accuracy {_pct(result.test_accuracy)}, loss {result.test_loss:.4f}{kept}; "
+                  f"run saved in {run.path}", markup=False)
+
+
+def _confusion(y_true, y_pred, k: int):
+    import numpy as np
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+@app.command()
+def evaluate(model: Path = typer.Argument(..., metavar="MODEL"),
+             weights: Path = typer.Option(..., "--weights", help="weights.npz (or a run's checkpoint.npz)."),
+             data_dir: Optional[Path] = DATA_DIR, dataset: Optional[str] = DATASET,
+             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Accuracy, per-class accuracy and the confusion matrix on the test split."""
+    import numpy as np
+
+    from ..builder import build_model
+    from ..model import load_npz
+    from ..runs import apply_overrides, prepare_data
+    from ..spec import read_model_file, spec_from_dict
+    from ..trainer import build_loss, evaluate as run_eval
+
+    raw, source = read_model_file(model)
+    spec = spec_from_dict(apply_overrides(raw, {"dataset": dataset}), source=Path(source).name)
+    net = build_model(spec)
+    arrays = load_npz(weights)
+    if "meta" in arrays:  # a checkpoint: its model tensors are under model/
+        arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    net.set_weights(arrays, source=str(weights))
+    data = prepare_data(spec, net, data_dir)
+    if data.notice and not as_json:
+        _console(stderr=True).print(f"note: {data.notice}", markup=False)
+    loss_value, accuracy, preds = run_eval(net, build_loss(spec), data.x_test, data.y_test)
+    k = max(data.num_classes, int(preds.max(initial=0)) + 1)
+    matrix = _confusion(data.y_test, preds, k)
+    totals = matrix.sum(axis=1)
+    per_class = [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(k)]
+    names = (data.class_names + [str(i) for i in range(len(data.class_names), k)])[:k]
+    if as_json:
+        typer.echo(json.dumps({"model": spec.name, "weights": str(weights), "data_source": data.source,
+                               "samples": int(len(data.y_test)), "loss": loss_value, "accuracy": accuracy,
+                               "classes": names, "per_class_accuracy": per_class,
+                               "confusion_matrix": matrix.tolist()}, indent=2))
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"{spec.name}: test accuracy {_pct(accuracy)} ({int(np.trace(matrix))}/{len(data.y_test)}), "
+                  f"loss {loss_value:.4f}", markup=False)
+    table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    table.add_column("class")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("accuracy", justify="right")
+    for i, name in enumerate(names):
+        table.add_row(name, *[str(v) for v in matrix[i]], "-" if per_class[i] is None else _pct(per_class[i]))
+    console.print(table)
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., metavar="RUN_DIR"),
+         out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs (default: RUN_DIR).")) -> None:
+    """PNG plots of a run: loss and accuracy curves, and the first layer's weights as images."""
+    from ..plot import plot_run
+
+    for path in plot_run(run_dir, out):
+        typer.echo(f"wrote {path}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The registered datasets and the files each one reads."""
+    from ..plugins import get_registry
+
+    registry = get_registry()
+    for name in registry.names("dataset"):
+        cls = registry.get("dataset", name)
+        files = ", ".join(getattr(cls, "files", ()) or ())
+        typer.echo(f"{name:15} {cls.description}" + (f"\n{'':15} files: {files}" if files else ""))
+
+
+@data_app.command("download")
+def data_download(name: str = typer.Argument(..., metavar="mnist|fashion_mnist"),
+                  dest: Optional[Path] = typer.Option(None, "--dir", help="Target folder (default: "
+                                                      "$LAYERKIT_DATA_DIR/NAME or ~/.cache/layerkit/NAME)."),
+                  url_base: Optional[str] = typer.Option(None, "--url-base", help="Mirror to download from.")) -> None:
+    """Download the four IDX files and verify their SHA-256 checksums."""
+    from ..data.download import download
+
+    where = download(name, dest, url_base, report=typer.echo)
+    typer.echo(f"{name} is in {where}; it is found automatically there"
+               if dest is None else f"{name} is in {where}; train with --data-dir {where}")
