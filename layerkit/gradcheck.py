@@ -85,17 +85,28 @@ class TensorResult:
         return f"{self.layer}.{self.tensor}"
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["shape"] = list(self.shape)
-        if self.worst is not None and isinstance(self.worst.index, tuple):
-            out["worst"]["index"] = list(self.worst.index)
-        return out
+        return _jsonable(asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists, and non-finite floats to strings: strict JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else str(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def relative_error(analytic: float, numeric: float, noise: float = 0.0) -> float:
     """|a - n| / (|a| + |n|), the denominator floored at ``FLOOR_FACTOR * noise`` so that a
     difference within round-off always stays below ``PASS_TOL / 10``; when both values are
     below ``ABS_FLOOR`` they agree."""
+    if not (math.isfinite(analytic) and math.isfinite(numeric)):
+        return math.inf  # NaN must never compare as "not worse"
     if abs(analytic) < ABS_FLOOR and abs(numeric) < ABS_FLOOR:
         return 0.0
     floor = max(FLOOR_FACTOR * noise, ABS_FLOOR)

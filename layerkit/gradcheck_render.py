@@ -29,7 +29,7 @@ def _table(title: str, rows, what: str) -> Table:
                           ("max rel error", "right"), ("status", "left")):
         table.add_column(name, justify=justify, no_wrap=name in ("layer", "tensor"))
     for r in rows:
-        layer = f"{r.layer} [dim]({r.layer_type})[/]" if r.layer_type and r.layer_type != r.layer else r.layer
+        layer = f"{r.layer} [dim]({r.layer_type})[/]" if r.layer_type and not r.layer.startswith("(") else r.layer
         err = "-" if r.max_rel_error is None else f"{r.max_rel_error:.1e}"
         table.add_row(layer, r.tensor, "x".join(map(str, r.shape)) or "-", _checked(r), err, _status(r))
     return table
