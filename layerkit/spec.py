@@ -243,16 +243,16 @@ def spec_from_dict(data: Any, source: str = "<model>", registry: Registry | None
         raise ModelFileError(problems=problems)
     _non_finite(data, (), source, problems)
 
-    layers, wired = _layers(data, registry, source, problems)
+    graph_problems: list[Problem] = []
+    layers, wired = _layers(data, registry, source, problems, graph_problems)
     loss = _loss(data, registry, source, problems)
     training = _training(data, registry, source, problems)
 
-    graph_problems: list[Problem] = []
     output = data.get("output") if isinstance(data.get("output"), str) else None
     if layers:
         output = output or layers[-1].name
     if layers and wired:
-        graph_problems = wiring_problems(layers, output, source)
+        graph_problems += wiring_problems(layers, output, source)
     if problems or graph_problems:
         cls = ModelFileError if problems else GraphError
         raise cls(problems=_dedupe(problems + graph_problems))
@@ -269,8 +269,8 @@ def spec_from_dict(data: Any, source: str = "<model>", registry: Registry | None
     )
 
 
-def _layers(data: dict, registry: Registry, source: str,
-            problems: list[Problem]) -> tuple[list[LayerSpec], bool]:
+def _layers(data: dict, registry: Registry, source: str, problems: list[Problem],
+            graph_problems: list[Problem]) -> tuple[list[LayerSpec], bool]:
     """The layer specs, and whether every layer's name and inputs were readable
     (only then can the wiring be checked)."""
     raw_layers = data.get("layers") if isinstance(data.get("layers"), list) else []
@@ -302,14 +302,15 @@ def _layers(data: dict, registry: Registry, source: str,
             inputs = [layers[-1].name if layers else RESERVED_INPUT]
         elif isinstance(inputs, str):
             inputs = [inputs]
-        if not (isinstance(inputs, list) and inputs and all(isinstance(r, str) for r in inputs)):
-            wired = False  # the schema reported it
+        bad_inputs = any(p.path[:3] == base + ("inputs",) for p in found)
+        if bad_inputs or not (isinstance(inputs, list) and inputs and all(isinstance(r, str) for r in inputs)):
+            wired = False  # the schema reported it; wiring messages would only repeat it
             inputs = []
         spec = LayerSpec(index, name, type_name, list(inputs), config or {})
         if config is not None and inputs:
             found_arity = arity_problem(spec, getattr(registry.layer(type_name), "arity", 1), source)
             if found_arity:
-                problems.append(found_arity)
+                graph_problems.append(found_arity)
         layers.append(spec)
     return layers, wired
 

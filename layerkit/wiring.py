@@ -51,7 +51,11 @@ def wiring_problems(layers: Sequence[Wired], output: str, source: str) -> list[P
                 problems.append(Problem(f"{layer.label} reads unknown layer {ref!r}"
                                         f"{_did_you_mean(ref, [*by_name, RESERVED_INPUT])}",
                                         ("layers", layer.index, "inputs"), source))
+    position = {layer.name: i for i, layer in enumerate(layers)}
     for cycle in _cycles(layers, by_name):
+        # start at the layer written first, so the message is the same whatever the DFS did
+        start = min(range(len(cycle)), key=lambda i: position[cycle[i]])
+        cycle = cycle[start:] + cycle[:start]
         first = by_name[cycle[0]]
         loop = " -> ".join(repr(name) for name in [*cycle, cycle[0]])
         problems.append(Problem(f"the layers {loop} form a cycle", ("layers", first.index, "inputs"), source))

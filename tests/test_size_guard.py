@@ -1,0 +1,62 @@
+"""The size guard refuses huge models before a single tensor is allocated."""
+
+from __future__ import annotations
+
+import pytest
+from _core_layers import core_registry, flat_model
+
+from layerkit.builder import SizeLimits, build_graph_from, build_model, format_bytes, parse_bytes
+from layerkit.errors import SizeLimitError
+from layerkit.model import Model
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return core_registry()
+
+
+def huge():
+    # 10^12 weights: allocating them would take 4 TB
+    return flat_model({"name": "fc", "type": "dense", "units": 1_000_000}, shape=[1_000_000],
+                      training={"batch_size": 8})
+
+
+def test_too_many_parameters_refused_before_allocation(registry, monkeypatch):
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("allocated despite the size guard")
+
+    monkeypatch.setattr(Model, "initialize", no_allocation)
+    with pytest.raises(SizeLimitError) as info:
+        build_model(huge(), registry=registry)
+    assert str(info.value) == (
+        "<model>: model has 1,000,001,000,000 parameters, over the limit of 200,000,000 "
+        "(raise it with --max-params)")
+
+
+def test_activation_memory_uses_the_training_batch_size(registry):
+    data = flat_model({"type": "dense", "units": 10}, shape=[1000], training={"batch_size": 100})
+    graph = build_graph_from(data, registry)
+    assert graph.activation_bytes(100) == 2 * (1000 + 10) * 100 * 4
+    with pytest.raises(SizeLimitError) as info:
+        build_graph_from(data, registry, SizeLimits(max_activation_bytes=500_000))
+    assert str(info.value) == (
+        "<model>: training at batch size 100 needs about 789.0 KiB of activations, over the limit of "
+        "488.2 KiB (raise it with --max-memory or lower the batch size)")
+    build_graph_from(data, registry, SizeLimits(max_activation_bytes=500_000, batch_size=10))
+
+
+def test_both_limits_reported_together(registry):
+    with pytest.raises(SizeLimitError) as info:
+        build_graph_from(huge(), registry, SizeLimits(max_params=10, max_activation_bytes=10))
+    assert len(info.value.problems) == 2
+
+
+def test_size_parsing_and_formatting():
+    assert parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("8GB") == 8 * 10**9
+    assert parse_bytes("1e6") == 10**6
+    for bad in ("", "12 parsecs", "-5MB", "0", "1e999"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(10**400) == "more than 1 EiB"
