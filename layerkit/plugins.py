@@ -129,8 +129,8 @@ def _drop_invalid_hooks(pm: pluggy.PluginManager, registry: Registry) -> None:
 def _call_hooks(pm: pluggy.PluginManager, kind: str, registry: Registry) -> None:
     hook = HOOKS[kind]
     # each implementation on its own, so that one raising does not hide the rest;
-    # get_hookimpls lists the last registered first
-    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+    # get_hookimpls lists them in registration order (built-ins, extras, entry points)
+    for impl in getattr(pm.hook, hook).get_hookimpls():
         name = impl.plugin_name
         info = registry.plugins.setdefault(name, PluginInfo(name=name))
         info.hooks.append(hook)
