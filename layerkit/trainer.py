@@ -158,8 +158,11 @@ class Trainer:
             cb.on_train_begin(self)
         with self._sigint_deferred():
             try:
-                while self.state.epoch < self.epochs and not self.state.stopped_early:
-                    self._run_epoch()
+                # a diverging run overflows before its loss turns nan: the loss check reports that
+                # once, clearly, instead of a stream of RuntimeWarnings
+                with np.errstate(over="ignore", invalid="ignore"):
+                    while self.state.epoch < self.epochs and not self.state.stopped_early:
+                        self._run_epoch()
             except KeyboardInterrupt:
                 saved = False
                 if not self._busy and self.save_checkpoint is not None:

@@ -58,6 +58,18 @@ def has_layers(*types_: str) -> bool:
     return all(t in registry.entries["layer"] for t in types_)
 
 
+def mlp_model(hidden=32, dropout=0.2, classes=10, **training) -> dict:
+    """flatten -> dense -> relu -> dropout -> dense: small, and exercises the dropout generator."""
+    train = {"dataset": "mnist", "epochs": 2, "batch_size": 50, "seed": 3,
+             "optimizer": {"type": "adam", "lr": 0.003}, "data": {"train_limit": 1000, "test_limit": 300}}
+    train.update(training)
+    return {"format": 1, "name": "mlp_small", "input": {"shape": [1, 28, 28]},
+            "layers": [{"type": "flatten"}, {"name": "fc1", "type": "dense", "units": hidden, "init": "he_normal"},
+                       {"type": "relu"}, {"type": "dropout", "rate": dropout},
+                       {"name": "logits", "type": "dense", "units": classes}],
+            "loss": {"type": "softmax_cross_entropy"}, "training": train}
+
+
 def dense_model(units=(16,), classes=10, shape=(1, 28, 28), **training) -> dict:
     """A model of dense layers only (the only layer guaranteed to exist): a linear
     classifier per stage, with a flat input so no flatten layer is needed."""
