@@ -173,21 +173,20 @@ def composed_schema(registry) -> dict[str, Any]:
                         "then": {"$ref": f"#/$defs/{key}"}})
         return out
 
-    def enum_of(kind: str) -> dict:
-        return {"type": "string", "enum": registry.names(kind)}
+    def typed(section: dict, kind: str, common: dict) -> None:
+        # with nothing of a kind installed, an empty enum/allOf would make the schema invalid
+        names = registry.names(kind)
+        if names:
+            section["properties"]["type"] = {"type": "string", "enum": names,
+                                             "description": f"Registered {kind} type."}
+            section["allOf"] = branches(kind, common)
 
-    layer_items = schema["properties"]["layers"]["items"]
-    layer_items["properties"]["type"] = {**enum_of("layer"), "description": "Registered layer type."}
-    layer_items["allOf"] = branches("layer", LAYER_COMMON_KEYS)
-
-    loss = schema["properties"]["loss"]
-    loss["properties"]["type"] = enum_of("loss")
-    loss["allOf"] = branches("loss", {})
-
-    opt = schema["properties"]["training"]["properties"]["optimizer"]
-    opt["properties"]["type"] = enum_of("optimizer")
-    opt["allOf"] = branches("optimizer", {})
-
-    schema["properties"]["training"]["properties"]["dataset"] = enum_of("dataset")
+    typed(schema["properties"]["layers"]["items"], "layer", LAYER_COMMON_KEYS)
+    typed(schema["properties"]["loss"], "loss", {})
+    typed(schema["properties"]["training"]["properties"]["optimizer"], "optimizer", {})
+    datasets = registry.names("dataset")
+    if datasets:
+        schema["properties"]["training"]["properties"]["dataset"] = {
+            "type": "string", "enum": datasets, "description": "Registered dataset name."}
     schema["$defs"] = defs
     return schema
