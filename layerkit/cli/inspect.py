@@ -74,7 +74,7 @@ def summary(model: Path = typer.Argument(..., metavar="MODEL"),
     limits = _limits(max_params, max_memory, batch_size)
     graph = build_graph_from(model, limits=limits)
     batch = batch_size_of(graph, limits)
-    table = Table(title=f"{graph.spec.name} ({model})", title_justify="left")
+    table = Table()
     for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"),
                             ("output shape", "left"), ("params", "right"), ("FLOPs", "right")):
         table.add_column(column, justify=justify)
@@ -85,6 +85,7 @@ def summary(model: Path = typer.Argument(..., metavar="MODEL"),
     table.add_section()
     table.add_row("", "total", "", "", "", f"{graph.param_count:,}", f"{graph.flops:,}")
     console = _console()
+    console.print(f"model {graph.spec.name} ({model})")
     console.print(table)
     state = sum(n.state_count for n in graph.nodes)
     console.print(f"parameters: {graph.param_count:,}"
