@@ -23,8 +23,19 @@ try:  # numpy 2 renamed numpy.core to numpy._core
     from numpy._core.multiarray import _reconstruct as _RECONSTRUCT
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct as _RECONSTRUCT
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """Protocol-2 pickles written by Python 3 carry an array's raw bytes as
+    ``_codecs.encode(text, "latin1")``; only that exact use is allowed."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode other than str -> latin1 bytes")
+    return text.encode("latin1")
+
+
 #: (module, name) -> object; both numpy 1 and numpy 2 spellings of the same functions
 ALLOWED_GLOBALS = {
+    ("_codecs", "encode"): _latin1_encode,
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,
