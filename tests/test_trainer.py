@@ -137,3 +137,11 @@ def test_huge_learning_rate_reports_a_clear_error(tmp_path):
     model = mlp_model(epochs=1, optimizer={"type": "sgd", "lr": 1e30}, data={"train_limit": 500})
     with pytest.raises(TrainingError, match="the loss became (nan|inf).*no epoch finished"):
         train(model, out=tmp_path / "run")
+
+
+def test_real_mnist_smoke(mnist_dir, tmp_path):
+    model = mlp_model(epochs=1, data={"train_limit": 3000, "test_limit": 1000, "data_dir": str(mnist_dir)})
+    run, result = train(model, out=tmp_path / "run")
+    assert result.test_accuracy > 0.8
+    import json
+    assert json.loads((run / "metrics.json").read_text())["data_source"] == str(mnist_dir)
