@@ -35,7 +35,7 @@ KINK_TOL = 1e-3
 #: analytic and numeric both below this: agreement
 ABS_FLOOR = 1e-10
 #: round-off estimate of a numeric derivative: this many ulps of the output's scale over the step
-NOISE_ULPS = 4
+NOISE_ULPS = 2
 #: a difference as large as the round-off estimate scores at most PASS_TOL / 10
 FLOOR_FACTOR = 10 / PASS_TOL
 SWEEP_STEPS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
