@@ -148,3 +148,45 @@ def col2im_add(dcols: np.ndarray, g: Window, dxp: np.ndarray) -> np.ndarray:
 def chunk_size(per_sample_bytes: int, n: int, budget: int = 4 << 20) -> int:
     """Samples per chunk so a column buffer stays cache-sized (large layers are memory bound)."""
     return max(1, min(n, budget // max(per_sample_bytes, 1)))
+
+
+# -- stride-1 "wide" layout ---------------------------------------------------------------------------
+#
+# With stride 1, flatten each padded image to one row of Hp*Wp values. The window
+# element at offset (i, j) of output pixel (r, q) sits at r*Wp + q + i*dh*Wp + j*dw,
+# so for one offset the values of *all* output pixels, computed on a "wide" grid of
+# Ho x Wp positions, form one contiguous run of Ho*Wp values. im2col then copies long
+# runs instead of Wo-long rows (the short rows made it ufunc-overhead bound); the
+# last Wp - Wo columns of every output row are junk and are cropped off.
+
+
+def pad_flat(x: np.ndarray, g: Window) -> np.ndarray:
+    """Zero-pad and flatten to (N, C, (Hp + 1) * Wp); the extra row keeps the last runs in bounds."""
+    n, c, h, w = x.shape
+    hp, wp = g.padded_hw(h, w)
+    out = np.zeros((n, c, hp + 1, wp), dtype=x.dtype)
+    out[:, :, g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + w] = x
+    return out.reshape(n, c, (hp + 1) * wp)
+
+
+def im2col_wide(xf: np.ndarray, g: Window, wp: int, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (n, C, kh, kw, Ho * Wp) from the flat padded batch ``xf``."""
+    run = g.ho * wp
+    for i in range(g.kh):
+        for j in range(g.kw):
+            start = i * g.dh * wp + j * g.dw
+            out[:, :, i, j] = xf[:, :, start:start + run]
+    return out
+
+
+def col2im_wide_add(dcols: np.ndarray, g: Window, wp: int, dxf: np.ndarray) -> np.ndarray:
+    """Add wide column gradients (n, C, kh, kw, Ho * Wp) back into the flat padded ``dxf``.
+
+    Junk columns must hold zeros (they land on padding or on the next row).
+    """
+    run = g.ho * wp
+    for i in range(g.kh):
+        for j in range(g.kw):
+            start = i * g.dh * wp + j * g.dw
+            dxf[:, :, start:start + run] += dcols[:, :, i, j]
+    return dxf

@@ -6,6 +6,11 @@ result is NCHW without a transpose. Large layers are memory bound on the
 column buffer, so the batch is processed in chunks whose columns stay in
 cache; backward then rebuilds the columns chunk by chunk instead of keeping
 them. Small layers (the whole batch in one chunk) keep their columns.
+
+Stride-1 layers (nearly all of them) use the "wide" layout of ``_windows``
+(long contiguous copies) and compute dx as a second stride-1 convolution with
+the rotated kernel, which is one GEMM instead of a GEMM plus kh*kw scattered
+adds. Strided layers use plain im2col and col2im.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from .. import hookimpl
 from ..errors import ShapeError
 from ..initializers import INITIALIZERS
 from ..layer import Example, Layer, ParamSpec, require_rank
-from ._windows import chunk_size, col2im_add, im2col, int_or_pair_schema, pad, unpad, window
+from ._windows import (Window, chunk_size, col2im_add, col2im_wide_add, im2col, im2col_wide, int_or_pair_schema, pad, pad_flat, unpad,
+                       window)
 
 
 class Conv2D(Layer):
@@ -91,65 +97,153 @@ class Conv2D(Layer):
         return 2 * outputs * (c // self.groups) * g.kh * g.kw + (outputs if self.use_bias else 0)
 
     # -- compute ----------------------------------------------------------------
+    def _weights(self, params):
+        w = params["W"]
+        return w.reshape(self.groups, self.filters // self.groups, -1)
+
     def forward(self, params, x, training=False, rng=None, state=None):
         n, c, h, w = x.shape
         g = self._window((h, w))
-        groups, f = self.groups, self.filters
-        k = c // groups * g.kh * g.kw
-        cells = g.ho * g.wo
-        w3 = params["W"].reshape(groups, f // groups, k)
-        y = np.empty((n, f, g.ho, g.wo), dtype=x.dtype)
-        y4 = y.reshape(n, groups, f // groups, cells)
-
-        pointwise = g.kh == g.kw == 1 and g.sh == g.sw == 1 and not g.padded
-        if pointwise:  # a 1x1 convolution's columns are the input itself
-            xp = np.ascontiguousarray(x)
-            cols = xp.reshape(n, c, 1, 1, h, w)
-            np.matmul(w3, cols.reshape(n, groups, k, cells), out=y4)
-        else:
-            xp = pad(x, g)
-            nb = chunk_size(c * g.kh * g.kw * cells * x.itemsize, n)
-            buf = np.empty((nb, c, g.kh, g.kw, g.ho, g.wo), dtype=x.dtype)
-            for n0 in range(0, n, nb):
-                n1 = min(n, n0 + nb)
-                chunk = im2col(xp[n0:n1], g, buf[:n1 - n0])
-                np.matmul(w3, chunk.reshape(n1 - n0, groups, k, cells), out=y4[n0:n1])
-            cols = buf if nb == n else None
-        if self.use_bias:
-            y += params["b"].reshape(f, 1, 1)
-        return y, (xp, (h, w), g, cols)
+        w3 = self._weights(params)
+        bias = params["b"].reshape(-1, 1, 1) if self.use_bias else None
+        if _wide_ok(g):
+            yw, xf, cols = _conv_wide(x, w3, g)
+            y = _crop(yw, g.wo, bias)
+            return y, ("wide", None if cols is not None else xf, cols, (h, w), g)
+        xp = pad(x, g)
+        y, cols = _conv_strided(xp, w3, g)
+        if bias is not None:
+            y += bias
+        return y, ("strided", xp, cols, (h, w), g)
 
     def backward(self, params, cache, dy):
-        xp, (h, w), g, cols = cache
-        n, c = xp.shape[:2]
-        groups, f = self.groups, self.filters
-        k = c // groups * g.kh * g.kw
-        cells = g.ho * g.wo
-        w3 = params["W"].reshape(groups, f // groups, k)
-        w3t = w3.transpose(0, 2, 1)
-        dy4 = dy.reshape(n, groups, f // groups, cells)
-        dw = np.zeros_like(w3, dtype=dy.dtype)
-        dxp = np.zeros(xp.shape, dtype=dy.dtype)
-
-        if cols is not None:
-            nb, buf = n, None
+        path, xsrc, cols, (h, w), g = cache
+        w3 = self._weights(params)
+        if path == "wide":
+            dx, dw = _backward_wide(params["W"], w3, xsrc, cols, (h, w), g, dy)
         else:
-            nb = chunk_size(c * g.kh * g.kw * cells * dy.itemsize, n)
-            buf = np.empty((nb, c, g.kh, g.kw, g.ho, g.wo), dtype=dy.dtype)
-        for n0 in range(0, n, nb):
-            n1 = min(n, n0 + nb)
-            m = n1 - n0
-            chunk = cols[n0:n1] if buf is None else im2col(xp[n0:n1], g, buf[:m])
-            chunk4 = chunk.reshape(m, groups, k, cells)
-            dyc = dy4[n0:n1]
-            dw += np.matmul(dyc, chunk4.transpose(0, 1, 3, 2)).sum(axis=0)
-            dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, g.ho, g.wo)
-            col2im_add(dcols, g, dxp[n0:n1])
-
+            dx, dw = _backward_strided(w3, xsrc, cols, (h, w), g, dy)
         grads = {"W": dw.reshape(params["W"].shape)}
         if self.use_bias:
             grads["b"] = dy.sum(axis=(0, 2, 3))
-        return unpad(dxp, g, h, w), grads
+        return dx, grads
+
+
+def _wide_ok(g: Window) -> bool:
+    """Stride 1 and padding below the dilated kernel: then dx is itself a stride-1 convolution."""
+    keh, kew = (g.kh - 1) * g.dh + 1, (g.kw - 1) * g.dw + 1
+    return g.sh == g.sw == 1 and max(g.pad_top, g.pad_bottom) < keh and max(g.pad_left, g.pad_right) < kew
+
+
+def _crop(yw: np.ndarray, wo: int, bias: np.ndarray | None) -> np.ndarray:
+    """Drop the junk columns of a wide result (one pass that also adds the bias)."""
+    if bias is not None:
+        return np.add(yw[..., :wo], bias)
+    if yw.shape[-1] == wo:
+        return yw
+    return np.ascontiguousarray(yw[..., :wo])
+
+
+def _conv_wide(x, w3, g):
+    """Stride-1 convolution on the wide grid: (N, F, Ho, Wp), the flat padded input, kept columns."""
+    n, c, h, w = x.shape
+    groups, fg, k = w3.shape
+    wp = g.padded_hw(h, w)[1]
+    run = g.ho * wp
+    xf = pad_flat(x, g)
+    yw = np.empty((n, groups * fg, g.ho, wp), dtype=x.dtype)
+    yw4 = yw.reshape(n, groups, fg, run)
+    nb = chunk_size(c * g.kh * g.kw * run * x.itemsize, n)
+    buf = np.empty((nb, c, g.kh, g.kw, run), dtype=x.dtype)
+    for n0 in range(0, n, nb):
+        m = min(n, n0 + nb) - n0
+        chunk = im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
+        np.matmul(w3, chunk.reshape(m, groups, k, run), out=yw4[n0:n0 + m])
+    return yw, xf, (buf if nb == n else None)
+
+
+def _backward_wide(w, w3, xf, cols, hw, g, dy):
+    h, wd = hw
+    n, f = dy.shape[:2]
+    groups, fg, k = w3.shape
+    c = k // (g.kh * g.kw) * groups
+    hp, wp = g.padded_hw(h, wd)
+    run = g.ho * wp
+    # dx either as a stride-1 convolution of dy with the rotated kernel (copies F*kh*kw values
+    # per pixel) or as col2im (adds C*kh*kw values per pixel): pick the cheaper one
+    rotate = f <= 2 * c
+    if rotate:
+        keh, kew = (g.kh - 1) * g.dh + 1, (g.kw - 1) * g.dw + 1
+        gt = Window(g.kh, g.kw, 1, 1, g.dh, g.dw, keh - 1 - g.pad_top, keh - 1 - g.pad_bottom,
+                    kew - 1 - g.pad_left, kew - 1 - g.pad_right, h, wd)
+        wt = w.reshape(groups, fg, c // groups, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        dxw, _, _ = _conv_wide(dy, np.ascontiguousarray(wt).reshape(groups, c // groups, -1), gt)
+        dx = _crop(dxw, wd, None)
+    else:
+        w3t = w3.transpose(0, 2, 1)
+        dxf = np.zeros((n, c, (hp + 1) * wp), dtype=dy.dtype)
+
+    # dy on the wide grid with zero junk columns, so they contribute nothing
+    dyw = np.zeros((n, f, g.ho, wp), dtype=dy.dtype)
+    dyw[..., :g.wo] = dy
+    dyw4 = dyw.reshape(n, groups, fg, run)
+    dw = np.zeros((groups, fg, k), dtype=dy.dtype)
+    if cols is not None:
+        nb, buf = n, None
+    else:
+        nb = chunk_size(c * g.kh * g.kw * run * dy.itemsize, n)
+        buf = np.empty((nb, c, g.kh, g.kw, run), dtype=dy.dtype)
+    for n0 in range(0, n, nb):
+        m = min(n, n0 + nb) - n0
+        chunk = cols if buf is None else im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
+        dyc = dyw4[n0:n0 + m]
+        dw += np.matmul(dyc, chunk.reshape(m, groups, k, run).transpose(0, 1, 3, 2)).sum(axis=0)
+        if not rotate:
+            dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, run)
+            col2im_wide_add(dcols, g, wp, dxf[n0:n0 + m])
+    if not rotate:
+        dx = dxf.reshape(n, c, hp + 1, wp)[:, :, g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + wd]
+    return dx, dw
+
+
+def _conv_strided(xp, w3, g):
+    """General convolution of the padded batch: (N, F, Ho, Wo) and kept columns (or None)."""
+    n, c = xp.shape[:2]
+    groups, fg, k = w3.shape
+    cells = g.ho * g.wo
+    y = np.empty((n, groups * fg, g.ho, g.wo), dtype=xp.dtype)
+    y4 = y.reshape(n, groups, fg, cells)
+    nb = chunk_size(c * g.kh * g.kw * cells * xp.itemsize, n)
+    buf = np.empty((nb, c, g.kh, g.kw, g.ho, g.wo), dtype=xp.dtype)
+    for n0 in range(0, n, nb):
+        m = min(n, n0 + nb) - n0
+        chunk = im2col(xp[n0:n0 + m], g, buf[:m])
+        np.matmul(w3, chunk.reshape(m, groups, k, cells), out=y4[n0:n0 + m])
+    return y, (buf if nb == n else None)
+
+
+def _backward_strided(w3, xp, cols, hw, g, dy):
+    n, c = xp.shape[:2]
+    groups, fg, k = w3.shape
+    cells = g.ho * g.wo
+    w3t = w3.transpose(0, 2, 1)
+    dy4 = dy.reshape(n, groups, fg, cells)
+    dw = np.zeros((groups, fg, k), dtype=dy.dtype)
+    dxp = np.zeros(xp.shape, dtype=dy.dtype)
+    if cols is not None:
+        nb, buf = n, None
+    else:
+        nb = chunk_size(c * g.kh * g.kw * cells * dy.itemsize, n)
+        buf = np.empty((nb, c, g.kh, g.kw, g.ho, g.wo), dtype=dy.dtype)
+    for n0 in range(0, n, nb):
+        m = min(n, n0 + nb) - n0
+        chunk = cols[n0:n0 + m] if buf is None else im2col(xp[n0:n0 + m], g, buf[:m])
+        dyc = dy4[n0:n0 + m]
+        dw += np.matmul(dyc, chunk.reshape(m, groups, k, cells).transpose(0, 1, 3, 2)).sum(axis=0)
+        # strides > 1 leave gaps between windows, so scatter the column gradient back (col2im)
+        dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, g.ho, g.wo)
+        col2im_add(dcols, g, dxp[n0:n0 + m])
+    return unpad(dxp, g, *hw), dw
 
 
 @hookimpl

