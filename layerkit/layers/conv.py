@@ -170,8 +170,9 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy):
     hp, wp = g.padded_hw(h, wd)
     run = g.ho * wp
     # dx either as a stride-1 convolution of dy with the rotated kernel (copies F*kh*kw values
-    # per pixel) or as col2im (adds C*kh*kw values per pixel): pick the cheaper one
-    rotate = f <= 2 * c
+    # per pixel) or as col2im (adds C*kh*kw values per pixel); measured, the convolution wins
+    # only while F <= C (LeNet's 8->16 conv: 2.4 ms with col2im, 3.8 ms rotated)
+    rotate = f <= c
     if rotate:
         keh, kew = (g.kh - 1) * g.dh + 1, (g.kw - 1) * g.dw + 1
         gt = Window(g.kh, g.kw, 1, 1, g.dh, g.dw, keh - 1 - g.pad_top, keh - 1 - g.pad_bottom,
