@@ -43,6 +43,8 @@ def check_grads(
         from rich.console import Console
 
         console = Console()
+        if not console.is_terminal:  # piped or captured: 80 columns would wrap the table
+            console = Console(width=140)
         report.render(console)
         console.print(f"[dim]{elapsed:.1f} s[/]")
     if not report.ok:
