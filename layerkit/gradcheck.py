@@ -307,9 +307,13 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
                                    f"backward returned a {what} of shape {tuple(np.shape(analytic))} "
                                    f"for {tname!r} of shape {arr.shape}", layer_type))
             continue
-        results.append(_compare_tensor(probe, arr, analytic, layer_name=layer_name, tensor=tname,
-                                       samples=samples, rng=rng, step=step, kinks=layer.has_kinks,
-                                       layer_type=layer_type))
+        try:
+            results.append(_compare_tensor(probe, arr, analytic, layer_name=layer_name, tensor=tname,
+                                           samples=samples, rng=rng, step=step, kinks=layer.has_kinks,
+                                           layer_type=layer_type))
+        except Exception as exc:  # a forward that cannot take a perturbed input is the layer's bug
+            results.append(_failed(layer_name, tname, arr.shape, f"forward raised {type(exc).__name__} on a "
+                                                                 f"perturbed {tname}: {exc}", layer_type))
     for extra in grads:
         results.append(_failed(layer_name, extra, None,
                                f"backward returned a gradient for {extra!r}, which is not a parameter", layer_type))

@@ -222,16 +222,27 @@ def _blame(model: Model, end_rows: list[TensorResult], layer_rows: list[TensorRe
             f"summed wrongly where branches meet")
 
 
+def _crashed(what: str, exc: Exception) -> TensorResult:
+    return TensorResult("(model)", what, (), 0, 0, "-", None, "fail", scope="model",
+                        message=f"{what} raised {type(exc).__name__}: {exc}")
+
+
 def check_end_to_end(model: Model, x: np.ndarray, y, layer_rows: list[TensorResult], *, seed: int, step: float,
                      directions: int, registry=None) -> tuple[list[TensorResult], str]:
     rng = np.random.default_rng([seed, 99])
     loss, kind = _loss_object(model, registry)
     forward_seed = int(rng.integers(2**31))
-    out, _ = model.forward(x, True, np.random.default_rng(forward_seed))
+    try:
+        out, _ = model.forward(x, True, np.random.default_rng(forward_seed))
+    except Exception as exc:  # a plugin layer that crashes in a model: report it, no traceback
+        return [_crashed("forward", exc)], f"the model's forward pass raised {type(exc).__name__}: {exc}"
     target = y if y is not None else _make_target(loss, kind, np.asarray(out, np.float64), rng)
     rows = [_check_loss(loss, kind, np.asarray(out, np.float64), target, step, rng)]
     run = _EndToEnd(model, x, target, loss, forward_seed)
-    base, _, grads = run.gradients()
+    try:
+        base, _, grads = run.gradients()
+    except Exception as exc:
+        return rows + [_crashed("backward", exc)], f"the model's backward pass raised {type(exc).__name__}: {exc}"
     kinky = any(node.layer.has_kinks for node in model.nodes)
     for node in model.nodes:
         for tname, array in model.params[node.name].items():

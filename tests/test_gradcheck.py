@@ -168,3 +168,25 @@ def test_report_json_and_render(models_dir):
     report.render(console)
     text = console.export_text()
     assert "max rel error" in text and "End to end" in text and "PASS:" in text
+
+
+def test_crashing_layer_in_a_model_is_reported_not_raised():
+    import layerkit
+    from layerkit.plugins import load_registry
+
+    class Crashing(Raises):
+        type = "crashing"
+
+    class Plugin:
+        @layerkit.hookimpl
+        def layerkit_register_layers(self, register):
+            register(Crashing)
+
+    registry = load_registry([Plugin()])
+    spec = {"format": 1, "name": "crash", "input": {"shape": [3]},
+            "layers": [{"name": "boom", "type": "crashing"}, {"name": "logits", "type": "dense", "units": 2}],
+            "loss": {"type": "softmax_cross_entropy"}}
+    report = check_model(build_model(spec, registry=registry), registry=registry)
+    assert not report.ok
+    assert [(r.layer, r.tensor) for r in report.failures] == [("boom", "backward"), ("(model)", "backward")]
+    assert "ValueError: oops" in report.blame
