@@ -322,3 +322,19 @@ def test_only_kinks_is_skipped_not_failed():
 
     [row] = check_layer(get_registry().layer("relu")(), {}, np.zeros((2, 3)))
     assert row.status == "skipped" and row.kinks == 6 and row.max_rel_error is None
+
+
+class UndeclaredKinkRelu(LeakyGradRelu):
+    """A correct relu that wrongly declares itself smooth: its kinks are not skipped but explained."""
+
+    type = "undeclared_kink_relu"
+    has_kinks = False
+
+    def backward(self, params, cache, dy):
+        return dy * (cache > 0), {}
+
+
+def test_undeclared_kink_is_reported_as_such():
+    [row] = check_layer(UndeclaredKinkRelu(), {}, np.array([[0.0, 1.0, -1.0], [2.0, 0.0, -2.0]]))
+    assert row.status == "fail" and row.kinks == 0
+    assert "has_kinks = False" in row.worst.diagnosis
