@@ -61,6 +61,7 @@ class ProgressDisplay(Callback):
         self.loss_sum = self.hits = self.seen = 0.0
         self.started = time.perf_counter()
         self.last_draw = 0.0
+        self.steps = steps
         if self.quiet:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -79,7 +80,7 @@ class ProgressDisplay(Callback):
         if self.progress is None:
             return
         now = time.perf_counter()
-        if now - self.last_draw < self.REFRESH_S:
+        if now - self.last_draw < self.REFRESH_S and step + 1 < self.steps:
             self.progress.update(self.task, completed=step + 1)
             return
         self.last_draw = now
