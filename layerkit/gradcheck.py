@@ -17,10 +17,9 @@ one-sided differences disagreeing and skipped, never reported as failures.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -287,8 +286,10 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
         dx, grads = layer.backward(p64, cache, R.copy())
     except Exception as exc:
         return [_failed(layer_name, "backward", None, f"backward raised {type(exc).__name__}: {exc}", layer_type)]
-    grads = dict(grads or {})
+    # copied now: a layer may reuse its buffers in the perturbed forwards that follow
+    grads = {k: None if v is None else np.array(v, dtype=np.float64) for k, v in dict(grads or {}).items()}
     dxs = list(dx) if multi and isinstance(dx, (list, tuple)) else [dx]
+    dxs = [None if d is None else np.array(d, dtype=np.float64) for d in dxs]
 
     results = []
     targets: list[tuple[str, np.ndarray, Any]] = []
