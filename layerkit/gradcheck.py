@@ -39,7 +39,7 @@ NOISE_ULPS = 2
 FLOOR_FACTOR = 10 / PASS_TOL
 SWEEP_STEPS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 #: at most this many times ``samples`` candidates are tried when kinks are skipped
-KINK_BUDGET = 4
+KINK_BUDGET = 8
 EPS = float(np.finfo(np.float64).eps)
 
 STATUS_ORDER = {"pass": 0, "skipped": 1, "warn": 2, "fail": 3}

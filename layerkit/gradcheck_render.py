@@ -13,6 +13,8 @@ def _checked(r) -> str:
         return f"all {r.checked}"
     if r.strategy.startswith("sampled"):
         return f"{r.checked} of {r.total:,}"
+    if "direction" in r.strategy:
+        return f"{r.checked} directions" + (", nudged" if "nudged" in r.strategy else "")
     return r.strategy
 
 
