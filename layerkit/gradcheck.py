@@ -472,7 +472,8 @@ def check_model(model, x: np.ndarray | None = None, y: np.ndarray | None = None,
     report = GradCheckReport(m64.graph.spec.name, rows, {
         "batch_size": int(x.shape[0]), "samples": samples, "seed": seed, "step": step,
         "inputs": "real batch" if real else "random", "whole_model": whole_model,
-        "directions": directions if whole_model else 0})
+        "directions": directions if whole_model else 0,
+        "end_to_end_nudge": whole_model and any(n.layer.has_kinks for n in m64.nodes)})
     if whole_model:
         end_rows, blame = check_end_to_end(m64, x, y, rows, seed=seed, step=step, directions=directions,
                                            registry=registry)
