@@ -190,3 +190,26 @@ def test_crashing_layer_in_a_model_is_reported_not_raised():
     assert not report.ok
     assert [(r.layer, r.tensor) for r in report.failures] == [("boom", "backward"), ("(model)", "backward")]
     assert "ValueError: oops" in report.blame
+
+
+@pytest.mark.parametrize("name", ["cnn2.json", "resnet_mini.json"])
+def test_real_mnist_batches_never_fail(models_dir, name):
+    """Zero biases on zero pixels put relus exactly at 0 and tie max-pool windows: the situation
+    `fit --check-grads` meets on its first batch. No seed may produce a failure."""
+    from pathlib import Path
+
+    import layerkit.data
+    from layerkit.data.builtin import EMBEDDED_MNIST
+
+    path = Path(layerkit.data.__file__).parent / EMBEDDED_MNIST
+    if not path.exists():
+        pytest.skip("embedded MNIST sample not present")
+    with np.load(path) as data:
+        x, y = data["x_train"][:64], data["y_train"][:64]
+    x = (x.reshape(len(x), 1, 28, 28) / (255.0 if x.max() > 1 else 1.0)).astype(np.float32)
+    model = build_model(models_dir / name)
+    for seed in range(8):
+        idx = np.random.default_rng(seed).choice(len(x), 2, replace=False)
+        report = check_model(model, x[idx], y[idx], seed=seed, samples=8)
+        assert report.ok, f"seed {seed}: {report.verdict()} {report.blame}"
+        assert report.kinks > 0
