@@ -25,8 +25,8 @@ def _status(r) -> str:
     return text
 
 
-def _table(title: str, rows, what: str) -> Table:
-    table = Table(title=title, title_justify="left", header_style="bold")
+def _table(rows, what: str) -> Table:
+    table = Table(header_style="bold")
     for name, justify in (("layer", "left"), ("tensor", "left"), ("shape", "left"), (what, "right"),
                           ("max rel error", "right"), ("status", "left")):
         table.add_column(name, justify=justify, no_wrap=name in ("layer", "tensor"))
@@ -56,12 +56,13 @@ def describe(r) -> list[str]:
 def render_report(report, console: Console | None = None) -> None:
     console = console or Console()
     s = report.settings
-    console.print(_table(f"Gradient check: {report.model} - each layer in isolation "
-                         f"(batch {s.get('batch_size')}, {s.get('inputs')} inputs, float64)",
-                         report.layer_rows, "checked"))
+    # headings as plain lines: a table title wraps at the table's width
+    console.print(f"[bold]{report.model}: each layer in isolation[/] (batch {s.get('batch_size')}, "
+                  f"{s.get('inputs')} inputs, float64)")
+    console.print(_table(report.layer_rows, "checked"))
     if report.model_rows:
-        console.print(_table("End to end: loss gradient w.r.t. every parameter", report.model_rows,
-                             "checked"))
+        console.print("[bold]End to end:[/] the loss gradient w.r.t. every parameter, along random directions")
+        console.print(_table(report.model_rows, "checked"))
     for r in report.rows:
         if r.status in ("fail", "warn"):
             for line in describe(r):
