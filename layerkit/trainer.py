@@ -28,6 +28,7 @@ import numpy as np
 
 from .data import DataSplits
 from .errors import CheckpointError, LayerkitError, TrainingError
+from .malloc_tuning import tune_malloc
 from .model import Model
 from .optimizers import Optimizer, build_optimizer
 from .schedules import Schedule
@@ -154,6 +155,7 @@ class Trainer:
         return np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.data.x_train))
 
     def fit(self) -> TrainResult:
+        tune_malloc()
         for cb in self.callbacks:
             cb.on_train_begin(self)
         with self._sigint_deferred():
