@@ -7,6 +7,10 @@ column buffer, so the batch is processed in chunks whose columns stay in
 cache; backward then rebuilds the columns chunk by chunk instead of keeping
 them. Small layers (the whole batch in one chunk) keep their columns.
 
+The weight gradient is computed transposed, ``cols (K, Ho*Wo) @ dy^T``, which
+OpenBLAS runs ~1.5x faster than ``dy @ cols^T`` for these shapes (a short M
+with a long inner dimension is its slow case).
+
 Stride-1 layers (nearly all of them) use the "wide" layout of ``_windows``
 (long contiguous copies) and compute dx as a second stride-1 convolution with
 the rotated kernel, which is one GEMM instead of a GEMM plus kh*kw scattered
@@ -188,7 +192,7 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy):
     dyw = np.zeros((n, f, g.ho, wp), dtype=dy.dtype)
     dyw[..., :g.wo] = dy
     dyw4 = dyw.reshape(n, groups, fg, run)
-    dw = np.zeros((groups, fg, k), dtype=dy.dtype)
+    dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
     if cols is not None:
         nb, buf = n, None
     else:
@@ -198,13 +202,13 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy):
         m = min(n, n0 + nb) - n0
         chunk = cols if buf is None else im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
         dyc = dyw4[n0:n0 + m]
-        dw += np.matmul(dyc, chunk.reshape(m, groups, k, run).transpose(0, 1, 3, 2)).sum(axis=0)
+        dwt += np.matmul(chunk.reshape(m, groups, k, run), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
         if not rotate:
             dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, run)
             col2im_wide_add(dcols, g, wp, dxf[n0:n0 + m])
     if not rotate:
         dx = dxf.reshape(n, c, hp + 1, wp)[:, :, g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + wd]
-    return dx, dw
+    return dx, dwt.transpose(0, 2, 1)
 
 
 def _conv_strided(xp, w3, g):
@@ -229,7 +233,7 @@ def _backward_strided(w3, xp, cols, hw, g, dy):
     cells = g.ho * g.wo
     w3t = w3.transpose(0, 2, 1)
     dy4 = dy.reshape(n, groups, fg, cells)
-    dw = np.zeros((groups, fg, k), dtype=dy.dtype)
+    dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
     dxp = np.zeros(xp.shape, dtype=dy.dtype)
     if cols is not None:
         nb, buf = n, None
@@ -240,11 +244,11 @@ def _backward_strided(w3, xp, cols, hw, g, dy):
         m = min(n, n0 + nb) - n0
         chunk = cols[n0:n0 + m] if buf is None else im2col(xp[n0:n0 + m], g, buf[:m])
         dyc = dy4[n0:n0 + m]
-        dw += np.matmul(dyc, chunk.reshape(m, groups, k, cells).transpose(0, 1, 3, 2)).sum(axis=0)
+        dwt += np.matmul(chunk.reshape(m, groups, k, cells), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
         # strides > 1 leave gaps between windows, so scatter the column gradient back (col2im)
         dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, g.ho, g.wo)
         col2im_add(dcols, g, dxp[n0:n0 + m])
-    return unpad(dxp, g, *hw), dw
+    return unpad(dxp, g, *hw), dwt.transpose(0, 2, 1)
 
 
 @hookimpl

@@ -15,6 +15,32 @@ def _stat_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (0, 2, 3), (1, x.shape[1], 1, 1)
 
 
+def _channel_sums(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per channel: the sum of ``a`` and the sum of ``a * b``, as float64.
+
+    Each (sample, channel) row is reduced in the input dtype by BLAS / einsum
+    in one pass (numpy's reduction over axes (0, 2, 3) ran at a tenth of memory
+    speed); only the few row totals are combined in float64, so float32 input
+    loses nothing to long float32 accumulations.
+    """
+    n, c = a.shape[:2]
+    if a.ndim == 2:
+        total = a.sum(axis=0, dtype=np.float64)
+        dot = None if b is None else np.einsum("nc,nc->c", a, b, dtype=np.float64)
+        return total, dot
+    a3 = a.reshape(n, c, -1)
+    total = (a3 @ np.ones(a3.shape[2], dtype=a.dtype)).sum(axis=0, dtype=np.float64)
+    dot = None if b is None else np.einsum("ncs,ncs->nc", a3, b.reshape(n, c, -1)).sum(axis=0, dtype=np.float64)
+    return total, dot
+
+
+def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape) -> np.ndarray:
+    """x * scale + shift per channel, in x's dtype, in two passes over one new array."""
+    y = np.multiply(x, scale.astype(x.dtype).reshape(bshape))
+    y += shift.astype(x.dtype).reshape(bshape)
+    return y
+
+
 class BatchNorm(Layer):
     type = "batch_norm"
     description = ("Batch normalisation per feature of a (D,) input or per channel of a (C, H, W) input. "
@@ -52,52 +78,51 @@ class BatchNorm(Layer):
         return 8 * int(np.prod(input_shape))
 
     def forward(self, params, x, training=False, rng=None, state=None):
-        axes, bshape = _stat_axes(x)
+        _, bshape = _stat_axes(x)
         gamma, beta = params["gamma"], params["beta"]
         eps = float(self.epsilon)
         if not training:
             inv_std = 1 / np.sqrt(state["running_var"] + eps)
             scale = gamma * inv_std
             shift = beta - state["running_mean"] * scale
-            y = x * scale.reshape(bshape)
-            y += shift.reshape(bshape)
             # x is kept only so that gamma has a gradient in inference mode (gradient checks)
-            return y, (False, (x, state["running_mean"].copy(), inv_std, scale))
+            return _affine(x, scale, shift, bshape), (False, (x, state["running_mean"].copy(), inv_std, scale))
 
-        mean = x.mean(axis=axes)
-        xhat = x - mean.reshape(bshape)
-        var = np.mean(xhat * xhat, axis=axes)
+        # one pass for both moments: var = E[x^2] - mean^2 over float64 totals
+        m = x.size // x.shape[1]
+        total, squares = _channel_sums(x, x)
+        mean = total / m
+        var = np.maximum(squares / m - mean * mean, 0.0)
         inv_std = 1 / np.sqrt(var + eps)
-        xhat *= inv_std.reshape(bshape)
-        y = xhat * gamma.reshape(bshape)
-        y += beta.reshape(bshape)
+        scale = gamma * inv_std
+        y = _affine(x, scale, beta - mean * scale, bshape)
         if state:
             momentum = float(self.momentum)
             for name, batch in (("running_mean", mean), ("running_var", var)):
                 running = state[name]
                 running *= momentum
-                running += (1 - momentum) * batch
-        return y, (True, (xhat, inv_std * gamma))
+                running += ((1 - momentum) * batch).astype(running.dtype)
+        # x rather than xhat: the previous layer's output is alive anyway, so the cache costs nothing
+        return y, (True, (x, mean, inv_std, scale))
 
     def backward(self, params, cache, dy):
-        training, saved = cache
+        training, (x, mean, inv_std, scale) = cache
         axes, bshape = _stat_axes(dy)
+        dbeta, dyx = _channel_sums(dy, x)
+        # sum(dy * xhat) from sum(dy * x): xhat is never materialised
+        dgamma = inv_std * (dyx - mean * dbeta)
         if not training:
-            x, mean, inv_std, scale = saved
-            xhat = x - mean.reshape(bshape)
-            xhat *= inv_std.reshape(bshape)
-            grads = {"gamma": (dy * xhat).sum(axis=axes), "beta": dy.sum(axis=axes)}
-            return dy * scale.reshape(bshape), grads
-        xhat, scale = saved
+            return np.multiply(dy, scale.astype(dy.dtype).reshape(bshape)), \
+                {"gamma": dgamma.astype(dy.dtype), "beta": dbeta.astype(dy.dtype)}
         m = dy.size // dy.shape[1]
-        dbeta = dy.sum(axis=axes)
-        dgamma = (dy * xhat).sum(axis=axes)
-        # dx = gamma/std * (dy - mean(dy) - xhat * mean(dy * xhat)): the compact batch-norm gradient
-        dx = xhat * (dgamma * (1.0 / m)).reshape(bshape)
-        np.subtract(dy, dx, out=dx)
-        dx -= (dbeta * (1.0 / m)).reshape(bshape)
-        dx *= scale.reshape(bshape)
-        return dx, {"gamma": dgamma, "beta": dbeta}
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale*dy + k*x + c0 per channel
+        k = -scale * inv_std * dgamma / m
+        c0 = -scale * dbeta / m - k * mean
+        dx = np.multiply(dy, scale.astype(dy.dtype).reshape(bshape))
+        tmp = np.multiply(x, k.astype(dy.dtype).reshape(bshape))
+        tmp += c0.astype(dy.dtype).reshape(bshape)
+        dx += tmp
+        return dx, {"gamma": dgamma.astype(dy.dtype), "beta": dbeta.astype(dy.dtype)}
 
 
 class LocalResponseNorm(Layer):
