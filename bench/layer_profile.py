@@ -61,7 +61,10 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         for i in range(len(nodes) - 1, -1, -1):
             node = nodes[i]
             t0 = time.perf_counter()
-            dy, grads[node.name] = node.layer.backward(model.params[node.name], caches[i], dy)
+            if model._params_only[i]:  # as Model.backward: the data needs no gradient
+                grads[node.name] = node.layer.backward_params(model.params[node.name], caches[i], dy)
+            else:
+                dy, grads[node.name] = node.layer.backward(model.params[node.name], caches[i], dy)
             bwd[node.name].append(time.perf_counter() - t0)
             caches[i] = None
         t0 = time.perf_counter()

@@ -121,12 +121,19 @@ class Conv2D(Layer):
         return y, ("strided", xp, cols, (h, w), g)
 
     def backward(self, params, cache, dy):
+        return self._backward(params, cache, dy, need_dx=True)
+
+    def backward_params(self, params, cache, dy):
+        """Only the parameter gradients: the model calls this when the input is the data."""
+        return self._backward(params, cache, dy, need_dx=False)[1]
+
+    def _backward(self, params, cache, dy, need_dx):
         path, xsrc, cols, (h, w), g = cache
         w3 = self._weights(params)
         if path == "wide":
-            dx, dw = _backward_wide(params["W"], w3, xsrc, cols, (h, w), g, dy)
+            dx, dw = _backward_wide(params["W"], w3, xsrc, cols, (h, w), g, dy, need_dx)
         else:
-            dx, dw = _backward_strided(w3, xsrc, cols, (h, w), g, dy)
+            dx, dw = _backward_strided(w3, xsrc, cols, (h, w), g, dy, need_dx)
         grads = {"W": dw.reshape(params["W"].shape)}
         if self.use_bias:
             grads["b"] = dy.sum(axis=(0, 2, 3))
@@ -166,7 +173,7 @@ def _conv_wide(x, w3, g):
     return yw, xf, (buf if nb == n else None)
 
 
-def _backward_wide(w, w3, xf, cols, hw, g, dy):
+def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
     h, wd = hw
     n, f = dy.shape[:2]
     groups, fg, k = w3.shape
@@ -177,7 +184,10 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy):
     # per pixel) or as col2im (adds C*kh*kw values per pixel); measured, the convolution wins
     # only while F <= C (LeNet's 8->16 conv: 2.4 ms with col2im, 3.8 ms rotated)
     rotate = f <= c
-    if rotate:
+    dx = None
+    if not need_dx:
+        rotate = True  # nothing to scatter
+    elif rotate:
         keh, kew = (g.kh - 1) * g.dh + 1, (g.kw - 1) * g.dw + 1
         gt = Window(g.kh, g.kw, 1, 1, g.dh, g.dw, keh - 1 - g.pad_top, keh - 1 - g.pad_bottom,
                     kew - 1 - g.pad_left, kew - 1 - g.pad_right, h, wd)
@@ -227,14 +237,14 @@ def _conv_strided(xp, w3, g):
     return y, (buf if nb == n else None)
 
 
-def _backward_strided(w3, xp, cols, hw, g, dy):
+def _backward_strided(w3, xp, cols, hw, g, dy, need_dx=True):
     n, c = xp.shape[:2]
     groups, fg, k = w3.shape
     cells = g.ho * g.wo
     w3t = w3.transpose(0, 2, 1)
     dy4 = dy.reshape(n, groups, fg, cells)
     dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
-    dxp = np.zeros(xp.shape, dtype=dy.dtype)
+    dxp = np.zeros(xp.shape, dtype=dy.dtype) if need_dx else None
     if cols is not None:
         nb, buf = n, None
     else:
@@ -245,10 +255,11 @@ def _backward_strided(w3, xp, cols, hw, g, dy):
         chunk = cols[n0:n0 + m] if buf is None else im2col(xp[n0:n0 + m], g, buf[:m])
         dyc = dy4[n0:n0 + m]
         dwt += np.matmul(chunk.reshape(m, groups, k, cells), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
-        # strides > 1 leave gaps between windows, so scatter the column gradient back (col2im)
-        dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, g.ho, g.wo)
-        col2im_add(dcols, g, dxp[n0:n0 + m])
-    return unpad(dxp, g, *hw), dwt.transpose(0, 2, 1)
+        if need_dx:
+            # strides > 1 leave gaps between windows, so scatter the column gradient back (col2im)
+            dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, g.ho, g.wo)
+            col2im_add(dcols, g, dxp[n0:n0 + m])
+    return (unpad(dxp, g, *hw) if need_dx else None), dwt.transpose(0, 2, 1)
 
 
 @hookimpl

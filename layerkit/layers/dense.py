@@ -48,11 +48,15 @@ class Dense(Layer):
         return y, x
 
     def backward(self, params, cache, dy):
+        return dy @ params["W"].T, self.backward_params(params, cache, dy)
+
+    def backward_params(self, params, cache, dy):
+        """Only the parameter gradients: the model calls this when the input is the data."""
         x = cache
         grads = {"W": x.T @ dy}
         if self.use_bias:
             grads["b"] = dy.sum(axis=0)
-        return dy @ params["W"].T, grads
+        return grads
 
 
 @hookimpl
