@@ -2,7 +2,7 @@
 
     python bench/layer_profile.py models/alexnet_mnist.json --batch 128 --steps 20
 
-Drives the model exactly as the trainer does (same Model, loss and optimizer
+Drives a chain-shaped model exactly as the trainer does (same Model, loss and optimizer
 objects) but times every node separately with perf_counter; the figures are
 medians over the steps after a warm-up, in milliseconds per batch.
 """
@@ -58,13 +58,17 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         dy = loss.backward(lcache)
         extra["loss"].append(time.perf_counter() - t0)
         grads = {}
+        owned = False  # as Model.backward: the loss's gradient belongs to the caller
         for i in range(len(nodes) - 1, -1, -1):
             node = nodes[i]
             t0 = time.perf_counter()
             if model._params_only[i]:  # as Model.backward: the data needs no gradient
                 grads[node.name] = node.layer.backward_params(model.params[node.name], caches[i], dy)
+            elif owned and model._inplace[i]:  # as Model.backward: nobody else holds dy
+                dy, grads[node.name] = node.layer.backward_inplace(model.params[node.name], caches[i], dy)
             else:
                 dy, grads[node.name] = node.layer.backward(model.params[node.name], caches[i], dy)
+            owned = model._fresh_dx[i]
             bwd[node.name].append(time.perf_counter() - t0)
             caches[i] = None
         t0 = time.perf_counter()

@@ -36,6 +36,15 @@ class Model:
         # (conv1's dx was ~70% of its backward)
         self._params_only = [all(s == 0 for s in slots) and hasattr(n.layer, "backward_params")
                              for n, slots in zip(self.nodes, self._in_slots)]
+        # Opt-in in-place backward. A layer whose class sets ``fresh_dx = True`` promises that
+        # every input gradient it returns is a new array nobody else references (or the dy it
+        # was handed through ``backward_inplace``, which was exclusive already). A gradient made
+        # that way, consumed by one node only, may be overwritten by that node's
+        # ``backward_inplace(params, cache, dy)``; sums of several contributions are new arrays
+        # too. This saves the fresh output array of memory-bound layers (relu, batch norm).
+        self._fresh_dx = [bool(getattr(n.layer, "fresh_dx", False)) and single
+                          for n, single in zip(self.nodes, self._single)]
+        self._inplace = [hasattr(n.layer, "backward_inplace") for n in self.nodes]
 
     @classmethod
     def initialize(cls, graph: Graph, seed: int = 0, dtype=np.float32) -> "Model":
@@ -69,6 +78,7 @@ class Model:
         n = len(self.nodes)
         dvalues: list[Any] = [None] * (n + 1)
         dvalues[n] = dout
+        owned = [False] * (n + 1)  # the loss's dout belongs to the caller
         grads: dict[str, dict[str, np.ndarray]] = {}
         for i in range(n - 1, -1, -1):
             node = self.nodes[i]
@@ -80,7 +90,11 @@ class Model:
                 grads[node.name] = node.layer.backward_params(self.params[node.name], caches[i], dy)
                 caches[i] = None
                 continue
-            dx, g = node.layer.backward(self.params[node.name], caches[i], dy)
+            if owned[i + 1] and self._inplace[i]:
+                dx, g = node.layer.backward_inplace(self.params[node.name], caches[i], dy)
+            else:
+                dx, g = node.layer.backward(self.params[node.name], caches[i], dy)
+            del dy
             caches[i] = None
             grads[node.name] = g
             slots = self._in_slots[i]
@@ -88,7 +102,10 @@ class Model:
             for s, d in zip(slots, dxs):
                 if s == 0:
                     continue  # nobody needs the gradient w.r.t. the data
-                dvalues[s] = d if dvalues[s] is None else dvalues[s] + d
+                if dvalues[s] is None:
+                    dvalues[s], owned[s] = d, self._fresh_dx[i]
+                else:
+                    dvalues[s], owned[s] = dvalues[s] + d, True
         return grads
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

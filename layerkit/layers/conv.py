@@ -111,8 +111,8 @@ class Conv2D(Layer):
         w3 = self._weights(params)
         bias = params["b"].reshape(-1, 1, 1) if self.use_bias else None
         if _wide_ok(g):
-            yw, xf, cols = _conv_wide(x, w3, g)
-            y = _crop(yw, g.wo, bias)
+            xf = pad_flat(x, g)
+            y, cols = _conv_wide(xf, w3, g, g.padded_hw(h, w)[1], bias)
             return y, ("wide", None if cols is not None else xf, cols, (h, w), g)
         xp = pad(x, g)
         y, cols = _conv_strided(xp, w3, g)
@@ -146,31 +146,30 @@ def _wide_ok(g: Window) -> bool:
     return g.sh == g.sw == 1 and max(g.pad_top, g.pad_bottom) < keh and max(g.pad_left, g.pad_right) < kew
 
 
-def _crop(yw: np.ndarray, wo: int, bias: np.ndarray | None) -> np.ndarray:
-    """Drop the junk columns of a wide result (one pass that also adds the bias)."""
-    if bias is not None:
-        return np.add(yw[..., :wo], bias)
-    if yw.shape[-1] == wo:
-        return yw
-    return np.ascontiguousarray(yw[..., :wo])
+def _conv_wide(xf, w3, g, wp, bias=None):
+    """Stride-1 convolution of the flat padded batch ``xf`` (N, C, (Hp + 1) * Wp) on the wide grid.
 
-
-def _conv_wide(x, w3, g):
-    """Stride-1 convolution on the wide grid: (N, F, Ho, Wp), the flat padded input, kept columns."""
-    n, c, h, w = x.shape
+    Returns the cropped (N, F, Ho, Wo) result and the kept columns (or None). Each
+    chunk's GEMM lands in a cache-sized wide scratch and is cropped (and biased) from
+    there, so the wide result with its junk columns never goes out to memory.
+    """
+    n, c = xf.shape[:2]
     groups, fg, k = w3.shape
-    wp = g.padded_hw(h, w)[1]
     run = g.ho * wp
-    xf = pad_flat(x, g)
-    yw = np.empty((n, groups * fg, g.ho, wp), dtype=x.dtype)
-    yw4 = yw.reshape(n, groups, fg, run)
-    nb = chunk_size(c * g.kh * g.kw * run * x.itemsize, n)
-    buf = np.empty((nb, c, g.kh, g.kw, run), dtype=x.dtype)
+    y = np.empty((n, groups * fg, g.ho, g.wo), dtype=xf.dtype)
+    nb = chunk_size(c * g.kh * g.kw * run * xf.itemsize, n)
+    buf = np.empty((nb, c, g.kh, g.kw, run), dtype=xf.dtype)
+    yw = np.empty((nb, groups, fg, run), dtype=xf.dtype)
     for n0 in range(0, n, nb):
         m = min(n, n0 + nb) - n0
         chunk = im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
-        np.matmul(w3, chunk.reshape(m, groups, k, run), out=yw4[n0:n0 + m])
-    return yw, xf, (buf if nb == n else None)
+        np.matmul(w3, chunk.reshape(m, groups, k, run), out=yw[:m])
+        wide = yw[:m].reshape(m, groups * fg, g.ho, wp)[..., :g.wo]
+        if bias is None:
+            np.copyto(y[n0:n0 + m], wide)
+        else:
+            np.add(wide, bias, out=y[n0:n0 + m])
+    return y, (buf if nb == n else None)
 
 
 def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
@@ -184,7 +183,7 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
     # per pixel) or as col2im (adds C*kh*kw values per pixel); measured, the convolution wins
     # only while F <= C (LeNet's 8->16 conv: 2.4 ms with col2im, 3.8 ms rotated)
     rotate = f <= c
-    dx = None
+    dx = dyw = None
     if not need_dx:
         rotate = True  # nothing to scatter
     elif rotate:
@@ -192,15 +191,23 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
         gt = Window(g.kh, g.kw, 1, 1, g.dh, g.dw, keh - 1 - g.pad_top, keh - 1 - g.pad_bottom,
                     kew - 1 - g.pad_left, kew - 1 - g.pad_right, h, wd)
         wt = w.reshape(groups, fg, c // groups, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-        dxw, _, _ = _conv_wide(dy, np.ascontiguousarray(wt).reshape(groups, c // groups, -1), gt)
-        dx = _crop(dxw, wd, None)
+        dyf = pad_flat(dy, gt)
+        wpt = gt.padded_hw(g.ho, g.wo)[1]
+        dx, _ = _conv_wide(dyf, np.ascontiguousarray(wt).reshape(groups, c // groups, -1), gt, wpt)
+        if wpt == wp:
+            # "same" padding: the padded dy, read from its first real pixel, is already dy on
+            # the wide grid with zero junk columns (they fall on the right and left padding)
+            start = gt.pad_top * wp + gt.pad_left
+            dyw = dyf[:, :, start:start + run]
     else:
         w3t = w3.transpose(0, 2, 1)
         dxf = np.zeros((n, c, (hp + 1) * wp), dtype=dy.dtype)
 
-    # dy on the wide grid with zero junk columns, so they contribute nothing
-    dyw = np.zeros((n, f, g.ho, wp), dtype=dy.dtype)
-    dyw[..., :g.wo] = dy
+    if dyw is None:
+        # dy on the wide grid with zero junk columns, so they contribute nothing
+        dyw = np.zeros((n, f, g.ho, wp), dtype=dy.dtype)
+        dyw[..., :g.wo] = dy
+        dyw = dyw.reshape(n, f, run)
     dyw4 = dyw.reshape(n, groups, fg, run)
     dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
     if cols is not None:

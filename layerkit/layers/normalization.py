@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import hookimpl
 from ..layer import Example, Layer, ParamSpec, require_rank
+from .activations import sample_chunks
 
 
 def _stat_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -105,24 +106,42 @@ class BatchNorm(Layer):
         # x rather than xhat: the previous layer's output is alive anyway, so the cache costs nothing
         return y, (True, (x, mean, inv_std, scale))
 
+    fresh_dx = True
+
     def backward(self, params, cache, dy):
+        return self._backward(cache, dy, None)
+
+    def backward_inplace(self, params, cache, dy):
+        return self._backward(cache, dy, dy)
+
+    def _backward(self, cache, dy, out):
         training, (x, mean, inv_std, scale) = cache
         axes, bshape = _stat_axes(dy)
         dbeta, dyx = _channel_sums(dy, x)
         # sum(dy * xhat) from sum(dy * x): xhat is never materialised
         dgamma = inv_std * (dyx - mean * dbeta)
+        grads = {"gamma": dgamma.astype(dy.dtype), "beta": dbeta.astype(dy.dtype)}
         if not training:
-            return np.multiply(dy, scale.astype(dy.dtype).reshape(bshape)), \
-                {"gamma": dgamma.astype(dy.dtype), "beta": dbeta.astype(dy.dtype)}
+            return np.multiply(dy, scale.astype(dy.dtype).reshape(bshape), out=out), grads
         m = dy.size // dy.shape[1]
         # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale*dy + k*x + c0 per channel
         k = -scale * inv_std * dgamma / m
         c0 = -scale * dbeta / m - k * mean
-        dx = np.multiply(dy, scale.astype(dy.dtype).reshape(bshape))
-        tmp = np.multiply(x, k.astype(dy.dtype).reshape(bshape))
-        tmp += c0.astype(dy.dtype).reshape(bshape)
-        dx += tmp
-        return dx, {"gamma": dgamma.astype(dy.dtype), "beta": dbeta.astype(dy.dtype)}
+        cast = lambda v: v.astype(dy.dtype).reshape(bshape)
+        scale, k, c0 = cast(scale), cast(k), cast(c0)
+        if out is None:
+            out = np.empty_like(dy)
+        # chunk by chunk, so k*x + c0 lives in a cache-sized temporary
+        slices, step = sample_chunks(dy)
+        tmp = np.empty((step, *dy.shape[1:]), dtype=dy.dtype)
+        for sl in slices:
+            t = tmp[:sl.stop - sl.start]
+            np.multiply(x[sl], k, out=t)
+            t += c0
+            o = out[sl]
+            np.multiply(dy[sl], scale, out=o)
+            o += t
+        return out, grads
 
 
 class LocalResponseNorm(Layer):
