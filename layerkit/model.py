@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -188,10 +189,14 @@ def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    # np.load sniffs the content and would call a text file "pickled data"; an .npz is a zip
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not an .npz file (weights and checkpoints are numpy .npz archives)")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
     except Exception as exc:  # zipfile/ValueError for corrupt or pickled content
         raise CheckpointError(f"{path}: not a readable .npz weights file ({type(exc).__name__}: {exc})") from None
