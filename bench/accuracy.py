@@ -72,8 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--no-train", action="store_true",
                    help="do not train; print the table from existing run directories")
     p.add_argument("--layerkit", default=None,
-                   help="layerkit executable (default: `python -m layerkit` of this interpreter "
-                        "if importable, else `layerkit` on PATH)")
+                   help="layerkit executable (default: `layerkit` on PATH, else "
+                        "`python -m layerkit` with this interpreter)")
     args = p.parse_args(argv)
     unknown = [m for m in args.models if m not in BY_NAME]
     if unknown:
@@ -81,38 +81,50 @@ def parse_args(argv=None):
     return args
 
 
+def rel(path: Path) -> str:
+    """PATH relative to the repository root when it lies inside it (shorter commands)."""
+    try:
+        return os.path.relpath(Path(path).resolve(), ROOT) if Path(path).resolve().is_relative_to(
+            ROOT.resolve()) else os.path.normpath(str(path))
+    except ValueError:
+        return str(path)
+
+
 def layerkit_cmd(explicit: str | None) -> list[str]:
     if explicit:
         return [explicit]
-    exe = shutil.which("layerkit")
-    if exe:
-        return [exe]
+    if shutil.which("layerkit"):
+        return ["layerkit"]
     return [sys.executable, "-m", "layerkit"]
 
 
 def train(entry: Entry, args) -> tuple[int, float, str]:
     """Run one training; returns (exit code, wall seconds, last output lines)."""
-    model = ROOT / "models" / f"{entry.name}.json"
+    model = Path("models") / f"{entry.name}.json"
     out = args.out_root / entry.name
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data_dir = args.fashion_dir if entry.fashion else args.data_dir
-    cmd = layerkit_cmd(args.layerkit) + ["fit", str(model), "--data-dir", str(data_dir),
-                                         "--quiet", "--out", str(out)]
+    cmd = layerkit_cmd(args.layerkit) + ["fit", str(model), "--data-dir", rel(data_dir),
+                                         "--quiet", "--out", rel(out)]
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, str(args.threads))
     print(f"$ {' '.join(cmd)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    lines = []
+    # the per-epoch lines go to stderr as they come, the table alone to stdout
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            print("  " + lines[-1], file=sys.stderr, flush=True)
     wall = time.perf_counter() - t0
-    tail = "\n".join(proc.stdout.strip().splitlines()[-3:])
-    print(tail, file=sys.stderr, flush=True)
+    tail = "\n".join(lines[-3:])
     if out.is_dir():
         (out / "bench.json").write_text(json.dumps(
-            {"command": cmd, "wall_seconds": wall, "returncode": proc.returncode,
+            {"command": " ".join(cmd), "wall_seconds": wall, "returncode": proc.returncode,
              "threads": env["OPENBLAS_NUM_THREADS"]}, indent=2) + "\n")
     return proc.returncode, wall, tail
 
