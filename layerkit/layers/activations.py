@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import hookimpl
+from .. import hookimpl, parallel
 from ..layer import Example, Layer, require_rank
 
 _NO_PARAMS = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -31,6 +31,19 @@ def sample_chunks(x: np.ndarray, budget: int = 1 << 18):
     return [slice(i, min(n, i + step)) for i in range(0, n, step)], step
 
 
+def over_chunks(x: np.ndarray, work, nbytes: int | None = None) -> None:
+    """Call ``work(chunk_slices, step)`` for groups of ``sample_chunks(x)``, on the pool when big.
+
+    Each call gets a contiguous run of whole chunks and must only write those samples;
+    ``step`` sizes its own scratch buffers (one set per worker thread).
+    """
+    slices, step = sample_chunks(x)
+    n = x.shape[0]
+    groups = parallel.split(n, step, x.nbytes if nbytes is None else nbytes)
+    parallel.run(work, [([sl for sl in slices if a <= sl.start < b], step) for a, b in groups],
+                 x.nbytes if nbytes is None else nbytes)
+
+
 class ReLU(Layer):
     type = "relu"
     description = "Rectified linear unit: max(x, 0)."
@@ -42,7 +55,16 @@ class ReLU(Layer):
         return int(np.prod(input_shape))
 
     def forward(self, params, x, training=False, rng=None, state=None):
-        y = np.maximum(x, 0)
+        if x.ndim == 0 or x.shape[0] < 2:
+            y = np.maximum(x, 0)
+            return y, y
+        y = np.empty_like(x)
+
+        def work(slices, step):
+            for sl in slices:
+                np.maximum(x[sl], 0, out=y[sl])
+
+        over_chunks(x, work)
         return y, y
 
     fresh_dx = True
@@ -58,12 +80,15 @@ class ReLU(Layer):
     def _masked(y, dy, out):
         if dy.ndim == 0 or dy.shape[0] < 2:
             return np.multiply(dy, y > 0, out=out)
-        slices, step = sample_chunks(dy)
-        mask = np.empty((step, *dy.shape[1:]), dtype=bool)
-        for sl in slices:
-            m = mask[:sl.stop - sl.start]
-            np.greater(y[sl], 0, out=m)
-            np.multiply(dy[sl], m, out=out[sl])
+
+        def work(slices, step):
+            mask = np.empty((step, *dy.shape[1:]), dtype=bool)
+            for sl in slices:
+                m = mask[:sl.stop - sl.start]
+                np.greater(y[sl], 0, out=m)
+                np.multiply(dy[sl], m, out=out[sl])
+
+        over_chunks(dy, work)
         return out
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import hookimpl
+from .. import hookimpl, parallel
 from ..errors import ShapeError
 from ..initializers import INITIALIZERS
 from ..layer import Example, Layer, ParamSpec, require_rank
@@ -158,18 +158,26 @@ def _conv_wide(xf, w3, g, wp, bias=None):
     run = g.ho * wp
     y = np.empty((n, groups * fg, g.ho, g.wo), dtype=xf.dtype)
     nb = chunk_size(c * g.kh * g.kw * run * xf.itemsize, n)
-    buf = np.empty((nb, c, g.kh, g.kw, run), dtype=xf.dtype)
-    yw = np.empty((nb, groups, fg, run), dtype=xf.dtype)
-    for n0 in range(0, n, nb):
-        m = min(n, n0 + nb) - n0
-        chunk = im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
-        np.matmul(w3, chunk.reshape(m, groups, k, run), out=yw[:m])
-        wide = yw[:m].reshape(m, groups * fg, g.ho, wp)[..., :g.wo]
-        if bias is None:
-            np.copyto(y[n0:n0 + m], wide)
-        else:
-            np.add(wide, bias, out=y[n0:n0 + m])
-    return y, (buf if nb == n else None)
+    kept = []
+
+    def work(a, b):
+        # scratch per task: each worker thread fills its own
+        buf = np.empty((min(nb, b - a), c, g.kh, g.kw, run), dtype=xf.dtype)
+        yw = np.empty((len(buf), groups, fg, run), dtype=xf.dtype)
+        for n0 in range(a, b, nb):
+            m = min(b, n0 + nb) - n0
+            chunk = im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
+            np.matmul(w3, chunk.reshape(m, groups, k, run), out=yw[:m])
+            wide = yw[:m].reshape(m, groups * fg, g.ho, wp)[..., :g.wo]
+            if bias is None:
+                np.copyto(y[n0:n0 + m], wide)
+            else:
+                np.add(wide, bias, out=y[n0:n0 + m])
+        if nb == n:
+            kept.append(buf)
+
+    parallel.run(work, parallel.split(n, nb, xf.nbytes + y.nbytes), xf.nbytes + y.nbytes)
+    return y, (kept[0] if kept else None)
 
 
 def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
@@ -209,20 +217,22 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
         dyw[..., :g.wo] = dy
         dyw = dyw.reshape(n, f, run)
     dyw4 = dyw.reshape(n, groups, fg, run)
-    dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
-    if cols is not None:
-        nb, buf = n, None
-    else:
-        nb = chunk_size(c * g.kh * g.kw * run * dy.itemsize, n)
-        buf = np.empty((nb, c, g.kh, g.kw, run), dtype=dy.dtype)
-    for n0 in range(0, n, nb):
-        m = min(n, n0 + nb) - n0
-        chunk = cols if buf is None else im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
-        dyc = dyw4[n0:n0 + m]
-        dwt += np.matmul(chunk.reshape(m, groups, k, run), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
-        if not rotate:
-            dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, run)
-            col2im_wide_add(dcols, g, wp, dxf[n0:n0 + m])
+    nb = n if cols is not None else chunk_size(c * g.kh * g.kw * run * dy.itemsize, n)
+
+    def work(a, b):
+        part = np.zeros((groups, k, fg), dtype=dy.dtype)
+        buf = None if cols is not None else np.empty((min(nb, b - a), c, g.kh, g.kw, run), dtype=dy.dtype)
+        for n0 in range(a, b, nb):
+            m = min(b, n0 + nb) - n0
+            chunk = cols if buf is None else im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
+            dyc = dyw4[n0:n0 + m]
+            part += np.matmul(chunk.reshape(m, groups, k, run), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
+            if not rotate:
+                dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, run)
+                col2im_wide_add(dcols, g, wp, dxf[n0:n0 + m])
+        return part
+
+    dwt = _ordered_sum(work, n, nb, dyw.nbytes * (c * g.kh * g.kw + 1), (groups, k, fg), dy.dtype)
     if not rotate:
         dx = dxf.reshape(n, c, hp + 1, wp)[:, :, g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + wd]
     return dx, dwt.transpose(0, 2, 1)
@@ -236,12 +246,20 @@ def _conv_strided(xp, w3, g):
     y = np.empty((n, groups * fg, g.ho, g.wo), dtype=xp.dtype)
     y4 = y.reshape(n, groups, fg, cells)
     nb = chunk_size(c * g.kh * g.kw * cells * xp.itemsize, n)
-    buf = np.empty((nb, c, g.kh, g.kw, g.ho, g.wo), dtype=xp.dtype)
-    for n0 in range(0, n, nb):
-        m = min(n, n0 + nb) - n0
-        chunk = im2col(xp[n0:n0 + m], g, buf[:m])
-        np.matmul(w3, chunk.reshape(m, groups, k, cells), out=y4[n0:n0 + m])
-    return y, (buf if nb == n else None)
+    kept = []
+
+    def work(a, b):
+        buf = np.empty((min(nb, b - a), c, g.kh, g.kw, g.ho, g.wo), dtype=xp.dtype)
+        for n0 in range(a, b, nb):
+            m = min(b, n0 + nb) - n0
+            chunk = im2col(xp[n0:n0 + m], g, buf[:m])
+            np.matmul(w3, chunk.reshape(m, groups, k, cells), out=y4[n0:n0 + m])
+        if nb == n:
+            kept.append(buf)
+
+    work_bytes = xp.nbytes + y.nbytes
+    parallel.run(work, parallel.split(n, nb, work_bytes), work_bytes)
+    return y, (kept[0] if kept else None)
 
 
 def _backward_strided(w3, xp, cols, hw, g, dy, need_dx=True):
@@ -250,23 +268,38 @@ def _backward_strided(w3, xp, cols, hw, g, dy, need_dx=True):
     cells = g.ho * g.wo
     w3t = w3.transpose(0, 2, 1)
     dy4 = dy.reshape(n, groups, fg, cells)
-    dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
     dxp = np.zeros(xp.shape, dtype=dy.dtype) if need_dx else None
-    if cols is not None:
-        nb, buf = n, None
-    else:
-        nb = chunk_size(c * g.kh * g.kw * cells * dy.itemsize, n)
-        buf = np.empty((nb, c, g.kh, g.kw, g.ho, g.wo), dtype=dy.dtype)
-    for n0 in range(0, n, nb):
-        m = min(n, n0 + nb) - n0
-        chunk = cols[n0:n0 + m] if buf is None else im2col(xp[n0:n0 + m], g, buf[:m])
-        dyc = dy4[n0:n0 + m]
-        dwt += np.matmul(chunk.reshape(m, groups, k, cells), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
-        if need_dx:
-            # strides > 1 leave gaps between windows, so scatter the column gradient back (col2im)
-            dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, g.ho, g.wo)
-            col2im_add(dcols, g, dxp[n0:n0 + m])
+    nb = n if cols is not None else chunk_size(c * g.kh * g.kw * cells * dy.itemsize, n)
+
+    def work(a, b):
+        part = np.zeros((groups, k, fg), dtype=dy.dtype)
+        buf = None if cols is not None else np.empty((min(nb, b - a), c, g.kh, g.kw, g.ho, g.wo), dtype=dy.dtype)
+        for n0 in range(a, b, nb):
+            m = min(b, n0 + nb) - n0
+            chunk = cols[n0:n0 + m] if buf is None else im2col(xp[n0:n0 + m], g, buf[:m])
+            dyc = dy4[n0:n0 + m]
+            part += np.matmul(chunk.reshape(m, groups, k, cells), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
+            if need_dx:
+                # strides > 1 leave gaps between windows, so scatter the column gradient back (col2im)
+                dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, g.ho, g.wo)
+                col2im_add(dcols, g, dxp[n0:n0 + m])
+        return part
+
+    dwt = _ordered_sum(work, n, nb, dy.nbytes * (c * g.kh * g.kw + 1), (groups, k, fg), dy.dtype)
     return (unpad(dxp, g, *hw) if need_dx else None), dwt.transpose(0, 2, 1)
+
+
+def _ordered_sum(work, n, nb, nbytes, shape, dtype):
+    """Run ``work(a, b) -> partial`` over fixed sample ranges and add the partials in range order.
+
+    The ranges (``parallel.REDUCE_PARTS`` of them) do not depend on the thread count,
+    so the weight gradient is bit-identical with 1 thread or many.
+    """
+    parts = parallel.run(work, parallel.spans(n, nb, parallel.REDUCE_PARTS), nbytes)
+    total = np.zeros(shape, dtype=dtype)
+    for part in parts:
+        total += part
+    return total
 
 
 @hookimpl

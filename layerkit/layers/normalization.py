@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import hookimpl
 from ..layer import Example, Layer, ParamSpec, require_rank
-from .activations import sample_chunks
+from .activations import over_chunks
 
 
 def _stat_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -30,15 +30,40 @@ def _channel_sums(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarra
         dot = None if b is None else np.einsum("nc,nc->c", a, b, dtype=np.float64)
         return total, dot
     a3 = a.reshape(n, c, -1)
-    total = (a3 @ np.ones(a3.shape[2], dtype=a.dtype)).sum(axis=0, dtype=np.float64)
-    dot = None if b is None else np.einsum("ncs,ncs->nc", a3, b.reshape(n, c, -1)).sum(axis=0, dtype=np.float64)
+    b3 = None if b is None else b.reshape(n, c, -1)
+    ones = np.ones(a3.shape[2], dtype=a.dtype)
+    rows = np.empty((n, c), dtype=a.dtype)
+    rows_dot = None if b is None else np.empty((n, c), dtype=a.dtype)
+
+    # each (sample, channel) row total is computed whole by one thread, and the float64 sum
+    # over samples below is the same single pass as without threads: identical results
+    def work(slices, step):
+        for sl in slices:
+            np.matmul(a3[sl], ones, out=rows[sl])
+            if b3 is not None:
+                np.einsum("ncs,ncs->nc", a3[sl], b3[sl], out=rows_dot[sl])
+
+    over_chunks(a, work, a.nbytes * (1 if b is None else 2))
+    total = rows.sum(axis=0, dtype=np.float64)
+    dot = None if b is None else rows_dot.sum(axis=0, dtype=np.float64)
     return total, dot
 
 
 def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape) -> np.ndarray:
     """x * scale + shift per channel, in x's dtype, in two passes over one new array."""
-    y = np.multiply(x, scale.astype(x.dtype).reshape(bshape))
-    y += shift.astype(x.dtype).reshape(bshape)
+    scale, shift = scale.astype(x.dtype).reshape(bshape), shift.astype(x.dtype).reshape(bshape)
+    if x.ndim == 2 or x.shape[0] < 2:
+        y = np.multiply(x, scale)
+        y += shift
+        return y
+    y = np.empty_like(x)
+
+    def work(slices, step):
+        for sl in slices:
+            np.multiply(x[sl], scale, out=y[sl])
+            y[sl] += shift
+
+    over_chunks(x, work)
     return y
 
 
@@ -132,15 +157,18 @@ class BatchNorm(Layer):
         if out is None:
             out = np.empty_like(dy)
         # chunk by chunk, so k*x + c0 lives in a cache-sized temporary
-        slices, step = sample_chunks(dy)
-        tmp = np.empty((step, *dy.shape[1:]), dtype=dy.dtype)
-        for sl in slices:
-            t = tmp[:sl.stop - sl.start]
-            np.multiply(x[sl], k, out=t)
-            t += c0
-            o = out[sl]
-            np.multiply(dy[sl], scale, out=o)
-            o += t
+
+        def work(slices, step):
+            tmp = np.empty((step, *dy.shape[1:]), dtype=dy.dtype)
+            for sl in slices:
+                t = tmp[:sl.stop - sl.start]
+                np.multiply(x[sl], k, out=t)
+                t += c0
+                o = out[sl]
+                np.multiply(dy[sl], scale, out=o)
+                o += t
+
+        over_chunks(dy, work, 2 * dy.nbytes)
         return out, grads
 
 

@@ -14,7 +14,7 @@ from .. import hookimpl
 from ..errors import ShapeError
 from ..layer import Example, Layer, require_rank
 from ._windows import int_or_pair_schema, pad, pair, unpad, window
-from .activations import sample_chunks
+from .activations import over_chunks
 
 
 def _pool_schema(kind: str, padding_note: str) -> dict:
@@ -75,13 +75,16 @@ class MaxPool2D(_WindowPool):
         y = np.empty((x.shape[0], x.shape[1], g.ho, g.wo), dtype=x.dtype)
         # np.maximum over strided views beats a reshape + max over two axes by ~30x; sample
         # chunks keep the input lines every offset touches in cache for the next offset
-        for sl in sample_chunks(xp)[0]:
-            xc, yc = xp[sl], y[sl]
-            offsets = g.offsets()
-            _, _, rows, cols = next(offsets)
-            np.copyto(yc, xc[:, :, rows, cols])
-            for _, _, rows, cols in offsets:
-                np.maximum(yc, xc[:, :, rows, cols], out=yc)
+        def work(slices, step):
+            for sl in slices:
+                xc, yc = xp[sl], y[sl]
+                offsets = g.offsets()
+                _, _, rows, cols = next(offsets)
+                np.copyto(yc, xc[:, :, rows, cols])
+                for _, _, rows, cols in offsets:
+                    np.maximum(yc, xc[:, :, rows, cols], out=yc)
+
+        over_chunks(xp, work)
         # xp is the input itself unless padded, so the cache adds no memory in the common case
         return y, (x.shape, g, xp, y)
 
@@ -89,22 +92,25 @@ class MaxPool2D(_WindowPool):
         (n, c, h, w), g, xp, y = cache
         overlap = g.sh < g.kh or g.sw < g.kw
         dxp = self._grad_buffer(xp.shape, g, dy.dtype, overlap)
-        slices, step = sample_chunks(xp)
-        taken_buf = np.empty((step, *y.shape[1:]), dtype=bool)
-        hit_buf = np.empty_like(taken_buf)
-        for sl in slices:
-            m = sl.stop - sl.start
-            xc, yc, dyc, dxc = xp[sl], y[sl], dy[sl], dxp[sl]
-            taken, hit = taken_buf[:m], hit_buf[:m]
-            taken.fill(False)
-            for _, _, rows, cols in g.offsets():
-                np.equal(xc[:, :, rows, cols], yc, out=hit)
-                np.greater(hit, taken, out=hit)  # for booleans a > b is a and not b: first maximum only
-                taken |= hit
-                if overlap:
-                    dxc[:, :, rows, cols] += dyc * hit
-                else:
-                    np.multiply(dyc, hit, out=dxc[:, :, rows, cols])
+
+        def work(slices, step):
+            taken_buf = np.empty((step, *y.shape[1:]), dtype=bool)
+            hit_buf = np.empty_like(taken_buf)
+            for sl in slices:
+                m = sl.stop - sl.start
+                xc, yc, dyc, dxc = xp[sl], y[sl], dy[sl], dxp[sl]
+                taken, hit = taken_buf[:m], hit_buf[:m]
+                taken.fill(False)
+                for _, _, rows, cols in g.offsets():
+                    np.equal(xc[:, :, rows, cols], yc, out=hit)
+                    np.greater(hit, taken, out=hit)  # for booleans a > b is a and not b: first maximum only
+                    taken |= hit
+                    if overlap:
+                        dxc[:, :, rows, cols] += dyc * hit
+                    else:
+                        np.multiply(dyc, hit, out=dxc[:, :, rows, cols])
+
+        over_chunks(xp, work)
         return unpad(dxp, g, h, w), {}
 
 

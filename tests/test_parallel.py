@@ -1,0 +1,61 @@
+"""layerkit.parallel: training results do not depend on LAYERKIT_NUM_THREADS."""
+
+import numpy as np
+import pytest
+
+from layerkit import parallel
+from layerkit.builder import build_model
+from layerkit.spec import spec_from_dict
+
+SPEC = {
+    "format": 1, "name": "tiny_cnn", "input": {"shape": [3, 16, 16]},
+    "layers": [
+        {"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": "same"},
+        {"type": "batch_norm"}, {"type": "relu"},
+        {"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": "same"},
+        {"type": "batch_norm"}, {"type": "relu"},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 16, "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "flatten"}, {"type": "dense", "units": 10},
+    ],
+    "loss": {"type": "softmax_cross_entropy"},
+}
+
+
+def _train(threads, steps=3):
+    parallel.set_num_threads(threads)
+    try:
+        old = parallel.MIN_PARALLEL_BYTES
+        parallel.MIN_PARALLEL_BYTES = 0  # every chunk loop on the pool, even at this size
+        model = build_model(spec_from_dict(dict(SPEC), source="tiny"))
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((96, 3, 16, 16)).astype(np.float32)
+        for _ in range(steps):
+            out, caches = model.forward(x, training=True, rng=np.random.default_rng(0))
+            grads = model.backward(caches, ((out - out.mean()) / len(x)).astype(np.float32))
+            for name, tensors in grads.items():
+                for t, g in tensors.items():
+                    model.params[name][t] -= 0.01 * g
+        assert np.isfinite(out).all()
+        return out, {f"{k}/{t}": v.copy() for k, d in model.params.items() for t, v in d.items()}
+    finally:
+        parallel.MIN_PARALLEL_BYTES = old
+        parallel.set_num_threads(None)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_bit_identical(threads):
+    out1, p1 = _train(1)
+    outn, pn = _train(threads)
+    assert out1.tobytes() == outn.tobytes()
+    for key in p1:
+        assert p1[key].tobytes() == pn[key].tobytes(), key
+
+
+def test_spans_keep_chunk_boundaries():
+    for n, step in ((128, 1), (64, 5), (7, 3), (2, 4)):
+        for parts in (1, 2, 3, 8):
+            spans = parallel.spans(n, step, parts)
+            assert spans[0][0] == 0 and spans[-1][1] == n
+            assert all(a % step == 0 for a, _ in spans)
+            assert all(b0 == a1 for (_, b0), (a1, _) in zip(spans, spans[1:]))
