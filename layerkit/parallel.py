@@ -7,8 +7,8 @@ OpenBLAS would run single-threaded or thread badly, and their memory passes are
 single-threaded in numpy, so without this layerkit used one core whatever the
 machine had.
 
-``LAYERKIT_NUM_THREADS`` sets the pool size (default: the cores this process
-may run on); 1 is the serial path, with no pool at all. Results never depend on
+``LAYERKIT_NUM_THREADS`` sets the pool size (default 1, the serial path with no
+pool at all; opt-in because small nets lose, see docs/performance.md). Results never depend on
 the thread count: work is split into chunks whose boundaries depend only on the
 shapes, each chunk writes its own slice of the output, and every cross-chunk
 reduction is summed in a fixed order (see ``spans``).
@@ -43,10 +43,9 @@ def _default_threads() -> int:
             return max(1, int(value))
         except ValueError:
             pass
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    # opt-in: on 2 cores the pool bought AlexNet +25% but cost LeNet -21% and the MLP -13%
+    # (OpenBLAS held to one thread), see docs/performance.md
+    return 1
 
 
 _blas_saved: int | None = None
