@@ -4,7 +4,8 @@
 
 Every measurement runs in its own child process (one per framework x net),
 with OMP/OPENBLAS/MKL_NUM_THREADS set to ``--threads`` (and
-``torch.set_num_threads``), so neither framework inherits the other's thread
+``torch.set_num_threads``) and LAYERKIT_NUM_THREADS to ``--threads`` unless it is
+already set, so neither framework inherits the other's thread
 pools, allocator state or warm caches. Each child trains one warm-up epoch and
 then ``--repeats`` timed epochs over the same images; the figure is the median.
 
@@ -134,10 +135,17 @@ def child_rss(command: list[str]) -> dict:
 
 # -- parent ------------------------------------------------------------------------------------------
 
+def layerkit_threads(threads: int) -> str:
+    """The pool size the layerkit children get: the user's LAYERKIT_NUM_THREADS, else ``--threads``."""
+    return os.environ.get("LAYERKIT_NUM_THREADS", "").strip() or str(threads)
+
+
 def child_env(threads: int) -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    # set explicitly so the children do not fall back on the core count when --threads is lower
+    env["LAYERKIT_NUM_THREADS"] = layerkit_threads(threads)
     return env
 
 
@@ -174,7 +182,8 @@ def machine_line(threads: int) -> str:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, numpy {np.__version__} ({blas}), torch {torch_version}; "
-            f"threads {threads}; load average before the run {load}")
+            f"threads {threads}, LAYERKIT_NUM_THREADS={layerkit_threads(threads)}; "
+            f"load average before the run {load}")
 
 
 def fmt(value, spec: str) -> str:

@@ -7,8 +7,10 @@ OpenBLAS would run single-threaded or thread badly, and their memory passes are
 single-threaded in numpy, so without this layerkit used one core whatever the
 machine had.
 
-``LAYERKIT_NUM_THREADS`` sets the pool size (default 1, the serial path with no
-pool at all; opt-in because small nets lose, see docs/performance.md). Results never depend on
+``LAYERKIT_NUM_THREADS`` sets the pool size (default: the usable cores; 1 is the
+serial path with no pool at all). Only passes big enough to win go to the pool
+(``MIN_PARALLEL_BYTES``); smaller ones run the serial loop, so small nets lose
+nothing, see docs/performance.md. Results never depend on
 the thread count: work is split into chunks whose boundaries depend only on the
 shapes, each chunk writes its own slice of the output, and every cross-chunk
 reduction is summed in a fixed order (see ``spans``).
@@ -26,13 +28,20 @@ from concurrent.futures import ThreadPoolExecutor
 # evens out the load a little.
 REDUCE_PARTS = 8
 
-# Below this much data a pass is not worth a thread hand-off (tens of microseconds);
-# measured on the AlexNet/LeNet layers, see docs/performance.md.
-MIN_PARALLEL_BYTES = 1 << 19
+# Below these sizes a pass stays on the serial loop with no pool call at all: handing
+# chunks to the pool costs tens of microseconds per pass plus cold caches on the other
+# core, which LeNet's layers (conv columns ~3.5 MiB, ReLU/pool 1.2 MiB) never win back
+# (pooling them: LeNet-style 9,400 -> 7,700 img/s; AlexNet's 29-115 MiB convs and
+# 6-13 MiB passes gain, 461 -> 574 img/s).
+# "conv": the whole batch's im2col columns (n * C*kh*kw * cells * itemsize), which is
+# what a conv pass's GEMMs read; "pass": bytes an element-wise pass (BN, ReLU, pool)
+# reads and writes. Measured on AlexNet/LeNet, see docs/performance.md.
+MIN_PARALLEL_BYTES = {"conv": 8 << 20, "pass": 4 << 20}
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _threads: int | None = None
+_blas_saved: int | None = None  # OpenBLAS threads before _hold_blas, None while not held
 _blas = None  # (get, set) from the OpenBLAS numpy loaded, False when not found
 
 
@@ -43,43 +52,43 @@ def _default_threads() -> int:
             return max(1, int(value))
         except ValueError:
             pass
-    # opt-in: on 2 cores the pool bought AlexNet +25% but cost LeNet -21% and the MLP -13%
-    # (OpenBLAS held to one thread), see docs/performance.md
-    return 1
-
-
-_blas_saved: int | None = None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # the cores this process may run on
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def num_threads() -> int:
     global _threads
     if _threads is None:
         _threads = _default_threads()
-        _hold_blas(_threads > 1)
     return _threads
 
 
-def _hold_blas(single: bool) -> None:
-    """With our own pool, OpenBLAS stays on one thread in the whole process.
+def _hold_blas() -> None:
+    """From the first pooled pass on, OpenBLAS stays on one thread in this process.
 
-    Each OpenBLAS call from the main thread with 2 BLAS threads wakes a BLAS worker
-    that then busy-waits for ~0.1 s (its THREAD_TIMEOUT) on the core our pool needs:
-    measured on AlexNet, conv3/conv4 backward went 20/31 ms -> 30/48 ms. The GEMMs
-    left on the main thread (Dense) run single-threaded: an MLP loses its ~10%
-    from OpenBLAS's second thread (documented in docs/performance.md).
+    Capping it only for the pooled sections and restoring it after was measured
+    slower (AlexNet-style 491 vs 574 img/s, medians of 3): each 2-thread GEMM between sections
+    (Dense, BN's GEMV) leaves an OpenBLAS worker busy-waiting ~0.1 s (its
+    THREAD_TIMEOUT) on the core the pool needs. Holding it from the first pass big
+    enough for the pool, rather than whenever the pool has >1 thread, keeps both
+    BLAS threads for processes that never get there (LeNet-style, the MLP).
     """
     global _blas_saved
-    blas = _blas_funcs()
-    if not blas:
+    if _blas_saved is not None:
         return
-    if single and _blas_saved is None:
-        _blas_saved = blas[0]()
-        if _blas_saved > 1:
-            blas[1](1)
-    elif not single and _blas_saved is not None:
-        if _blas_saved > 1:
-            blas[1](_blas_saved)
-        _blas_saved = None
+    blas = _blas_funcs()
+    _blas_saved = blas[0]() if blas else 1
+    if _blas_saved > 1:
+        blas[1](1)
+
+
+def _release_blas() -> None:
+    global _blas_saved
+    if _blas_saved is not None and _blas_saved > 1:
+        _blas_funcs()[1](_blas_saved)
+    _blas_saved = None
 
 
 def set_num_threads(n: int | None) -> None:
@@ -87,7 +96,7 @@ def set_num_threads(n: int | None) -> None:
     global _threads, _pool
     with _lock:
         _threads = None if n is None else max(1, int(n))
-        _hold_blas((_threads or _default_threads()) > 1)
+        _release_blas()
         if _pool is not None:
             _pool.shutdown(wait=True)
             _pool = None
@@ -142,12 +151,16 @@ def spans(n: int, step: int, parts: int) -> list[tuple[int, int]]:
     return [(b0 * step, min(n, b1 * step)) for b0, b1 in zip(bounds, bounds[1:])]
 
 
-def run(fn, args: list, nbytes: int = 1 << 62) -> list:
-    """``[fn(*a) for a in args]``, on the pool when there are several threads and enough work."""
-    if num_threads() == 1 or len(args) < 2 or nbytes < MIN_PARALLEL_BYTES:
-        return [fn(*a) for a in args]
-    return list(_get_pool().map(lambda a: fn(*a), args))
+def worth_it(nbytes: int, kind: str) -> bool:
+    return num_threads() > 1 and nbytes >= MIN_PARALLEL_BYTES[kind]
 
+
+def run(fn, args: list, nbytes: int, kind: str) -> list:
+    """``[fn(*a) for a in args]``, on the pool when there are several threads and enough work."""
+    if len(args) < 2 or not worth_it(nbytes, kind):
+        return [fn(*a) for a in args]
+    _hold_blas()
+    return list(_get_pool().map(lambda a: fn(*a), args))
 
 
 def blocks(n: int, size: int) -> list[tuple[int, int]]:
@@ -155,7 +168,6 @@ def blocks(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def split(n: int, step: int, nbytes: int) -> list[tuple[int, int]]:
+def split(n: int, step: int, nbytes: int, kind: str) -> list[tuple[int, int]]:
     """Sample ranges for an element-wise pass (no reduction): one per thread when it is worth it."""
-    parts = num_threads() if nbytes >= MIN_PARALLEL_BYTES else 1
-    return spans(n, step, parts)
+    return spans(n, step, num_threads() if worth_it(nbytes, kind) else 1)

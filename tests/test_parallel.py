@@ -1,5 +1,7 @@
 """layerkit.parallel: training results do not depend on LAYERKIT_NUM_THREADS."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -25,8 +27,8 @@ SPEC = {
 def _train(threads, steps=3):
     parallel.set_num_threads(threads)
     try:
-        old = parallel.MIN_PARALLEL_BYTES
-        parallel.MIN_PARALLEL_BYTES = 0  # every chunk loop on the pool, even at this size
+        old = dict(parallel.MIN_PARALLEL_BYTES)
+        parallel.MIN_PARALLEL_BYTES.update({k: 0 for k in old})  # every chunk loop on the pool, even at this size
         model = build_model(spec_from_dict(dict(SPEC), source="tiny"))
         rng = np.random.default_rng(1)
         x = rng.standard_normal((96, 3, 16, 16)).astype(np.float32)
@@ -39,7 +41,7 @@ def _train(threads, steps=3):
         assert np.isfinite(out).all()
         return out, {f"{k}/{t}": v.copy() for k, d in model.params.items() for t, v in d.items()}
     finally:
-        parallel.MIN_PARALLEL_BYTES = old
+        parallel.MIN_PARALLEL_BYTES.update(old)
         parallel.set_num_threads(None)
 
 
@@ -59,3 +61,32 @@ def test_spans_keep_chunk_boundaries():
             assert spans[0][0] == 0 and spans[-1][1] == n
             assert all(a % step == 0 for a, _ in spans)
             assert all(b0 == a1 for (_, b0), (a1, _) in zip(spans, spans[1:]))
+
+
+def test_small_passes_stay_off_the_pool():
+    parallel.set_num_threads(2)
+    try:
+        assert parallel.split(64, 4, parallel.MIN_PARALLEL_BYTES["pass"] - 1, "pass") == [(0, 64)]
+        assert len(parallel.split(64, 4, parallel.MIN_PARALLEL_BYTES["pass"], "pass")) == 2
+        name = lambda _: threading.current_thread().name  # noqa: E731
+        assert parallel.run(name, [(0,), (1,)], 0, "conv") == ["MainThread"] * 2
+    finally:
+        parallel.set_num_threads(None)
+
+
+def test_blas_held_from_the_first_pooled_pass_until_reset():
+    blas = parallel._blas_funcs()
+    if not blas:
+        pytest.skip("OpenBLAS not found")
+    saved = blas[0]()
+    parallel.set_num_threads(2)
+    try:
+        blas[1](2)
+        inside = parallel.run(lambda a: blas[0](), [(0,), (1,)], 1 << 40, "conv")
+        assert inside == [1, 1]
+        assert blas[0]() == 1
+        parallel.set_num_threads(None)
+        assert blas[0]() == 2
+    finally:
+        blas[1](saved)
+        parallel.set_num_threads(None)

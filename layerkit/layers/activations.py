@@ -39,9 +39,9 @@ def over_chunks(x: np.ndarray, work, nbytes: int | None = None) -> None:
     """
     slices, step = sample_chunks(x)
     n = x.shape[0]
-    groups = parallel.split(n, step, x.nbytes if nbytes is None else nbytes)
-    parallel.run(work, [([sl for sl in slices if a <= sl.start < b], step) for a, b in groups],
-                 x.nbytes if nbytes is None else nbytes)
+    nbytes = x.nbytes if nbytes is None else nbytes
+    groups = parallel.split(n, step, nbytes, "pass")
+    parallel.run(work, [([sl for sl in slices if a <= sl.start < b], step) for a, b in groups], nbytes, "pass")
 
 
 class ReLU(Layer):

@@ -176,7 +176,8 @@ def _conv_wide(xf, w3, g, wp, bias=None):
         if nb == n:
             kept.append(buf)
 
-    parallel.run(work, parallel.split(n, nb, xf.nbytes + y.nbytes), xf.nbytes + y.nbytes)
+    col_bytes = n * c * g.kh * g.kw * run * xf.itemsize
+    parallel.run(work, parallel.split(n, nb, col_bytes, "conv"), col_bytes, "conv")
     return y, (kept[0] if kept else None)
 
 
@@ -232,7 +233,7 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
                 col2im_wide_add(dcols, g, wp, dxf[n0:n0 + m])
         return part
 
-    dwt = _ordered_sum(work, n, nb, dyw.nbytes * (c * g.kh * g.kw + 1), (groups, k, fg), dy.dtype)
+    dwt = _ordered_sum(work, n, nb, n * c * g.kh * g.kw * run * dy.itemsize, (groups, k, fg), dy.dtype)
     if not rotate:
         dx = dxf.reshape(n, c, hp + 1, wp)[:, :, g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + wd]
     return dx, dwt.transpose(0, 2, 1)
@@ -257,8 +258,8 @@ def _conv_strided(xp, w3, g):
         if nb == n:
             kept.append(buf)
 
-    work_bytes = xp.nbytes + y.nbytes
-    parallel.run(work, parallel.split(n, nb, work_bytes), work_bytes)
+    col_bytes = n * c * g.kh * g.kw * cells * xp.itemsize
+    parallel.run(work, parallel.split(n, nb, col_bytes, "conv"), col_bytes, "conv")
     return y, (kept[0] if kept else None)
 
 
@@ -285,17 +286,17 @@ def _backward_strided(w3, xp, cols, hw, g, dy, need_dx=True):
                 col2im_add(dcols, g, dxp[n0:n0 + m])
         return part
 
-    dwt = _ordered_sum(work, n, nb, dy.nbytes * (c * g.kh * g.kw + 1), (groups, k, fg), dy.dtype)
+    dwt = _ordered_sum(work, n, nb, n * c * g.kh * g.kw * cells * dy.itemsize, (groups, k, fg), dy.dtype)
     return (unpad(dxp, g, *hw) if need_dx else None), dwt.transpose(0, 2, 1)
 
 
-def _ordered_sum(work, n, nb, nbytes, shape, dtype):
+def _ordered_sum(work, n, nb, col_bytes, shape, dtype):
     """Run ``work(a, b) -> partial`` over fixed sample ranges and add the partials in range order.
 
     The ranges (``parallel.REDUCE_PARTS`` of them) do not depend on the thread count,
     so the weight gradient is bit-identical with 1 thread or many.
     """
-    parts = parallel.run(work, parallel.spans(n, nb, parallel.REDUCE_PARTS), nbytes)
+    parts = parallel.run(work, parallel.spans(n, nb, parallel.REDUCE_PARTS), col_bytes, "conv")
     total = np.zeros(shape, dtype=dtype)
     for part in parts:
         total += part
