@@ -62,7 +62,8 @@ class ProgressDisplay(Callback):
         self.started = time.perf_counter()
         self.last_draw = 0.0
         self.steps = steps
-        if self.quiet:
+        # a redirected log gets the summary lines only: a live bar there is just blank lines
+        if self.quiet or not self.console.is_terminal:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         self.progress = Progress(
