@@ -11,16 +11,10 @@ import pytest
 from layerkit.cli import main
 from layerkit.plugins import reset_registry
 
-from train_support import mlp_model, registry_with_loss
+from train_support import builtin_registry, hermetic, mlp_model  # noqa: F401 (hermetic is a fixture)
 
 
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("LAYERKIT_DATA_DIR", raising=False)
-    reset_registry(registry_with_loss())
-    yield
-    reset_registry(None)
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,7 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
         mp.delenv("LAYERKIT_DATA_DIR", raising=False)
-        reset_registry(registry_with_loss())
+        reset_registry(builtin_registry())
         rc = main(["fit", str(model), "--epochs", "2", "--lr", "0.002", "--quiet", "--out", str(root / "run")])
     assert rc == 0
     return model, root / "run"

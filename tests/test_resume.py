@@ -13,19 +13,13 @@ from layerkit.plugins import reset_registry
 from layerkit.runs import CHECKPOINT, HISTORY_CSV, HISTORY_JSON, METRICS, MODEL_FILE, WEIGHTS, RunDir, train
 from layerkit.trainer import Callback, TrainingInterrupted
 
-from train_support import mlp_model, registry_with_loss
+from train_support import builtin_registry, hermetic, mlp_model  # noqa: F401 (hermetic is a fixture)
 
 MODEL = mlp_model(epochs=2, optimizer={"type": "adam", "lr": 0.003},
                   schedule={"type": "cosine", "min_lr": 0.0001, "warmup_epochs": 0.5})
 
 
-@pytest.fixture(autouse=True)
-def registry(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("LAYERKIT_DATA_DIR", raising=False)
-    reset_registry(registry_with_loss())
-    yield
-    reset_registry(None)
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 class InterruptAt(Callback):
@@ -49,7 +43,7 @@ def straight(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(out.parent / "cache"))
         mp.delenv("LAYERKIT_DATA_DIR", raising=False)
-        reset_registry(registry_with_loss())
+        reset_registry(builtin_registry())
         train(MODEL, out=out)
     return out
 

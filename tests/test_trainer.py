@@ -15,7 +15,7 @@ from layerkit.runs import CHECKPOINT, num_outputs, train
 from layerkit.spec import spec_from_dict
 from layerkit.trainer import Callback, Trainer, build_loss
 
-from train_support import mlp_model, registry_with_loss
+from train_support import builtin_registry, mlp_model
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def registry(monkeypatch, tmp_path):
     # hermetic data lookup: no real cache or env dir may change which data a test sees
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("LAYERKIT_DATA_DIR", raising=False)
-    reg = registry_with_loss()
+    reg = builtin_registry()
     reset_registry(reg)
     yield reg
     reset_registry(None)
