@@ -25,7 +25,7 @@ from jsonschema.exceptions import best_match
 
 from .errors import GraphError, ModelFileError, Problem
 from .registry import Registry
-from .schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA, params_schema_of, typed_schema
+from .schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA, typed_schema
 from .wiring import RESERVED_INPUT, arity_problem, wiring_problems
 
 __all__ = ["RESERVED_INPUT", "LayerSpec", "ModelSpec", "load_spec", "spec_from_dict", "read_model_file",
