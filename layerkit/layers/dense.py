@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from .. import hookimpl
 from ..layer import Example, Layer, ParamSpec, require_rank
 
