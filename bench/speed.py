@@ -126,11 +126,40 @@ def child_matmul(repeats: int) -> dict:
     return {"gflops": 2 * MATMUL_N ** 3 / statistics.median(seconds) / 1e9}
 
 
+def _tree_rss_kib(pid: int) -> int:
+    """Resident KiB of ``pid`` and all its descendants (the sample-parallel workers), 0 once gone."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as status:
+                total += next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as children:
+                    todo += [int(c) for c in children.read().split()]
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def child_rss(command: list[str]) -> dict:
-    """Run ``command`` as this process's only child; its peak RSS is then RUSAGE_CHILDREN's."""
-    proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return {"rc": proc.returncode, "maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-            "stderr": proc.stderr[-2000:]}
+    """Run ``command`` as this process's only child; report its peak RSS.
+
+    Two figures: RUSAGE_CHILDREN's (the largest single process) and the peak of the
+    summed RSS of the process and its workers, sampled every 20 ms (pages the workers
+    share with the parent count twice, so this errs high). The larger one is reported.
+    """
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing can block on a full pipe
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss_kib(proc.pid))
+            time.sleep(0.02)
+        err.seek(0)
+        stderr = err.read()
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"rc": proc.returncode, "maxrss_kib": max(largest, peak), "largest_process_kib": largest,
+            "tree_peak_kib": peak, "stderr": stderr[-2000:]}
 
 
 # -- parent ------------------------------------------------------------------------------------------
@@ -262,7 +291,7 @@ def main() -> int:
         (f"AlexNet-style GFLOP/s ({fmt(alex_g, '.1f')}) / float32 matmul GFLOP/s ({fmt(mm, '.1f')})",
          alex_g / mm if alex_g and mm else None, ">= 0.4", lambda v: v >= 0.4, ".2f"),
         ("`check-grads models/alexnet_mnist.json` wall time (s)", grads_s, "<= 10 s", lambda v: v <= 10, ".1f"),
-        ("full-MNIST LeNet epoch peak RSS (MiB)" + ("" if data_dir else " (embedded sample: no MNIST found)"),
+        ("full-MNIST LeNet epoch peak RSS, all processes (MiB)" + ("" if data_dir else " (embedded sample: no MNIST found)"),
          None if rss_bytes is None else rss_bytes / 2 ** 20, "<= 1 GB", lambda v: v * 2 ** 20 <= ONE_GB, ",.0f"),
     ]
     print("| figure | measured | target | result |\n|---|---:|---|---|")

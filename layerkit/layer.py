@@ -73,6 +73,10 @@ class Layer:
     has_kinks: ClassVar[bool] = False
     #: behaviour differs between training and inference (dropout, batch norm)
     stochastic: ClassVar[bool] = False
+    #: each sample's output and input gradient depend only on that sample and the
+    #: parameters, so a batch may be split into shards whose parameter gradients add
+    #: up to the batch's (``layerkit.sample_parallel``); batch statistics break that
+    per_sample: ClassVar[bool] = False
 
     def __init__(self, **config: Any) -> None:
         self.config = dict(config)

@@ -19,6 +19,9 @@ class Loss:
     type: ClassVar[str] = ""
     description: ClassVar[str] = ""
     params_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
+    #: the loss is the batch mean of a per-sample term (so shards of a batch can be
+    #: computed apart and their gradients added, see ``layerkit.sample_parallel``)
+    per_sample: ClassVar[bool] = False
 
     def __init__(self, **config: Any) -> None:
         self.config = dict(config)
@@ -61,6 +64,7 @@ def _check_targets(output: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 class SoftmaxCrossEntropy(Loss):
     type = "softmax_cross_entropy"
+    per_sample = True
     description = ("Softmax followed by cross-entropy, fused and computed with log-sum-exp so large logits "
                    "cannot overflow. Targets: class ids (N,) or probability rows (N, K). Gradient (p - y) / N.")
     params_schema = {
@@ -113,6 +117,7 @@ class SoftmaxCrossEntropy(Loss):
 
 class MeanSquaredError(Loss):
     type = "mse"
+    per_sample = True
     description = ("Squared error summed over the outputs of a sample and averaged over the batch: "
                    "mean_n sum_k (output - target)^2. Integer class ids are one-hot encoded.")
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}

@@ -22,6 +22,7 @@ import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 # Number of groups a reduction is split into, whatever the thread count: the partial sums
 # (and so the rounding) are the same with 1 thread or 8. More groups than threads also
@@ -43,6 +44,7 @@ _pool: ThreadPoolExecutor | None = None
 _threads: int | None = None
 _blas_saved: int | None = None  # OpenBLAS threads before _hold_blas, None while not held
 _blas = None  # (get, set) from the OpenBLAS numpy loaded, False when not found
+_serial = 0  # > 0 while sample-parallel shards already use every core (see ``serial``)
 
 
 def _default_threads() -> int:
@@ -152,7 +154,31 @@ def spans(n: int, step: int, parts: int) -> list[tuple[int, int]]:
 
 
 def worth_it(nbytes: int, kind: str) -> bool:
-    return num_threads() > 1 and nbytes >= MIN_PARALLEL_BYTES[kind]
+    return num_threads() > 1 and not _serial and nbytes >= MIN_PARALLEL_BYTES[kind]
+
+
+@contextmanager
+def serial():
+    """No pool inside: the sample-parallel shards (``sample_parallel``) already keep every core busy."""
+    global _serial
+    _serial += 1
+    try:
+        yield
+    finally:
+        _serial -= 1
+
+
+def _forked_worker() -> None:
+    """Reset this module in a forked sample-parallel worker: serial loops, one BLAS thread.
+
+    The parent's pool object came along with the fork but its threads did not, so it
+    is dropped without a shutdown (which would wait for threads that are not there).
+    """
+    global _pool, _threads, _blas_saved, _serial
+    _pool, _threads, _blas_saved, _serial = None, 1, None, 0
+    blas = _blas_funcs()
+    if blas:
+        blas[1](1)
 
 
 def run(fn, args: list, nbytes: int, kind: str) -> list:

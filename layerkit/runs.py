@@ -227,6 +227,9 @@ def train(model_source: str | Path | dict | None = None, *, overrides: dict[str,
             log(f"resuming {run.path} at epoch {trainer.state.epoch + 1}, batch {trainer.state.step + 1}")
     if check_grads:
         check_gradients(trainer, console)
+    if trainer.shards > 1 and not trainer.finished:
+        log(f"note: each batch is split over {trainer.shards} processes (sample-parallel; "
+            f"LAYERKIT_SAMPLE_PARALLEL=0 trains in one)")
 
     try:
         result = trainer.fit()

@@ -31,6 +31,7 @@ from .errors import CheckpointError, LayerkitError, TrainingError
 from .malloc_tuning import tune_malloc
 from .model import Model
 from .optimizers import Optimizer, build_optimizer
+from .sample_parallel import SampleParallel, plan_shards
 from .schedules import Schedule
 
 CHECKPOINT_FORMAT = 1
@@ -137,6 +138,9 @@ class Trainer:
         self.state = TrainState()
         self.best_weights: dict[str, np.ndarray] | None = None
         self._keys = [(node.name, tname) for node in model.nodes for tname in model.params[node.name]]
+        #: batches split over this many processes (1: the plain step), see ``layerkit.sample_parallel``
+        self.shards = plan_shards(model, loss, self.batch_size)
+        self._sharded: SampleParallel | None = None
         self._stop_requested = False
         self._busy = False
 
@@ -162,7 +166,7 @@ class Trainer:
             try:
                 # a diverging run overflows before its loss turns nan: the loss check reports that
                 # once, clearly, instead of a stream of RuntimeWarnings
-                with np.errstate(over="ignore", invalid="ignore"):
+                with np.errstate(over="ignore", invalid="ignore"), self._workers():
                     while self.state.epoch < self.epochs and not self.state.stopped_early:
                         self._run_epoch()
             except KeyboardInterrupt:
@@ -185,20 +189,26 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch, spe, st.step)
         keys = self._keys
+        sharded = self._sharded
         for step in range(st.step, spe):
             idx = perm[step * bs:(step + 1) * bs]
-            xb, yb = x[idx], y[idx]
-            out, caches = model.forward(xb, training=True, rng=self.rng)
-            value, lcache = loss.forward(out, yb)
-            value = float(value)
+            if sharded is not None:
+                value, hits, grad_list = sharded.step(idx)
+            else:
+                xb, yb = x[idx], y[idx]
+                out, caches = model.forward(xb, training=True, rng=self.rng)
+                value, lcache = loss.forward(out, yb)
+                value = float(value)
+                hits = int(np.count_nonzero(loss.predict(out) == yb))
             if not math.isfinite(value):
                 raise TrainingError(f"the loss became {value} in epoch {epoch + 1}, batch {step + 1}; "
                                     f"training stopped (try a lower learning rate)")
-            grads = model.backward(caches, loss.backward(lcache))
+            if sharded is None:
+                grads = model.backward(caches, loss.backward(lcache))
+                grad_list = [grads[n][t] for n, t in keys]
             self._busy = True  # a second Ctrl-C in here must not checkpoint half-updated weights
-            opt.step([grads[n][t] for n, t in keys], self.schedule.lr(epoch, step))
+            opt.step(grad_list, self.schedule.lr(epoch, step))
             self._busy = False
-            hits = int(np.count_nonzero(loss.predict(out) == yb))
             st.step, st.loss_sum, st.correct, st.seen = step + 1, st.loss_sum + value * len(idx), \
                 st.correct + hits, st.seen + len(idx)
             if self._stop_requested:
@@ -216,6 +226,19 @@ class Trainer:
             self.save_checkpoint(self.checkpoint_arrays())
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, record, st.epoch_seconds[-1])
+
+    @contextmanager
+    def _workers(self):
+        """The sample-parallel workers for this ``fit`` call, when ``shards`` > 1."""
+        if self.shards < 2:
+            yield
+            return
+        with SampleParallel(self.model, self.loss, self.data.x_train, self.data.y_train, self.shards) as sp:
+            self._sharded = sp
+            try:
+                yield
+            finally:
+                self._sharded = None
 
     def _epoch_record(self, epoch: int) -> dict:
         st = self.state

@@ -338,3 +338,28 @@ def test_undeclared_kink_is_reported_as_such():
     [row] = check_layer(UndeclaredKinkRelu(), {}, np.array([[0.0, 1.0, -1.0], [2.0, 0.0, -2.0]]))
     assert row.status == "fail" and row.kinks == 0
     assert "has_kinks = False" in row.worst.diagnosis
+
+
+class CentredButClaimsPerSample(GoodDense):
+    """Subtracts the batch mean (correct gradients, but sample i's output depends on sample j)."""
+
+    type = "broken_per_sample_claim"
+    per_sample = True
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        xc = x - x.mean(axis=0)
+        return xc @ params["W"] + params["b"], xc
+
+    def backward(self, params, cache, dy):
+        dxc, grads = super().backward(params, cache, dy)
+        return dxc - dxc.mean(axis=0), grads
+
+
+def test_false_per_sample_claim_caught():
+    # sample-parallel training would silently train a different model with this layer
+    with pytest.raises(AssertionError, match="declares per_sample"):
+        run_layer_test(CentredButClaimsPerSample, {"units": 3}, (4,), batch_size=4)
+    # the same maths without the claim is a correct layer
+    class Centred(CentredButClaimsPerSample):
+        per_sample = False
+    run_layer_test(Centred, {"units": 3}, (4,), batch_size=4)

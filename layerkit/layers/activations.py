@@ -46,6 +46,7 @@ def over_chunks(x: np.ndarray, work, nbytes: int | None = None) -> None:
 
 class ReLU(Layer):
     type = "relu"
+    per_sample = True
     description = "Rectified linear unit: max(x, 0)."
     params_schema = _NO_PARAMS
     examples = _EXAMPLES
@@ -94,6 +95,7 @@ class ReLU(Layer):
 
 class LeakyReLU(Layer):
     type = "leaky_relu"
+    per_sample = True
     description = "Leaky rectified linear unit: x for x > 0, alpha * x otherwise."
     params_schema = {
         "type": "object",
@@ -122,6 +124,7 @@ class LeakyReLU(Layer):
 
 class Sigmoid(Layer):
     type = "sigmoid"
+    per_sample = True
     description = "Logistic sigmoid 1 / (1 + exp(-x)), computed overflow-free."
     params_schema = _NO_PARAMS
     examples = _EXAMPLES
@@ -146,6 +149,7 @@ class Sigmoid(Layer):
 
 class Tanh(Layer):
     type = "tanh"
+    per_sample = True
     description = "Hyperbolic tangent."
     params_schema = _NO_PARAMS
     examples = _EXAMPLES
@@ -166,6 +170,7 @@ class Tanh(Layer):
 
 class Softmax(Layer):
     type = "softmax"
+    per_sample = True
     description = ("Softmax over the feature axis of a (D,) input or the channel axis of a (C, H, W) input, "
                    "max-shifted for stability. For training prefer the fused softmax_cross_entropy loss.")
     params_schema = _NO_PARAMS

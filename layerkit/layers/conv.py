@@ -31,6 +31,7 @@ from ._windows import (Window, chunk_size, col2im_add, col2im_wide_add, im2col, 
 
 class Conv2D(Layer):
     type = "conv2d"
+    per_sample = True
     description = ("2-D convolution over a (C, H, W) input: stride, padding ('same'/'valid'/explicit), "
                    "dilation and grouped / depthwise (groups = channels) variants.")
     params_schema = {

@@ -8,6 +8,7 @@ from ..layer import Example, Layer, ParamSpec, require_rank
 
 class Dense(Layer):
     type = "dense"
+    per_sample = True
     description = "Fully connected layer: y = x W + b, on a flat (features,) input."
     params_schema = {
         "type": "object",

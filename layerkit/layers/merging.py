@@ -11,6 +11,7 @@ from ..layer import Example, Layer
 
 class Add(Layer):
     type = "add"
+    per_sample = True
     description = "Element-wise sum of two or more inputs of the same shape (residual connections)."
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     arity = None
@@ -39,6 +40,7 @@ class Add(Layer):
 
 class Concat(Layer):
     type = "concat"
+    per_sample = True
     description = "Concatenate two or more inputs along a per-sample axis (default 0, the channel axis)."
     params_schema = {
         "type": "object",

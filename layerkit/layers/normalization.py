@@ -174,6 +174,7 @@ class BatchNorm(Layer):
 
 class LocalResponseNorm(Layer):
     type = "local_response_norm"
+    per_sample = True
     description = ("AlexNet local response normalisation across channels: "
                    "y_c = x_c / (k + alpha * sum of x_j^2 over the `size` channels around c) ** beta "
                    "(alpha is not divided by size, as in the AlexNet paper).")

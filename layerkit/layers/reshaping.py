@@ -11,6 +11,7 @@ from ..layer import Example, Layer
 
 class Flatten(Layer):
     type = "flatten"
+    per_sample = True
     description = "Flatten the per-sample shape to (features,), channels-first order."
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     examples = (Example({}, (2, 3, 4)), Example({}, (5,)))
@@ -27,6 +28,7 @@ class Flatten(Layer):
 
 class Reshape(Layer):
     type = "reshape"
+    per_sample = True
     description = "Reshape each sample (row-major order); one dimension may be -1 and is inferred."
     params_schema = {
         "type": "object",

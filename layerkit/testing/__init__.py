@@ -95,7 +95,9 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
     forward output in training and inference mode; declared parameter and state tensors can be
     allocated and backward returns a gradient of the right shape for every one of them (and an
     input gradient of the input's shape); float32 in gives float32 out, forward and backward;
-    forward leaves its input and parameters alone; gradients agree with finite differences in
+    forward leaves its input and parameters alone; a ``per_sample`` layer gives the same outputs,
+    input gradients and summed parameter gradients on two halves of the batch as on the whole
+    (what sample-parallel training relies on); gradients agree with finite differences in
     float64 (:func:`layerkit.gradcheck.check_layer_config`). Returns the gradient-check results.
     """
     from ..gradcheck import check_layer_config, initial_state, random_input, random_params
@@ -172,6 +174,9 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
             assert np.asarray(grads[tname]).dtype == np.float32, (
                 f"{where}: gradient of {tname!r} is {np.asarray(grads[tname]).dtype}, not float32")
 
+    if getattr(layer, "per_sample", False) and batch_size >= 2:
+        _check_per_sample(layer, params, x, multi, where, seed)
+
     results = check_layer_config(cls, filled, in_shape, batch_size=batch_size, samples=samples, seed=seed)
     bad = [r for r in results if r.status == "fail"]
     if bad:
@@ -180,6 +185,42 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
             lines += describe(r)
         raise AssertionError("\n".join(lines))
     return results
+
+
+def _check_per_sample(layer, params, x, multi: bool, where: str, seed: int) -> None:
+    """Whole batch vs. its two halves, in float64 so only a real dependence between samples shows."""
+    params = {k: v.astype(np.float64) for k, v in params.items()}
+    xs = [v.astype(np.float64) for v in x] if multi else x.astype(np.float64)
+    n = len(xs[0]) if multi else len(xs)
+    cut = n // 2
+
+    def part(a, b):
+        return [v[a:b] for v in xs] if multi else xs[a:b]
+
+    def run(inp):
+        y, cache = layer.forward(params, inp, True, np.random.default_rng(seed), {})
+        dy = np.random.default_rng(seed + 2).standard_normal((n, *np.shape(y)[1:]))
+        return y, cache, dy
+
+    y, cache, dy = run(xs)
+    dx, grads = layer.backward(params, cache, dy)
+    pieces = []
+    for a, b in ((0, cut), (cut, n)):
+        yp, cp, _ = run(part(a, b))
+        dxp, gp = layer.backward(params, cp, dy[a:b])
+        pieces.append((yp, dxp, dict(gp or {})))
+    close = lambda u, v: np.allclose(u, v, rtol=1e-9, atol=1e-12)  # noqa: E731
+    assert close(y, np.concatenate([p[0] for p in pieces])), (
+        f"{where}: declares per_sample, but its forward output on half a batch differs from the whole batch's")
+    dxs = list(dx) if multi else [dx]
+    for i, g in enumerate(dxs):
+        halves = [list(p[1])[i] if multi else p[1] for p in pieces]
+        assert close(g, np.concatenate(halves)), (
+            f"{where}: declares per_sample, but its input gradient on half a batch differs from the whole batch's")
+    for tname, g in dict(grads or {}).items():
+        assert close(g, pieces[0][2][tname] + pieces[1][2][tname]), (
+            f"{where}: declares per_sample, but the gradients of {tname!r} over two halves of a batch do not "
+            f"add up to the whole batch's")
 
 
 # -- pytest parametrisation ------------------------------------------------------

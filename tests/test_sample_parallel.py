@@ -1,0 +1,193 @@
+"""Sample-parallel training: the shards add up to the whole batch, runs stay reproducible and
+resumable, worker failures are errors and no worker outlives its fit."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from layerkit import parallel
+from layerkit.builder import build_model
+from layerkit.errors import TrainingError
+from layerkit.losses import Loss, SoftmaxCrossEntropy
+from layerkit.model import load_npz
+from layerkit.runs import HISTORY_JSON, WEIGHTS, train
+from layerkit.sample_parallel import SampleParallel, plan_shards
+from layerkit.spec import read_model_file, spec_from_dict
+from layerkit.trainer import Callback, TrainingInterrupted
+
+from train_support import hermetic  # noqa: F401 (a fixture)
+
+pytestmark = [pytest.mark.usefixtures("hermetic"),
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sample-parallel needs fork (Linux)")]
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def convnet(**training) -> dict:
+    train_cfg = {"dataset": "mnist", "epochs": 2, "batch_size": 32, "seed": 5,
+                 "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9},
+                 "data": {"train_limit": 320, "test_limit": 64}}
+    train_cfg.update(training)
+    return {"format": 1, "name": "conv_small", "input": {"shape": [1, 28, 28]},
+            "layers": [{"name": "conv", "type": "conv2d", "filters": 4, "kernel_size": 3},
+                       {"type": "relu"}, {"type": "max_pool2d", "pool_size": 2}, {"type": "flatten"},
+                       {"name": "logits", "type": "dense", "units": 10}],
+            "loss": {"type": "softmax_cross_entropy"}, "training": train_cfg}
+
+
+@pytest.fixture
+def threads():
+    """Run the test as on a machine with ``n`` cores."""
+    def use(n):
+        parallel.set_num_threads(n)
+    yield use
+    parallel.set_num_threads(None)
+
+
+@pytest.fixture
+def forced(monkeypatch, threads):
+    # the tiny test nets are below the cost rule; the rule itself is tested separately
+    monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
+    threads(2)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers():
+    yield
+    assert multiprocessing.active_children() == []
+
+
+def zoo(name):
+    raw, source = read_model_file(REPO / "models" / f"{name}.json")
+    spec = spec_from_dict(raw, source=source)
+    return build_model(spec), SoftmaxCrossEntropy(), spec.training["batch_size"]
+
+
+def test_cost_rule_picks_convnets_not_mlps(monkeypatch):
+    monkeypatch.delenv("LAYERKIT_SAMPLE_PARALLEL", raising=False)
+    lenet, loss, batch = zoo("lenet5")
+    assert plan_shards(lenet, loss, batch, threads=2) == 2
+    assert plan_shards(lenet, loss, batch, threads=4) == 4
+    assert plan_shards(lenet, loss, batch, threads=1) == 1
+    assert plan_shards(lenet, loss, 8, threads=2) == 1  # shards of 4 samples: not worth a worker
+    softmax, loss, batch = zoo("softmax_regression")  # all the work is in the weights
+    assert plan_shards(softmax, loss, batch, threads=2) == 1
+    monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
+    assert plan_shards(softmax, loss, batch, threads=2) == 2
+    monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "0")
+    assert plan_shards(lenet, loss, 64, threads=2) == 1
+
+
+def test_batch_coupled_or_random_models_are_never_split(monkeypatch):
+    monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
+    for name in ("alexnet_mnist", "mlp", "resnet_mini"):  # batch norm and/or dropout
+        model, loss, batch = zoo(name)
+        assert plan_shards(model, loss, batch, threads=2) == 1, name
+
+    class BatchLoss(Loss):
+        type = "batch_coupled"  # per_sample left False: e.g. a loss over pairs in the batch
+
+    lenet, _, batch = zoo("lenet5")
+    assert plan_shards(lenet, BatchLoss(), batch, threads=2) == 1
+
+
+def whole_batch(model, loss, x, y):
+    out, caches = model.forward(x, training=True)
+    value, lcache = loss.forward(out, y)
+    grads = model.backward(caches, loss.backward(lcache))
+    hits = int(np.count_nonzero(loss.predict(out) == y))
+    return value, hits, [grads[n][t] for n in model.params for t in model.params[n]]
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_step_adds_up_to_the_whole_batch(shards):
+    model = build_model(spec_from_dict(convnet()))
+    loss = SoftmaxCrossEntropy()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 100)
+    idx = rng.permutation(100)[:45]
+    with SampleParallel(model, loss, x, y, shards) as sp:
+        for _ in range(2):
+            value, hits, grads = sp.step(idx)
+            ref_value, ref_hits, ref_grads = whole_batch(model, loss, x[idx], y[idx])
+            assert value == pytest.approx(ref_value, rel=1e-5) and hits == ref_hits
+            for g, r in zip(grads, ref_grads):
+                assert g.dtype == np.float32
+                np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+            for tensors in model.params.values():  # the workers must see the main process's new weights
+                for t in tensors.values():
+                    t *= 0.5
+        # a batch smaller than the shard count still works (the last batch of an epoch can be)
+        value, hits, grads = sp.step(idx[:1])
+        assert value == pytest.approx(whole_batch(model, loss, x[idx[:1]], y[idx[:1]])[0], rel=1e-5)
+
+
+def final(run_dir):
+    return load_npz(run_dir / WEIGHTS), json.loads((run_dir / HISTORY_JSON).read_text())
+
+
+def test_fit_is_reproducible_and_matches_one_process(forced, threads, tmp_path):
+    runs = []
+    for name, n in (("a", 2), ("b", 2), ("one", 1)):
+        threads(n)
+        train(convnet(), out=tmp_path / name)
+        runs.append(final(tmp_path / name))
+    (wa, ha), (wb, hb), (w1, h1) = runs
+    assert ha == hb and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    # another split sums in another order: the same training up to float32 rounding
+    for k in wa:
+        np.testing.assert_allclose(wa[k], w1[k], rtol=1e-3, atol=1e-5)
+    assert ha[-1]["train_loss"] == pytest.approx(h1[-1]["train_loss"], rel=1e-3)
+
+
+class InterruptAt(Callback):
+    def __init__(self, epoch, step):
+        self.at = (epoch, step)
+
+    def on_batch_end(self, epoch, step, loss, accuracy, samples):
+        if (epoch, step) == self.at:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_and_resumed_is_bit_identical(forced, tmp_path):
+    train(convnet(), out=tmp_path / "straight")
+    with pytest.raises(TrainingInterrupted):
+        train(convnet(), out=tmp_path / "cut", callbacks=[InterruptAt(0, 4)])
+    assert multiprocessing.active_children() == []
+    train(resume=tmp_path / "cut")
+    (w1, h1), (w2, h2) = final(tmp_path / "straight"), final(tmp_path / "cut")
+    assert h1 == h2 and all(np.array_equal(w1[k], w2[k]) for k in w1)
+
+
+def test_worker_exception_is_a_training_error(forced, tmp_path, monkeypatch):
+    parent, shard = os.getpid(), SampleParallel._shard
+
+    def fails_in_worker(self, idx, n_total):
+        if os.getpid() != parent:
+            raise ValueError("boom in the worker")
+        return shard(self, idx, n_total)
+
+    monkeypatch.setattr(SampleParallel, "_shard", fails_in_worker)
+    with pytest.raises(TrainingError, match="(?s)worker 1 failed.*boom in the worker"):
+        train(convnet(), out=tmp_path / "run")
+
+
+def test_dead_worker_is_a_training_error():
+    model = build_model(spec_from_dict(convnet()))
+    x = np.zeros((8, 1, 28, 28), np.float32)
+    with SampleParallel(model, SoftmaxCrossEntropy(), x, np.zeros(8, np.int64), 2) as sp:
+        sp._procs[0].kill()
+        with pytest.raises(TrainingError, match="worker 1 died.*LAYERKIT_SAMPLE_PARALLEL=0"):
+            sp.step(np.arange(8))
+
+
+def test_diverging_sharded_run_stops_cleanly(forced, tmp_path):
+    with pytest.raises(TrainingError, match="loss became"):
+        train(convnet(optimizer={"type": "sgd", "lr": 1e30}), out=tmp_path / "run")
