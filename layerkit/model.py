@@ -33,10 +33,19 @@ class Model:
         slot = {name: i for i, name in enumerate(names)}
         self._in_slots = [[slot[r] for r in n.inputs] for n in self.nodes]
         self._single = [n.layer.arity == 1 for n in self.nodes]
-        # layers reading the data directly may skip their input gradient, which nobody needs
-        # (conv1's dx was ~70% of its backward)
-        self._params_only = [all(s == 0 for s in slots) and hasattr(n.layer, "backward_params")
-                             for n, slots in zip(self.nodes, self._in_slots)]
+        # Which values need a gradient: those computed from a parameter. The data does not, nor
+        # does anything computed from the data alone (an MLP's flatten), so backward stops where
+        # no parameter lies upstream: a layer fed only by such values computes its parameter
+        # gradients through ``backward_params`` when it has one (the MLP's first dense layer:
+        # 17% of its backward FLOPs were an input gradient nobody read), and a parameterless
+        # one is skipped.
+        needs = [False]
+        for node, slots in zip(self.nodes, self._in_slots):
+            needs.append(bool(node.param_specs) or any(needs[s] for s in slots))
+        self._needs_grad = needs
+        feeds_grad = [any(needs[s] for s in slots) for slots in self._in_slots]
+        self._skip = [not f and not n.param_specs for f, n in zip(feeds_grad, self.nodes)]
+        self._params_only = [not f and hasattr(n.layer, "backward_params") for f, n in zip(feeds_grad, self.nodes)]
         # Opt-in in-place backward. A layer whose class sets ``fresh_dx = True`` promises that
         # every input gradient it returns is a new array nobody else references (or the dy it
         # was handed through ``backward_inplace``, which was exclusive already). A gradient made
@@ -85,6 +94,10 @@ class Model:
             node = self.nodes[i]
             dy = dvalues[i + 1]
             dvalues[i + 1] = None
+            if self._skip[i]:
+                grads[node.name] = {}
+                caches[i] = None
+                continue
             if dy is None:  # cannot happen in a validated graph; kept for safety
                 continue
             if self._params_only[i]:
@@ -101,8 +114,8 @@ class Model:
             slots = self._in_slots[i]
             dxs = [dx] if self._single[i] else dx
             for s, d in zip(slots, dxs):
-                if s == 0:
-                    continue  # nobody needs the gradient w.r.t. the data
+                if not self._needs_grad[s]:
+                    continue  # the data, or computed from it alone: nobody reads this gradient
                 if dvalues[s] is None:
                     dvalues[s], owned[s] = d, self._fresh_dx[i]
                 else:

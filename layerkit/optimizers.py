@@ -3,9 +3,11 @@
 An optimizer is built once per training run with the model's tensors (in a
 fixed order, with names and a weight-decay mask) and then called once per
 step with the gradients in the same order. Every update writes into
-preallocated buffers with ``out=``, so a step allocates nothing that scales
-with the parameter count, and float32 tensors stay float32: the scalars are
-Python floats, which numpy does not let upcast an array.
+preallocated buffers with ``out=`` or goes through the fused BLAS updates of
+``layerkit.blas`` (one memory pass for ``y = a*x + b*y`` instead of two), so a
+step allocates nothing that scales with the parameter count, and float32
+tensors stay float32: the scalars are Python floats, which numpy does not let
+upcast an array.
 
 L2 weight decay ``(lambda/2)*||w||^2`` is applied here, once, as
 ``grad += lambda * w``, only to tensors whose ``ParamSpec.decay`` is true.
@@ -19,6 +21,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from . import hookimpl
+from .blas import axpby, axpy
 from .errors import CheckpointError, ModelFileError, Problem
 
 LR_SCHEMA = {"type": "number", "exclusiveMinimum": 0, "description": "learning rate"}
@@ -58,8 +61,7 @@ class Optimizer:
         wd = self.weight_decay
         for i, (w, g, tmp) in enumerate(zip(self.params, grads, self._tmp)):
             if wd and self.decay[i]:
-                np.multiply(w, wd, out=tmp)
-                g += tmp
+                axpy(wd, w, g)
             self._update(i, w, g, tmp, lr)
 
     def _update(self, i: int, w: np.ndarray, g: np.ndarray, tmp: np.ndarray, lr: float) -> None:
@@ -117,19 +119,15 @@ class SGD(Optimizer):
 
     def _update(self, i, w, g, tmp, lr):
         if not self.momentum:
-            np.multiply(g, lr, out=tmp)
-            w -= tmp
+            axpy(-lr, g, w)
             return
         v = self.state["velocity"][i]
-        v *= self.momentum
-        v += g
-        if self.nesterov:
-            np.multiply(v, self.momentum, out=tmp)
-            tmp += g
-            tmp *= lr
+        axpby(1.0, g, self.momentum, v)
+        if self.nesterov:  # w -= lr * (g + momentum * v)
+            axpy(-lr, g, w)
+            axpy(-lr * self.momentum, v, w)
         else:
-            np.multiply(v, lr, out=tmp)
-        w -= tmp
+            axpy(-lr, v, w)
 
 
 class Adam(Optimizer):
@@ -157,13 +155,9 @@ class Adam(Optimizer):
     def _update(self, i, w, g, tmp, lr):
         m, v = self.state["m"][i], self.state["v"][i]
         b1, b2 = self.beta1, self.beta2
-        m *= b1
-        np.multiply(g, 1.0 - b1, out=tmp)
-        m += tmp
-        v *= b2
+        axpby(1.0 - b1, g, b1, m)
         np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp
+        axpby(1.0 - b2, tmp, b2, v)
         bc1 = 1.0 - b1 ** self.t
         bc2 = 1.0 - b2 ** self.t
         # m_hat / (sqrt(v_hat) + eps) computed without materialising m_hat or v_hat
@@ -171,8 +165,7 @@ class Adam(Optimizer):
         tmp *= 1.0 / math.sqrt(bc2)
         tmp += self.eps
         np.divide(m, tmp, out=tmp)
-        tmp *= lr / bc1
-        w -= tmp
+        axpy(-lr / bc1, tmp, w)
 
 
 class RMSprop(Optimizer):
@@ -202,21 +195,17 @@ class RMSprop(Optimizer):
 
     def _update(self, i, w, g, tmp, lr):
         s = self.state["square_avg"][i]
-        s *= self.rho
         np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - self.rho
-        s += tmp
+        axpby(1.0 - self.rho, tmp, self.rho, s)
         np.sqrt(s, out=tmp)
         tmp += self.eps
         np.divide(g, tmp, out=tmp)
         if self.momentum:
             v = self.state["velocity"][i]
-            v *= self.momentum
-            v += tmp
-            np.multiply(v, lr, out=tmp)
+            axpby(1.0, tmp, self.momentum, v)
+            axpy(-lr, v, w)
         else:
-            tmp *= lr
-        w -= tmp
+            axpy(-lr, tmp, w)
 
 
 def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=None) -> Optimizer:

@@ -18,11 +18,12 @@ reduction is summed in a fixed order (see ``spans``).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+
+from . import blas
 
 # Number of groups a reduction is split into, whatever the thread count: the partial sums
 # (and so the rounding) are the same with 1 thread or 8. More groups than threads also
@@ -80,10 +81,10 @@ def _hold_blas() -> None:
     global _blas_saved
     if _blas_saved is not None:
         return
-    blas = _blas_funcs()
-    _blas_saved = blas[0]() if blas else 1
+    funcs = _blas_funcs()
+    _blas_saved = funcs[0]() if funcs else 1
     if _blas_saved > 1:
-        blas[1](1)
+        funcs[1](1)
 
 
 def _release_blas() -> None:
@@ -113,31 +114,12 @@ def _get_pool() -> ThreadPoolExecutor:
     return _pool
 
 
-def _find_blas():
-    """OpenBLAS's get/set thread-count functions, or False; any failure just means "leave BLAS alone"."""
-    try:
-        import numpy  # noqa: F401  (loads the library)
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
-        for path in paths:
-            lib = ctypes.CDLL(path)
-            for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"),
-                                   ("openblas_", "")):
-                get = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    get.restype, get.argtypes = ctypes.c_int, []
-                    put.restype, put.argtypes = None, [ctypes.c_int]
-                    return get, put
-    except Exception:
-        pass
-    return False
-
-
 def _blas_funcs():
+    """OpenBLAS's (get, set) thread-count functions, or False: then BLAS is left alone."""
     global _blas
     if _blas is None:
-        _blas = _find_blas()
+        funcs = blas.functions()
+        _blas = (funcs["get_num_threads"], funcs["set_num_threads"]) if "get_num_threads" in funcs else False
     return _blas
 
 
@@ -176,9 +158,9 @@ def _forked_worker() -> None:
     """
     global _pool, _threads, _blas_saved, _serial
     _pool, _threads, _blas_saved, _serial = None, 1, None, 0
-    blas = _blas_funcs()
-    if blas:
-        blas[1](1)
+    funcs = _blas_funcs()
+    if funcs:
+        funcs[1](1)
 
 
 def run(fn, args: list, nbytes: int, kind: str) -> list:

@@ -184,7 +184,10 @@ def test_crashing_layer_in_a_model_is_reported_not_raised():
 
     registry = load_registry([Plugin()])
     spec = {"format": 1, "name": "crash", "input": {"shape": [3]},
-            "layers": [{"name": "boom", "type": "crashing"}, {"name": "logits", "type": "dense", "units": 2}],
+            # a parameter before it: otherwise training never calls its backward (nothing upstream
+            # needs a gradient) and only the per-layer check would meet the crash
+            "layers": [{"name": "first", "type": "dense", "units": 3}, {"name": "boom", "type": "crashing"},
+                       {"name": "logits", "type": "dense", "units": 2}],
             "loss": {"type": "softmax_cross_entropy"}}
     report = check_model(build_model(spec, registry=registry), registry=registry)
     assert not report.ok

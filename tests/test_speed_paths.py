@@ -79,9 +79,44 @@ def test_model_backward_skips_only_the_data_gradient():
     dout = rng.standard_normal((4, 3))
     _, caches = model.forward(x, training=True, rng=np.random.default_rng(3))
     fast = model.backward(caches, dout)
-    model._params_only = [False] * len(model.nodes)
+    full_backward(model)
     _, caches = model.forward(x, training=True, rng=np.random.default_rng(3))
     slow = model.backward(caches, dout)
+    for node, tensors in slow.items():
+        for name, grad in tensors.items():
+            np.testing.assert_array_equal(fast[node][name], grad)
+
+
+def full_backward(model):
+    """Make ``model`` run every layer's full backward, as before the shortcuts."""
+    n = len(model.nodes)
+    model._params_only, model._skip, model._needs_grad = [False] * n, [False] * n, [False] + [True] * n
+
+
+MLP = {"format": 1, "name": "mlp", "input": {"shape": [1, 4, 4]},
+       "layers": [{"type": "flatten"}, {"name": "fc1", "type": "dense", "units": 5}, {"type": "relu"},
+                  {"name": "fc2", "type": "dense", "units": 3}],
+       "loss": {"type": "softmax_cross_entropy"}}
+
+
+def test_backward_stops_where_no_parameter_lies_upstream(monkeypatch):
+    model = build_model(MLP).astype(np.float64)
+    rng = np.random.default_rng(4)
+    x, dout = rng.standard_normal((6, 1, 4, 4)), rng.standard_normal((6, 3))
+    _, caches = model.forward(x, training=True)
+    calls = []
+    for node in model.nodes:
+        layer = node.layer
+        monkeypatch.setattr(layer, "backward", (lambda f, name: lambda *a: calls.append(name) or f(*a))(
+            layer.backward, node.name), raising=False)
+    fast = model.backward(caches, dout)
+    # fc1 reads the flattened data: parameters only; flatten's gradient nobody needs
+    assert calls == ["fc2", "relu_2"]
+    assert fast["flatten_0"] == {}
+    full_backward(model)
+    _, caches = model.forward(x, training=True)
+    slow = model.backward(caches, dout)
+    assert calls[2:] == ["fc2", "relu_2", "fc1", "flatten_0"]
     for node, tensors in slow.items():
         for name, grad in tensors.items():
             np.testing.assert_array_equal(fast[node][name], grad)
