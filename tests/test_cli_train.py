@@ -162,3 +162,22 @@ def test_data_list(capsys):
     out = capsys.readouterr().out
     for name in ("mnist", "fashion_mnist", "mnist_npz", "mnist_pkl", "kaggle_digits", "cifar10", "npz"):
         assert name in out
+
+
+def test_resumed_epoch_speed_counts_only_the_images_trained_now():
+    from rich.console import Console
+
+    from layerkit.cli.train import ProgressDisplay
+
+    class Trainer:
+        epochs = 2
+
+    console = Console(record=True, width=200)
+    display = ProgressDisplay(console, quiet=True)
+    display.on_train_begin(Trainer())
+    display.on_epoch_begin(0, steps=10, start_step=7)  # resumed after batch 7 of 10
+    for step in (7, 8, 9):
+        display.on_batch_end(0, step, loss=0.5, accuracy=0.9, samples=10)
+    display.on_epoch_end(0, {"train_loss": 0.5, "train_accuracy": 0.9, "test_loss": 0.4,
+                             "test_accuracy": 0.9, "lr": 0.1}, seconds=1.0)
+    assert "(30 img/s)" in console.export_text()

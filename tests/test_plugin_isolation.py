@@ -122,3 +122,20 @@ def test_process_registry_is_cached_and_resettable():
     assert get_registry() is first
     reset_registry()
     assert get_registry() is not first
+
+
+def test_validate_warns_about_broken_plugins_but_passes(capsys, tmp_path):
+    registry = load_registry(extra_plugins=[raising], default_plugins=("layerkit.layers.dense", "layerkit.losses"),
+                             entry_points=False, disabled=set())
+    model = tmp_path / "m.json"
+    model.write_text(json.dumps({"format": 1, "name": "m", "input": {"shape": [4]},
+                                 "layers": [{"type": "dense", "units": 2}],
+                                 "loss": {"type": "softmax_cross_entropy"}}))
+    reset_registry(registry)
+    try:
+        assert main(["validate", str(model)]) == 0
+    finally:
+        reset_registry()
+    out, err = capsys.readouterr()
+    assert out.startswith("OK ")
+    assert "warning: plugin raising: layerkit_register_layers raised RuntimeError: boom" in err

@@ -60,6 +60,10 @@ def validate(models: List[Path] = typer.Argument(..., metavar="MODEL...", help="
             continue
         typer.echo(f"OK {path}: {len(graph.nodes)} layers, {graph.param_count:,} parameters, "
                    f"output shape {graph.output.output_shape}")
+    # a model that validates today may need a layer from a plugin that is broken: say so once
+    from ..plugins import get_registry
+    for problem in get_registry().problems:
+        typer.echo(f"warning: {problem} (see 'layerkit plugins')", err=True)
     if bad:
         raise typer.Exit(2)
 

@@ -55,7 +55,6 @@ class ProgressDisplay(Callback):
 
     def on_train_begin(self, trainer) -> None:
         self.epochs = trainer.epochs
-        self.samples = len(trainer.data.x_train)
 
     def on_epoch_begin(self, epoch, steps, start_step) -> None:
         self.loss_sum = self.hits = self.seen = 0.0
@@ -96,7 +95,8 @@ class ProgressDisplay(Callback):
 
     def on_epoch_end(self, epoch, record, seconds) -> None:
         self._stop()
-        self.console.print(summary_line(epoch, self.epochs, record, seconds, self.samples), markup=False,
+        # the images this process trained: a resumed epoch's first part was trained before
+        self.console.print(summary_line(epoch, self.epochs, record, seconds, int(self.seen)), markup=False,
                            soft_wrap=True)
 
     def on_train_end(self, result) -> None:
