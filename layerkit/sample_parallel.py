@@ -12,6 +12,13 @@ parameters from shared memory (the main process copies them in before each
 step) and write their gradients to shared memory; the main process adds them to
 its own in shard order and runs the optimizer as usual.
 
+Layers that need whole-batch statistics (batch norm) declare ``batch_sync`` and
+get them through :func:`batch_sum`: every shard writes its partial sums to shared
+memory, waits at a barrier and adds all partials in shard order, so each shard
+normalises with the statistics of the whole batch, exactly as one process would.
+Random layers (dropout) draw from one generator per shard, seeded from the
+trainer's generator at every step.
+
 The split only depends on the batch and the shard count, and the gradients are
 summed in a fixed order, so a run is bit-identical to itself for the same thread
 count. A different thread count gives a different split and so differs in
@@ -32,8 +39,10 @@ import os
 import signal
 import struct
 import sys
+import threading
 import traceback
 import warnings
+from contextlib import contextmanager
 import numpy as np
 
 from . import parallel
@@ -47,6 +56,25 @@ MIN_SHARD_SAMPLES = 8
 
 _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
 _REPLY = struct.Struct("<dq")  # loss * samples, correct predictions
+MAX_REDUCE = 1 << 14  # float64 values one batch_sum may carry at least (batch norm: 2 per channel + 1)
+BARRIER_TIMEOUT_S = 600.0  # a shard this late at a batch_sum is taken for dead
+
+_reducer = None  # while a sharded step runs in this process: sums partials over all shards
+
+
+def splitting() -> bool:
+    """Whether this process is computing one shard of a split batch right now."""
+    return _reducer is not None
+
+
+def batch_sum(values: np.ndarray) -> np.ndarray:
+    """The sum over the whole batch of this shard's partial sums ``values`` (float64, 1-d).
+
+    Outside a sample-parallel step (one process, gradient checks, inference) the shard
+    is the whole batch and ``values`` come back unchanged. Every shard runs the same
+    layers, so every shard makes the same calls in the same order.
+    """
+    return values if _reducer is None else _reducer(values)
 
 
 def _setting() -> str:
@@ -62,8 +90,8 @@ def eligible(model, loss) -> bool:
     """Whether every layer and the loss can be split over samples."""
     if not getattr(loss, "per_sample", False):
         return False
-    return all(getattr(node.layer, "per_sample", False) and not node.layer.stochastic and not node.state_specs
-               for node in model.nodes)
+    return all(getattr(node.layer, "batch_sync", False)
+               or (getattr(node.layer, "per_sample", False) and not node.state_specs) for node in model.nodes)
 
 
 def plan_shards(model, loss, batch_size: int, threads: int | None = None) -> int:
@@ -110,6 +138,18 @@ class SampleParallel:
         self._conns: list = []
         self._procs: list = []
         self._held_blas = False
+        self._sync = any(getattr(node.layer, "batch_sync", False) for node in model.nodes)
+        self._random = any(node.layer.stochastic for node in model.nodes)
+        # batch_sum's exchange: two alternating buffers of one row per shard, so one barrier
+        # per call suffices (a shard can only rewrite a buffer after everybody has read it)
+        # room for a few values per channel of the widest synced layer (batch norm sends 2 + 1)
+        self._reduce_max = max([MAX_REDUCE] + [4 * int(node.output_shape[0]) + 4 for node in model.nodes
+                                               if getattr(node.layer, "batch_sync", False)])
+        self._reduce_block = mmap.mmap(-1, 2 * shards * self._reduce_max * 8) if self._sync else None
+        self._reduce_buf = (np.frombuffer(self._reduce_block, dtype=np.float64).reshape(2, shards, self._reduce_max)
+                            if self._sync else None)
+        self._barrier = None
+        self._phase = 0  # batch_sum calls so far in this step: picks the buffer
 
     def _views(self, block) -> list[np.ndarray]:
         flat = np.frombuffer(block, dtype=self._dtype)
@@ -128,6 +168,8 @@ class SampleParallel:
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
+        if self._sync:
+            self._barrier = ctx.Barrier(self.shards)
         self._held_blas = parallel._blas_saved is None
         parallel._hold_blas()  # one BLAS thread per process: the shards use the cores
         try:
@@ -166,36 +208,90 @@ class SampleParallel:
             self._held_blas = False
 
     # -- the step ------------------------------------------------------------------
-    def step(self, idx: np.ndarray) -> tuple[float, int, list[np.ndarray]]:
-        """Mean loss, correct predictions and summed gradients (in ``keys`` order) of one batch."""
+    def step(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> tuple[float, int, list[np.ndarray]]:
+        """Mean loss, correct predictions and summed gradients (in ``keys`` order) of one batch.
+
+        ``rng`` (the trainer's generator) seeds the per-shard generators of random layers.
+        """
         n = len(idx)
+        seed = int(rng.integers(1 << 62)) if self._random and rng is not None else 0
+        if self._sync and n < self.shards:
+            # too few samples for every shard to take part in the batch_sum exchanges
+            return self._whole(np.asarray(idx), seed)
         bounds = _bounds(n, min(self.shards, n))
         used = len(bounds) - 1
         for view, (name, t) in zip(self._param_views, self.keys):
             np.copyto(view, self.model.params[name][t])
         idx = np.asarray(idx, dtype=np.int64)
         for w in range(1, used):
-            self._send(w, np.concatenate(([n], idx[bounds[w]:bounds[w + 1]])).astype(np.int64).tobytes())
-        with parallel.serial():
-            loss_sum, hits, grads = self._shard(idx[bounds[0]:bounds[1]], n)
-        for w in range(1, used):
-            part_loss, part_hits = self._receive(w)
+            self._send(w, np.concatenate(([n, seed], idx[bounds[w]:bounds[w + 1]])).astype(np.int64).tobytes())
+        broken = False
+        try:
+            with parallel.serial(), self._reducing(0):
+                loss_sum, hits, grads = self._shard(idx[bounds[0]:bounds[1]], n, seed, 0)
+        except threading.BrokenBarrierError:
+            broken = True  # a worker failed in the middle of the step: its reply says why
+        except BaseException:
+            if self._barrier is not None:
+                self._barrier.abort()
+            raise
+        replies = [self._receive(w) for w in range(1, used)]
+        if broken:
+            raise TrainingError("a sample-parallel step timed out waiting for its workers "
+                                f"({BARRIER_TIMEOUT_S:.0f} s); set LAYERKIT_SAMPLE_PARALLEL=0 to train in one process")
+        for w, (part_loss, part_hits) in enumerate(replies, 1):
             loss_sum += part_loss
             hits += part_hits
             for g, view in zip(grads, self._grad_views[w - 1]):
                 g += view
         return loss_sum / n, hits, grads
 
-    def _shard(self, idx: np.ndarray, n_total: int) -> tuple[float, int, list[np.ndarray]]:
+    def _whole(self, idx: np.ndarray, seed: int) -> tuple[float, int, list[np.ndarray]]:
+        with parallel.serial():
+            loss_sum, hits, grads = self._shard(idx, len(idx), seed, 0)
+        return loss_sum / len(idx), hits, grads
+
+    def _shard(self, idx: np.ndarray, n_total: int, seed: int = 0, shard: int = 0
+               ) -> tuple[float, int, list[np.ndarray]]:
         model, loss = self.model, self.loss
         xb, yb = self.x[idx], self.y[idx]
-        out, caches = model.forward(xb, training=True)
+        rng = np.random.default_rng([seed, shard]) if self._random else None
+        out, caches = model.forward(xb, training=True, rng=rng)
         value, lcache = loss.forward(out, yb)
         # the loss averages over the shard; the step's gradient is the batch mean
         dout = loss.backward(lcache) * (len(idx) / n_total)
         grads = model.backward(caches, dout.astype(out.dtype, copy=False))
         hits = int(np.count_nonzero(loss.predict(out) == yb))
         return float(value) * len(idx), hits, [grads[name][t] for name, t in self.keys]
+
+    @contextmanager
+    def _reducing(self, shard: int):
+        """This shard's batch_sum, installed for the duration of one step."""
+        global _reducer
+        if not self._sync:
+            yield
+            return
+        self._phase = 0
+        _reducer = lambda values: self._exchange(shard, values)  # noqa: E731
+        try:
+            yield
+        finally:
+            _reducer = None
+
+    def _exchange(self, shard: int, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64).ravel()
+        k = values.size
+        if k > self._reduce_max:
+            raise TrainingError(f"a batch_sum of {k} values is more than sample-parallel training carries "
+                                f"({self._reduce_max}); set LAYERKIT_SAMPLE_PARALLEL=0")
+        buf = self._reduce_buf[self._phase % 2]
+        self._phase += 1
+        buf[shard, :k] = values
+        self._barrier.wait(BARRIER_TIMEOUT_S)
+        total = buf[0, :k].copy()
+        for row in buf[1:]:
+            total += row[:k]
+        return total
 
     def _send(self, w: int, payload: bytes) -> None:
         try:
@@ -224,6 +320,8 @@ class SampleParallel:
         parallel._forked_worker()
         for view, (name, t) in zip(self._param_views, self.keys):
             self.model.params[name][t] = view  # this process's copy of the model reads shared memory
+        # running statistics are the main process's to keep (it sees the same batch statistics)
+        self.model.state = {name: {} for name in self.model.state}
         grad_views = self._grad_views[w - 1]
         while True:
             try:
@@ -234,11 +332,14 @@ class SampleParallel:
                 return
             try:
                 header = np.frombuffer(msg, dtype=np.int64)
-                loss_sum, hits, grads = self._shard(header[1:], int(header[0]))
+                with self._reducing(w):
+                    loss_sum, hits, grads = self._shard(header[2:], int(header[0]), int(header[1]), w)
                 for view, g in zip(grad_views, grads):
                     np.copyto(view, g)
                 reply = _REPLY.pack(loss_sum, hits)
             except BaseException:
+                if self._barrier is not None:
+                    self._barrier.abort()  # the other shards must not wait for this one
                 reply = traceback.format_exc().encode()
             try:
                 conn.send_bytes(reply)

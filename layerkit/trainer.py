@@ -193,7 +193,7 @@ class Trainer:
         for step in range(st.step, spe):
             idx = perm[step * bs:(step + 1) * bs]
             if sharded is not None:
-                value, hits, grad_list = sharded.step(idx)
+                value, hits, grad_list = sharded.step(idx, self.rng)
             else:
                 xb, yb = x[idx], y[idx]
                 out, caches = model.forward(xb, training=True, rng=self.rng)

@@ -29,15 +29,19 @@ pytestmark = [pytest.mark.usefixtures("hermetic"),
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
-def convnet(**training) -> dict:
+def convnet(norm=False, **training) -> dict:
     train_cfg = {"dataset": "mnist", "epochs": 2, "batch_size": 32, "seed": 5,
                  "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9},
                  "data": {"train_limit": 320, "test_limit": 64}}
     train_cfg.update(training)
-    return {"format": 1, "name": "conv_small", "input": {"shape": [1, 28, 28]},
-            "layers": [{"name": "conv", "type": "conv2d", "filters": 4, "kernel_size": 3},
-                       {"type": "relu"}, {"type": "max_pool2d", "pool_size": 2}, {"type": "flatten"},
-                       {"name": "logits", "type": "dense", "units": 10}],
+    layers = [{"name": "conv", "type": "conv2d", "filters": 4, "kernel_size": 3},
+              {"type": "relu"}, {"type": "max_pool2d", "pool_size": 2}, {"type": "flatten"},
+              {"name": "logits", "type": "dense", "units": 10}]
+    if norm:  # batch statistics (2-d and 4-d) and dropout: the layers that couple or randomise samples
+        layers[1:1] = [{"name": "bn1", "type": "batch_norm"}]
+        layers[-1:-1] = [{"name": "fc", "type": "dense", "units": 16}, {"name": "bn2", "type": "batch_norm"},
+                         {"type": "relu"}, {"type": "dropout", "rate": 0.3}]
+    return {"format": 1, "name": "conv_small", "input": {"shape": [1, 28, 28]}, "layers": layers,
             "loss": {"type": "softmax_cross_entropy"}, "training": train_cfg}
 
 
@@ -84,17 +88,20 @@ def test_cost_rule_picks_convnets_not_mlps(monkeypatch):
     assert plan_shards(lenet, loss, 64, threads=2) == 1
 
 
-def test_batch_coupled_or_random_models_are_never_split(monkeypatch):
+def test_batch_norm_and_dropout_split_unflagged_layers_never(monkeypatch):
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
     for name in ("alexnet_mnist", "mlp", "resnet_mini"):  # batch norm and/or dropout
         model, loss, batch = zoo(name)
-        assert plan_shards(model, loss, batch, threads=2) == 1, name
+        assert plan_shards(model, loss, batch, threads=2) == 2, name
 
     class BatchLoss(Loss):
         type = "batch_coupled"  # per_sample left False: e.g. a loss over pairs in the batch
 
     lenet, _, batch = zoo("lenet5")
     assert plan_shards(lenet, BatchLoss(), batch, threads=2) == 1
+    # a layer that says nothing about samples (a third-party one, say) keeps the batch whole
+    monkeypatch.setattr(type(lenet.nodes[1].layer), "per_sample", False)
+    assert plan_shards(lenet, SoftmaxCrossEntropy(), batch, threads=2) == 1
 
 
 def whole_batch(model, loss, x, y):
@@ -106,26 +113,37 @@ def whole_batch(model, loss, x, y):
 
 
 @pytest.mark.parametrize("shards", [2, 3])
-def test_step_adds_up_to_the_whole_batch(shards):
-    model = build_model(spec_from_dict(convnet()))
+@pytest.mark.parametrize("norm", [False, True], ids=["per-sample", "batch-norm"])
+def test_step_adds_up_to_the_whole_batch(shards, norm):
+    model = build_model(spec_from_dict(convnet(norm)))
+    if norm:
+        model.nodes[-2].layer.rate = 0.0  # dropout draws differently per shard, by design
     loss = SoftmaxCrossEntropy()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((100, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, 100)
     idx = rng.permutation(100)[:45]
+    snapshot = lambda: {k: {t: v.copy() for t, v in d.items()} for k, d in model.state.items()}  # noqa: E731
     with SampleParallel(model, loss, x, y, shards) as sp:
         for _ in range(2):
-            value, hits, grads = sp.step(idx)
+            before = snapshot()
+            value, hits, grads = sp.step(idx, np.random.default_rng(1))
+            after_split = snapshot()
+            model.state = before
             ref_value, ref_hits, ref_grads = whole_batch(model, loss, x[idx], y[idx])
             assert value == pytest.approx(ref_value, rel=1e-5) and hits == ref_hits
             for g, r in zip(grads, ref_grads):
                 assert g.dtype == np.float32
-                np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+            # running statistics: the whole batch's, kept by the main process
+            for name, tensors in model.state.items():
+                for t, v in tensors.items():
+                    np.testing.assert_allclose(after_split[name][t], v, rtol=1e-5, atol=1e-6)
             for tensors in model.params.values():  # the workers must see the main process's new weights
                 for t in tensors.values():
                     t *= 0.5
         # a batch smaller than the shard count still works (the last batch of an epoch can be)
-        value, hits, grads = sp.step(idx[:1])
+        value, hits, grads = sp.step(idx[:1], np.random.default_rng(1))
         assert value == pytest.approx(whole_batch(model, loss, x[idx[:1]], y[idx[:1]])[0], rel=1e-5)
 
 
@@ -133,14 +151,18 @@ def final(run_dir):
     return load_npz(run_dir / WEIGHTS), json.loads((run_dir / HISTORY_JSON).read_text())
 
 
-def test_fit_is_reproducible_and_matches_one_process(forced, threads, tmp_path):
+@pytest.mark.parametrize("norm", [False, True], ids=["per-sample", "batch-norm"])
+def test_fit_is_reproducible_and_matches_one_process(forced, threads, tmp_path, norm):
     runs = []
     for name, n in (("a", 2), ("b", 2), ("one", 1)):
         threads(n)
-        train(convnet(), out=tmp_path / name)
+        train(convnet(norm, **({"optimizer": {"type": "sgd", "lr": 0.05}} if norm else {})), out=tmp_path / name)
         runs.append(final(tmp_path / name))
     (wa, ha), (wb, hb), (w1, h1) = runs
     assert ha == hb and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    if norm:  # dropout masks come from per-shard generators: another run, equally valid
+        assert abs(ha[-1]["test_accuracy"] - h1[-1]["test_accuracy"]) < 0.1
+        return
     # another split sums in another order: the same training up to float32 rounding
     for k in wa:
         np.testing.assert_allclose(wa[k], w1[k], rtol=1e-3, atol=1e-5)
@@ -156,27 +178,33 @@ class InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_and_resumed_is_bit_identical(forced, tmp_path):
-    train(convnet(), out=tmp_path / "straight")
+@pytest.mark.parametrize("norm", [False, True], ids=["per-sample", "batch-norm"])
+def test_interrupted_and_resumed_is_bit_identical(forced, tmp_path, norm):
+    train(convnet(norm), out=tmp_path / "straight")
     with pytest.raises(TrainingInterrupted):
-        train(convnet(), out=tmp_path / "cut", callbacks=[InterruptAt(0, 4)])
+        train(convnet(norm), out=tmp_path / "cut", callbacks=[InterruptAt(0, 4)])
     assert multiprocessing.active_children() == []
     train(resume=tmp_path / "cut")
     (w1, h1), (w2, h2) = final(tmp_path / "straight"), final(tmp_path / "cut")
     assert h1 == h2 and all(np.array_equal(w1[k], w2[k]) for k in w1)
 
 
-def test_worker_exception_is_a_training_error(forced, tmp_path, monkeypatch):
-    parent, shard = os.getpid(), SampleParallel._shard
+@pytest.mark.parametrize("norm", [False, True], ids=["per-sample", "batch-norm"])
+def test_worker_exception_is_a_training_error(forced, tmp_path, monkeypatch, norm):
+    # in the middle of a step: with batch norm the main process is waiting for this worker
+    # at a batch_sum then, and must be released rather than hang
+    from layerkit.model import Model
 
-    def fails_in_worker(self, idx, n_total):
+    parent, backward = os.getpid(), Model.backward
+
+    def fails_in_worker(self, caches, dout):
         if os.getpid() != parent:
             raise ValueError("boom in the worker")
-        return shard(self, idx, n_total)
+        return backward(self, caches, dout)
 
-    monkeypatch.setattr(SampleParallel, "_shard", fails_in_worker)
+    monkeypatch.setattr(Model, "backward", fails_in_worker)
     with pytest.raises(TrainingError, match="(?s)worker 1 failed.*boom in the worker"):
-        train(convnet(), out=tmp_path / "run")
+        train(convnet(norm), out=tmp_path / "run")
 
 
 def test_dead_worker_is_a_training_error():

@@ -23,6 +23,8 @@ class Dropout(Layer):
     }
     examples = (Example({"rate": 0.5}, (6,)), Example({"rate": 0.25}, (2, 3, 3)))
     stochastic = True
+    # each value's mask depends only on the generator: sample-parallel shards get one each
+    per_sample = True
 
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import hookimpl
 from ..layer import Example, Layer, ParamSpec, require_rank
+from ..sample_parallel import batch_sum, splitting
 from .activations import over_chunks
 
 
@@ -49,6 +50,16 @@ def _channel_sums(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarra
     return total, dot
 
 
+def _whole_batch(a: np.ndarray, b: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel sums and element count of this shard, summed over the whole batch when
+    the batch is split over processes (``layerkit.sample_parallel``); unchanged otherwise."""
+    if not splitting():
+        return a, b, count
+    c = a.size
+    summed = batch_sum(np.concatenate([a, b, [float(count)]]))
+    return summed[:c], summed[c:2 * c], int(round(summed[-1]))
+
+
 def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape) -> np.ndarray:
     """x * scale + shift per channel, in x's dtype, in two passes over one new array."""
     scale, shift = scale.astype(x.dtype).reshape(bshape), shift.astype(x.dtype).reshape(bshape)
@@ -87,6 +98,9 @@ class BatchNorm(Layer):
         Example({"momentum": 0.5, "epsilon": 1e-3}, (3, 2, 2), "per channel"),
     )
     stochastic = True
+    # training statistics come from the whole batch through sample_parallel.batch_sum, so the
+    # batch may be split over processes
+    batch_sync = True
 
     def output_shape(self, input_shape):
         require_rank(input_shape, (1, 3), "features, or channels x height x width")
@@ -115,8 +129,8 @@ class BatchNorm(Layer):
             return _affine(x, scale, shift, bshape), (False, (x, state["running_mean"].copy(), inv_std, scale))
 
         # one pass for both moments: var = E[x^2] - mean^2 over float64 totals
-        m = x.size // x.shape[1]
         total, squares = _channel_sums(x, x)
+        total, squares, m = _whole_batch(total, squares, x.size // x.shape[1])
         mean = total / m
         var = np.maximum(squares / m - mean * mean, 0.0)
         inv_std = 1 / np.sqrt(var + eps)
@@ -145,10 +159,14 @@ class BatchNorm(Layer):
         dbeta, dyx = _channel_sums(dy, x)
         # sum(dy * xhat) from sum(dy * x): xhat is never materialised
         dgamma = inv_std * (dyx - mean * dbeta)
+        # this shard's share of the parameter gradients: the shards' shares are added later
         grads = {"gamma": dgamma.astype(dy.dtype), "beta": dbeta.astype(dy.dtype)}
         if not training:
             return np.multiply(dy, scale.astype(dy.dtype).reshape(bshape), out=out), grads
-        m = dy.size // dy.shape[1]
+        # dx needs the sums over the whole batch
+        dbeta_all, dyx_all, m = _whole_batch(dbeta, dyx, dy.size // dy.shape[1])
+        if dbeta_all is not dbeta:
+            dbeta, dgamma = dbeta_all, inv_std * (dyx_all - mean * dbeta_all)
         # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale*dy + k*x + c0 per channel
         k = -scale * inv_std * dgamma / m
         c0 = -scale * dbeta / m - k * mean

@@ -197,8 +197,11 @@ def _check_per_sample(layer, params, x, multi: bool, where: str, seed: int) -> N
     def part(a, b):
         return [v[a:b] for v in xs] if multi else xs[a:b]
 
+    # a random layer draws differently for half a batch: compare its deterministic (inference) mode
+    training = not layer.stochastic
+
     def run(inp):
-        y, cache = layer.forward(params, inp, True, np.random.default_rng(seed), {})
+        y, cache = layer.forward(params, inp, training, np.random.default_rng(seed), {})
         dy = np.random.default_rng(seed + 2).standard_normal((n, *np.shape(y)[1:]))
         return y, cache, dy
 
