@@ -12,8 +12,12 @@ model, dataset, epochs, wall time, test accuracy, target, PASS/FAIL.
     python bench/accuracy.py --no-train             # re-print from runs/results/*
     python bench/accuracy.py --data-dir ~/mnist --fashion-dir ~/fashion-mnist
 
-Trainings run one at a time with OPENBLAS_NUM_THREADS / OMP_NUM_THREADS set
-to --threads (default 1) unless they are already set in the environment.
+Trainings run one at a time with OPENBLAS_NUM_THREADS / OMP_NUM_THREADS /
+LAYERKIT_NUM_THREADS set to --threads (default 1, the table in docs/results.md)
+unless they are already set in the environment. With --threads 2 the nets that
+qualify train sample-parallel on two processes (docs/training.md), which sums
+gradients in another order and gives dropout other masks: other runs, equally
+valid, and the same targets.
 An existing runs/results/NAME is replaced. Exit status 1 if a model misses its
 target or a training fails.
 """
@@ -68,7 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--out-root", type=Path, default=ROOT / "runs" / "results",
                    help="where the run directories go (default: runs/results)")
     p.add_argument("--threads", type=int, default=1,
-                   help="OPENBLAS/OMP threads for the trainings unless already set (default 1)")
+                   help="OPENBLAS/OMP/LAYERKIT threads for the trainings unless already set (default 1)")
     p.add_argument("--no-train", action="store_true",
                    help="do not train; print the table from existing run directories")
     p.add_argument("--layerkit", default=None,
@@ -109,7 +113,7 @@ def train(entry: Entry, args) -> tuple[int, float, str]:
     cmd = layerkit_cmd(args.layerkit) + ["fit", str(model), "--data-dir", rel(data_dir),
                                          "--quiet", "--out", rel(out)]
     env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LAYERKIT_NUM_THREADS"):
         env.setdefault(var, str(args.threads))
     print(f"$ {' '.join(cmd)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -125,7 +129,8 @@ def train(entry: Entry, args) -> tuple[int, float, str]:
     if out.is_dir():
         (out / "bench.json").write_text(json.dumps(
             {"command": " ".join(cmd), "wall_seconds": wall, "returncode": proc.returncode,
-             "threads": env["OPENBLAS_NUM_THREADS"]}, indent=2) + "\n")
+             "threads": env["OPENBLAS_NUM_THREADS"], "layerkit_threads": env["LAYERKIT_NUM_THREADS"]},
+            indent=2) + "\n")
     return proc.returncode, wall, tail
 
 

@@ -31,8 +31,7 @@ def _library_paths() -> list[str]:
 def _find() -> dict:
     """Callables by name (``get_num_threads``, ``set_num_threads``, ``saxpy``...), only those found."""
     found: dict = {}
-    try:
-        import numpy  # noqa: F401  (loads the library)
+    try:  # numpy, imported above, has loaded its BLAS by now
         for path in _library_paths():
             lib = ctypes.CDLL(path)
             for prefix in _PREFIXES:

@@ -51,7 +51,8 @@ from .errors import TrainingError
 # Cost rule (see the module docstring); measured on this 2-core machine with
 # bench/speed.py's nets and the model zoo, see docs/performance.md.
 MIN_FLOPS_PER_PARAM = 8  # forward FLOPs per sample / parameter count
-MIN_BATCH_FLOPS = 4_000_000  # forward FLOPs of one whole batch
+# forward FLOPs of one whole batch: cnn2_3class (4.1 MFLOP) measured break-even, cnn2 (5.2) +24%
+MIN_BATCH_FLOPS = 5_000_000
 MIN_SHARD_SAMPLES = 8
 
 _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
@@ -86,6 +87,29 @@ def _setting() -> str:
     return "auto"
 
 
+_available: bool | None = None
+
+
+def available() -> bool:
+    """Whether this system can fork workers with shared memory and process-shared semaphores.
+
+    The barrier batch norm needs is a POSIX semaphore, which some containers without a
+    writable /dev/shm cannot create; there training simply stays in one process.
+    """
+    global _available
+    if _available is None:
+        try:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("fork")
+            ctx.Barrier(2)
+            mmap.mmap(-1, 4096).close()
+            _available = True
+        except (ImportError, OSError, ValueError):
+            _available = False
+    return _available
+
+
 def eligible(model, loss) -> bool:
     """Whether every layer and the loss can be split over samples."""
     if not getattr(loss, "per_sample", False):
@@ -98,7 +122,8 @@ def plan_shards(model, loss, batch_size: int, threads: int | None = None) -> int
     """Shards per batch for ``Trainer.fit``: 1 means the plain single-process step."""
     threads = parallel.num_threads() if threads is None else threads
     setting = _setting()
-    if threads < 2 or setting == "off" or not sys.platform.startswith("linux") or not eligible(model, loss):
+    if (threads < 2 or setting == "off" or not sys.platform.startswith("linux") or not eligible(model, loss)
+            or not available()):
         return 1
     shards = min(threads, batch_size // MIN_SHARD_SAMPLES)
     if shards < 2:

@@ -80,6 +80,10 @@ def test_cost_rule_picks_convnets_not_mlps(monkeypatch):
     assert plan_shards(lenet, loss, batch, threads=4) == 4
     assert plan_shards(lenet, loss, batch, threads=1) == 1
     assert plan_shards(lenet, loss, 8, threads=2) == 1  # shards of 4 samples: not worth a worker
+    small, loss, batch = zoo("cnn2_3class")  # 4.1 MFLOP a batch: break-even, measured
+    assert plan_shards(small, loss, batch, threads=2) == 1
+    cnn2, loss, batch = zoo("cnn2")
+    assert plan_shards(cnn2, loss, batch, threads=2) == 2
     softmax, loss, batch = zoo("softmax_regression")  # all the work is in the weights
     assert plan_shards(softmax, loss, batch, threads=2) == 1
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
@@ -219,3 +223,11 @@ def test_dead_worker_is_a_training_error():
 def test_diverging_sharded_run_stops_cleanly(forced, tmp_path):
     with pytest.raises(TrainingError, match="loss became"):
         train(convnet(optimizer={"type": "sgd", "lr": 1e30}), out=tmp_path / "run")
+
+
+def test_no_process_shared_semaphores_means_one_process(monkeypatch):
+    import layerkit.sample_parallel as sp
+
+    monkeypatch.setattr(sp, "_available", False)
+    lenet, loss, batch = zoo("lenet5")
+    assert plan_shards(lenet, loss, batch, threads=2) == 1
