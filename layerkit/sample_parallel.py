@@ -4,10 +4,10 @@ Why processes and not the thread pool of ``parallel``: a small net's step is a f
 hundred numpy calls of 10-50 us each, and every one of them hands the GIL over.
 Two threads each running whole LeNet-style steps reached 1.07x one thread on this
 2-core machine (17,000 voluntary context switches in 120 steps), two processes
-1.97x. So for models where every layer is per-sample (no batch statistics, no
-randomness) ``Trainer.fit`` splits each batch into one contiguous shard per
-thread: the main process computes shard 0 and forked workers the others, each
-with the whole forward, loss and backward of its shard. Workers read the
+1.97x. So for models whose layers can be split over samples (``per_sample``
+layers, and ``batch_sync`` ones, below) ``Trainer.fit`` splits each batch into
+one contiguous shard per thread: the main process computes shard 0 and forked
+workers the others, each with the whole forward, loss and backward of its shard. Workers read the
 parameters from shared memory (the main process copies them in before each
 step) and write their gradients to shared memory; the main process adds them to
 its own in shard order and runs the optimizer as usual.
@@ -16,8 +16,8 @@ Layers that need whole-batch statistics (batch norm) declare ``batch_sync`` and
 get them through :func:`batch_sum`: every shard writes its partial sums to shared
 memory, waits at a barrier and adds all partials in shard order, so each shard
 normalises with the statistics of the whole batch, exactly as one process would.
-Random layers (dropout) draw from one generator per shard, seeded from the
-trainer's generator at every step.
+Random layers (dropout) and augmentation draw from one generator per shard,
+seeded from the trainer's generator at every step.
 
 The split only depends on the batch and the shard count, and the gradients are
 summed in a fixed order, so a run is bit-identical to itself for the same thread
@@ -43,6 +43,7 @@ import threading
 import traceback
 import warnings
 from contextlib import contextmanager
+
 import numpy as np
 
 from . import parallel
@@ -142,10 +143,11 @@ def _bounds(n: int, shards: int) -> list[int]:
 class SampleParallel:
     """Workers for one training run: ``with SampleParallel(...) as sp: sp.step(indices)``."""
 
-    def __init__(self, model, loss, x: np.ndarray, y: np.ndarray, shards: int) -> None:
+    def __init__(self, model, loss, x: np.ndarray, y: np.ndarray, shards: int, augment=None) -> None:
         if shards < 2:
             raise ValueError("SampleParallel needs at least 2 shards")
         self.model, self.loss, self.x, self.y, self.shards = model, loss, x, y, shards
+        self.augment = augment  # f(batch, rng) -> batch for the training images, or None
         self.keys = [(node.name, t) for node in model.nodes for t in model.params[node.name]]
         tensors = [model.params[n][t] for n, t in self.keys]
         self._offsets, total = [], 0
@@ -164,7 +166,7 @@ class SampleParallel:
         self._procs: list = []
         self._held_blas = False
         self._sync = any(getattr(node.layer, "batch_sync", False) for node in model.nodes)
-        self._random = any(node.layer.stochastic for node in model.nodes)
+        self._random = augment is not None or any(node.layer.stochastic for node in model.nodes)
         # batch_sum's exchange: two alternating buffers of one row per shard, so one barrier
         # per call suffices (a shard can only rewrite a buffer after everybody has read it)
         # room for a few values per channel of the widest synced layer (batch norm sends 2 + 1)
@@ -281,6 +283,8 @@ class SampleParallel:
         model, loss = self.model, self.loss
         xb, yb = self.x[idx], self.y[idx]
         rng = np.random.default_rng([seed, shard]) if self._random else None
+        if self.augment is not None:
+            xb = self.augment(xb, rng)
         out, caches = model.forward(xb, training=True, rng=rng)
         value, lcache = loss.forward(out, yb)
         # the loss averages over the shard; the step's gradient is the batch mean

@@ -62,6 +62,16 @@ DATA_SCHEMA: dict[str, Any] = {
         "normalize": {"enum": ["unit", "standardize", "none"], "default": "unit",
                       "description": "unit: pixels to [0, 1]; standardize: zero mean, unit variance"},
         "data_dir": {"type": "string", "description": "directory holding the dataset files"},
+        "augment": {
+            "type": "object",
+            "description": "random variants of the training images, drawn anew for every batch",
+            "properties": {
+                "shift": {"type": "integer", "minimum": 0, "maximum": 8, "default": 0,
+                          "description": "move each (C, H, W) image by a random whole number of pixels in "
+                                         "[-shift, shift] along each axis, zero filled"},
+            },
+            "additionalProperties": False,
+        },
     },
     "additionalProperties": False,
 }

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .data import DataSplits
+from .data.augment import augmenter
 from .errors import CheckpointError, LayerkitError, TrainingError
 from .malloc_tuning import tune_malloc
 from .model import Model
@@ -138,6 +139,7 @@ class Trainer:
         self.state = TrainState()
         self.best_weights: dict[str, np.ndarray] | None = None
         self._keys = [(node.name, tname) for node in model.nodes for tname in model.params[node.name]]
+        self.augment = augmenter((self.training.get("data") or {}).get("augment"))
         #: batches split over this many processes (1: the plain step), see ``layerkit.sample_parallel``
         self.shards = plan_shards(model, loss, self.batch_size)
         self._sharded: SampleParallel | None = None
@@ -196,6 +198,8 @@ class Trainer:
                 value, hits, grad_list = sharded.step(idx, self.rng)
             else:
                 xb, yb = x[idx], y[idx]
+                if self.augment is not None:
+                    xb = self.augment(xb, self.rng)
                 out, caches = model.forward(xb, training=True, rng=self.rng)
                 value, lcache = loss.forward(out, yb)
                 value = float(value)
@@ -233,7 +237,8 @@ class Trainer:
         if self.shards < 2:
             yield
             return
-        with SampleParallel(self.model, self.loss, self.data.x_train, self.data.y_train, self.shards) as sp:
+        with SampleParallel(self.model, self.loss, self.data.x_train, self.data.y_train, self.shards,
+                            augment=self.augment) as sp:
             self._sharded = sp
             try:
                 yield

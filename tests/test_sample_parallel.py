@@ -37,7 +37,8 @@ def convnet(norm=False, **training) -> dict:
     layers = [{"name": "conv", "type": "conv2d", "filters": 4, "kernel_size": 3},
               {"type": "relu"}, {"type": "max_pool2d", "pool_size": 2}, {"type": "flatten"},
               {"name": "logits", "type": "dense", "units": 10}]
-    if norm:  # batch statistics (2-d and 4-d) and dropout: the layers that couple or randomise samples
+    if norm:  # batch statistics (2-d and 4-d), dropout and shifts: what couples or randomises samples
+        train_cfg["data"] = {**train_cfg["data"], "augment": {"shift": 1}}
         layers[1:1] = [{"name": "bn1", "type": "batch_norm"}]
         layers[-1:-1] = [{"name": "fc", "type": "dense", "units": 16}, {"name": "bn2", "type": "batch_norm"},
                          {"type": "relu"}, {"type": "dropout", "rate": 0.3}]
