@@ -178,6 +178,21 @@ class Model:
             table[node][tname][...] = value.astype(self.dtype)
 
 
+def loss_and_gradients(model: Model, loss, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
+                       share: float = 1.0) -> tuple[float, np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """One training pass over a batch: (mean loss, output, parameter gradients).
+
+    ``share`` scales the gradients: a shard of a split batch passes its fraction of the
+    batch, so that the shards' gradients add up to the batch mean's.
+    """
+    out, caches = model.forward(x, training=True, rng=rng)
+    value, lcache = loss.forward(out, y)
+    dout = loss.backward(lcache)
+    if share != 1.0:
+        dout = (dout * share).astype(out.dtype, copy=False)
+    return float(value), out, model.backward(caches, dout)
+
+
 def _name_key(layer: str, tensor: str) -> list[int]:
     # a stable digest (not hash(), which is salted per process) of the two names
     digest = hashlib.sha256(f"{layer}\0{tensor}".encode()).digest()

@@ -48,6 +48,7 @@ import numpy as np
 
 from . import parallel
 from .errors import TrainingError
+from .model import loss_and_gradients
 
 # Cost rule (see the module docstring); measured on this 2-core machine with
 # bench/speed.py's nets and the model zoo, see docs/performance.md.
@@ -280,18 +281,14 @@ class SampleParallel:
 
     def _shard(self, idx: np.ndarray, n_total: int, seed: int = 0, shard: int = 0
                ) -> tuple[float, int, list[np.ndarray]]:
-        model, loss = self.model, self.loss
         xb, yb = self.x[idx], self.y[idx]
         rng = np.random.default_rng([seed, shard]) if self._random else None
         if self.augment is not None:
             xb = self.augment(xb, rng)
-        out, caches = model.forward(xb, training=True, rng=rng)
-        value, lcache = loss.forward(out, yb)
         # the loss averages over the shard; the step's gradient is the batch mean
-        dout = loss.backward(lcache) * (len(idx) / n_total)
-        grads = model.backward(caches, dout.astype(out.dtype, copy=False))
-        hits = int(np.count_nonzero(loss.predict(out) == yb))
-        return float(value) * len(idx), hits, [grads[name][t] for name, t in self.keys]
+        value, out, grads = loss_and_gradients(self.model, self.loss, xb, yb, rng, share=len(idx) / n_total)
+        hits = int(np.count_nonzero(self.loss.predict(out) == yb))
+        return value * len(idx), hits, [grads[name][t] for name, t in self.keys]
 
     @contextmanager
     def _reducing(self, shard: int):

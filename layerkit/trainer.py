@@ -30,7 +30,7 @@ from .data import DataSplits
 from .data.augment import augmenter
 from .errors import CheckpointError, LayerkitError, TrainingError
 from .malloc_tuning import tune_malloc
-from .model import Model
+from .model import Model, loss_and_gradients
 from .optimizers import Optimizer, build_optimizer
 from .sample_parallel import SampleParallel, plan_shards
 from .schedules import Schedule
@@ -200,16 +200,12 @@ class Trainer:
                 xb, yb = x[idx], y[idx]
                 if self.augment is not None:
                     xb = self.augment(xb, self.rng)
-                out, caches = model.forward(xb, training=True, rng=self.rng)
-                value, lcache = loss.forward(out, yb)
-                value = float(value)
+                value, out, grads = loss_and_gradients(model, loss, xb, yb, self.rng)
                 hits = int(np.count_nonzero(loss.predict(out) == yb))
+                grad_list = [grads[n][t] for n, t in keys]
             if not math.isfinite(value):
                 raise TrainingError(f"the loss became {value} in epoch {epoch + 1}, batch {step + 1}; "
                                     f"training stopped (try a lower learning rate)")
-            if sharded is None:
-                grads = model.backward(caches, loss.backward(lcache))
-                grad_list = [grads[n][t] for n, t in keys]
             self._busy = True  # a second Ctrl-C in here must not checkpoint half-updated weights
             opt.step(grad_list, self.schedule.lr(epoch, step))
             self._busy = False
