@@ -56,6 +56,7 @@ def test_fit_prints_one_summary_line_per_epoch(tmp_path, write_model, capsys):
     (["--classes", "0,1,x"], "--classes"),
     (["--epochs", "0"], "--epochs"),
     (["--set", "epochs=-1"], "training.epochs"),
+    (["--augment-shift", "9"], "training.data.augment.shift: 9 is greater than the maximum of 8"),
     (["--dataset", "npz", "--data-dir", "/nonexistent-dir"], "no npz files here"),
     (["--resume", "/nonexistent-run"], "--resume continues a run exactly"),
 ])

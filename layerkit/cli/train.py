@@ -142,6 +142,9 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
         validation_split: Optional[float] = typer.Option(None, "--validation-split"),
         classes: Optional[str] = typer.Option(None, "--classes", metavar="0,1,2", help="Train on these labels only."),
         normalize: Optional[str] = typer.Option(None, "--normalize", help="unit, standardize or none."),
+        augment_shift: Optional[int] = typer.Option(None, "--augment-shift", metavar="N",
+                                                    help="Move training images by up to N random pixels "
+                                                         "(training.data.augment.shift)."),
         set_: List[str] = typer.Option([], "--set", metavar="KEY=JSON",
                                        help="Any training setting, e.g. --set early_stopping.patience=2 "
                                             "(repeatable)."),
@@ -152,14 +155,17 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
                                          help="Gradient-check the first training batch first; stop if it fails."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the per-epoch summary lines."),
         ) -> None:
-    """Train a model file; writes a run directory with checkpoints, history, weights and metrics."""
+    """Train a model file; writes a run directory with checkpoints, history, weights and metrics.
+
+    Uses LAYERKIT_NUM_THREADS cores (default: all it may); convnets train sample-parallel, each batch split over that many processes (LAYERKIT_SAMPLE_PARALLEL=0: one process).
+    """  # noqa: E501 (one line: the help text reflows it)
     from ..runs import train
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
                  "weight_decay": weight_decay, "schedule": schedule, "dataset": dataset,
                  "data.train_limit": train_limit, "data.test_limit": test_limit,
                  "data.validation_split": validation_split, "data.classes": _parse_classes(classes),
-                 "data.normalize": normalize, **_parse_sets(set_)}
+                 "data.normalize": normalize, "data.augment.shift": augment_shift, **_parse_sets(set_)}
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and given:
         raise LayerkitError(f"--resume continues a run exactly as it was started; it cannot be combined with "
