@@ -11,26 +11,15 @@ from layerkit.errors import CheckpointError
 from layerkit.model import load_npz
 from layerkit.plugins import reset_registry
 from layerkit.runs import CHECKPOINT, HISTORY_CSV, HISTORY_JSON, METRICS, MODEL_FILE, WEIGHTS, RunDir, train
-from layerkit.trainer import Callback, TrainingInterrupted
+from layerkit.trainer import TrainingInterrupted
 
-from train_support import builtin_registry, hermetic, mlp_model  # noqa: F401 (hermetic is a fixture)
+from train_support import InterruptAt, builtin_registry, hermetic, mlp_model  # noqa: F401 (hermetic is a fixture)
 
 MODEL = mlp_model(epochs=2, optimizer={"type": "adam", "lr": 0.003},
                   schedule={"type": "cosine", "min_lr": 0.0001, "warmup_epochs": 0.5})
 
 
 pytestmark = pytest.mark.usefixtures("hermetic")
-
-
-class InterruptAt(Callback):
-    """Raise KeyboardInterrupt after batch ``step`` of epoch ``epoch`` (0-based), like Ctrl-C."""
-
-    def __init__(self, epoch, step):
-        self.at = (epoch, step)
-
-    def on_batch_end(self, epoch, step, loss, accuracy, samples):
-        if (epoch, step) == self.at:
-            raise KeyboardInterrupt
 
 
 def final(run_dir):

@@ -19,9 +19,9 @@ from layerkit.model import load_npz
 from layerkit.runs import HISTORY_JSON, WEIGHTS, train
 from layerkit.sample_parallel import SampleParallel, plan_shards
 from layerkit.spec import read_model_file, spec_from_dict
-from layerkit.trainer import Callback, TrainingInterrupted
+from layerkit.trainer import TrainingInterrupted
 
-from train_support import hermetic  # noqa: F401 (a fixture)
+from train_support import InterruptAt, hermetic  # noqa: F401 (hermetic is a fixture)
 
 pytestmark = [pytest.mark.usefixtures("hermetic"),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sample-parallel needs fork (Linux)")]
@@ -172,15 +172,6 @@ def test_fit_is_reproducible_and_matches_one_process(forced, threads, tmp_path, 
     for k in wa:
         np.testing.assert_allclose(wa[k], w1[k], rtol=1e-3, atol=1e-5)
     assert ha[-1]["train_loss"] == pytest.approx(h1[-1]["train_loss"], rel=1e-3)
-
-
-class InterruptAt(Callback):
-    def __init__(self, epoch, step):
-        self.at = (epoch, step)
-
-    def on_batch_end(self, epoch, step, loss, accuracy, samples):
-        if (epoch, step) == self.at:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("norm", [False, True], ids=["per-sample", "batch-norm"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from layerkit.plugins import load_registry, reset_registry
+from layerkit.trainer import Callback
 
 
 def builtin_registry():
@@ -32,3 +33,14 @@ def mlp_model(hidden=32, dropout=0.2, classes=10, **training) -> dict:
                        {"type": "relu"}, {"type": "dropout", "rate": dropout},
                        {"name": "logits", "type": "dense", "units": classes}],
             "loss": {"type": "softmax_cross_entropy"}, "training": train}
+
+
+class InterruptAt(Callback):
+    """Raise KeyboardInterrupt after batch ``step`` of epoch ``epoch`` (0-based), like Ctrl-C."""
+
+    def __init__(self, epoch, step):
+        self.at = (epoch, step)
+
+    def on_batch_end(self, epoch, step, loss, accuracy, samples):
+        if (epoch, step) == self.at:
+            raise KeyboardInterrupt
