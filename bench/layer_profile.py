@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> list[tuple[str, float, float]]:
-    from layerkit.builder import build_model
-    from layerkit.malloc_tuning import tune_malloc
-    from layerkit.optimizers import build_optimizer
-    from layerkit.runs import prepare_data
-    from layerkit.spec import read_model_file, spec_from_dict
-    from layerkit.trainer import build_loss
+    from layerkit.modelfile.build import build_model
+    from layerkit.parallel.malloc import tune_malloc
+    from layerkit.training.trainer import build_optimizer
+    from layerkit.training.runs import prepare_data
+    from layerkit.modelfile.spec import read_model_file, spec_from_dict
+    from layerkit.training.trainer import build_loss
 
     if os.environ.get("LAYERKIT_NO_MALLOC_TUNING") is None:
         tune_malloc()  # as Trainer.fit does

@@ -9,7 +9,7 @@ already set, so neither framework inherits the other's thread
 pools, allocator state or warm caches. Each child trains one warm-up epoch and
 then ``--repeats`` timed epochs over the same images; the figure is the median.
 
-layerkit trains through ``layerkit.trainer.Trainer.fit``, the loop ``layerkit
+layerkit trains through ``layerkit.training.trainer.Trainer.fit``, the loop ``layerkit
 fit`` uses, with the model file's own optimizer and schedule. A callback
 stamps the first batch's start and the last batch's end, so the per-epoch
 test evaluation and checkpointing the trainer does after the last batch are
@@ -61,9 +61,9 @@ def _data_dir(arg: str | None) -> str | None:
 
 
 def _load_spec_and_data(model_file: Path, images: int, batch: int, epochs: int, data_dir: str | None):
-    from layerkit.builder import build_model
-    from layerkit.runs import apply_overrides, prepare_data
-    from layerkit.spec import read_model_file, spec_from_dict
+    from layerkit.modelfile.build import build_model
+    from layerkit.training.runs import apply_overrides, prepare_data
+    from layerkit.modelfile.spec import read_model_file, spec_from_dict
 
     raw, source = read_model_file(model_file)
     raw = apply_overrides(raw, {"epochs": epochs, "batch_size": batch, "data.train_limit": images,
@@ -74,7 +74,7 @@ def _load_spec_and_data(model_file: Path, images: int, batch: int, epochs: int, 
 
 
 def child_layerkit(net: str, images: int, repeats: int, data_dir: str | None) -> dict:
-    from layerkit.trainer import Callback, Trainer, build_loss
+    from layerkit.training.trainer import Callback, Trainer, build_loss
 
     model_file, batch, _ = NETS[net]
     spec, model, data = _load_spec_and_data(model_file, images, batch, repeats + 1, data_dir)

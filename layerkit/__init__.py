@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
-from .hookspecs import hookimpl  # noqa: E402
+import pluggy  # noqa: E402
+
+#: marks a plugin's hook functions (``@layerkit.hookimpl``); the specifications are in layerkit.plugins.hookspecs
+hookimpl = pluggy.HookimplMarker("layerkit")
 
 __all__ = ["__version__", "hookimpl"]

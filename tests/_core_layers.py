@@ -7,8 +7,8 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.layer import Layer, ParamSpec
-from layerkit.plugins import load_registry
+from layerkit.nn.layer import Layer, ParamSpec
+from layerkit.plugins.manager import load_registry
 
 
 class Scale(Layer):

@@ -10,9 +10,9 @@ import pytest
 
 from layerkit.data.augment import augmenter, random_shift
 from layerkit.errors import LayerkitError
-from layerkit.model import load_npz
-from layerkit.runs import WEIGHTS, train
-from layerkit.spec import spec_from_dict
+from layerkit.nn.model import load_npz
+from layerkit.training.runs import WEIGHTS, train
+from layerkit.modelfile.spec import spec_from_dict
 
 from train_support import hermetic  # noqa: F401 (a fixture)
 
@@ -62,7 +62,7 @@ def model(shift, **training) -> dict:
 @pytest.mark.usefixtures("hermetic")
 @pytest.mark.parametrize("split", ["0", "1"], ids=["one-process", "sample-parallel"])
 def test_training_with_shifts_learns_and_repeats_itself(tmp_path, monkeypatch, split):
-    from layerkit import parallel
+    from layerkit.parallel import threads as parallel
 
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", split)
     parallel.set_num_threads(2)

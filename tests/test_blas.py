@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerkit import blas
+from layerkit.parallel import blas
 
 
 def pair(dtype, shape=(37, 129), seed=0):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 import layerkit
-from layerkit.builder import build_model
-from layerkit.gradcheck import check_layer, check_layer_config, check_model
-from layerkit.layer import Example, Layer, ParamSpec
-from layerkit.plugins import load_registry
+from layerkit.modelfile.build import build_model
+from layerkit.gradcheck.layers import check_layer, check_layer_config
+from layerkit.gradcheck.report import check_model
+from layerkit.nn.layer import Example, Layer, ParamSpec
+from layerkit.plugins.manager import load_registry
 from layerkit.testing import run_layer_test
 
 
@@ -295,7 +296,7 @@ def test_in_place_bug_only_end_to_end(registry):
 # -- the other direction: kinks are never failures --------------------------------
 
 def test_relu_at_exact_zeros_is_not_a_failure():
-    from layerkit.plugins import get_registry
+    from layerkit.plugins.manager import get_registry
 
     relu = get_registry().layer("relu")()
     x = np.array([[0.0, 0.0, 1.0, -1.0, 0.0, 2e-7], [0.0, -3e-7, 0.5, 0.0, -0.5, 0.0]])
@@ -306,7 +307,7 @@ def test_relu_at_exact_zeros_is_not_a_failure():
 
 
 def test_max_pool_ties_are_not_failures():
-    from layerkit.plugins import get_registry
+    from layerkit.plugins.manager import get_registry
 
     pool = get_registry().layer("max_pool2d")(pool_size=2, stride=None, padding="valid")
     x = np.zeros((2, 2, 4, 4))
@@ -318,7 +319,7 @@ def test_max_pool_ties_are_not_failures():
 
 
 def test_only_kinks_is_skipped_not_failed():
-    from layerkit.plugins import get_registry
+    from layerkit.plugins.manager import get_registry
 
     [row] = check_layer(get_registry().layer("relu")(), {}, np.zeros((2, 3)))
     assert row.status == "skipped" and row.kinks == 6 and row.max_rel_error is None

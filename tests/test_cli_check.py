@@ -9,8 +9,8 @@ import pytest
 
 import layerkit
 from layerkit.cli import main
-from layerkit.layer import Example, Layer
-from layerkit.plugins import load_registry, reset_registry
+from layerkit.nn.layer import Example, Layer
+from layerkit.plugins.manager import load_registry, reset_registry
 
 
 def run(capsys, *argv):

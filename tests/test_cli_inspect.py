@@ -10,7 +10,7 @@ import pytest
 from _core_layers import core_registry, flat_model
 
 from layerkit.cli import main
-from layerkit.plugins import reset_registry
+from layerkit.plugins.manager import reset_registry
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from layerkit.cli import main
-from layerkit.plugins import reset_registry
+from layerkit.plugins.manager import reset_registry
 
 from train_support import builtin_registry, hermetic, mlp_model  # noqa: F401 (hermetic is a fixture)
 
@@ -92,7 +92,7 @@ def test_check_grads_runs_before_training(tmp_path, write_model, capsys, monkeyp
     assert main(["fit", str(model), "--quiet", "--check-grads", "--out", str(tmp_path / "ok")]) == 0
     assert (tmp_path / "ok" / "weights.npz").exists()
 
-    import layerkit.gradcheck
+    import layerkit.gradcheck.report
 
     class Failing:
         ok = False
@@ -106,7 +106,7 @@ def test_check_grads_runs_before_training(tmp_path, write_model, capsys, monkeyp
         seen["shapes"] = (x.shape, y.shape)
         return Failing()
 
-    monkeypatch.setattr(layerkit.gradcheck, "check_model", fake_check)
+    monkeypatch.setattr(layerkit.gradcheck.report, "check_model", fake_check)
     assert main(["fit", str(model), "--quiet", "--check-grads", "--out", str(tmp_path / "bad")]) == 1
     out, err = capsys.readouterr()
     assert "FAKE REPORT" in out and "gradient check failed" in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerkit.plugins import get_registry
+from layerkit.plugins.manager import get_registry
 from layerkit.testing import check_layer_metadata, layer_conformance_tests
 
 REGISTRY = get_registry()

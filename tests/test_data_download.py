@@ -46,7 +46,7 @@ def test_download_verifies_and_is_then_loadable(server, tmp_path):
     dest = dl.download("mnist", tmp_path / "got", url_base=url, sha256=sums)
     assert sorted(p.name for p in dest.iterdir()) == sorted(sums)
     from layerkit.data import load_data
-    from layerkit.plugins import load_registry
+    from layerkit.plugins.manager import load_registry
     data = load_data("mnist", data_dir=dest, registry=load_registry(entry_points=False))
     assert data.x_train.shape == (6, 1, 28, 28)
     messages = []

@@ -14,7 +14,7 @@ from layerkit.data.builtin import IDX_FILES
 from layerkit.data.formats import safe_unpickle
 from layerkit.data.idx import write_idx
 from layerkit.errors import DataError
-from layerkit.plugins import load_registry
+from layerkit.plugins.manager import load_registry
 
 RNG = np.random.default_rng(0)
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerkit.builder import build_model
-from layerkit.gradcheck import check_layer_config, check_model
-from layerkit.plugins import DEFAULT_PLUGINS, load_registry
+from layerkit.modelfile.build import build_model
+from layerkit.gradcheck.layers import check_layer_config
+from layerkit.gradcheck.report import check_model
+from layerkit.plugins.manager import DEFAULT_PLUGINS, load_registry
 from layerkit.testing import conformance_cases
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "plugins" / "layerkit-activations"
@@ -104,7 +105,7 @@ def test_a_wrong_swish_would_be_caught(registry):
 def test_elu_kink_at_zero_only_with_alpha_not_1(registry):
     elu = registry.layer("elu")
     x = np.zeros((2, 4))
-    from layerkit.gradcheck import check_layer
+    from layerkit.gradcheck.layers import check_layer
 
     [smooth] = check_layer(elu(alpha=1.0), {}, x)
     assert smooth.status == "pass" and smooth.kinks == 0

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from conftest import MODELS_DIR
 from layerkit.errors import LayerkitError
-from layerkit.graph import build_graph
-from layerkit.plugins import get_registry
-from layerkit.spec import parse_json, spec_from_dict
+from layerkit.modelfile.shapes import build_graph
+from layerkit.plugins.manager import get_registry
+from layerkit.modelfile.spec import parse_json, spec_from_dict
 
 SHIPPED = [json.loads(p.read_text()) for p in sorted(MODELS_DIR.glob("*.json"))]
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from layerkit.builder import build_model
-from layerkit.gradcheck import (PASS_TOL, check_layer, check_layer_config, check_model, relative_error,
-                                status_of)
-from layerkit.layer import Example, Layer, ParamSpec
-from layerkit.plugins import get_registry
+from layerkit.modelfile.build import build_model
+from layerkit.gradcheck.layers import check_layer, check_layer_config
+from layerkit.gradcheck.numerics import PASS_TOL, relative_error, status_of
+from layerkit.gradcheck.report import check_model
+from layerkit.nn.layer import Example, Layer, ParamSpec
+from layerkit.plugins.manager import get_registry
 
 
 def test_relative_error_metric():
@@ -172,7 +173,7 @@ def test_report_json_and_render(models_dir):
 
 def test_crashing_layer_in_a_model_is_reported_not_raised():
     import layerkit
-    from layerkit.plugins import load_registry
+    from layerkit.plugins.manager import load_registry
 
     class Crashing(Raises):
         type = "crashing"

@@ -6,8 +6,8 @@ import pytest
 from _core_layers import core_registry, flat_model
 
 from layerkit.errors import GraphError, LayerkitError
-from layerkit.graph import build_graph
-from layerkit.spec import LayerSpec, ModelSpec, spec_from_dict
+from layerkit.modelfile.shapes import build_graph
+from layerkit.modelfile.spec import LayerSpec, ModelSpec, spec_from_dict
 
 
 @pytest.fixture(scope="module")

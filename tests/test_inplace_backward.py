@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerkit.builder import build_model
+from layerkit.modelfile.build import build_model
 from layerkit.layers.activations import ReLU
 from layerkit.layers.normalization import BatchNorm
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from layerkit.errors import ShapeError
-from layerkit.initializers import initialize
+from layerkit.nn.initializers import initialize
 from layerkit.layers.activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from layerkit.layers.conv import Conv2D
 from layerkit.layers.dense import Dense
@@ -17,8 +17,8 @@ from layerkit.layers.merging import Add, Concat
 from layerkit.layers.normalization import BatchNorm, LocalResponseNorm
 from layerkit.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from layerkit.layers.reshaping import Flatten, Reshape
-from layerkit.plugins import load_registry
-from layerkit.spec import _fill_defaults
+from layerkit.plugins.manager import load_registry
+from layerkit.modelfile.spec import _fill_defaults
 
 
 def make(cls, **config):
@@ -148,7 +148,8 @@ def test_conv2d_matches_loops(config):
 
 def test_conv2d_chunked_path_matches_single_chunk(monkeypatch):
     """Big layers run in batch chunks and rebuild columns in backward; results must not change."""
-    from layerkit.layers import _windows, conv as conv_module
+    from layerkit.kernels import windows as _windows
+    from layerkit.layers import conv as conv_module
 
     rng = np.random.default_rng(2)
     conv = make(Conv2D, filters=3, kernel_size=3, stride=2, padding=1)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from layerkit.errors import DataError
-from layerkit.losses import MeanSquaredError, SoftmaxCrossEntropy
-from layerkit.plugins import load_registry
+from layerkit.nn.losses import MeanSquaredError, SoftmaxCrossEntropy
+from layerkit.plugins.manager import load_registry
 
 
 def softmax(z):

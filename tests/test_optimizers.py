@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from layerkit.errors import CheckpointError, ModelFileError
-from layerkit.optimizers import SGD, Adam, RMSprop
-from layerkit.plugins import load_registry
+from layerkit.nn.optimizers import SGD, Adam, RMSprop
+from layerkit.plugins.manager import load_registry
 
 
 def tensors():

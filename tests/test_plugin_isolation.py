@@ -11,8 +11,8 @@ from _core_layers import Scale, core_registry
 
 from layerkit import hookimpl
 from layerkit.cli import main
-from layerkit.layer import Layer
-from layerkit.plugins import DISABLE_ENV, get_registry, load_registry, reset_registry
+from layerkit.nn.layer import Layer
+from layerkit.plugins.manager import DISABLE_ENV, get_registry, load_registry, reset_registry
 
 
 class Half(Layer):
@@ -125,7 +125,7 @@ def test_process_registry_is_cached_and_resettable():
 
 
 def test_validate_warns_about_broken_plugins_but_passes(capsys, tmp_path):
-    registry = load_registry(extra_plugins=[raising], default_plugins=("layerkit.layers.dense", "layerkit.losses"),
+    registry = load_registry(extra_plugins=[raising], default_plugins=("layerkit.layers.dense", "layerkit.nn.losses"),
                              entry_points=False, disabled=set())
     model = tmp_path / "m.json"
     model.write_text(json.dumps({"format": 1, "name": "m", "input": {"shape": [4]},

@@ -7,7 +7,7 @@ from _core_layers import Scale, core_registry
 
 from layerkit import hookimpl
 from layerkit.errors import RegistryError
-from layerkit.layer import Layer
+from layerkit.nn.layer import Layer
 
 
 class OtherScale(Layer):
@@ -85,7 +85,7 @@ class breaks_contract:  # noqa: N801
 def test_contract_violations_are_rejected_with_reasons():
     registry = core_registry(breaks_contract)
     errors = registry.plugins["breaks_contract"].errors
-    assert errors[0] == "layer NotALayer rejected: not a subclass of layerkit.layer.Layer"
+    assert errors[0] == "layer NotALayer rejected: not a subclass of layerkit.nn.layer.Layer"
     assert errors[1].startswith("layer BadSchema rejected: params_schema is not a valid JSON Schema: ")
     assert errors[2] == "layer BadName rejected: its type 'Bad-Name' is not a snake_case name"
     assert errors[3] == "layer Layer rejected: its type '' is not a snake_case name"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from layerkit.errors import CheckpointError
-from layerkit.model import load_npz
-from layerkit.plugins import reset_registry
-from layerkit.runs import CHECKPOINT, HISTORY_CSV, HISTORY_JSON, METRICS, MODEL_FILE, WEIGHTS, RunDir, train
-from layerkit.trainer import TrainingInterrupted
+from layerkit.nn.model import load_npz
+from layerkit.plugins.manager import reset_registry
+from layerkit.training.runs import CHECKPOINT, HISTORY_CSV, HISTORY_JSON, METRICS, MODEL_FILE, WEIGHTS, RunDir, train
+from layerkit.training.trainer import TrainingInterrupted
 
 from train_support import InterruptAt, builtin_registry, hermetic, mlp_model  # noqa: F401 (hermetic is a fixture)
 

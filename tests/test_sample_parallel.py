@@ -11,15 +11,15 @@ import sys
 import numpy as np
 import pytest
 
-from layerkit import parallel
-from layerkit.builder import build_model
+from layerkit.parallel import threads as parallel
+from layerkit.modelfile.build import build_model
 from layerkit.errors import TrainingError
-from layerkit.losses import Loss, SoftmaxCrossEntropy
-from layerkit.model import load_npz
-from layerkit.runs import HISTORY_JSON, WEIGHTS, train
-from layerkit.sample_parallel import SampleParallel, plan_shards
-from layerkit.spec import read_model_file, spec_from_dict
-from layerkit.trainer import TrainingInterrupted
+from layerkit.nn.losses import Loss, SoftmaxCrossEntropy
+from layerkit.nn.model import load_npz
+from layerkit.training.runs import HISTORY_JSON, WEIGHTS, train
+from layerkit.parallel.processes import SampleParallel, plan_shards
+from layerkit.modelfile.spec import read_model_file, spec_from_dict
+from layerkit.training.trainer import TrainingInterrupted
 
 from train_support import InterruptAt, hermetic  # noqa: F401 (hermetic is a fixture)
 
@@ -189,7 +189,7 @@ def test_interrupted_and_resumed_is_bit_identical(forced, tmp_path, norm):
 def test_worker_exception_is_a_training_error(forced, tmp_path, monkeypatch, norm):
     # in the middle of a step: with batch norm the main process is waiting for this worker
     # at a batch_sum then, and must be released rather than hang
-    from layerkit.model import Model
+    from layerkit.nn.model import Model
 
     parent, backward = os.getpid(), Model.backward
 
@@ -218,7 +218,7 @@ def test_diverging_sharded_run_stops_cleanly(forced, tmp_path):
 
 
 def test_no_process_shared_semaphores_means_one_process(monkeypatch):
-    import layerkit.sample_parallel as sp
+    import layerkit.parallel.processes as sp
 
     monkeypatch.setattr(sp, "_available", False)
     lenet, loss, batch = zoo("lenet5")

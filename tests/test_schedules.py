@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from layerkit.schedules import Schedule
+from layerkit.nn.schedules import Schedule
 
 
 def sched(**config):

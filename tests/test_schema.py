@@ -9,8 +9,8 @@ import pytest
 from _core_layers import core_registry, flat_model
 
 from layerkit.cli import main
-from layerkit.plugins import reset_registry
-from layerkit.schema import MODEL_SCHEMA, composed_schema
+from layerkit.plugins.manager import reset_registry
+from layerkit.modelfile.schema import MODEL_SCHEMA, composed_schema
 from conftest import ROOT
 
 
@@ -65,7 +65,7 @@ def test_static_flag_prints_the_static_schema(capsys):
 
 
 def test_composed_schema_of_the_installed_plugins_accepts_the_shipped_models(models_dir):
-    from layerkit.plugins import get_registry
+    from layerkit.plugins.manager import get_registry
     validator = jsonschema.Draft202012Validator(composed_schema(get_registry()))
     for path in sorted(models_dir.glob("*.json")):
         assert not list(validator.iter_errors(json.loads(path.read_text()))), path.name

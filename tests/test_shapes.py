@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from _core_layers import core_registry, flat_model
 
-from layerkit.builder import build_graph_from
+from layerkit.modelfile.build import build_graph_from
 from layerkit.errors import ShapeError
-from layerkit.graph import build_graph
-from layerkit.spec import spec_from_dict
+from layerkit.modelfile.shapes import build_graph
+from layerkit.modelfile.spec import spec_from_dict
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from _core_layers import core_registry, flat_model
 
-from layerkit.builder import SizeLimits, build_graph_from, build_model, format_bytes, parse_bytes
+from layerkit.modelfile.build import SizeLimits, build_graph_from, build_model, format_bytes, parse_bytes
 from layerkit.errors import SizeLimitError
-from layerkit.model import Model
+from layerkit.nn.model import Model
 
 
 @pytest.fixture(scope="module")

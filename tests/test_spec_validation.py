@@ -8,7 +8,7 @@ import pytest
 from _core_layers import core_registry, flat_model
 
 from layerkit.errors import GraphError, LayerkitError, ModelFileError
-from layerkit.spec import load_spec, spec_from_dict
+from layerkit.modelfile.spec import load_spec, spec_from_dict
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerkit.builder import build_model
+from layerkit.modelfile.build import build_model
 from layerkit.layers.conv import Conv2D
 from layerkit.layers.dense import Dense
-from layerkit.losses import SoftmaxCrossEntropy
-from layerkit.malloc_tuning import tune_malloc
-from layerkit.optimizers import build_optimizer
+from layerkit.nn.losses import SoftmaxCrossEntropy
+from layerkit.parallel.malloc import tune_malloc
+from layerkit.training.trainer import build_optimizer
 
 ALEXNET_LIKE = {
     "format": 1, "name": "alexnet_like", "input": {"shape": [1, 12, 12]},

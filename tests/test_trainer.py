@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import layerkit.plugins
-from layerkit.builder import build_model
+import layerkit.plugins.manager
+from layerkit.modelfile.build import build_model
 from layerkit.data import load_data
 from layerkit.errors import LayerkitError, TrainingError
-from layerkit.model import load_npz
-from layerkit.plugins import reset_registry
-from layerkit.runs import CHECKPOINT, num_outputs, train
-from layerkit.spec import spec_from_dict
-from layerkit.trainer import Callback, Trainer, build_loss
+from layerkit.nn.model import load_npz
+from layerkit.plugins.manager import reset_registry
+from layerkit.training.runs import CHECKPOINT, num_outputs, train
+from layerkit.modelfile.spec import spec_from_dict
+from layerkit.training.trainer import Callback, Trainer, build_loss
 
 from train_support import builtin_registry, mlp_model
 
@@ -92,8 +92,8 @@ def test_no_plugin_calls_while_training(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the registry was consulted during training")
 
-    monkeypatch.setattr(layerkit.plugins, "get_registry", forbidden)
-    monkeypatch.setattr(layerkit.plugins, "load_registry", forbidden)
+    monkeypatch.setattr(layerkit.plugins.manager, "get_registry", forbidden)
+    monkeypatch.setattr(layerkit.plugins.manager, "load_registry", forbidden)
     trainer.fit()
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from layerkit.plugins import load_registry, reset_registry
-from layerkit.trainer import Callback
+from layerkit.plugins.manager import load_registry, reset_registry
+from layerkit.training.trainer import Callback
 
 
 def builtin_registry():

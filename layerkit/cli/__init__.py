@@ -12,8 +12,8 @@ import sys
 
 import typer
 
-from .. import __version__
-from ..errors import LayerkitError
+from layerkit import __version__
+from layerkit.errors import LayerkitError
 
 app = typer.Typer(
     name="layerkit",
@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
     return rc if isinstance(rc, int) else 0
 
 
-from . import check, inspect, train  # noqa: E402,F401  (register the commands)
+from layerkit.cli import check, inspect, train  # noqa: E402,F401  (register the commands)

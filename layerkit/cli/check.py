@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from . import app
+from layerkit.cli import app
 
 
 @app.command("check-grads")
@@ -28,8 +28,8 @@ def check_grads(
     """
     import numpy as np
 
-    from ..builder import build_model
-    from ..gradcheck import check_model
+    from layerkit.modelfile.build import build_model
+    from layerkit.gradcheck.report import check_model
 
     started = time.perf_counter()
     built = build_model(model).astype(np.float64)

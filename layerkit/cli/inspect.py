@@ -10,13 +10,13 @@ from typing import Any, List, Optional
 
 import typer
 
-from ..builder import SizeLimits, batch_size_of, build_graph_from, format_bytes, parse_bytes
-from ..errors import LayerkitError
-from ..export import FORMATS, export
-from ..plugins import disabled_plugins, get_registry
-from ..registry import KINDS
-from ..schema import MODEL_SCHEMA, composed_schema, params_schema_of
-from . import app
+from layerkit.modelfile.build import SizeLimits, batch_size_of, build_graph_from, format_bytes, parse_bytes
+from layerkit.errors import LayerkitError
+from layerkit.modelfile.diagram import FORMATS, export
+from layerkit.plugins.manager import disabled_plugins, get_registry
+from layerkit.plugins.registry import KINDS
+from layerkit.modelfile.schema import MODEL_SCHEMA, composed_schema, params_schema_of
+from layerkit.cli import app
 
 _DEFAULTS = SizeLimits()
 
@@ -61,7 +61,7 @@ def validate(models: List[Path] = typer.Argument(..., metavar="MODEL...", help="
         typer.echo(f"OK {path}: {len(graph.nodes)} layers, {graph.param_count:,} parameters, "
                    f"output shape {graph.output.output_shape}")
     # a model that validates today may need a layer from a plugin that is broken: say so once
-    from ..plugins import get_registry
+    from layerkit.plugins.manager import get_registry
     for problem in get_registry().problems:
         typer.echo(f"warning: {problem} (see 'layerkit plugins')", err=True)
     if bad:

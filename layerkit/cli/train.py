@@ -10,9 +10,9 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import LayerkitError
-from ..trainer import Callback, TrainingInterrupted
-from . import app
+from layerkit.errors import LayerkitError
+from layerkit.training.trainer import Callback, TrainingInterrupted
+from layerkit.cli import app
 
 data_app = typer.Typer(help="Datasets: list the installed loaders, download MNIST / Fashion-MNIST.",
                        no_args_is_help=True)
@@ -159,7 +159,7 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
 
     Uses LAYERKIT_NUM_THREADS cores (default: all it may); convnets train sample-parallel, each batch split over that many processes (LAYERKIT_SAMPLE_PARALLEL=0: one process).
     """  # noqa: E501 (one line: the help text reflows it)
-    from ..runs import train
+    from layerkit.training.runs import train
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
                  "weight_decay": weight_decay, "schedule": schedule, "dataset": dataset,
@@ -198,11 +198,11 @@ def evaluate(model: Path = typer.Argument(..., metavar="MODEL"),
     """Accuracy, per-class accuracy and the confusion matrix on the test split."""
     import numpy as np
 
-    from ..builder import build_model
-    from ..model import load_npz
-    from ..runs import apply_overrides, prepare_data
-    from ..spec import read_model_file, spec_from_dict
-    from ..trainer import build_loss, evaluate as run_eval
+    from layerkit.modelfile.build import build_model
+    from layerkit.nn.model import load_npz
+    from layerkit.training.runs import apply_overrides, prepare_data
+    from layerkit.modelfile.spec import read_model_file, spec_from_dict
+    from layerkit.training.trainer import build_loss, evaluate as run_eval
 
     raw, source = read_model_file(model)
     spec = spec_from_dict(apply_overrides(raw, {"dataset": dataset}), source=Path(source).name)
@@ -245,7 +245,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="MODEL"),
 def plot(run_dir: Path = typer.Argument(..., metavar="RUN_DIR"),
          out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs (default: RUN_DIR).")) -> None:
     """PNG plots of a run: loss and accuracy curves, and the first layer's weights as images."""
-    from ..plot import plot_run
+    from layerkit.training.plot import plot_run
 
     for path in plot_run(run_dir, out):
         typer.echo(f"wrote {path}")
@@ -254,7 +254,7 @@ def plot(run_dir: Path = typer.Argument(..., metavar="RUN_DIR"),
 @data_app.command("list")
 def data_list() -> None:
     """The registered datasets and the files each one reads."""
-    from ..plugins import get_registry
+    from layerkit.plugins.manager import get_registry
 
     registry = get_registry()
     for name in registry.names("dataset"):
@@ -269,7 +269,7 @@ def data_download(name: str = typer.Argument(..., metavar="mnist|fashion_mnist")
                                                       "$LAYERKIT_DATA_DIR/NAME or ~/.cache/layerkit/NAME)."),
                   url_base: Optional[str] = typer.Option(None, "--url-base", help="Mirror to download from.")) -> None:
     """Download the four IDX files and verify their SHA-256 checksums."""
-    from ..data.download import download
+    from layerkit.data.download import download
 
     where = download(name, dest, url_base, report=typer.echo)
     typer.echo(f"{name} is in {where}; it is found automatically there"

@@ -20,7 +20,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from layerkit.errors import DataError
 
 DATA_DIR_ENV = "LAYERKIT_DATA_DIR"
 
@@ -251,7 +251,7 @@ def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | 
     """Find, read and prepare the registered dataset ``name``. ``data_dir`` wins over
     ``options['data_dir']``."""
     if registry is None:
-        from ..plugins import get_registry
+        from layerkit.plugins.manager import get_registry
         registry = get_registry()
     dataset = registry.get("dataset", name)()
     options = dict(options or {})

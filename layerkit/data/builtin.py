@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import hookimpl
-from ..errors import DataError
-from . import Dataset, RawData
-from .formats import read_cifar_batch, read_label_csv, read_nielsen_pickle, read_npz_splits
-from .idx import read_idx
+from layerkit import hookimpl
+from layerkit.errors import DataError
+from layerkit.data import Dataset, RawData
+from layerkit.data.formats import read_cifar_batch, read_label_csv, read_nielsen_pickle, read_npz_splits
+from layerkit.data.idx import read_idx
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

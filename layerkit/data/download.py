@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DataError, RegistryError
-from . import cache_dir
+from layerkit.errors import DataError, RegistryError
+from layerkit.data import cache_dir
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from .idx import read_bytes
+from layerkit.errors import DataError
+from layerkit.data.idx import read_bytes
 
 try:  # numpy 2 renamed numpy.core to numpy._core
     from numpy._core.multiarray import _reconstruct as _RECONSTRUCT

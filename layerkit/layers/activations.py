@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import hookimpl, parallel
-from ..layer import Example, Layer, require_rank
+from layerkit import hookimpl
+from layerkit.parallel import threads as parallel
+from layerkit.nn.layer import Example, Layer, require_rank
 
 _NO_PARAMS = {"type": "object", "properties": {}, "additionalProperties": False}
 _EXAMPLES = (Example({}, (7,), "flat features"), Example({}, (2, 3, 3), "feature maps"))

@@ -11,7 +11,7 @@ The weight gradient is computed transposed, ``cols (K, Ho*Wo) @ dy^T``, which
 OpenBLAS runs ~1.5x faster than ``dy @ cols^T`` for these shapes (a short M
 with a long inner dimension is its slow case).
 
-Stride-1 layers (nearly all of them) use the "wide" layout of ``_windows``
+Stride-1 layers (nearly all of them) use the "wide" layout of ``layerkit.kernels.windows``
 (long contiguous copies) and compute dx as a second stride-1 convolution with
 the rotated kernel, which is one GEMM instead of a GEMM plus kh*kw scattered
 adds. Strided layers use plain im2col and col2im.
@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import hookimpl, parallel
-from ..errors import ShapeError
-from ..initializers import INITIALIZERS
-from ..layer import Example, Layer, ParamSpec, require_rank
-from ._windows import (Window, chunk_size, col2im_add, col2im_wide_add, im2col, im2col_wide, int_or_pair_schema, pad, pad_flat, unpad,
+from layerkit import hookimpl
+from layerkit.parallel import threads as parallel
+from layerkit.errors import ShapeError
+from layerkit.nn.initializers import INITIALIZERS
+from layerkit.nn.layer import Example, Layer, ParamSpec, require_rank
+from layerkit.kernels.windows import (Window, chunk_size, col2im_add, col2im_wide_add, im2col, im2col_wide, int_or_pair_schema, pad, pad_flat, unpad,
                        window)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .. import hookimpl
-from ..layer import Example, Layer, ParamSpec, require_rank
+from layerkit import hookimpl
+from layerkit.nn.layer import Example, Layer, ParamSpec, require_rank
 
 
 class Dense(Layer):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import hookimpl
-from ..layer import Example, Layer
+from layerkit import hookimpl
+from layerkit.nn.layer import Example, Layer
 
 
 class Dropout(Layer):

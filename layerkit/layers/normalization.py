@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import hookimpl
-from ..layer import Example, Layer, ParamSpec, require_rank
-from ..sample_parallel import batch_sum, splitting
-from .activations import over_chunks
+from layerkit import hookimpl
+from layerkit.nn.layer import Example, Layer, ParamSpec, require_rank
+from layerkit.parallel.collectives import batch_sum, splitting
+from layerkit.layers.activations import over_chunks
 
 
 def _stat_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -52,7 +52,7 @@ def _channel_sums(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarra
 
 def _whole_batch(a: np.ndarray, b: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-channel sums and element count of this shard, summed over the whole batch when
-    the batch is split over processes (``layerkit.sample_parallel``); unchanged otherwise."""
+    the batch is split over processes (``layerkit.parallel.processes``); unchanged otherwise."""
     if not splitting():
         return a, b, count
     c = a.size
@@ -98,7 +98,7 @@ class BatchNorm(Layer):
         Example({"momentum": 0.5, "epsilon": 1e-3}, (3, 2, 2), "per channel"),
     )
     stochastic = True
-    # training statistics come from the whole batch through sample_parallel.batch_sum, so the
+    # training statistics come from the whole batch through collectives.batch_sum, so the
     # batch may be split over processes
     batch_sync = True
 

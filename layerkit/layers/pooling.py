@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import hookimpl
-from ..errors import ShapeError
-from ..layer import Example, Layer, require_rank
-from ._windows import int_or_pair_schema, pad, pair, unpad, window
-from .activations import over_chunks
+from layerkit import hookimpl
+from layerkit.errors import ShapeError
+from layerkit.nn.layer import Example, Layer, require_rank
+from layerkit.kernels.windows import int_or_pair_schema, pad, pair, unpad, window
+from layerkit.layers.activations import over_chunks
 
 
 def _pool_schema(kind: str, padding_note: str) -> dict:

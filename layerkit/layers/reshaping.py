@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from .. import hookimpl
-from ..errors import ShapeError
-from ..layer import Example, Layer
+from layerkit import hookimpl
+from layerkit.errors import ShapeError
+from layerkit.nn.layer import Example, Layer
 
 
 class Flatten(Layer):

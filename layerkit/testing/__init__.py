@@ -1,4 +1,4 @@
-"""Conformance tests for layer authors: does a layer honour the contract of :mod:`layerkit.layer`?
+"""Conformance tests for layer authors: does a layer honour the contract of :mod:`layerkit.nn.layer`?
 
 Check one configuration by hand::
 
@@ -28,7 +28,7 @@ __all__ = ["run_layer_test", "layer_conformance_tests", "conformance_cases", "fi
 
 def _registry(registry=None):
     if registry is None:
-        from ..plugins import get_registry
+        from layerkit.plugins.manager import get_registry
 
         registry = get_registry()
     return registry
@@ -38,7 +38,7 @@ def fill_defaults(layer_cls, config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the layer's ``params_schema`` and fill its defaults, as a model file would."""
     import jsonschema
 
-    from ..spec import _fill_defaults
+    from layerkit.modelfile.spec import _fill_defaults
 
     schema = layer_cls.params_schema
     name = getattr(layer_cls, "type", "") or layer_cls.__name__
@@ -98,11 +98,11 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
     forward leaves its input and parameters alone; a ``per_sample`` layer gives the same outputs,
     input gradients and summed parameter gradients on two halves of the batch as on the whole
     (what sample-parallel training relies on); gradients agree with finite differences in
-    float64 (:func:`layerkit.gradcheck.check_layer_config`). Returns the gradient-check results.
+    float64 (:func:`layerkit.gradcheck.layers.check_layer_config`). Returns the gradient-check results.
     """
-    from ..gradcheck import check_layer_config, initial_state, random_input, random_params
-    from ..gradcheck_render import describe
-    from ..initializers import initialize
+    from layerkit.gradcheck.layers import check_layer_config, initial_state, random_input, random_params
+    from layerkit.gradcheck.render import describe
+    from layerkit.nn.initializers import initialize
 
     cls = (_registry(registry).layer(layer_type_or_class) if isinstance(layer_type_or_class, str)
            else layer_type_or_class)

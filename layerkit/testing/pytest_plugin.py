@@ -29,7 +29,7 @@ def pytest_configure(config) -> None:
 def pytest_generate_tests(metafunc) -> None:
     if "layer_case" not in metafunc.fixturenames:
         return
-    from . import conformance_cases
+    from layerkit.testing import conformance_cases
 
     marker = metafunc.definition.get_closest_marker("layerkit_plugin")
     plugin = (marker.args[0] if marker and marker.args else None) or metafunc.config.getini("layerkit_plugin") or None
@@ -39,6 +39,6 @@ def pytest_generate_tests(metafunc) -> None:
 
 @pytest.fixture
 def layer_test():
-    from . import run_layer_test
+    from layerkit.testing import run_layer_test
 
     return run_layer_test

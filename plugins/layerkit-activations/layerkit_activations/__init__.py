@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 import layerkit
-from layerkit.layer import Example, Layer
+from layerkit.nn.layer import Example, Layer
 
 __version__ = "0.1.0"
 

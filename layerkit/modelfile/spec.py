@@ -6,7 +6,7 @@
 optimizer's parameters (against the schema their plugin declared, defaults
 filled in), layer names, and the wiring of the graph (unknown inputs, cycles,
 unused branches, input counts). Shapes are inferred later, by
-:func:`layerkit.graph.build_graph`.
+:func:`layerkit.modelfile.shapes.build_graph`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from .errors import GraphError, ModelFileError, Problem
-from .registry import Registry
-from .schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA, typed_schema
-from .wiring import RESERVED_INPUT, arity_problem, wiring_problems
+from layerkit.errors import GraphError, ModelFileError, Problem
+from layerkit.plugins.registry import Registry
+from layerkit.modelfile.schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA, typed_schema
+from layerkit.modelfile.topology import RESERVED_INPUT, arity_problem, wiring_problems
 
 __all__ = ["RESERVED_INPUT", "LayerSpec", "ModelSpec", "load_spec", "spec_from_dict", "read_model_file",
            "parse_json"]
@@ -236,7 +236,7 @@ def _check_typed(section: dict, kind: str, registry: Registry, base: tuple, sour
 
 def spec_from_dict(data: Any, source: str = "<model>", registry: Registry | None = None) -> ModelSpec:
     if registry is None:
-        from .plugins import get_registry
+        from layerkit.plugins.manager import get_registry
         registry = get_registry()
     problems = _schema_problems(MODEL_SCHEMA, data, (), source)
     if not isinstance(data, dict):

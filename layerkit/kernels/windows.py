@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import ShapeError
+from layerkit.errors import ShapeError
 
 
 def pair(value, what: str) -> tuple[int, int]:

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import hookimpl
-from .errors import DataError
+from layerkit import hookimpl
+from layerkit.errors import DataError
 
 
 class Loss:
@@ -20,7 +20,7 @@ class Loss:
     description: ClassVar[str] = ""
     params_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
     #: the loss is the batch mean of a per-sample term (so shards of a batch can be
-    #: computed apart and their gradients added, see ``layerkit.sample_parallel``)
+    #: computed apart and their gradients added, see ``layerkit.parallel.processes``)
     per_sample: ClassVar[bool] = False
 
     def __init__(self, **config: Any) -> None:

@@ -23,130 +23,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .errors import LayerkitError
-from .layer import Layer
-from .spec import RESERVED_INPUT
-
-PASS_TOL = 1e-6
-WARN_TOL = 1e-4
-#: one-sided differences further apart than this (relative) mean a kink in the stencil
-KINK_TOL = 1e-3
-#: analytic and numeric both below this: agreement
-ABS_FLOOR = 1e-10
-#: round-off estimate of a numeric derivative: this many ulps of the output's scale over the step
-NOISE_ULPS = 2
-#: a difference as large as the round-off estimate scores at most PASS_TOL / 10
-FLOOR_FACTOR = 10 / PASS_TOL
-SWEEP_STEPS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
-#: at most this many times ``samples`` candidates are tried when kinks are skipped
-KINK_BUDGET = 8
-EPS = float(np.finfo(np.float64).eps)
-
-STATUS_ORDER = {"pass": 0, "skipped": 1, "warn": 2, "fail": 3}
-
-
-# -- results ----------------------------------------------------------------------
-
-@dataclass
-class Worst:
-    """The coordinate (or direction) with the largest error, and how the error moves with the step."""
-
-    index: tuple[int, ...] | str
-    analytic: float
-    numeric: float
-    rel_error: float
-    sweep: list[tuple[float, float, float]] = field(default_factory=list)  # (step, numeric, rel_error)
-    diagnosis: str = ""
-
-
-@dataclass
-class TensorResult:
-    layer: str
-    tensor: str
-    shape: tuple[int, ...]
-    checked: int
-    total: int
-    strategy: str
-    max_rel_error: float | None
-    status: str  # pass | warn | fail | skipped
-    kinks: int = 0
-    worst: Worst | None = None
-    message: str = ""
-    scope: str = "layer"  # "layer": in isolation; "model": end-to-end loss gradient
-    layer_type: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status != "fail"
-
-    @property
-    def label(self) -> str:
-        return f"{self.layer}.{self.tensor}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-
-def _jsonable(value: Any) -> Any:
-    """Tuples to lists, and non-finite floats to strings: strict JSON has no NaN."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else str(float(value))
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def relative_error(analytic: float, numeric: float, noise: float = 0.0) -> float:
-    """|a - n| / (|a| + |n|), the denominator floored at ``FLOOR_FACTOR * noise`` so that a
-    difference within round-off always stays below ``PASS_TOL / 10``; when both values are
-    below ``ABS_FLOOR`` they agree."""
-    if not (math.isfinite(analytic) and math.isfinite(numeric)):
-        return math.inf  # NaN must never compare as "not worse"
-    if abs(analytic) < ABS_FLOOR and abs(numeric) < ABS_FLOOR:
-        return 0.0
-    floor = max(FLOOR_FACTOR * noise, ABS_FLOOR)
-    return abs(analytic - numeric) / max(abs(analytic) + abs(numeric), floor)
-
-
-def status_of(error: float) -> str:
-    if error < PASS_TOL:
-        return "pass"
-    if error < WARN_TOL:
-        return "warn"
-    return "fail"
-
-
-def _is_kink(forward: float, backward: float, atol: float) -> bool:
-    """A kink inside [x - h, x + h] shows as one-sided slopes that disagree by far more
-    than curvature (h * f'') or round-off can explain."""
-    return abs(forward - backward) > KINK_TOL * (abs(forward) + abs(backward)) + 4 * atol + ABS_FLOOR
-
-
-def _diagnose(analytic: float, sweep: list[tuple[float, float, float]]) -> str:
-    errors = [e for _, _, e in sweep]
-    best_step, _, best = min(sweep, key=lambda s: s[2])
-    if best < PASS_TOL:
-        return (f"agrees at step {best_step:g} (error {best:.1e}): numerical trouble at the default step "
-                f"(truncation at large steps, round-off at small ones), not a wrong gradient")
-    spread = max(errors) / max(min(errors), 1e-300)
-    numerics = [n for _, n, _ in sweep]
-    if spread < 10:
-        middle = numerics[len(numerics) // 2]
-        ratio = f"; analytic/numeric = {analytic / middle:.4g}" if middle != 0 else ""
-        return f"wrong at every step size: a bug in backward{ratio}"
-    return "error changes with the step size: an undeclared kink or badly conditioned input"
-
-
-# -- per-layer check --------------------------------------------------------------
-
-def _as_f64(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [np.array(v, dtype=np.float64, copy=True) for v in value]
-    return np.array(value, dtype=np.float64, copy=True)
+from layerkit.gradcheck.numerics import (PASS_TOL, NOISE_ULPS, SWEEP_STEPS, KINK_BUDGET, EPS, Worst, TensorResult, relative_error, status_of, is_kink, diagnose, _as_f64)
+from layerkit.nn.layer import Layer
 
 
 class _LayerProbe:
@@ -219,7 +97,7 @@ def _compare_tensor(probe: _LayerProbe, array: np.ndarray, analytic: np.ndarray,
         if not exhaustive and checked >= samples:
             break
         up, down, noise = probe.differences(flat, int(i), step)
-        if _is_kink(up / step, down / step, noise):
+        if is_kink(up / step, down / step, noise):
             if kinks:
                 skipped += 1
                 continue
@@ -241,7 +119,7 @@ def _compare_tensor(probe: _LayerProbe, array: np.ndarray, analytic: np.ndarray,
     worst = Worst(index, float(grad[worst_i]), worst_num, worst_err)
     if result.status != "pass":
         worst.sweep = _sweep(lambda h: probe.differences(flat, worst_i, h), worst.analytic)
-        worst.diagnosis = _diagnose(worst.analytic, worst.sweep)
+        worst.diagnosis = diagnose(worst.analytic, worst.sweep)
         if result.status == "fail" and min(e for _, _, e in worst.sweep) < PASS_TOL:
             result.status = "warn"  # the gradient is right; the default step is not
         if undeclared_kink:
@@ -330,7 +208,7 @@ def random_params(specs: Mapping[str, Any], rng: np.random.Generator) -> dict[st
 
 
 def initial_state(specs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    from .initializers import initialize
+    from layerkit.nn.initializers import initialize
 
     return {name: initialize(spec, np.random.default_rng(0), np.float64) for name, spec in specs.items()}
 
@@ -356,131 +234,3 @@ def check_layer_config(layer_cls: type[Layer], config: Mapping[str, Any], input_
     state = initial_state(layer.state_specs(input_shape))
     return check_layer(layer, params, x, state=state, samples=samples, seed=seed, step=step,
                        name=name or layer.type)
-
-
-# -- whole model ------------------------------------------------------------------
-
-@dataclass
-class GradCheckReport:
-    model: str
-    rows: list[TensorResult]
-    settings: dict[str, Any] = field(default_factory=dict)
-    blame: str = ""
-
-    @property
-    def layer_rows(self) -> list[TensorResult]:
-        return [r for r in self.rows if r.scope == "layer"]
-
-    @property
-    def model_rows(self) -> list[TensorResult]:
-        return [r for r in self.rows if r.scope == "model"]
-
-    @property
-    def failures(self) -> list[TensorResult]:
-        return [r for r in self.rows if r.status == "fail"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    @property
-    def kinks(self) -> int:
-        return sum(r.kinks for r in self.rows)
-
-    def verdict(self) -> str:
-        counts = {s: sum(1 for r in self.rows if r.status == s) for s in STATUS_ORDER}
-        errors = [r.max_rel_error for r in self.rows if r.max_rel_error is not None]
-        worst = f"max relative error {max(errors):.1e}" if errors else "nothing compared"
-        extra = []
-        if counts["warn"]:
-            extra.append(f"{counts['warn']} warning(s)")
-        if counts["skipped"]:
-            extra.append(f"{counts['skipped']} tensor(s) not checkable (only kinks)")
-        if self.kinks:
-            extra.append(f"{self.kinks} kink coordinate(s) skipped")
-        tail = f" ({'; '.join(extra)})" if extra else ""
-        if self.ok:
-            return f"PASS: {len(self.rows)} gradient checks agree, {worst}{tail}"
-        names = ", ".join(f"{r.label}" + (" (end to end)" if r.scope == "model" else "")
-                          for r in self.failures[:6])
-        more = " ..." if len(self.failures) > 6 else ""
-        return f"FAIL: {counts['fail']} of {len(self.rows)} gradient checks wrong: {names}{more}{tail}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "ok": self.ok,
-            "verdict": self.verdict(),
-            "blame": self.blame or None,
-            "settings": self.settings,
-            "thresholds": {"pass": PASS_TOL, "warn": WARN_TOL, "kink": KINK_TOL, "abs_floor": ABS_FLOOR},
-            "layers": [r.to_dict() for r in self.layer_rows],
-            "whole_model": [r.to_dict() for r in self.model_rows],
-        }
-
-    def render(self, console=None) -> None:
-        from .gradcheck_render import render_report
-
-        render_report(self, console)
-
-
-def _model_forward_inputs(model, x: np.ndarray, forward_seed: int) -> dict[str, Any]:
-    """What each node receives on this batch in training mode (state copied, not updated)."""
-    rng = np.random.default_rng(forward_seed)
-    values: dict[str, Any] = {RESERVED_INPUT: x}
-    inputs: dict[str, Any] = {}
-    for node in model.nodes:
-        got = [values[r] for r in node.inputs]
-        inp = got[0] if node.layer.arity == 1 else got
-        inputs[node.name] = inp
-        state = {k: v.copy() for k, v in model.state[node.name].items()}
-        values[node.name] = node.layer.forward(model.params[node.name], inp, True, rng, state)[0]
-    return inputs
-
-
-def check_model(model, x: np.ndarray | None = None, y: np.ndarray | None = None, *, batch_size: int = 2,
-                samples: int = 32, seed: int = 0, whole_model: bool = True, step: float = 1e-6,
-                directions: int = 3, registry=None) -> GradCheckReport:
-    """Check every layer of a built model in isolation and, with ``whole_model``, the loss gradient.
-
-    With a real batch ``x`` (and labels ``y``), its first ``batch_size`` samples are used and each
-    layer is checked on the activations it actually receives, with the model's parameters;
-    without one, every layer gets random standard-normal inputs and parameters.
-    """
-    from .gradcheck_model import check_end_to_end
-
-    m64 = model.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    real = x is not None
-    if real:
-        x = np.array(x[:batch_size], dtype=np.float64)
-        y = None if y is None else np.asarray(y)[:batch_size]
-        acts = _model_forward_inputs(m64, x, int(rng.integers(2**31)))
-    else:
-        x = rng.standard_normal((batch_size, *m64.graph.input_shape))
-    rows: list[TensorResult] = []
-    for index, node in enumerate(m64.nodes):
-        layer_rng = np.random.default_rng([seed, index])
-        multi = node.layer.arity != 1
-        if real:
-            inp, params = acts[node.name], m64.params[node.name]
-        else:
-            inp = random_input(node.input_shape, batch_size, layer_rng, multi)
-            params = random_params(node.param_specs, layer_rng)
-        rows += check_layer(node.layer, params, inp, state=m64.state[node.name], samples=samples,
-                            seed=int(layer_rng.integers(2**31)), step=step, name=node.name)
-    report = GradCheckReport(m64.graph.spec.name, rows, {
-        "batch_size": int(x.shape[0]), "samples": samples, "seed": seed, "step": step,
-        "inputs": "real batch" if real else "random", "whole_model": whole_model,
-        "directions": directions if whole_model else 0,
-        "end_to_end_nudge": whole_model and any(n.layer.has_kinks for n in m64.nodes)})
-    if whole_model:
-        end_rows, blame = check_end_to_end(m64, x, y, rows, seed=seed, step=step, directions=directions,
-                                           registry=registry)
-        report.rows += end_rows
-        report.blame = blame
-    return report
-
-
-class GradCheckError(LayerkitError):
-    """The gradient check could not run (e.g. no target fits the model's loss)."""

@@ -26,14 +26,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .data import DataSplits
-from .data.augment import augmenter
-from .errors import CheckpointError, LayerkitError, TrainingError
-from .malloc_tuning import tune_malloc
-from .model import Model, loss_and_gradients
-from .optimizers import Optimizer, build_optimizer
-from .sample_parallel import SampleParallel, plan_shards
-from .schedules import Schedule
+from layerkit.data import DataSplits
+from layerkit.data.augment import augmenter
+from layerkit.errors import CheckpointError, LayerkitError, TrainingError
+from layerkit.parallel.malloc import tune_malloc
+from layerkit.nn.model import Model
+from layerkit.nn.optimizers import Optimizer
+from layerkit.parallel.processes import SampleParallel, plan_shards
+from layerkit.nn.schedules import Schedule
 
 CHECKPOINT_FORMAT = 1
 EVAL_BATCH = 512
@@ -95,11 +95,27 @@ class TrainResult:
 def build_loss(spec, registry=None):
     """The loss object named in the model file's ``loss`` section."""
     if registry is None:
-        from .plugins import get_registry
+        from layerkit.plugins.manager import get_registry
         registry = get_registry()
     config = dict(spec.loss)
     cls = registry.get("loss", config.pop("type"))
     return cls(**config)
+
+
+def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=None) -> Optimizer:
+    """The optimizer named in ``training.optimizer`` over every parameter of ``model``."""
+    if registry is None:
+        from layerkit.plugins.manager import get_registry
+        registry = get_registry()
+    config = dict(config or {"type": "sgd"})
+    cls = registry.get("optimizer", config.pop("type"))
+    names, tensors, decay = [], [], []
+    for node in model.nodes:
+        for tname, value in model.params[node.name].items():
+            names.append(f"{node.name}/{tname}")
+            tensors.append(value)
+            decay.append(bool(node.param_specs[tname].decay))
+    return cls(tensors, names=names, decay=decay, weight_decay=weight_decay, **config)
 
 
 def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH
@@ -140,7 +156,7 @@ class Trainer:
         self.best_weights: dict[str, np.ndarray] | None = None
         self._keys = [(node.name, tname) for node in model.nodes for tname in model.params[node.name]]
         self.augment = augmenter((self.training.get("data") or {}).get("augment"))
-        #: batches split over this many processes (1: the plain step), see ``layerkit.sample_parallel``
+        #: batches split over this many processes (1: the plain step), see ``layerkit.parallel.processes``
         self.shards = plan_shards(model, loss, self.batch_size)
         self._sharded: SampleParallel | None = None
         self._stop_requested = False
@@ -200,7 +216,7 @@ class Trainer:
                 xb, yb = x[idx], y[idx]
                 if self.augment is not None:
                     xb = self.augment(xb, self.rng)
-                value, out, grads = loss_and_gradients(model, loss, xb, yb, self.rng)
+                value, out, grads = model.loss_and_gradients(loss, xb, yb, self.rng)
                 hits = int(np.count_nonzero(loss.predict(out) == yb))
                 grad_list = [grads[n][t] for n, t in keys]
             if not math.isfinite(value):

@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RegistryError
+from layerkit.errors import RegistryError
 
 KINDS = ("layer", "loss", "optimizer", "dataset")
 

@@ -18,8 +18,8 @@ from typing import Iterable
 import jsonschema
 import pluggy
 
-from . import hookspecs
-from .registry import KINDS, LoadProblem, PluginInfo, Registry
+from layerkit.plugins import hookspecs
+from layerkit.plugins.registry import KINDS, LoadProblem, PluginInfo, Registry
 
 ENTRY_POINT_GROUP = "layerkit"
 DISABLE_ENV = "LAYERKIT_DISABLE_PLUGINS"
@@ -34,8 +34,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "layerkit.layers.dropout",
     "layerkit.layers.reshaping",
     "layerkit.layers.merging",
-    "layerkit.losses",
-    "layerkit.optimizers",
+    "layerkit.nn.losses",
+    "layerkit.nn.optimizers",
     "layerkit.data.builtin",
 )
 
@@ -165,9 +165,9 @@ def contract_violation(kind: str, obj: object) -> str | None:
     if not isinstance(value, str) or not TYPE_NAME.match(value):
         return f"its {key} {value!r} is not a snake_case name"
     if kind == "layer":
-        from .layer import Layer
+        from layerkit.nn.layer import Layer
         if not (isinstance(obj, type) and issubclass(obj, Layer)):
-            return "not a subclass of layerkit.layer.Layer"
+            return "not a subclass of layerkit.nn.layer.Layer"
         arity = obj.arity
         if arity is not None and (not isinstance(arity, int) or arity < 1):
             return f"arity must be a positive int or None, got {arity!r}"

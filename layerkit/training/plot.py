@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LayerkitError
+from layerkit.errors import LayerkitError
 
 MAX_IMAGES = 64
 
@@ -116,10 +116,10 @@ def plot_weights(model, path: Path, class_names: list[str] | None = None) -> Pat
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """Write the PNGs for a run directory; returns their paths."""
-    from .builder import build_model
-    from .runs import MODEL_FILE, WEIGHTS, CHECKPOINT, RunDir
-    from .model import load_npz
-    from .spec import spec_from_dict
+    from layerkit.modelfile.build import build_model
+    from layerkit.training.runs import MODEL_FILE, WEIGHTS, CHECKPOINT, RunDir
+    from layerkit.nn.model import load_npz
+    from layerkit.modelfile.spec import spec_from_dict
 
     _pyplot()  # fail early, before reading anything, when matplotlib is missing
     run = RunDir(run_dir)

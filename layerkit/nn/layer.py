@@ -23,17 +23,21 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ShapeError
+from layerkit.errors import ShapeError
 
 Shape = tuple[int, ...]
 Params = Mapping[str, np.ndarray]
+
+
+#: the name ``inputs`` use for the model input; no layer may take it
+RESERVED_INPUT = "input"
 
 
 @dataclass(frozen=True)
 class ParamSpec:
     """A tensor a layer needs allocated: learnable parameter or running state.
 
-    ``init`` names an initializer from :mod:`layerkit.initializers`.
+    ``init`` names an initializer from :mod:`layerkit.nn.initializers`.
     ``fan_in``/``fan_out`` feed the variance-scaling initializers.
     ``decay`` says whether L2 weight decay applies (weights yes, biases and
     normalisation scales no); the optimizer applies it once for all layers.
@@ -75,7 +79,7 @@ class Layer:
     stochastic: ClassVar[bool] = False
     #: each sample's output and input gradient depend only on that sample and the
     #: parameters, so a batch may be split into shards whose parameter gradients add
-    #: up to the batch's (``layerkit.sample_parallel``); batch statistics break that
+    #: up to the batch's (``layerkit.parallel.processes``); batch statistics break that
     per_sample: ClassVar[bool] = False
 
     def __init__(self, **config: Any) -> None:

@@ -46,9 +46,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import parallel
-from .errors import TrainingError
-from .model import loss_and_gradients
+from layerkit.parallel import threads as parallel
+from layerkit.errors import TrainingError
+from layerkit.parallel import collectives
 
 # Cost rule (see the module docstring); measured on this 2-core machine with
 # bench/speed.py's nets and the model zoo, see docs/performance.md.
@@ -61,24 +61,6 @@ _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
 _REPLY = struct.Struct("<dq")  # loss * samples, correct predictions
 MAX_REDUCE = 1 << 14  # float64 values one batch_sum may carry at least (batch norm: 2 per channel + 1)
 BARRIER_TIMEOUT_S = 600.0  # a shard this late at a batch_sum is taken for dead
-
-_reducer = None  # while a sharded step runs in this process: sums partials over all shards
-
-
-def splitting() -> bool:
-    """Whether this process is computing one shard of a split batch right now."""
-    return _reducer is not None
-
-
-def batch_sum(values: np.ndarray) -> np.ndarray:
-    """The sum over the whole batch of this shard's partial sums ``values`` (float64, 1-d).
-
-    Outside a sample-parallel step (one process, gradient checks, inference) the shard
-    is the whole batch and ``values`` come back unchanged. Every shard runs the same
-    layers, so every shard makes the same calls in the same order.
-    """
-    return values if _reducer is None else _reducer(values)
-
 
 def _setting() -> str:
     value = os.environ.get("LAYERKIT_SAMPLE_PARALLEL", "").strip().lower()
@@ -286,23 +268,19 @@ class SampleParallel:
         if self.augment is not None:
             xb = self.augment(xb, rng)
         # the loss averages over the shard; the step's gradient is the batch mean
-        value, out, grads = loss_and_gradients(self.model, self.loss, xb, yb, rng, share=len(idx) / n_total)
+        value, out, grads = self.model.loss_and_gradients(self.loss, xb, yb, rng, share=len(idx) / n_total)
         hits = int(np.count_nonzero(self.loss.predict(out) == yb))
         return value * len(idx), hits, [grads[name][t] for name, t in self.keys]
 
     @contextmanager
     def _reducing(self, shard: int):
         """This shard's batch_sum, installed for the duration of one step."""
-        global _reducer
         if not self._sync:
             yield
             return
         self._phase = 0
-        _reducer = lambda values: self._exchange(shard, values)  # noqa: E731
-        try:
+        with collectives.reducing(lambda values: self._exchange(shard, values)):
             yield
-        finally:
-            _reducer = None
 
     def _exchange(self, shard: int, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64).ravel()

@@ -1,4 +1,4 @@
-"""The end-to-end part of :func:`layerkit.gradcheck.check_model`: the model's loss gradient.
+"""The end-to-end part of :func:`layerkit.gradcheck.report.check_model`: the model's loss gradient.
 
 Each parameter tensor is checked along a few random directions ``v`` (the
 analytic ``g . v`` against ``(L(p + h v) - L(p - h v)) / 2h``): two full
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .gradcheck import (EPS, NOISE_ULPS, PASS_TOL, TensorResult, Worst, _diagnose, _is_kink, relative_error,
-                        status_of, GradCheckError, SWEEP_STEPS, ABS_FLOOR)
-from .model import Model
+from layerkit.gradcheck.numerics import (ABS_FLOOR, EPS, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, GradCheckError, TensorResult, Worst,
+                                         diagnose, is_kink, relative_error, status_of)
+from layerkit.nn.model import Model
 
 LOSS_ROW = "(loss)"
 #: relative change of the loss a directional step aims for
@@ -27,7 +27,7 @@ NUDGE = 1e-4
 
 def _loss_object(model: Model, registry) -> tuple[Any, str]:
     if registry is None:
-        from .plugins import get_registry
+        from layerkit.plugins.manager import get_registry
 
         registry = get_registry()
     spec = dict(model.graph.spec.loss)
@@ -123,7 +123,7 @@ def _directional(run: _EndToEnd, array: np.ndarray, grad: np.ndarray, base: floa
         numeric = (up + down) / (2 * h)
         err = relative_error(analytic, numeric, noise)
         # a kink only matters when it would make the check fail; testing for one costs two forwards
-        if err >= PASS_TOL and (_is_kink(up / h, down / h, noise)
+        if err >= PASS_TOL and (is_kink(up / h, down / h, noise)
                                 or (kinky and _step_dependent(run, array, v, h, base, numeric))):
             kinks += 1
             continue
@@ -143,7 +143,7 @@ def _directional(run: _EndToEnd, array: np.ndarray, grad: np.ndarray, base: floa
             up, down, noise = run.along(array, worst_dir, h, base)
             numeric = (up + down) / (2 * h)
             sweep.append((h, numeric, relative_error(worst.analytic, numeric, noise)))
-        worst.sweep, worst.diagnosis = sweep, _diagnose(worst.analytic, sweep)
+        worst.sweep, worst.diagnosis = sweep, diagnose(worst.analytic, sweep)
         if result.status == "fail" and min(e for _, _, e in sweep) < PASS_TOL:
             result.status = "warn"
     return result

@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from . import blas
+from layerkit.parallel import blas
 
 # Number of groups a reduction is split into, whatever the thread count: the partial sums
 # (and so the rounding) are the same with 1 thread or 8. More groups than threads also

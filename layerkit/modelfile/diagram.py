@@ -3,8 +3,8 @@ shape it carries. Plain strings, so no graphviz install is needed to produce the
 
 from __future__ import annotations
 
-from .graph import Graph
-from .wiring import RESERVED_INPUT
+from layerkit.modelfile.shapes import Graph
+from layerkit.modelfile.topology import RESERVED_INPUT
 
 FORMATS = ("dot", "mermaid")
 

@@ -24,12 +24,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .builder import build_model
-from .data import DataSplits, load_data
-from .errors import CheckFailed, CheckpointError, LayerkitError, ModelFileError, Problem, TrainingError
-from .model import load_npz, save_npz_atomic
-from .spec import ModelSpec, read_model_file, spec_from_dict
-from .trainer import Callback, Trainer, TrainingInterrupted, TrainResult, build_loss
+from layerkit.modelfile.build import build_model
+from layerkit.data import DataSplits, load_data
+from layerkit.errors import CheckFailed, CheckpointError, LayerkitError, ModelFileError, Problem, TrainingError
+from layerkit.nn.model import load_npz, save_npz_atomic
+from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
+from layerkit.training.trainer import Callback, Trainer, TrainingInterrupted, TrainResult, build_loss
 
 MODEL_FILE = "model.json"
 CHECKPOINT = "checkpoint.npz"
@@ -174,7 +174,7 @@ def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, reg
 
 def check_gradients(trainer: Trainer, console=None, samples: int = 2) -> None:
     """Gradient-check the model on the first real training batch; raise CheckFailed if it fails."""
-    from .gradcheck import check_model
+    from layerkit.gradcheck.report import check_model
 
     idx = trainer.permutation(0)[:min(trainer.batch_size, samples)]
     report = check_model(trainer.model, trainer.data.x_train[idx], trainer.data.y_train[idx])

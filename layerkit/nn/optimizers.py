@@ -4,7 +4,7 @@ An optimizer is built once per training run with the model's tensors (in a
 fixed order, with names and a weight-decay mask) and then called once per
 step with the gradients in the same order. Every update writes into
 preallocated buffers with ``out=`` or goes through the fused BLAS updates of
-``layerkit.blas`` (one memory pass for ``y = a*x + b*y`` instead of two), so a
+``layerkit.parallel.blas`` (one memory pass for ``y = a*x + b*y`` instead of two), so a
 step allocates nothing that scales with the parameter count, and float32
 tensors stay float32: the scalars are Python floats, which numpy does not let
 upcast an array.
@@ -20,9 +20,9 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from . import hookimpl
-from .blas import axpby, axpy
-from .errors import CheckpointError, ModelFileError, Problem
+from layerkit import hookimpl
+from layerkit.parallel.blas import axpby, axpy
+from layerkit.errors import CheckpointError, ModelFileError, Problem
 
 LR_SCHEMA = {"type": "number", "exclusiveMinimum": 0, "description": "learning rate"}
 
@@ -206,22 +206,6 @@ class RMSprop(Optimizer):
             axpy(-lr, v, w)
         else:
             axpy(-lr, tmp, w)
-
-
-def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=None) -> Optimizer:
-    """The optimizer named in ``training.optimizer`` over every parameter of ``model``."""
-    if registry is None:
-        from .plugins import get_registry
-        registry = get_registry()
-    config = dict(config or {"type": "sgd"})
-    cls = registry.get("optimizer", config.pop("type"))
-    names, tensors, decay = [], [], []
-    for node in model.nodes:
-        for tname, value in model.params[node.name].items():
-            names.append(f"{node.name}/{tname}")
-            tensors.append(value)
-            decay.append(bool(node.param_specs[tname].decay))
-    return cls(tensors, names=names, decay=decay, weight_decay=weight_decay, **config)
 
 
 @hookimpl

@@ -13,12 +13,12 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import GraphError, LayerkitError, Problem, ShapeError
-from .initializers import INITIALIZERS
-from .layer import Layer, ParamSpec, Shape
-from .registry import Registry
-from .spec import LayerSpec, ModelSpec
-from .wiring import RESERVED_INPUT, ancestors, arity_problem, topological_order, wiring_problems
+from layerkit.errors import GraphError, LayerkitError, Problem, ShapeError
+from layerkit.nn.initializers import INITIALIZERS
+from layerkit.nn.layer import Layer, ParamSpec, Shape
+from layerkit.plugins.registry import Registry
+from layerkit.modelfile.spec import LayerSpec, ModelSpec
+from layerkit.modelfile.topology import RESERVED_INPUT, ancestors, arity_problem, topological_order, wiring_problems
 
 FLOAT32_BYTES = 4
 

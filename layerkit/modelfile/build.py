@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Problem, SizeLimitError
-from .graph import Graph, build_graph
-from .model import Model
-from .plugins import get_registry
-from .registry import Registry
-from .spec import ModelSpec, load_spec, spec_from_dict
+from layerkit.errors import Problem, SizeLimitError
+from layerkit.modelfile.shapes import Graph, build_graph
+from layerkit.nn.model import Model
+from layerkit.plugins.manager import get_registry
+from layerkit.plugins.registry import Registry
+from layerkit.modelfile.spec import ModelSpec, load_spec, spec_from_dict
 
 DEFAULT_BATCH_SIZE = 64
 

@@ -1,4 +1,4 @@
-"""Rich rendering of a :class:`layerkit.gradcheck.GradCheckReport`: tables, failure details, verdict."""
+"""Rich rendering of a :class:`layerkit.gradcheck.report.GradCheckReport`: tables, failure details, verdict."""
 
 from __future__ import annotations
 

@@ -10,14 +10,16 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .errors import CheckpointError
-from .graph import Graph, Node
-from .initializers import initialize
-from .spec import RESERVED_INPUT
+from layerkit.errors import CheckpointError
+from layerkit.nn.initializers import initialize
+from layerkit.nn.layer import RESERVED_INPUT
+
+if TYPE_CHECKING:  # the model runs a graph that modelfile built; it never imports that tier
+    from layerkit.modelfile.shapes import Graph, Node
 
 
 class Model:
@@ -122,6 +124,20 @@ class Model:
                     dvalues[s], owned[s] = dvalues[s] + d, True
         return grads
 
+    def loss_and_gradients(self, loss, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
+                           share: float = 1.0) -> tuple[float, np.ndarray, dict[str, dict[str, np.ndarray]]]:
+        """One training pass over a batch: (mean loss, output, parameter gradients).
+
+        ``share`` scales the gradients: a shard of a split batch passes its fraction of the
+        batch, so that the shards' gradients add up to the batch mean's.
+        """
+        out, caches = self.forward(x, training=True, rng=rng)
+        value, lcache = loss.forward(out, y)
+        dout = loss.backward(lcache)
+        if share != 1.0:
+            dout = (dout * share).astype(out.dtype, copy=False)
+        return float(value), out, self.backward(caches, dout)
+
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         outs = [self.forward(np.ascontiguousarray(x[i:i + batch_size], dtype=self.dtype))[0]
                 for i in range(0, len(x), batch_size)]
@@ -176,21 +192,6 @@ class Model:
             kind, node, tname = key.split("/", 2)
             table = self.params if kind == "params" else self.state
             table[node][tname][...] = value.astype(self.dtype)
-
-
-def loss_and_gradients(model: Model, loss, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
-                       share: float = 1.0) -> tuple[float, np.ndarray, dict[str, dict[str, np.ndarray]]]:
-    """One training pass over a batch: (mean loss, output, parameter gradients).
-
-    ``share`` scales the gradients: a shard of a split batch passes its fraction of the
-    batch, so that the shards' gradients add up to the batch mean's.
-    """
-    out, caches = model.forward(x, training=True, rng=rng)
-    value, lcache = loss.forward(out, y)
-    dout = loss.backward(lcache)
-    if share != 1.0:
-        dout = (dout * share).astype(out.dtype, copy=False)
-    return float(value), out, model.backward(caches, dout)
 
 
 def _name_key(layer: str, tensor: str) -> list[int]:

@@ -1,4 +1,4 @@
-"""Initializers named by :class:`layerkit.layer.ParamSpec.init`."""
+"""Initializers named by :class:`layerkit.nn.layer.ParamSpec.init`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .layer import ParamSpec
+from layerkit.nn.layer import ParamSpec
 
 
 def _fans(spec: ParamSpec) -> tuple[int, int]:

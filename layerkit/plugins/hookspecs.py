@@ -10,7 +10,7 @@ Every hook uses the register-callback style: layerkit calls the hook with a
         register(Swish)
 
 Built-in layers, losses, optimizers and datasets are registered through these
-same hooks (see ``DEFAULT_PLUGINS`` in :mod:`layerkit.plugins`); third-party
+same hooks (see ``DEFAULT_PLUGINS`` in :mod:`layerkit.plugins.manager`); third-party
 packages are found through the ``layerkit`` entry-point group. The hooks run
 once, when the registry is first needed; nothing in training calls them.
 """
@@ -18,7 +18,6 @@ once, when the registry is first needed; nothing in training calls them.
 import pluggy
 
 hookspec = pluggy.HookspecMarker("layerkit")
-hookimpl = pluggy.HookimplMarker("layerkit")
 
 
 @hookspec
@@ -26,7 +25,7 @@ def layerkit_register_layers(register):
     """Register layer classes.
 
     :param register: call ``register(cls)`` with a subclass of
-        :class:`layerkit.layer.Layer`; its ``type`` attribute is the name used in
+        :class:`layerkit.nn.layer.Layer`; its ``type`` attribute is the name used in
         model files. Registering a name another plugin already registered is
         reported as a conflict naming both plugins.
     """
@@ -34,7 +33,7 @@ def layerkit_register_layers(register):
 
 @hookspec
 def layerkit_register_losses(register):
-    """Register loss classes (subclasses of :class:`layerkit.losses.Loss`).
+    """Register loss classes (subclasses of :class:`layerkit.nn.losses.Loss`).
 
     :param register: call ``register(cls)``; ``cls.type`` is the name used in
         the model file's ``loss`` section.
@@ -43,7 +42,7 @@ def layerkit_register_losses(register):
 
 @hookspec
 def layerkit_register_optimizers(register):
-    """Register optimizer classes (subclasses of :class:`layerkit.optimizers.Optimizer`).
+    """Register optimizer classes (subclasses of :class:`layerkit.nn.optimizers.Optimizer`).
 
     :param register: call ``register(cls)``; ``cls.type`` is the name used in
         ``training.optimizer.type``.

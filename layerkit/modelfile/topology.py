@@ -1,6 +1,6 @@
 """Graph wiring checks on layer names and ``inputs`` alone.
 
-Kept apart from shape inference so that :mod:`layerkit.spec` can report wiring
+Kept apart from shape inference so that :mod:`layerkit.modelfile.spec` can report wiring
 mistakes together with schema mistakes (all problems of a file at once),
 without importing the graph builder.
 """
@@ -10,10 +10,8 @@ from __future__ import annotations
 import difflib
 from typing import Protocol, Sequence
 
-from .errors import Problem
-
-#: the name ``inputs`` use for the model input; no layer may take it
-RESERVED_INPUT = "input"
+from layerkit.errors import Problem
+from layerkit.nn.layer import RESERVED_INPUT
 
 
 class Wired(Protocol):

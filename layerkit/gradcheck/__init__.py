@@ -1,0 +1,1 @@
+"""Gradient checking: numerics, per-layer checks, whole-model checks, rendering."""

@@ -1,0 +1,134 @@
+"""A whole model's gradient check: every layer in isolation, then the loss end to end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from layerkit.gradcheck.layers import check_layer, random_input, random_params
+from layerkit.gradcheck.model import check_end_to_end
+from layerkit.gradcheck.numerics import (PASS_TOL, WARN_TOL, KINK_TOL, ABS_FLOOR, STATUS_ORDER, TensorResult)
+from layerkit.nn.layer import RESERVED_INPUT
+
+# -- whole model ------------------------------------------------------------------
+
+@dataclass
+class GradCheckReport:
+    model: str
+    rows: list[TensorResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+    blame: str = ""
+
+    @property
+    def layer_rows(self) -> list[TensorResult]:
+        return [r for r in self.rows if r.scope == "layer"]
+
+    @property
+    def model_rows(self) -> list[TensorResult]:
+        return [r for r in self.rows if r.scope == "model"]
+
+    @property
+    def failures(self) -> list[TensorResult]:
+        return [r for r in self.rows if r.status == "fail"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def kinks(self) -> int:
+        return sum(r.kinks for r in self.rows)
+
+    def verdict(self) -> str:
+        counts = {s: sum(1 for r in self.rows if r.status == s) for s in STATUS_ORDER}
+        errors = [r.max_rel_error for r in self.rows if r.max_rel_error is not None]
+        worst = f"max relative error {max(errors):.1e}" if errors else "nothing compared"
+        extra = []
+        if counts["warn"]:
+            extra.append(f"{counts['warn']} warning(s)")
+        if counts["skipped"]:
+            extra.append(f"{counts['skipped']} tensor(s) not checkable (only kinks)")
+        if self.kinks:
+            extra.append(f"{self.kinks} kink coordinate(s) skipped")
+        tail = f" ({'; '.join(extra)})" if extra else ""
+        if self.ok:
+            return f"PASS: {len(self.rows)} gradient checks agree, {worst}{tail}"
+        names = ", ".join(f"{r.label}" + (" (end to end)" if r.scope == "model" else "")
+                          for r in self.failures[:6])
+        more = " ..." if len(self.failures) > 6 else ""
+        return f"FAIL: {counts['fail']} of {len(self.rows)} gradient checks wrong: {names}{more}{tail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "ok": self.ok,
+            "verdict": self.verdict(),
+            "blame": self.blame or None,
+            "settings": self.settings,
+            "thresholds": {"pass": PASS_TOL, "warn": WARN_TOL, "kink": KINK_TOL, "abs_floor": ABS_FLOOR},
+            "layers": [r.to_dict() for r in self.layer_rows],
+            "whole_model": [r.to_dict() for r in self.model_rows],
+        }
+
+    def render(self, console=None) -> None:
+        from layerkit.gradcheck.render import render_report
+
+        render_report(self, console)
+
+
+def _model_forward_inputs(model, x: np.ndarray, forward_seed: int) -> dict[str, Any]:
+    """What each node receives on this batch in training mode (state copied, not updated)."""
+    rng = np.random.default_rng(forward_seed)
+    values: dict[str, Any] = {RESERVED_INPUT: x}
+    inputs: dict[str, Any] = {}
+    for node in model.nodes:
+        got = [values[r] for r in node.inputs]
+        inp = got[0] if node.layer.arity == 1 else got
+        inputs[node.name] = inp
+        state = {k: v.copy() for k, v in model.state[node.name].items()}
+        values[node.name] = node.layer.forward(model.params[node.name], inp, True, rng, state)[0]
+    return inputs
+
+
+def check_model(model, x: np.ndarray | None = None, y: np.ndarray | None = None, *, batch_size: int = 2,
+                samples: int = 32, seed: int = 0, whole_model: bool = True, step: float = 1e-6,
+                directions: int = 3, registry=None) -> GradCheckReport:
+    """Check every layer of a built model in isolation and, with ``whole_model``, the loss gradient.
+
+    With a real batch ``x`` (and labels ``y``), its first ``batch_size`` samples are used and each
+    layer is checked on the activations it actually receives, with the model's parameters;
+    without one, every layer gets random standard-normal inputs and parameters.
+    """
+    m64 = model.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    real = x is not None
+    if real:
+        x = np.array(x[:batch_size], dtype=np.float64)
+        y = None if y is None else np.asarray(y)[:batch_size]
+        acts = _model_forward_inputs(m64, x, int(rng.integers(2**31)))
+    else:
+        x = rng.standard_normal((batch_size, *m64.graph.input_shape))
+    rows: list[TensorResult] = []
+    for index, node in enumerate(m64.nodes):
+        layer_rng = np.random.default_rng([seed, index])
+        multi = node.layer.arity != 1
+        if real:
+            inp, params = acts[node.name], m64.params[node.name]
+        else:
+            inp = random_input(node.input_shape, batch_size, layer_rng, multi)
+            params = random_params(node.param_specs, layer_rng)
+        rows += check_layer(node.layer, params, inp, state=m64.state[node.name], samples=samples,
+                            seed=int(layer_rng.integers(2**31)), step=step, name=node.name)
+    report = GradCheckReport(m64.graph.spec.name, rows, {
+        "batch_size": int(x.shape[0]), "samples": samples, "seed": seed, "step": step,
+        "inputs": "real batch" if real else "random", "whole_model": whole_model,
+        "directions": directions if whole_model else 0,
+        "end_to_end_nudge": whole_model and any(n.layer.has_kinks for n in m64.nodes)})
+    if whole_model:
+        end_rows, blame = check_end_to_end(m64, x, y, rows, seed=seed, step=step, directions=directions,
+                                           registry=registry)
+        report.rows += end_rows
+        report.blame = blame
+    return report

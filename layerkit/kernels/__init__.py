@@ -1,0 +1,1 @@
+"""Kernels shared by layers: windows, padding, im2col/col2im."""

@@ -1,0 +1,1 @@
+"""Network runtime: the layer API, the model, initializers, losses, optimizers, schedules."""

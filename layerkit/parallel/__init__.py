@@ -1,0 +1,1 @@
+"""Parallel runtime: the layer thread pool, process-parallel steps, collectives, BLAS and allocator control."""

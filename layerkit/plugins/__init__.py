@@ -1,0 +1,1 @@
+"""Plugin system: hook specifications, the plugin manager, the name -> class registry."""

@@ -1,0 +1,1 @@
+"""Training: the trainer, run directories and checkpoints, plots of runs."""
