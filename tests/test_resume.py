@@ -100,7 +100,7 @@ def test_failed_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", explode)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="checkpoint.npz: cannot write the checkpoint .disk full"):
         run.save_checkpoint({"a": np.arange(5)})
     assert (run / CHECKPOINT).read_bytes() == before
     assert sorted(p.name for p in run.path.iterdir()) == [CHECKPOINT, MODEL_FILE]
@@ -113,3 +113,11 @@ def test_corrupt_checkpoint_is_a_clear_error(straight, tmp_path):
     (copy / CHECKPOINT).write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(CheckpointError, match="checkpoint.npz"):
         train(resume=copy)
+
+
+def test_run_records_its_preprocessing_and_sample_counts(straight):
+    from layerkit.data.preprocess import Preprocessing
+
+    pre = Preprocessing.load(straight)
+    assert (pre.normalize, pre.input_shape, pre.class_names) == ("unit", (1, 28, 28), [str(i) for i in range(10)])
+    assert json.loads((straight / METRICS).read_text())["samples"] == {"train": 1000, "validation": 0, "test": 300}

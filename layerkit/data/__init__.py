@@ -21,6 +21,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from layerkit.errors import DataError
+from layerkit.data.preprocess import Preprocessing, check_numeric, to_model_layout
 
 DATA_DIR_ENV = "LAYERKIT_DATA_DIR"
 
@@ -41,6 +42,8 @@ class RawData:
     y_test: np.ndarray
     source: str  # the file or directory read, for messages and run metadata
     notice: str | None = None  # one line the user should see (e.g. "using the embedded sample")
+    #: the files read, for the run's data fingerprint (default: ``source`` when it is a file or folder)
+    files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -56,10 +59,17 @@ class DataSplits:
     source: str = ""
     notice: str | None = None
     class_names: list[str] = field(default_factory=list)
+    preprocessing: Preprocessing | None = None
+    files: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def counts(self) -> dict[str, int]:
+        """Samples per split: ``{"train": ..., "validation": ..., "test": ...}``."""
+        return {"train": len(self.x_train), "validation": 0 if self.x_val is None else len(self.x_val),
+                "test": len(self.x_test)}
 
 
 class Dataset:
@@ -122,17 +132,16 @@ class Dataset:
 
 # -- preparation -----------------------------------------------------------------
 
-def _as_nchw(x: np.ndarray, source: str) -> np.ndarray:
-    """(N, H, W) gains a channel axis; (N, C, H, W) and flat (N, D) are kept."""
-    if x.ndim == 3:
-        return x[:, None, :, :]
-    if x.ndim in (2, 4):
-        return x
-    raise DataError(f"{source}: images have shape {x.shape}; expected (N, H, W), (N, C, H, W) or (N, features)")
+def _check_images(x, source: str, split: str) -> np.ndarray:
+    x = check_numeric(x, source, f"{split} images")
+    if x.ndim < 2:
+        raise DataError(f"{source}: {split} images have shape {x.shape}; expected (N, H, W), (N, C, H, W), "
+                        f"(N, H, W, C) or (N, features)")
+    return x
 
 
 def _check_labels(y: np.ndarray, n: int, source: str, split: str) -> np.ndarray:
-    y = np.asarray(y)
+    y = check_numeric(y, source, f"{split} labels")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -140,8 +149,10 @@ def _check_labels(y: np.ndarray, n: int, source: str, split: str) -> np.ndarray:
     if len(y) != n:
         raise DataError(f"{source}: {n} {split} images but {len(y)} labels")
     if y.size and not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
+        if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
             raise DataError(f"{source}: {split} labels are not whole numbers")
+        if y.max() >= 2 ** 62:
+            raise DataError(f"{source}: {split} labels go up to {y.max():g}, too large for class ids")
     y = y.astype(np.int64)
     if y.size and y.min() < 0:
         raise DataError(f"{source}: {split} labels include negative values")
@@ -149,53 +160,32 @@ def _check_labels(y: np.ndarray, n: int, source: str, split: str) -> np.ndarray:
 
 
 def _select_classes(x, y, classes: Sequence[int], source: str, split: str):
-    lookup = np.full(max(int(y.max(initial=0)), max(classes)) + 1, -1, dtype=np.int64)
-    lookup[list(classes)] = np.arange(len(classes))
-    keep = lookup[y] >= 0
+    # sorted lookup, not a table indexed by label: a class id of 10**9 must not allocate 8 GB
+    wanted = np.asarray(classes, dtype=np.int64)
+    order = np.argsort(wanted, kind="stable")
+    sorted_ids = wanted[order]
+    pos = np.clip(np.searchsorted(sorted_ids, y), 0, len(sorted_ids) - 1)
+    keep = sorted_ids[pos] == y
     present = set(np.unique(y[keep]).tolist())
     absent = [c for c in classes if c not in present]
     if absent:
         raise DataError(f"{source}: training.data.classes asks for {absent}, which no {split} sample has")
-    return x[keep], lookup[y[keep]]
-
-
-def _normalize(splits: list[np.ndarray], how: str) -> list[np.ndarray]:
-    """Scale to float32. 'unit' maps 0..255 integers to [0, 1] (float data is taken as already
-    scaled); 'standardize' also removes the training set's per-channel mean and std."""
-    out = []
-    for x in splits:
-        scaled = x.astype(np.float32)
-        if how in ("unit", "standardize") and np.issubdtype(x.dtype, np.integer):
-            scaled *= np.float32(1 / 255)
-        out.append(scaled)
-    if how == "standardize":
-        train = out[0]
-        axes = (0, 2, 3) if train.ndim == 4 else (0,)
-        mean = train.mean(axis=axes, dtype=np.float64, keepdims=True)
-        std = train.std(axis=axes, dtype=np.float64, keepdims=True)
-        std[std == 0] = 1.0
-        mean, inv = mean.astype(np.float32), (1.0 / std).astype(np.float32)
-        for x in out:
-            x -= mean
-            x *= inv
-    return [np.ascontiguousarray(x) for x in out]
+    return x[keep], order[pos[keep]].astype(np.int64)
 
 
 def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
             input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
             class_names: Sequence[str] | None = None) -> DataSplits:
-    """Apply ``training.data`` options and check the result fits a model with
-    ``input_shape`` (per sample) and ``num_outputs`` classes."""
+    """Apply ``training.data`` options, check the result fits a model with ``input_shape`` (per
+    sample) and ``num_outputs`` classes, and fit the :class:`Preprocessing` on the training split."""
     options = options or {}
     src = raw.source
-    x_train, x_test = _as_nchw(np.asarray(raw.x_train), src), _as_nchw(np.asarray(raw.x_test), src)
+    x_train, x_test = _check_images(raw.x_train, src, "training"), _check_images(raw.x_test, src, "test")
     y_train = _check_labels(raw.y_train, len(x_train), src, "training")
     y_test = _check_labels(raw.y_test, len(x_test), src, "test")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{src}: training images are {x_train.shape[1:]} but test images are {x_test.shape[1:]}")
-    names = list(class_names) if class_names else [str(i) for i in range(int(max(y_train.max(initial=0),
-                                                                                  y_test.max(initial=0))) + 1)]
-
+    names = list(class_names or ())
     classes = options.get("classes")
     if classes:
         x_train, y_train = _select_classes(x_train, y_train, classes, src, "training")
@@ -221,14 +211,15 @@ def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         x_train, y_train = x_train[train_idx], y_train[train_idx]
 
+    layout = options.get("layout", "auto")
     if input_shape is not None:
         input_shape = tuple(input_shape)
-        sample = x_train.shape[1:]
-        if sample != input_shape:
-            if int(np.prod(sample)) != int(np.prod(input_shape)):
-                raise DataError(f"{src}: images are {sample} per sample but the model's input is {input_shape}")
-            x_train, x_test = x_train.reshape(-1, *input_shape), x_test.reshape(-1, *input_shape)
-            x_val = None if x_val is None else x_val.reshape(-1, *input_shape)
+        x_train, x_test = (to_model_layout(x, input_shape, src, layout, f"{what} images")
+                           for x, what in ((x_train, "training"), (x_test, "test")))
+        x_val = None if x_val is None else to_model_layout(x_val, input_shape, src, layout, "validation images")
+    else:
+        x_train, x_test = _as_nchw(x_train, src), _as_nchw(x_test, src)
+        x_val = None if x_val is None else _as_nchw(x_val, src)
     if num_outputs is not None:
         top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
         if top >= num_outputs:
@@ -236,13 +227,28 @@ def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
                             f"(pick classes with training.data.classes, or widen the last layer)")
         names += [str(i) for i in range(len(names), num_outputs)]
         names = names[:num_outputs]
+    else:
+        top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
+        if top >= 1 << 20:
+            raise DataError(f"{src}: labels go up to {top}; pick classes with training.data.classes")
+        names += [str(i) for i in range(len(names), top + 1)]
 
-    how = options.get("normalize", "unit")
-    arrays = [x_train, x_test] + ([x_val] if x_val is not None else [])
-    arrays = _normalize(arrays, how)
-    return DataSplits(x_train=arrays[0], y_train=y_train, x_test=arrays[1], y_test=y_test,
-                      x_val=arrays[2] if x_val is not None else None, y_val=y_val,
-                      source=src, notice=raw.notice, class_names=names)
+    pre, x_train = Preprocessing.fit_transform(x_train, options.get("normalize", "unit"),
+                                               input_shape=x_train.shape[1:], class_names=names, layout=layout)
+    x_test = pre.transform(x_test, src, "test images")
+    x_val = None if x_val is None else pre.transform(x_val, src, "validation images")
+    return DataSplits(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                      x_val=x_val, y_val=y_val, source=src, notice=raw.notice, class_names=names,
+                      preprocessing=pre, files=list(raw.files))
+
+
+def _as_nchw(x: np.ndarray, source: str) -> np.ndarray:
+    """Without a model: (N, H, W) gains a channel axis; (N, C, H, W) and flat (N, D) are kept."""
+    if x.ndim == 3:
+        return x[:, None, :, :]
+    if x.ndim in (2, 4):
+        return x
+    raise DataError(f"{source}: images have shape {x.shape}; expected (N, H, W), (N, C, H, W) or (N, features)")
 
 
 def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | None = None, seed: int = 0,

@@ -61,6 +61,9 @@ DATA_SCHEMA: dict[str, Any] = {
                              "description": "fraction of training data held out for validation"},
         "normalize": {"enum": ["unit", "standardize", "none"], "default": "unit",
                       "description": "unit: pixels to [0, 1]; standardize: zero mean, unit variance"},
+        "layout": {"enum": ["auto", "channels_first", "channels_last"], "default": "auto",
+                   "description": "how 4-d image arrays are stored: auto transposes (N, H, W, C) to the "
+                                  "model's (C, H, W) when that is unambiguous"},
         "data_dir": {"type": "string", "description": "directory holding the dataset files"},
         "augment": {
             "type": "object",

@@ -6,8 +6,6 @@ This is the training hot path: plain loops over nodes, no plugin calls.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -15,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from layerkit.errors import CheckpointError
+from layerkit.fileio import save_npz_atomic
 from layerkit.nn.initializers import initialize
 from layerkit.nn.layer import RESERVED_INPUT
 
@@ -198,23 +197,6 @@ def _name_key(layer: str, tensor: str) -> list[int]:
     # a stable digest (not hash(), which is salted per process) of the two names
     digest = hashlib.sha256(f"{layer}\0{tensor}".encode()).digest()
     return [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
-
-
-def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz so that a crash leaves either the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

@@ -7,7 +7,10 @@ A run directory holds:
   atomically after every epoch (and on Ctrl-C)
 - ``history.json`` / ``history.csv``: one record per finished epoch
 - ``weights.npz``: the final weights (the best epoch's under early stopping)
-- ``metrics.json``: final test loss and accuracy, best epoch, timings
+- ``metrics.json``: final test loss and accuracy, best epoch, timings, samples per split
+- ``preprocessing.json``: how raw inputs become what the first layer saw in training
+  (:class:`~layerkit.data.preprocess.Preprocessing`: scaling, standardization statistics,
+  input shape and layout, class names)
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import numpy as np
 
 from layerkit.modelfile.build import build_model
 from layerkit.data import DataSplits, load_data
+from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE
 from layerkit.errors import CheckFailed, CheckpointError, LayerkitError, ModelFileError, Problem, TrainingError
-from layerkit.nn.model import load_npz, save_npz_atomic
+from layerkit.fileio import save_npz_atomic, write_text_atomic
+from layerkit.nn.model import load_npz
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
 from layerkit.training.trainer import Callback, Trainer, TrainingInterrupted, TrainResult, build_loss
 
@@ -37,18 +42,16 @@ WEIGHTS = "weights.npz"
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 METRICS = "metrics.json"
+PREPROCESSING = PREPROCESSING_FILE
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def describe_counts(counts: dict[str, int]) -> str:
+    """``"54,000 training / 6,000 validation / 10,000 test samples"``."""
+    parts = [f"{counts['train']:,} training"]
+    if counts.get("validation"):
+        parts.append(f"{counts['validation']:,} validation")
+    parts.append(f"{counts['test']:,} test")
+    return " / ".join(parts) + " samples"
 
 
 class RunDir:
@@ -86,7 +89,7 @@ class RunDir:
         return data
 
     def save_checkpoint(self, arrays: dict[str, np.ndarray]) -> None:
-        save_npz_atomic(self / CHECKPOINT, arrays)
+        save_npz_atomic(self / CHECKPOINT, arrays, "checkpoint")
 
     def load_checkpoint(self) -> dict[str, np.ndarray]:
         return load_npz(self / CHECKPOINT)
@@ -208,9 +211,11 @@ def train(model_source: str | Path | dict | None = None, *, overrides: dict[str,
     data = prepare_data(spec, model, data_dir, registry)
     if data.notice:
         log(f"note: {data.notice}")
+    log(f"data: {describe_counts(data.counts())} from {data.source}")
 
     if run is None:
         run = RunDir.create(out or default_out(spec.name), raw)
+        data.preprocessing.save(run / PREPROCESSING)
     trainer: Trainer | None = None
 
     def save(arrays: dict[str, np.ndarray]) -> None:
@@ -250,6 +255,7 @@ def train(model_source: str | Path | dict | None = None, *, overrides: dict[str,
     run.write_history(result.history)
     model.save_weights(run / WEIGHTS)
     metrics = {"model": spec.name, "dataset": spec.training.get("dataset"), "data_source": data.source,
+               "samples": data.counts(),
                **result.metrics(), "weights": "best epoch" if result.best_epoch and result.monitor else "last epoch"}
     write_text_atomic(run / METRICS, json.dumps(metrics, indent=2) + "\n")
     return run, result
