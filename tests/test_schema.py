@@ -9,18 +9,57 @@ import pytest
 from _core_layers import core_registry, flat_model
 
 from layerkit.cli import main
-from layerkit.plugins.manager import reset_registry
-from layerkit.modelfile.schema import MODEL_SCHEMA, composed_schema
-from conftest import ROOT
+from layerkit.plugins.manager import load_registry, reset_registry
+from layerkit.modelfile.schema import MODEL_SCHEMA, builtin_schema, composed_schema
+from conftest import ROOT, tiny_model
+
+COMMITTED = ROOT / "layerkit" / "schemas" / "model.schema.json"
 
 
-def test_committed_schema_is_the_static_schema():
-    committed = json.loads((ROOT / "schemas" / "model.schema.json").read_text())
-    assert committed == MODEL_SCHEMA, "regenerate with: layerkit schema --static > schemas/model.schema.json"
+def test_committed_schema_is_the_builtin_composed_schema(capsys):
+    committed = json.loads(COMMITTED.read_text())
+    assert committed == builtin_schema(), "regenerate with: layerkit schema --builtin > schemas/model.schema.json"
+    assert main(["schema", "--builtin"]) == 0
+    assert json.loads(capsys.readouterr().out) == committed
+    # and it is what `layerkit schema` prints when no plugin is installed
+    reset_registry(load_registry(entry_points=False, disabled=set()))
+    try:
+        assert main(["schema"]) == 0
+    finally:
+        reset_registry()
+    assert json.loads(capsys.readouterr().out) == committed
+
+
+def _with_layer(**changes) -> dict:
+    model = tiny_model()
+    model["layers"][0] = {**model["layers"][0], **changes}
+    return model
+
+
+@pytest.mark.parametrize("model, fragment", [
+    (_with_layer(kernel_size=0), "0 is less than the minimum of 1"),
+    (_with_layer(type="conv2dd"), "'conv2dd' is not one of"),
+    (_with_layer(kernal_size=3), "'kernal_size' was unexpected"),
+    ({**tiny_model(), "layers": [{"type": "flatten"}, {"type": "dense", "unit": 10}]}, "'unit' was unexpected"),
+    ({**tiny_model(), "loss": {"type": "softmax_crossentropy"}}, "is not one of"),
+    ({**tiny_model(), "training": {"optimizer": {"type": "sgd", "lr": -1}}}, "less than or equal to"),
+])
+def test_committed_schema_rejects_what_validate_rejects(model, fragment):
+    # what an editor following "$schema" shows: the committed file alone, through the jsonschema library
+    validator = jsonschema.Draft202012Validator(json.loads(COMMITTED.read_text()))
+    messages = [e.message for e in validator.iter_errors(model)]
+    for error in validator.iter_errors(model):
+        messages += [sub.message for sub in error.context or ()]
+    assert any(fragment in m for m in messages), messages
+
+
+def test_committed_schema_accepts_a_valid_model():
+    validator = jsonschema.Draft202012Validator(json.loads(COMMITTED.read_text()))
+    assert not list(validator.iter_errors(tiny_model()))
 
 
 def test_shipped_models_reference_the_schema_and_pass_it(models_dir):
-    validator = jsonschema.Draft202012Validator(MODEL_SCHEMA)
+    validator = jsonschema.Draft202012Validator(json.loads(COMMITTED.read_text()))
     for path in sorted(models_dir.glob("*.json")):
         data = json.loads(path.read_text())
         assert data["$schema"] == "../schemas/model.schema.json", path.name

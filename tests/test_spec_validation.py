@@ -133,7 +133,7 @@ def test_malformed_json_names_line_and_column(tmp_path, registry, text, message)
 
 
 def test_missing_file_and_directory(tmp_path, registry):
-    with pytest.raises(ModelFileError, match=r"nope\.json: no such file$"):
+    with pytest.raises(ModelFileError, match=r"nope\.json: no such file, nor a shipped model"):
         load_spec(tmp_path / "nope.json", registry)
     with pytest.raises(ModelFileError, match="is a directory"):
         load_spec(tmp_path, registry)

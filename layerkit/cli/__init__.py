@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
     return rc if isinstance(rc, int) else 0
 
 
-from layerkit.cli import check, inspect, train  # noqa: E402,F401  (register the commands)
+from layerkit.cli import check, inspect, train, zoo  # noqa: E402,F401  (register the commands)

@@ -15,7 +15,7 @@ from layerkit.errors import LayerkitError
 from layerkit.modelfile.diagram import FORMATS, export
 from layerkit.plugins.manager import disabled_plugins, get_registry
 from layerkit.plugins.registry import KINDS
-from layerkit.modelfile.schema import MODEL_SCHEMA, composed_schema, params_schema_of
+from layerkit.modelfile.schema import MODEL_SCHEMA, builtin_schema, composed_schema, params_schema_of
 from layerkit.cli import app
 
 _DEFAULTS = SizeLimits()
@@ -210,7 +210,16 @@ def plugins() -> None:
 
 
 @app.command()
-def schema(static: bool = typer.Option(False, "--static",
-                                       help="Only the static part (schemas/model.schema.json).")) -> None:
+def schema(builtin: bool = typer.Option(False, "--builtin",
+                                        help="Only the built-in layers, losses and optimizers: the file "
+                                             "schemas/model.schema.json that shipped models name."),
+           static: bool = typer.Option(False, "--static",
+                                       help="Only the static skeleton (no layer parameters).")) -> None:
     """The JSON Schema of model files, with every installed plugin's parameters."""
-    typer.echo(json.dumps(MODEL_SCHEMA if static else composed_schema(get_registry()), indent=2))
+    if static:
+        out = MODEL_SCHEMA
+    elif builtin:
+        out = builtin_schema()
+    else:
+        out = composed_schema(get_registry())
+    typer.echo(json.dumps(out, indent=2))

@@ -1,10 +1,12 @@
 """The JSON Schema of model files.
 
-:data:`MODEL_SCHEMA` is the static part, the same for every installation; it
-is committed as ``schemas/model.schema.json`` (a test keeps the two equal).
-:func:`composed_schema` adds every installed plugin's layer, loss and
-optimizer parameter schemas so editors can validate and autocomplete model
-files, third-party layers included (``layerkit schema``).
+:data:`MODEL_SCHEMA` is the static part, the same for every installation.
+:func:`composed_schema` adds every registered layer's, loss's and optimizer's
+parameter schemas so editors can validate and autocomplete model files,
+third-party layers included (``layerkit schema``). The composition over the
+built-in plugins alone (:func:`builtin_schema`, ``layerkit schema --builtin``)
+is committed as ``layerkit/schemas/model.schema.json``, the file every shipped
+model names in ``$schema`` (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -172,7 +174,6 @@ def typed_schema(type_name: str, cls: Any, common: dict) -> dict:
 def composed_schema(registry) -> dict[str, Any]:
     """The full schema: static part plus every registered type's parameters."""
     schema = copy.deepcopy(MODEL_SCHEMA)
-    schema["$id"] = SCHEMA_ID.replace("model.schema", "model.composed.schema")
     defs: dict[str, Any] = {}
 
     def branches(kind: str, common: dict) -> list[dict]:
@@ -203,3 +204,11 @@ def composed_schema(registry) -> dict[str, Any]:
             "type": "string", "enum": datasets, "description": "Registered dataset name."}
     schema["$defs"] = defs
     return schema
+
+
+def builtin_schema() -> dict[str, Any]:
+    """The composed schema of the built-in plugins only: what ``layerkit schema`` prints with no
+    plugin installed, and the committed ``schemas/model.schema.json``."""
+    from layerkit.plugins.manager import load_registry
+
+    return composed_schema(load_registry(entry_points=False, disabled=set()))

@@ -26,6 +26,7 @@ from jsonschema.exceptions import best_match
 from layerkit.errors import GraphError, ModelFileError, Problem
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA, typed_schema
+from layerkit.modelfile import zoo
 from layerkit.modelfile.topology import RESERVED_INPUT, arity_problem, wiring_problems
 
 __all__ = ["RESERVED_INPUT", "LayerSpec", "ModelSpec", "load_spec", "spec_from_dict", "read_model_file",
@@ -108,11 +109,16 @@ def parse_json(text: str, source: str) -> Any:
 
 
 def read_model_file(path: str | Path) -> tuple[Any, str]:
+    """The parsed file and its name for messages; a shipped model's name (``lenet5``) reads the
+    file inside the package when no such path exists."""
+    path = zoo.resolve(path)
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ModelFileError(problems=[Problem("no such file", (), source)]) from None
+        raise ModelFileError(problems=[Problem(
+            f"no such file, nor a shipped model of that name (shipped: {', '.join(zoo.names())})",
+            (), source)]) from None
     except IsADirectoryError:
         raise ModelFileError(problems=[Problem("is a directory, not a model file", (), source)]) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -1,0 +1,54 @@
+"""The shipped model zoo: the model files inside the package, usable by name.
+
+Every command and API call that takes a model file also takes the name of a
+shipped model (``layerkit fit lenet5``): a path that exists wins, otherwise a
+bare name (``lenet5`` or ``lenet5.json``) is looked up here. The files live
+in ``layerkit/models`` next to the schema they name (``layerkit/schemas``),
+so their ``"$schema": "../schemas/model.schema.json"`` resolves inside an
+installed package as in a checkout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+ZOO_DIR = PACKAGE_DIR / "models"
+SCHEMA_FILE = PACKAGE_DIR / "schemas" / "model.schema.json"
+
+#: final test accuracy on the full test set, seed 0, from docs/results.md (a test keeps them equal)
+RESULTS = {
+    "softmax_regression": "92.67%",
+    "mlp_784_15_10": "95.34%",
+    "cnn1": "98.23%",
+    "cnn2_3class": "99.81%",
+    "lenet5": "99.17%",
+    "cnn2": "97.89%",
+    "mlp": "98.51%",
+    "lenet5_fashion": "90.73%",
+    "resnet_mini": "98.85%",
+    "alexnet_mnist": "99.54%",
+}
+
+
+def names() -> list[str]:
+    """The shipped models' names, sorted."""
+    return sorted(p.stem for p in ZOO_DIR.glob("*.json"))
+
+
+def shipped(source: str | Path) -> Path | None:
+    """The shipped file a bare name (``lenet5``, ``lenet5.json``) stands for, or None."""
+    text = str(source)
+    if not text or "/" in text or "\\" in text:
+        return None
+    path = ZOO_DIR / (text if text.endswith(".json") else f"{text}.json")
+    return path if path.is_file() else None
+
+
+def resolve(source: str | Path) -> Path:
+    """An existing path as given; else the shipped model of that name; else the path (the
+    caller reports it missing)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    return shipped(source) or path
