@@ -22,6 +22,9 @@ DATA_DIR = typer.Option(None, "--data-dir", metavar="DIR",
                         help="Directory (or file) holding the dataset; default: $LAYERKIT_DATA_DIR, "
                              "the cache, then the embedded MNIST sample.")
 DATASET = typer.Option(None, "--dataset", help="Registered dataset name (overrides training.dataset).")
+ALLOW_OTHER_DATA = typer.Option(False, "--allow-other-data",
+                                help="With a run directory: use the data given even where it differs from "
+                                     "the data the run was trained on (its data.json).")
 
 
 def _console(stderr: bool = False):
@@ -150,7 +153,9 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
                                             "(repeatable)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME-TIMESTAMP)."),
         resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
-                                              help="Continue the run in RUN_DIR from its last checkpoint."),
+                                              help="Continue the run in RUN_DIR from its last checkpoint, "
+                                                   "on the data recorded in it."),
+        allow_other_data: bool = ALLOW_OTHER_DATA,
         check_grads: bool = typer.Option(False, "--check-grads",
                                          help="Gradient-check the first training batch first; stop if it fails."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the per-epoch summary lines."),
@@ -174,7 +179,7 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
     log = (lambda msg: _console(stderr=True).print(msg, markup=False, soft_wrap=True))
     try:
         run, result = train(model, overrides=overrides, out=out, resume=resume,
-                            data_dir=data_dir, check_grads=check_grads,
+                            data_dir=data_dir, allow_other_data=allow_other_data, check_grads=check_grads,
                             callbacks=[ProgressDisplay(console, quiet)], log=log, console=console)
     except TrainingInterrupted:
         raise typer.Exit(130)
@@ -191,19 +196,38 @@ def _confusion(y_true, y_pred, k: int):
 
 
 @app.command()
-def evaluate(model: Path = typer.Argument(..., metavar="MODEL"),
-             weights: Path = typer.Option(..., "--weights", help="weights.npz (or a run's checkpoint.npz)."),
+def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
+             weights: Optional[Path] = typer.Option(None, "--weights",
+                                                    help="weights.npz (or a run's checkpoint.npz); default: "
+                                                         "RUN_DIR/weights.npz."),
              data_dir: Optional[Path] = DATA_DIR, dataset: Optional[str] = DATASET,
+             allow_other_data: bool = ALLOW_OTHER_DATA,
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Accuracy, per-class accuracy and the confusion matrix on the test split."""
+    """Accuracy, per-class accuracy and the confusion matrix on the test split.
+
+    Given a run directory (or weights inside one), the test split is read from the data the run
+    was trained on and prepared with its saved preprocessing.
+    """
     import numpy as np
 
+    from layerkit.errors import LayerkitError as UserError
     from layerkit.modelfile.build import build_model
     from layerkit.nn.model import load_npz
-    from layerkit.training.runs import apply_overrides, prepare_data
+    from layerkit.training.runs import MODEL_FILE, WEIGHTS, RunDir, apply_overrides, load_run_data, prepare_data
     from layerkit.modelfile.spec import read_model_file, spec_from_dict
     from layerkit.training.trainer import build_loss, evaluate as run_eval
 
+    run = None
+    if model.is_dir():
+        run = RunDir(model)
+        model = run / MODEL_FILE
+        weights = weights or run / WEIGHTS
+        if not model.is_file():
+            raise UserError(f"{run.path}: not a run directory (no {MODEL_FILE})")
+    elif weights is None:
+        raise UserError("give a run directory, or a model file with --weights")
+    elif (weights.parent / MODEL_FILE).is_file() and (weights.parent / "data.json").is_file():
+        run = RunDir(weights.parent)  # weights of a run: its recorded data, not whatever is found now
     raw, source = read_model_file(model)
     spec = spec_from_dict(apply_overrides(raw, {"dataset": dataset}), source=Path(source).name)
     net = build_model(spec)
@@ -211,9 +235,17 @@ def evaluate(model: Path = typer.Argument(..., metavar="MODEL"),
     if "meta" in arrays:  # a checkpoint: its model tensors are under model/
         arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     net.set_weights(arrays, source=str(weights))
-    data = prepare_data(spec, net, data_dir)
-    if data.notice and not as_json:
-        _console(stderr=True).print(f"note: {data.notice}", markup=False)
+    notes = []
+    if run is not None:
+        data = load_run_data(run, spec, net, data_dir=data_dir, allow_other_data=allow_other_data,
+                             log=notes.append)
+    else:
+        data = prepare_data(spec, net, data_dir)
+    if data.notice:
+        notes.append(f"note: {data.notice}")
+    if not as_json:
+        for note in notes:
+            _console(stderr=True).print(note, markup=False)
     loss_value, accuracy, preds = run_eval(net, build_loss(spec), data.x_test, data.y_test)
     k = max(data.num_classes, int(preds.max(initial=0)) + 1)
     matrix = _confusion(data.y_test, preds, k)
@@ -222,6 +254,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="MODEL"),
     names = (data.class_names + [str(i) for i in range(len(data.class_names), k)])[:k]
     if as_json:
         typer.echo(json.dumps({"model": spec.name, "weights": str(weights), "data_source": data.source,
+                               "data_location": data.location,
                                "samples": int(len(data.y_test)), "loss": loss_value, "accuracy": accuracy,
                                "classes": names, "per_class_accuracy": per_class,
                                "confusion_matrix": matrix.tolist()}, indent=2))

@@ -42,8 +42,13 @@ class RawData:
     y_test: np.ndarray
     source: str  # the file or directory read, for messages and run metadata
     notice: str | None = None  # one line the user should see (e.g. "using the embedded sample")
-    #: the files read, for the run's data fingerprint (default: ``source`` when it is a file or folder)
+    #: the files read, for the run's data fingerprint (default: what :meth:`Dataset.find` returned,
+    #: when that is a file)
     files: list[str] = field(default_factory=list)
+    #: the resolved absolute file or folder :meth:`Dataset.find` returned; None for an embedded sample
+    location: str | None = None
+    #: the loader's own digests (``{"path", "size", "sha256"}`` dicts) instead of hashing ``files``
+    fingerprint: list[dict] | None = None
 
 
 @dataclass
@@ -61,6 +66,8 @@ class DataSplits:
     class_names: list[str] = field(default_factory=list)
     preprocessing: Preprocessing | None = None
     files: list[str] = field(default_factory=list)
+    location: str | None = None
+    fingerprint: list[dict] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -95,21 +102,27 @@ class Dataset:
         """Data to use when no location has the files (an embedded sample), or None."""
         return None
 
-    def load(self, data_dir: str | Path | None = None) -> RawData:
+    def load(self, data_dir: str | Path | None = None, *, embedded: bool = False) -> RawData:
         """Find and read the dataset: the given directory (strictly), else ``$LAYERKIT_DATA_DIR``,
-        then the cache directory, then :meth:`fallback`."""
+        then the cache directory, then :meth:`fallback`; ``embedded`` goes to :meth:`fallback`
+        directly (a run trained on the embedded sample resumes on it even after a download)."""
+        if embedded:
+            raw = self.fallback()
+            if raw is None:
+                raise DataError(f"dataset {self.name!r} has no embedded sample")
+            return raw
         if data_dir is not None:
-            found = self._search([Path(data_dir).expanduser()])
+            found = self._search([Path(data_dir).expanduser()], strict=True)
             if found is None:
                 raise DataError(f"{data_dir}: no {self.name} files here (expected {self.expected()})")
-            return self.read(found)
+            return self._read(found)
         places = []
         if os.environ.get(DATA_DIR_ENV):
             places.append(Path(os.environ[DATA_DIR_ENV]).expanduser())
         places.append(cache_dir())
         found = self._search(places)
         if found is not None:
-            return self.read(found)
+            return self._read(found)
         raw = self.fallback()
         if raw is not None:
             return raw
@@ -117,16 +130,40 @@ class Dataset:
         raise DataError(f"dataset {self.name!r}: no files found (looked in {looked} and their "
                         f"{self.name}/ subfolders); pass --data-dir DIR holding {self.expected()}")
 
+    def _read(self, found: Path) -> RawData:
+        try:
+            raw = self.read(found)
+        except PermissionError as exc:
+            raise DataError(f"{exc.filename or found}: permission denied; make it readable "
+                            f"(chmod) or copy the data elsewhere") from None
+        except OSError as exc:
+            raise DataError(f"{exc.filename or found}: cannot read ({exc.strerror or exc})") from None
+        if raw.location is None:
+            raw.location = str(Path(found).resolve())
+        if not raw.files:
+            raw.files = [raw.location] if Path(raw.location).is_file() else []
+        return raw
+
     def expected(self) -> str:
         return ", ".join(self.files) or "its files"
 
-    def _search(self, places: list[Path]) -> Path | None:
+    def _search(self, places: list[Path], strict: bool = False) -> Path | None:
         for place in places:
             for candidate in (place, place / self.name):
-                if candidate.exists():
-                    found = self.find(candidate)
-                    if found is not None:
-                        return found
+                try:
+                    found = self.find(candidate) if candidate.exists() else None
+                except PermissionError:
+                    # an unreadable folder is reported, never skipped: skipping it would
+                    # silently train on whatever comes next (the embedded sample)
+                    raise DataError(f"{candidate}: permission denied while looking for {self.name} files; "
+                                    f"make it readable (chmod), or pass --data-dir with another folder") from None
+                except OSError as exc:
+                    raise DataError(f"{candidate}: cannot look for {self.name} files here "
+                                    f"({exc.strerror or exc})") from None
+                if found is not None:
+                    return found
+            if strict:
+                break
         return None
 
 
@@ -175,9 +212,10 @@ def _select_classes(x, y, classes: Sequence[int], source: str, split: str):
 
 def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
             input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
-            class_names: Sequence[str] | None = None) -> DataSplits:
+            class_names: Sequence[str] | None = None, preprocessing: Preprocessing | None = None) -> DataSplits:
     """Apply ``training.data`` options, check the result fits a model with ``input_shape`` (per
-    sample) and ``num_outputs`` classes, and fit the :class:`Preprocessing` on the training split."""
+    sample) and ``num_outputs`` classes, and fit the :class:`Preprocessing` on the training split
+    (or apply ``preprocessing``, a saved model's, as it is)."""
     options = options or {}
     src = raw.source
     x_train, x_test = _check_images(raw.x_train, src, "training"), _check_images(raw.x_test, src, "test")
@@ -233,13 +271,18 @@ def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
             raise DataError(f"{src}: labels go up to {top}; pick classes with training.data.classes")
         names += [str(i) for i in range(len(names), top + 1)]
 
-    pre, x_train = Preprocessing.fit_transform(x_train, options.get("normalize", "unit"),
-                                               input_shape=x_train.shape[1:], class_names=names, layout=layout)
+    if preprocessing is None:
+        pre, x_train = Preprocessing.fit_transform(x_train, options.get("normalize", "unit"),
+                                                   input_shape=x_train.shape[1:], class_names=names, layout=layout)
+    else:
+        pre, x_train = preprocessing, preprocessing.transform(x_train, src, "training images")
+        names = list(pre.class_names) or names
     x_test = pre.transform(x_test, src, "test images")
     x_val = None if x_val is None else pre.transform(x_val, src, "validation images")
     return DataSplits(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                       x_val=x_val, y_val=y_val, source=src, notice=raw.notice, class_names=names,
-                      preprocessing=pre, files=list(raw.files))
+                      preprocessing=pre, files=list(raw.files), location=raw.location,
+                      fingerprint=raw.fingerprint)
 
 
 def _as_nchw(x: np.ndarray, source: str) -> np.ndarray:
@@ -253,18 +296,19 @@ def _as_nchw(x: np.ndarray, source: str) -> np.ndarray:
 
 def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | None = None, seed: int = 0,
               input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
-              registry=None) -> DataSplits:
+              registry=None, embedded: bool = False, preprocessing: Preprocessing | None = None) -> DataSplits:
     """Find, read and prepare the registered dataset ``name``. ``data_dir`` wins over
-    ``options['data_dir']``."""
+    ``options['data_dir']``; ``embedded`` reads the dataset's embedded sample whatever else is
+    installed; ``preprocessing`` (a saved model's) is applied instead of fitting a new one."""
     if registry is None:
         from layerkit.plugins.manager import get_registry
         registry = get_registry()
     dataset = registry.get("dataset", name)()
     options = dict(options or {})
     where = data_dir if data_dir is not None else options.get("data_dir")
-    raw = dataset.load(where)
+    raw = dataset.load(embedded=True) if embedded else dataset.load(where)
     return prepare(raw, options, seed=seed, input_shape=input_shape, num_outputs=num_outputs,
-                   class_names=dataset.class_names)
+                   class_names=dataset.class_names, preprocessing=preprocessing)
 
 
 __all__ = ["Dataset", "RawData", "DataSplits", "load_data", "prepare", "cache_dir", "DATA_DIR_ENV"]

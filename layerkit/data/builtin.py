@@ -10,7 +10,9 @@ import numpy as np
 from layerkit import hookimpl
 from layerkit.errors import DataError
 from layerkit.data import Dataset, RawData
-from layerkit.data.formats import read_cifar_batch, read_label_csv, read_nielsen_pickle, read_npz_splits
+from layerkit.data.formats import (csv_has_labels, read_cifar_batch, read_label_csv, read_nielsen_pickle,
+                                   read_npz_splits)
+from layerkit.data.record import file_fingerprint
 from layerkit.data.idx import read_idx
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -53,7 +55,7 @@ class IdxDataset(Dataset):
         for images, labels, ip, lp in ((x_train, y_train, paths[0], paths[1]), (x_test, y_test, paths[2], paths[3])):
             if len(images) != len(labels):
                 raise DataError(f"{ip}: {len(images)} images but {lp.name} has {len(labels)} labels")
-        return RawData(x_train, y_train, x_test, y_test, source=str(found))
+        return RawData(x_train, y_train, x_test, y_test, source=str(found), files=[str(p) for p in paths])
 
 
 class Mnist(IdxDataset):
@@ -65,10 +67,12 @@ class Mnist(IdxDataset):
         path = resources.files("layerkit.data").joinpath(EMBEDDED_MNIST)
         with resources.as_file(path) as real:
             x_train, y_train, x_test, y_test = read_npz_splits(real)
+            digest = [file_fingerprint(real, name=EMBEDDED_MNIST)]
         notice = (f"using the embedded MNIST sample ({len(x_train):,} training / {len(x_test):,} test images); "
                   f"for full MNIST pass --data-dir DIR with the four IDX files "
                   f"or run 'layerkit data download mnist'")
-        return RawData(x_train, y_train, x_test, y_test, source="embedded MNIST sample", notice=notice)
+        return RawData(x_train, y_train, x_test, y_test, source="embedded MNIST sample", notice=notice,
+                       fingerprint=digest)
 
 
 class FashionMnist(IdxDataset):
@@ -125,9 +129,11 @@ class KaggleDigits(Dataset):
     def read(self, found):
         x, y = read_label_csv(found)
         test_csv = found.with_name("test.csv")
-        if test_csv.is_file() and test_csv != found and test_csv.open().readline().startswith("label,"):
+        files = [str(found)]
+        if test_csv.is_file() and test_csv != found and csv_has_labels(test_csv):
             x_test, y_test = read_label_csv(test_csv)
             x_train, y_train = x, y
+            files.append(str(test_csv))
         else:
             # Kaggle's own test.csv has no labels, so a test split has to come from train.csv
             n_test = max(1, int(round(len(x) * self.test_fraction)))
@@ -135,7 +141,7 @@ class KaggleDigits(Dataset):
                 raise DataError(f"{found}: {len(x)} rows are too few to hold out a test split")
             x_train, y_train, x_test, y_test = x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:]
         return RawData(x_train.reshape(-1, 1, 28, 28), y_train, x_test.reshape(-1, 1, 28, 28), y_test,
-                       source=str(found))
+                       source=str(found), files=files)
 
 
 class Cifar10(Dataset):
@@ -155,7 +161,7 @@ class Cifar10(Dataset):
         batches = [read_cifar_batch(found / f) for f in self.files[:-1]]
         x_test, y_test = read_cifar_batch(found / "test_batch")
         return RawData(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]),
-                       x_test, y_test, source=str(found))
+                       x_test, y_test, source=str(found), files=[str(found / f) for f in self.files])
 
 
 class NpzDataset(Dataset):

@@ -105,18 +105,44 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def read_csv_text(path: Path) -> str:
+    """A CSV file's text: UTF-8 with or without a byte-order mark, any line ending."""
+    data = read_bytes(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                        f"save it as UTF-8 (or plain ASCII) CSV") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def csv_has_labels(path: Path) -> bool:
+    """Whether a CSV's header starts with a ``label`` column (Kaggle's test.csv has none)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return head.decode("utf-8-sig", errors="strict").startswith("label,")
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(head) - 3:  # a multi-byte character cut by the 64-byte read
+            return head[:exc.start].decode("utf-8-sig").startswith("label,")
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{head[exc.start]:02x} at offset {exc.start}); "
+                        f"save it as UTF-8 (or plain ASCII) CSV") from None
+
+
 def read_label_csv(path: Path, width: int = 784) -> tuple[np.ndarray, np.ndarray]:
     """Kaggle digit-recognizer CSV: a header, then ``label,pixel0..pixel783`` rows."""
+    text = read_csv_text(path)
+    header_line, _, body = text.partition("\n")
+    header = [h.strip().strip('"') for h in header_line.split(",")]
+    if not header or header[0] != "label" or len(header) != width + 1:
+        raise DataError(f"{path}: expected a header 'label,pixel0,...,pixel{width - 1}', "
+                        f"got {len(header)} columns starting {header[0]!r}")
     try:
-        with open(path, "r", encoding="ascii") as f:
-            header = f.readline().strip().split(",")
-            if not header or header[0] != "label" or len(header) != width + 1:
-                raise DataError(f"{path}: expected a header 'label,pixel0,...,pixel{width - 1}', "
-                                f"got {len(header)} columns starting {header[0]!r}")
-            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+        table = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError as exc:
         raise DataError(f"{path}: malformed CSV ({exc})") from None
     if table.size == 0:
         raise DataError(f"{path}: no data rows")

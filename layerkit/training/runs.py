@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,12 +28,19 @@ import numpy as np
 
 from layerkit.modelfile.build import build_model
 from layerkit.data import DataSplits, load_data
-from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE
-from layerkit.errors import CheckFailed, CheckpointError, LayerkitError, ModelFileError, Problem, TrainingError
-from layerkit.fileio import save_npz_atomic, write_text_atomic
+from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE, Preprocessing
+from layerkit.data.record import FILE_NAME as DATA_RECORD, DataRecord
+from layerkit.errors import (CheckFailed, CheckpointError, DataError, LayerkitError, ModelFileError, Problem,
+                             TrainingError)
+from layerkit.fileio import save_npz_atomic, why, write_text_atomic
 from layerkit.nn.model import load_npz
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
 from layerkit.training.trainer import Callback, Trainer, TrainingInterrupted, TrainResult, build_loss
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no run locks
+    fcntl = None
 
 MODEL_FILE = "model.json"
 CHECKPOINT = "checkpoint.npz"
@@ -55,8 +61,13 @@ def describe_counts(counts: dict[str, int]) -> str:
 
 
 class RunDir:
+    """One run directory. While a ``fit`` writes to it, it holds an advisory lock on the folder
+    (``flock``; nothing is written for it), so a second ``fit`` with the same ``--out`` or
+    ``--resume`` is refused instead of interleaving its files with the first's."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -64,14 +75,22 @@ class RunDir:
     @classmethod
     def create(cls, path: str | Path, model: dict) -> "RunDir":
         run = cls(path)
-        if (run / CHECKPOINT).exists():
-            raise CheckpointError(f"{run.path}: already holds a run; continue it with --resume {run.path} "
-                                  f"or choose another --out")
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise CheckpointError(f"{run.path}: cannot create the run directory ({exc.strerror or exc})") from None
-        write_text_atomic(run / MODEL_FILE, json.dumps(model, indent=2) + "\n")
+            raise CheckpointError(f"{run.path}: cannot create the run directory ({why(exc)})") from None
+        if not os.access(run.path, os.W_OK | os.X_OK):
+            raise CheckpointError(f"{run.path}: the run directory is not writable; choose another --out "
+                                  f"or make it writable (chmod u+w)")
+        run.lock()
+        try:
+            if (run / CHECKPOINT).exists():
+                raise CheckpointError(f"{run.path}: already holds a run; continue it with --resume {run.path} "
+                                      f"or choose another --out")
+            write_text_atomic(run / MODEL_FILE, json.dumps(model, indent=2) + "\n", "model file")
+        except BaseException:
+            run.unlock()
+            raise
         return run
 
     @classmethod
@@ -83,6 +102,27 @@ class RunDir:
             if not (run / name).is_file():
                 raise CheckpointError(f"{run.path}: not a resumable run (no {name})")
         return run
+
+    def lock(self) -> None:
+        """Take the run's lock, or raise :class:`CheckpointError` if another process holds it."""
+        if self._lock_fd is not None or fcntl is None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot open the run directory ({why(exc)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CheckpointError(f"{self.path}: another layerkit fit is writing this run right now; wait for it "
+                                  f"to finish, or choose another --out") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the last descriptor releases the flock
+            self._lock_fd = None
 
     def model_dict(self) -> dict:
         data, _ = read_model_file(self / MODEL_FILE)
@@ -166,13 +206,45 @@ def num_outputs(model) -> int | None:
     return int(shape[0]) if len(shape) == 1 else None
 
 
-def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, registry=None) -> DataSplits:
+def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, registry=None, *,
+                 embedded: bool = False, preprocessing: Preprocessing | None = None) -> DataSplits:
     dataset = spec.training.get("dataset")
     if not dataset:
         raise ModelFileError(problems=[Problem("no dataset given: set training.dataset or pass --dataset",
                                                ("training", "dataset"), spec.source)])
     return load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training.get("seed", 0)),
-                     input_shape=spec.input_shape, num_outputs=num_outputs(model), registry=registry)
+                     input_shape=spec.input_shape, num_outputs=num_outputs(model), registry=registry,
+                     embedded=embedded, preprocessing=preprocessing)
+
+
+def record_of(spec: ModelSpec, data: DataSplits) -> DataRecord:
+    return DataRecord.of(spec.training["dataset"], data, spec.training.get("data"), int(spec.training.get("seed", 0)))
+
+
+def load_run_data(run: RunDir, spec: ModelSpec, model, *, data_dir: str | Path | None = None,
+                  allow_other_data: bool = False, registry=None,
+                  log: Callable[[str], None] = lambda _msg: None) -> DataSplits:
+    """The data ``run`` was trained on, read from where its ``data.json`` says, with its saved
+    preprocessing. Anything that differs from the record (another ``data_dir`` or dataset, a file
+    changed since, other limits) is a :class:`DataError` naming it, unless ``allow_other_data``."""
+    if not (run / DATA_RECORD).exists():
+        log(f"note: {run.path} has no {DATA_RECORD} (made by an older layerkit), so its data cannot be checked; "
+            f"it is looked for as for a new run")
+        return prepare_data(spec, model, data_dir, registry)
+    record = DataRecord.load(run / DATA_RECORD)
+    pre = Preprocessing.load(run / PREPROCESSING) if (run / PREPROCESSING).exists() else None
+    if data_dir is not None or spec.training.get("dataset") != record.dataset:
+        data = prepare_data(spec, model, data_dir, registry, preprocessing=pre)
+    else:
+        data = prepare_data(spec, model, record.location, registry, embedded=record.embedded, preprocessing=pre)
+    differences = record.differences(record_of(spec, data))
+    if differences and not allow_other_data:
+        raise DataError(f"{run / DATA_RECORD}: not the data this run was trained on: {'; '.join(differences)}. "
+                        f"Leave out --data-dir/--dataset to use the recorded data, restore the files, or pass "
+                        f"--allow-other-data to go ahead anyway")
+    if differences:
+        log(f"note: other data than the run was trained on (--allow-other-data): {'; '.join(differences)}")
+    return data
 
 
 def check_gradients(trainer: Trainer, console=None, samples: int = 2) -> None:
@@ -189,33 +261,60 @@ def check_gradients(trainer: Trainer, console=None, samples: int = 2) -> None:
 
 def train(model_source: str | Path | dict | None = None, *, overrides: dict[str, Any] | None = None,
           out: str | Path | None = None, resume: str | Path | None = None, data_dir: str | Path | None = None,
-          check_grads: bool = False, callbacks: Sequence[Callback] = (),
+          allow_other_data: bool = False, check_grads: bool = False, callbacks: Sequence[Callback] = (),
           log: Callable[[str], None] = lambda _msg: None, console=None,
           registry=None) -> tuple[RunDir, TrainResult]:
-    """Train a model file into a run directory, or continue the run in ``resume``."""
-    if resume is not None:
-        run = RunDir.open(resume)
-        raw, source = run.model_dict(), str(run / MODEL_FILE)
-    else:
-        if model_source is None:
-            raise LayerkitError("give a model file to train, or --resume RUN_DIR")
-        if isinstance(model_source, dict):
-            raw, source = model_source, "<model>"
+    """Train a model file into a run directory, or continue the run in ``resume`` on the data
+    recorded in it (``data_dir`` there must name the same data unless ``allow_other_data``)."""
+    run = None
+    try:
+        if resume is not None:
+            run = RunDir.open(resume)
+            run.lock()
+            raw, source = run.model_dict(), str(run / MODEL_FILE)
         else:
-            raw, source = read_model_file(model_source)
-        raw = apply_overrides(raw, overrides or {})
-        run = None
+            if model_source is None:
+                raise LayerkitError("give a model file to train, or --resume RUN_DIR")
+            if isinstance(model_source, dict):
+                raw, source = model_source, "<model>"
+            else:
+                raw, source = read_model_file(model_source)
+            raw = apply_overrides(raw, overrides or {})
+        return _train(raw, source, run, out=out, data_dir=data_dir, allow_other_data=allow_other_data,
+                      check_grads=check_grads, callbacks=callbacks, log=log, console=console, registry=registry)
+    finally:
+        if run is not None:
+            run.unlock()
+
+
+def _train(raw: dict, source: str, run: RunDir | None, *, out, data_dir, allow_other_data, check_grads,
+           callbacks, log, console, registry) -> tuple[RunDir, TrainResult]:
+    resuming = run is not None
     spec = spec_from_dict(raw, source=Path(source).name, registry=registry)
     model = build_model(spec, registry=registry)
     loss = build_loss(spec, registry)
-    data = prepare_data(spec, model, data_dir, registry)
+    if resuming:
+        data = load_run_data(run, spec, model, data_dir=data_dir, allow_other_data=allow_other_data,
+                             registry=registry, log=log)
+    else:
+        data = prepare_data(spec, model, data_dir, registry)
     if data.notice:
         log(f"note: {data.notice}")
     log(f"data: {describe_counts(data.counts())} from {data.source}")
 
-    if run is None:
+    new_run = run is None
+    if new_run:
         run = RunDir.create(out or default_out(spec.name), raw)
-        data.preprocessing.save(run / PREPROCESSING)
+    try:
+        return _fit(run, spec, model, loss, data, resuming, check_grads=check_grads, callbacks=callbacks,
+                    log=log, console=console, registry=registry)
+    finally:
+        if new_run:
+            run.unlock()
+
+
+def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: bool, *, check_grads, callbacks,
+         log, console, registry) -> tuple[RunDir, TrainResult]:
     trainer: Trainer | None = None
 
     def save(arrays: dict[str, np.ndarray]) -> None:
@@ -224,15 +323,21 @@ def train(model_source: str | Path | dict | None = None, *, overrides: dict[str,
 
     trainer = Trainer(model, loss, data, spec.training, callbacks=callbacks, save_checkpoint=save,
                       registry=registry)
-    if resume is not None:
+    if resuming:
         trainer.restore(run.load_checkpoint(), source=str(run / CHECKPOINT))
-        if trainer.finished:
+        if trainer.finished and (run / WEIGHTS).is_file() and (run / METRICS).is_file():
+            # nothing to do, and nothing to write: the run's files stay exactly as they are
             log(f"{run.path}: the run is already complete")
-        else:
-            log(f"resuming {run.path} at epoch {trainer.state.epoch + 1}, batch {trainer.state.step + 1}")
+            return run, trainer.result()
+        log(f"resuming {run.path} at epoch {trainer.state.epoch + 1}, batch {trainer.state.step + 1}")
+    # written before any epoch, so that an interrupted run resumes on the same data
+    if not (run / PREPROCESSING).exists():
+        data.preprocessing.save(run / PREPROCESSING)
+    if not (run / DATA_RECORD).exists():
+        record_of(spec, data).save(run / DATA_RECORD)
     if check_grads:
         check_gradients(trainer, console)
-    if trainer.shards > 1 and not trainer.finished:
+    if trainer.shards > 1:
         log(f"note: each batch is split over {trainer.shards} processes (sample-parallel; "
             f"LAYERKIT_SAMPLE_PARALLEL=0 trains in one)")
 
@@ -243,6 +348,11 @@ def train(model_source: str | Path | dict | None = None, *, overrides: dict[str,
         kept = (f"the last good checkpoint (after epoch {done}) is kept in {run / CHECKPOINT}" if done
                 else "no epoch finished, so there is no checkpoint")
         raise TrainingError(f"{exc}; {kept}") from None
+    except CheckpointError as exc:
+        # a full disk while saving: the previous checkpoint is intact (writes are atomic)
+        kept = (f"the previous checkpoint is intact; continue with: layerkit fit --resume {run.path}"
+                if (run / CHECKPOINT).is_file() else "no checkpoint was saved yet")
+        raise CheckpointError(f"{exc}; {kept}") from None
     except TrainingInterrupted as stop:
         if stop.saved:
             log(f"interrupted in epoch {stop.epoch + 1} after batch {stop.step}; checkpoint saved. "
@@ -257,5 +367,5 @@ def train(model_source: str | Path | dict | None = None, *, overrides: dict[str,
     metrics = {"model": spec.name, "dataset": spec.training.get("dataset"), "data_source": data.source,
                "samples": data.counts(),
                **result.metrics(), "weights": "best epoch" if result.best_epoch and result.monitor else "last epoch"}
-    write_text_atomic(run / METRICS, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(run / METRICS, json.dumps(metrics, indent=2) + "\n", "metrics")
     return run, result

@@ -296,6 +296,10 @@ class Trainer:
                            best_epoch=st.best_epoch, monitor=self.early["monitor"] if self.early else None,
                            epoch_seconds=list(st.epoch_seconds))
 
+    def result(self) -> TrainResult:
+        """The result of a finished run (restored from its checkpoint) without training further."""
+        return self._finish()
+
     @property
     def finished(self) -> bool:
         return self.state.epoch >= self.epochs or self.state.stopped_early
@@ -351,8 +355,11 @@ class Trainer:
             meta = json.loads(str(arrays["meta"]))
         except ValueError as exc:
             raise CheckpointError(f"{source}: unreadable meta record ({exc})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{source}: the meta record is not a JSON object; the checkpoint is damaged")
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{source}: checkpoint format {meta.get('format')} is not supported")
+        _check_meta(meta, source)
         if meta.get("optimizer") != self.optimizer.type:
             raise CheckpointError(f"{source}: saved with optimizer {meta.get('optimizer')!r}, "
                                   f"the model file now says {self.optimizer.type!r}")
@@ -367,5 +374,52 @@ class Trainer:
         self.optimizer.load_state_dict(part("optim/"), source=source)
         best = part("best/")
         self.best_weights = best or None
-        self.rng.bit_generator.state = meta["rng"]
+        try:
+            self.rng.bit_generator.state = meta["rng"]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{source}: meta.rng: not a {type(self.rng.bit_generator).__name__} state "
+                                  f"({exc}); the checkpoint is damaged") from None
         self.state = TrainState(**meta["state"])
+
+
+_INT, _NUM = (int,), (int, float)
+#: the checkpoint's meta record: key -> accepted types (None allowed where listed)
+META_FIELDS = {"format": _INT, "model": (str,), "optimizer": (str,), "state": (dict,), "rng": (dict,),
+               "steps_per_epoch": _INT, "epochs": _INT, "seed": _INT}
+STATE_FIELDS = {"epoch": _INT, "step": _INT, "loss_sum": _NUM, "correct": _INT, "seen": _INT, "history": (list,),
+                "best_value": _NUM + (type(None),), "best_epoch": _INT + (type(None),), "wait": _INT,
+                "stopped_early": (bool,), "epoch_seconds": (list,)}
+
+
+def _check_meta(meta: dict, source: str) -> None:
+    """Refuse a meta record with a field missing, unknown or of the wrong type, naming it: a
+    tampered or damaged checkpoint must not surface as a TypeError deep in the trainer."""
+    def damaged(path: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: meta.{path}: {why}; the checkpoint is damaged (resume from a copy, "
+                               f"or start the run again)")
+
+    def check(record: dict, fields: dict, prefix: str) -> None:
+        for key in sorted(set(record) - set(fields)):
+            raise damaged(prefix + key, "unknown field")
+        for key in sorted(set(fields) - set(record)):
+            raise damaged(prefix + key, "missing")
+        for key, types in fields.items():
+            value = record[key]
+            if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+                raise damaged(prefix + key, f"{type(value).__name__} {value!r:.40} is not a "
+                                            f"{' or '.join(t.__name__ for t in types)}")
+
+    check(meta, META_FIELDS, "")
+    state = meta["state"]
+    check(state, STATE_FIELDS, "state.")
+    for key in ("epoch", "step", "correct", "seen", "wait", "steps_per_epoch", "epochs", "seed"):
+        value = state.get(key, meta.get(key))
+        if value < 0:
+            raise damaged(key if key in meta else f"state.{key}", f"{value} is negative")
+    if not all(isinstance(r, dict) for r in state["history"]):
+        raise damaged("state.history", "expected a list of per-epoch records")
+    if len(state["history"]) != state["epoch"] or state["epoch"] > meta["epochs"] \
+            or state["step"] > meta["steps_per_epoch"]:
+        raise damaged("state", f"epoch {state['epoch']}, batch {state['step']} and {len(state['history'])} "
+                               f"history records do not agree with {meta['epochs']} epochs of "
+                               f"{meta['steps_per_epoch']} batches")

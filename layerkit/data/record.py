@@ -1,0 +1,179 @@
+"""What data a run was trained on: the run directory's ``data.json``.
+
+A :class:`DataRecord` names the dataset, the resolved absolute location it was
+read from (or the embedded sample), a fingerprint of every file read (size and
+SHA-256 of the bytes on disk), the ``training.data`` options that shape the
+splits (limits, class subset, validation split, normalisation, layout), the seed
+and the number of samples per split. Resuming a run or evaluating it reads the
+data from the recorded location and compares what it finds against the record,
+so a changed file or another directory is a refusal naming what differs, never
+a silent switch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerkit.errors import DataError
+
+FORMAT = 1
+FILE_NAME = "data.json"
+CHUNK = 1 << 20
+#: the ``training.data`` options that decide which samples end up in which split, and how
+SHAPING_OPTIONS = ("classes", "train_limit", "test_limit", "validation_split", "normalize", "layout")
+
+
+def file_fingerprint(path: str | Path, name: str | None = None) -> dict[str, Any]:
+    """``{"path", "size", "sha256"}`` of the bytes of ``path`` as stored (gzipped files are not unpacked)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read to fingerprint it ({exc.strerror or exc})") from None
+    return {"path": name or str(path.resolve()), "size": size, "sha256": digest.hexdigest()}
+
+
+@dataclass
+class DataRecord:
+    dataset: str
+    location: str | None  # absolute; None: the dataset's embedded sample
+    source: str
+    files: list[dict] = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    seed: int = 0
+    samples: dict = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        return self.location is None
+
+    @classmethod
+    def of(cls, dataset: str, splits, options: dict | None, seed: int) -> "DataRecord":
+        """The record of ``splits`` (a :class:`~layerkit.data.DataSplits`) just loaded."""
+        options = options or {}
+        files = splits.fingerprint
+        if files is None:
+            files = [file_fingerprint(f) for f in splits.files]
+        return cls(dataset=dataset, location=splits.location, source=splits.source, files=list(files),
+                   options={k: options[k] for k in SHAPING_OPTIONS if options.get(k) is not None},
+                   seed=int(seed), samples=splits.counts())
+
+    def describe(self) -> str:
+        return "the embedded sample" if self.embedded else self.location
+
+    def differences(self, now: "DataRecord") -> list[str]:
+        """What differs between this record (the run's) and ``now`` (the data just read), one
+        phrase each; files are compared by name, size and SHA-256."""
+        out = []
+        if now.dataset != self.dataset:
+            out.append(f"dataset {now.dataset!r} instead of {self.dataset!r}")
+        if now.location != self.location:
+            out.append(f"data from {now.describe()} instead of {self.describe()}")
+        then_files = {Path(f["path"]).name: f for f in self.files}
+        now_files = {Path(f["path"]).name: f for f in now.files}
+        for name in sorted(set(then_files) | set(now_files)):
+            a, b = then_files.get(name), now_files.get(name)
+            if a is None:
+                out.append(f"{b['path']} was not read then")
+            elif b is None:
+                out.append(f"{a['path']} is not read now")
+            elif (a["size"], a["sha256"]) != (b["size"], b["sha256"]):
+                out.append(f"{b['path']} changed ({a['size']:,} bytes, SHA-256 {a['sha256'][:12]}... then; "
+                           f"{b['size']:,} bytes, {b['sha256'][:12]}... now)")
+        for key in sorted(set(self.options) | set(now.options)):
+            if self.options.get(key) != now.options.get(key):
+                out.append(f"training.data.{key} {now.options.get(key)!r} instead of {self.options.get(key)!r}")
+        if now.samples != self.samples:
+            out.append(f"{_counts(now.samples)} samples instead of {_counts(self.samples)}")
+        return out
+
+    # -- the file ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "dataset": self.dataset, "location": self.location, "source": self.source,
+                "files": self.files, "options": self.options, "seed": self.seed, "samples": self.samples}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = FILE_NAME) -> "DataRecord":
+        def bad(key: str, why: str) -> DataError:
+            return DataError(f"{source}: {key}: {why}; the run's data record is damaged (restore it, or "
+                             f"pass --allow-other-data with --data-dir to name the data yourself)")
+
+        if not isinstance(data, dict):
+            raise bad("(top level)", "expected a JSON object")
+        keys = {"format", "dataset", "location", "source", "files", "options", "seed", "samples"}
+        for key in sorted(set(data) - keys):
+            raise bad(key, "unknown field")
+        for key in sorted(keys - set(data)):
+            raise bad(key, "missing")
+        if data["format"] != FORMAT:
+            raise bad("format", f"{data['format']!r} is not supported (expected {FORMAT})")
+        for key in ("dataset", "source"):
+            if not isinstance(data[key], str) or not data[key]:
+                raise bad(key, "expected a non-empty string")
+        if data["location"] is not None and not (isinstance(data["location"], str)
+                                                 and Path(data["location"]).is_absolute()):
+            raise bad("location", "expected an absolute path or null (the embedded sample)")
+        files = data["files"]
+        if not isinstance(files, list) or not all(
+                isinstance(f, dict) and set(f) == {"path", "size", "sha256"} and isinstance(f["path"], str)
+                and _count(f["size"]) and isinstance(f["sha256"], str) and len(f["sha256"]) == 64
+                for f in files):
+            raise bad("files", "expected a list of {path, size, sha256} objects")
+        if not isinstance(data["options"], dict) or set(data["options"]) - set(SHAPING_OPTIONS):
+            raise bad("options", f"expected an object with some of {', '.join(SHAPING_OPTIONS)}")
+        if not _count(data["seed"]):
+            raise bad("seed", "expected a non-negative integer")
+        samples = data["samples"]
+        if not (isinstance(samples, dict) and set(samples) == {"train", "validation", "test"}
+                and all(_count(v) for v in samples.values())):
+            raise bad("samples", "expected {train, validation, test} counts")
+        return cls(dataset=data["dataset"], location=data["location"], source=data["source"], files=files,
+                   options=data["options"], seed=data["seed"], samples=samples)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DataRecord":
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        try:
+            with open(path, "rb") as f:
+                text = f.read(16 << 20)
+            data = json.loads(text.decode("utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not valid JSON ({exc}); the run's data record is damaged") from None
+        return cls.from_dict(data, str(path))
+
+    def save(self, path: str | Path) -> Path:
+        from layerkit.fileio import write_text_atomic
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        write_text_atomic(path, self.to_json(), "data record")
+        return path
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _counts(samples: dict) -> str:
+    return " / ".join(f"{samples.get(k, 0):,} {k}" for k in ("train", "validation", "test"))
+
+
+__all__ = ["DataRecord", "file_fingerprint", "FILE_NAME", "SHAPING_OPTIONS"]
