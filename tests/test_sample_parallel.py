@@ -223,3 +223,19 @@ def test_no_process_shared_semaphores_means_one_process(monkeypatch):
     monkeypatch.setattr(sp, "_available", False)
     lenet, loss, batch = zoo("lenet5")
     assert plan_shards(lenet, loss, batch, threads=2) == 1
+
+
+def test_processes_setting_and_its_old_name(monkeypatch):
+    from layerkit.parallel.processes import processes
+
+    monkeypatch.delenv("LAYERKIT_PROCESSES", raising=False)
+    monkeypatch.setenv("LAYERKIT_NUM_THREADS", "3")  # the old name still counts processes
+    parallel.set_num_threads(None)
+    try:
+        assert processes() == 3
+        monkeypatch.setenv("LAYERKIT_PROCESSES", "5")
+        assert processes() == 5
+        lenet, loss, batch = zoo("lenet5")
+        assert plan_shards(lenet, loss, batch) == 5
+    finally:
+        parallel.set_num_threads(None)

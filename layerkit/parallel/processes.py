@@ -29,11 +29,21 @@ parameters per step, so a net must do enough compute per parameter
 (``MIN_FLOPS_PER_PARAM``) and per batch (``MIN_BATCH_FLOPS``). LeNet-style convnets
 qualify; MLPs, whose work is all in their weights, keep OpenBLAS's threads instead.
 Linux only (it needs ``fork``); ``LAYERKIT_SAMPLE_PARALLEL=0`` turns it off and
-``=1`` skips the cost rule (the tests use that).
+``=1`` skips the cost rule (the tests use that). ``LAYERKIT_PROCESSES`` is the number of
+processes a batch is split over (default: ``LAYERKIT_NUM_THREADS``, its old name, else
+the usable cores).
+
+Workers die with their parent: each one closes its copies of the other pipe ends, asks
+the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``) and checks that the
+parent it was forked from is still there; the main process watches the workers and
+breaks the batch-norm barrier as soon as one of them dies, so nobody waits for a dead
+process. The shared blocks are anonymous mappings and the barrier's semaphores are
+unlinked at creation: nothing is left in /dev/shm whatever ends the run.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import signal
@@ -61,6 +71,47 @@ _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
 _REPLY = struct.Struct("<dq")  # loss * samples, correct predictions
 MAX_REDUCE = 1 << 14  # float64 values one batch_sum may carry at least (batch norm: 2 per channel + 1)
 BARRIER_TIMEOUT_S = 600.0  # a shard this late at a batch_sum is taken for dead
+
+_processes: int | None = None  # set_processes(); None: from the environment
+
+
+def processes() -> int:
+    """Processes each training batch may be split over: ``LAYERKIT_PROCESSES``, else the
+    old name ``LAYERKIT_NUM_THREADS`` (through the thread pool's size), else the usable cores."""
+    if _processes is not None:
+        return _processes
+    value = os.environ.get("LAYERKIT_PROCESSES", "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            pass
+    return parallel.num_threads()
+
+
+def set_processes(n: int | None) -> None:
+    """Override ``processes()`` in this process (None: back to the environment)."""
+    global _processes
+    _processes = None if n is None else max(1, int(n))
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """In a forked child: SIGKILL when ``parent`` dies (Linux), and exit now if it already has.
+
+    The kernel sends the signal when the parent thread that forked us exits; the
+    getppid check closes the window between fork and prctl.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
 
 def _setting() -> str:
     value = os.environ.get("LAYERKIT_SAMPLE_PARALLEL", "").strip().lower()
@@ -104,7 +155,7 @@ def eligible(model, loss) -> bool:
 
 def plan_shards(model, loss, batch_size: int, threads: int | None = None) -> int:
     """Shards per batch for ``Trainer.fit``: 1 means the plain single-process step."""
-    threads = parallel.num_threads() if threads is None else threads
+    threads = processes() if threads is None else threads
     setting = _setting()
     if (threads < 2 or setting == "off" or not sys.platform.startswith("linux") or not eligible(model, loss)
             or not available()):
@@ -159,6 +210,10 @@ class SampleParallel:
         self._reduce_buf = (np.frombuffer(self._reduce_block, dtype=np.float64).reshape(2, shards, self._reduce_max)
                             if self._sync else None)
         self._barrier = None
+        self._parent = os.getpid()
+        self._pending = None  # the main process's end of the pipe of the worker being forked
+        self._watcher: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1  # wakes the watcher when the workers are closed
         self._phase = 0  # batch_sum calls so far in this step: picks the buffer
 
     def _views(self, block) -> list[np.ndarray]:
@@ -189,17 +244,37 @@ class SampleParallel:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 for w in range(1, self.shards):
                     here, there = ctx.Pipe()
+                    self._pending = here
                     proc = ctx.Process(target=self._worker_main, args=(there, w), daemon=True,
                                        name=f"layerkit-shard-{w}")
                     proc.start()
+                    self._pending = None
                     there.close()
                     self._conns.append(here)
                     self._procs.append(proc)
+            if self._barrier is not None:
+                self._wake_r, self._wake_w = os.pipe()
+                self._watcher = threading.Thread(target=self._watch, name="layerkit-shard-watch", daemon=True)
+                self._watcher.start()
         except BaseException:
             self.close()
             raise
 
+    def _watch(self) -> None:
+        """Break the barrier when a worker dies, so the main process is not left waiting in it."""
+        from multiprocessing.connection import wait
+
+        ready = wait([p.sentinel for p in self._procs] + [self._wake_r])
+        if self._wake_r not in ready and self._barrier is not None:
+            self._barrier.abort()
+
     def close(self) -> None:
+        if self._watcher is not None:
+            os.write(self._wake_w, b"x")
+            self._watcher.join()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+            self._watcher, self._wake_r, self._wake_w = None, -1, -1
         for conn in self._conns:
             try:
                 conn.send_bytes(b"")
@@ -320,7 +395,13 @@ class SampleParallel:
 
     # -- in the worker --------------------------------------------------------------
     def _worker_main(self, conn, w: int) -> None:
+        die_with_parent(self._parent)
+        # the copies of the main process's pipe ends: holding them, a worker would never see
+        # end-of-file when the main process dies
+        for other in self._conns + [self._pending]:
+            other.close()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         parallel._forked_worker()
         for view, (name, t) in zip(self._param_views, self.keys):
             self.model.params[name][t] = view  # this process's copy of the model reads shared memory

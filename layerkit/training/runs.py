@@ -339,7 +339,7 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
         check_gradients(trainer, console)
     if trainer.shards > 1:
         log(f"note: each batch is split over {trainer.shards} processes (sample-parallel; "
-            f"LAYERKIT_SAMPLE_PARALLEL=0 trains in one)")
+            f"LAYERKIT_PROCESSES sets the count, LAYERKIT_SAMPLE_PARALLEL=0 trains in one)")
 
     try:
         result = trainer.fit()
