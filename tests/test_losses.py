@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from layerkit.errors import DataError
-from layerkit.nn.losses import MeanSquaredError, SoftmaxCrossEntropy
+from layerkit.nn.elementwise_losses import MeanSquaredError
+from layerkit.nn.losses import SoftmaxCrossEntropy
 from layerkit.plugins.manager import load_registry
 
 

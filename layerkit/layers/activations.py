@@ -126,7 +126,10 @@ class LeakyReLU(Layer):
 class Sigmoid(Layer):
     type = "sigmoid"
     per_sample = True
-    description = "Logistic sigmoid 1 / (1 + exp(-x)), computed overflow-free."
+    description = ("Logistic sigmoid 1 / (1 + exp(-x)), overflow-free and accurate in relative terms over the "
+                   "float range: exp(x) / (1 + exp(x)) for x < 0, to full precision while exp(x) is a normal "
+                   "number (x > -87 in float32, -708 in float64), then through the subnormals to 0 (x < -103 / "
+                   "-745). The derivative comes from exp(-|x|), accurate for large |x| on both sides.")
     params_schema = _NO_PARAMS
     examples = _EXAMPLES
 
@@ -134,16 +137,22 @@ class Sigmoid(Layer):
         return 4 * int(np.prod(input_shape))
 
     def forward(self, params, x, training=False, rng=None, state=None):
-        # sigmoid(x) = (1 + tanh(x/2)) / 2 never overflows, unlike exp(-x) for very negative x
-        y = np.tanh(x * 0.5)
-        y += 1
-        y *= 0.5
-        return y, y
+        # e = exp(-|x|) <= 1 never overflows; sigmoid = 1 / (1 + e) for x >= 0 and e / (1 + e)
+        # below, each a ratio of accurate terms (the old (1 + tanh(x/2)) / 2 cancelled to exactly 0
+        # below x = -37 and lost relative accuracy from -15)
+        e = np.abs(x)
+        np.negative(e, out=e)
+        np.exp(e, out=e)
+        y = e + 1
+        np.divide(np.where(x >= 0, 1, e), y, out=y)
+        return y, e
 
     def backward(self, params, cache, dy):
-        y = cache
-        dx = 1 - y
-        dx *= y
+        # sigmoid'(x) = e / (1 + e)^2 with e = exp(-|x|): even in x, and no 1 - y cancellation
+        e = cache
+        dx = e + 1
+        np.square(dx, out=dx)
+        np.divide(e, dx, out=dx)
         dx *= dy
         return dx, {}
 

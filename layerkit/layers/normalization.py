@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from layerkit import hookimpl
+from layerkit.errors import ShapeError
 from layerkit.nn.layer import Example, Layer, ParamSpec, require_rank
 from layerkit.parallel.collectives import batch_sum, splitting
 from layerkit.layers.activations import over_chunks
@@ -17,21 +18,33 @@ def _stat_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (0, 2, 3), (1, x.shape[1], 1, 1)
 
 
-def _channel_sums(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per channel: the sum of ``a`` and the sum of ``a * b``, as float64.
+def _channel_sums(a: np.ndarray, b: np.ndarray | None = None, shift: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per channel: the sum of ``a`` and the sum of ``a * (b - shift)``, as float64.
 
-    Each (sample, channel) row is reduced in the input dtype by BLAS / einsum
-    in one pass (numpy's reduction over axes (0, 2, 3) ran at a tenth of memory
-    speed); only the few row totals are combined in float64, so float32 input
-    loses nothing to long float32 accumulations.
+    With ``b is a`` the shift applies to both factors: the sums of ``a - shift`` and of
+    ``(a - shift)**2``. A shift near the channel mean is what keeps float32 moments
+    accurate when the mean is large against the spread: E[x^2] - mean^2 over unshifted
+    float32 sums loses everything at mean/std = 1000 (relative variance error 2e-3).
+
+    Each (sample, channel) row is reduced in the input dtype by BLAS / einsum in one
+    pass, the shifted copy made chunk by chunk in a cache-sized scratch (numpy's
+    reduction over axes (0, 2, 3) ran at a tenth of memory speed); only the few row
+    totals are combined in float64. (N, D) input is reduced in float64 directly.
     """
     n, c = a.shape[:2]
+    both = b is a
     if a.ndim == 2:
+        if shift is not None:
+            b = b.astype(np.float64) - shift
+            if both:
+                a = b
         total = a.sum(axis=0, dtype=np.float64)
         dot = None if b is None else np.einsum("nc,nc->c", a, b, dtype=np.float64)
         return total, dot
     a3 = a.reshape(n, c, -1)
     b3 = None if b is None else b.reshape(n, c, -1)
+    k3 = None if shift is None else shift.astype(a.dtype).reshape(1, c, 1)
     ones = np.ones(a3.shape[2], dtype=a.dtype)
     rows = np.empty((n, c), dtype=a.dtype)
     rows_dot = None if b is None else np.empty((n, c), dtype=a.dtype)
@@ -39,10 +52,15 @@ def _channel_sums(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarra
     # each (sample, channel) row total is computed whole by one thread, and the float64 sum
     # over samples below is the same single pass as without threads: identical results
     def work(slices, step):
+        tmp = None if k3 is None else np.empty((step, *b3.shape[1:]), dtype=a.dtype)
         for sl in slices:
-            np.matmul(a3[sl], ones, out=rows[sl])
+            bs = b3[sl] if b3 is not None else None
+            if k3 is not None:
+                bs = np.subtract(bs, k3, out=tmp[:sl.stop - sl.start])
+            as_ = bs if both else a3[sl]
+            np.matmul(as_, ones, out=rows[sl])
             if b3 is not None:
-                np.einsum("ncs,ncs->nc", a3[sl], b3[sl], out=rows_dot[sl])
+                np.einsum("ncs,ncs->nc", as_, bs, out=rows_dot[sl])
 
     over_chunks(a, work, a.nbytes * (1 if b is None else 2))
     total = rows.sum(axis=0, dtype=np.float64)
@@ -80,22 +98,31 @@ def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape) -> np.n
 
 class BatchNorm(Layer):
     type = "batch_norm"
-    description = ("Batch normalisation per feature of a (D,) input or per channel of a (C, H, W) input. "
-                   "Training uses batch statistics (biased variance) and updates running_mean/running_var as "
-                   "running = momentum * running + (1 - momentum) * batch; inference uses the running values.")
+    description = (
+        "Batch normalisation per feature of a (D,) input or per channel of a (C, H, W) input. Training uses "
+        "batch statistics (biased variance, as PyTorch) and refuses a batch with one value per channel "
+        "(PyTorch's 'Expected more than 1 value per channel'); inference uses the running values. "
+        "Differences from PyTorch's BatchNorm1d/2d: `momentum` is the weight of the old running value "
+        "(running = momentum * running + (1 - momentum) * batch; PyTorch's momentum=0.1 is 0.9 here), and "
+        "running_var tracks the biased batch variance (PyTorch the unbiased one: larger by m/(m-1) for m "
+        "values per channel). `affine: false` drops gamma and beta.")
     params_schema = {
         "type": "object",
         "properties": {
             "momentum": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.9,
-                         "description": "weight of the old running statistics in each update"},
+                         "description": "weight of the old running statistics in each update "
+                                        "(PyTorch's momentum is 1 minus this)"},
             "epsilon": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
                         "description": "added to the variance before the square root"},
+            "affine": {"type": "boolean", "default": True,
+                       "description": "learn a per-channel scale gamma and shift beta"},
         },
         "additionalProperties": False,
     }
     examples = (
         Example({}, (4,), "per feature"),
         Example({"momentum": 0.5, "epsilon": 1e-3}, (3, 2, 2), "per channel"),
+        Example({"affine": False}, (2, 3, 3), "no learnable scale and shift"),
     )
     stochastic = True
     # training statistics come from the whole batch through collectives.batch_sum, so the
@@ -107,6 +134,8 @@ class BatchNorm(Layer):
         return tuple(input_shape)
 
     def param_specs(self, input_shape):
+        if not getattr(self, "affine", True):
+            return {}
         c = input_shape[0]
         return {"gamma": ParamSpec((c,), "ones"), "beta": ParamSpec((c,), "zeros")}
 
@@ -117,22 +146,44 @@ class BatchNorm(Layer):
     def flops(self, input_shape):
         return 8 * int(np.prod(input_shape))
 
+    def _gamma_beta(self, params, c):
+        if getattr(self, "affine", True):
+            return params["gamma"], params["beta"]
+        return np.ones(c), np.zeros(c)
+
     def forward(self, params, x, training=False, rng=None, state=None):
         _, bshape = _stat_axes(x)
-        gamma, beta = params["gamma"], params["beta"]
+        gamma, beta = self._gamma_beta(params, x.shape[1])
         eps = float(self.epsilon)
         if not training:
-            inv_std = 1 / np.sqrt(state["running_var"] + eps)
+            mean = state["running_mean"].astype(np.float64)
+            inv_std = 1 / np.sqrt(state["running_var"].astype(np.float64) + eps)
             scale = gamma * inv_std
-            shift = beta - state["running_mean"] * scale
             # x is kept only so that gamma has a gradient in inference mode (gradient checks)
-            return _affine(x, scale, shift, bshape), (False, (x, state["running_mean"].copy(), inv_std, scale))
+            return _affine(x, scale, beta - mean * scale, bshape), (False, (x, mean, inv_std, scale))
 
-        # one pass for both moments: var = E[x^2] - mean^2 over float64 totals
-        total, squares = _channel_sums(x, x)
-        total, squares, m = _whole_batch(total, squares, x.size // x.shape[1])
-        mean = total / m
-        var = np.maximum(squares / m - mean * mean, 0.0)
+        # Moments about a shift near the mean (each channel's mean in the first sample), so
+        # that float32 keeps the variance when the mean is large against the spread
+        c = x.shape[1]
+        shift = (x[0] if x.ndim == 2 else x[0].reshape(c, -1).mean(axis=1, dtype=np.float64)).astype(x.dtype)
+        count = x.size // c
+        total, squares = _channel_sums(x, x, shift)
+        if splitting():
+            # other shards used other shifts: exchange plain float64 sums of x and x^2 (the
+            # float64 cancellation left in var below is ~1e-16 * (mean/std)^2)
+            k = shift.astype(np.float64)
+            total, squares = total + count * k, squares + 2 * k * total + count * k * k
+            total, squares, m = _whole_batch(total, squares, count)
+            mean = total / m
+            var = np.maximum(squares / m - mean * mean, 0.0)
+        else:
+            m = count
+            d = total / m
+            mean = shift.astype(np.float64) + d
+            var = np.maximum(squares / m - d * d, 0.0)
+        if m < 2:
+            raise ShapeError(f"batch_norm in training needs more than one value per channel, got input of shape "
+                             f"{tuple(x.shape)} (as PyTorch: train with batches of 2 or more samples)")
         inv_std = 1 / np.sqrt(var + eps)
         scale = gamma * inv_std
         y = _affine(x, scale, beta - mean * scale, bshape)
@@ -156,31 +207,38 @@ class BatchNorm(Layer):
     def _backward(self, cache, dy, out):
         training, (x, mean, inv_std, scale) = cache
         axes, bshape = _stat_axes(dy)
-        dbeta, dyx = _channel_sums(dy, x)
-        # sum(dy * xhat) from sum(dy * x): xhat is never materialised
-        dgamma = inv_std * (dyx - mean * dbeta)
+        # sums about the mean rounded to the data's dtype: xhat is never materialised, and
+        # sum(dy * x) - mean * sum(dy) never cancels in float32
+        shift = mean.astype(dy.dtype)
+        dbeta, dyx = _channel_sums(dy, x, shift)
+        offset = mean - shift.astype(np.float64)
+        dyx -= offset * dbeta  # sum(dy * (x - mean))
+        dgamma = inv_std * dyx
         # this shard's share of the parameter gradients: the shards' shares are added later
-        grads = {"gamma": dgamma.astype(dy.dtype), "beta": dbeta.astype(dy.dtype)}
+        grads = {"gamma": dgamma.astype(dy.dtype), "beta": dbeta.astype(dy.dtype)} \
+            if getattr(self, "affine", True) else {}
         if not training:
             return np.multiply(dy, scale.astype(dy.dtype).reshape(bshape), out=out), grads
-        # dx needs the sums over the whole batch
+        # dx needs the sums over the whole batch (centred on the common batch mean, so the
+        # shards' partials add up)
         dbeta_all, dyx_all, m = _whole_batch(dbeta, dyx, dy.size // dy.shape[1])
         if dbeta_all is not dbeta:
-            dbeta, dgamma = dbeta_all, inv_std * (dyx_all - mean * dbeta_all)
-        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale*dy + k*x + c0 per channel
+            dbeta, dgamma = dbeta_all, inv_std * dyx_all
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale*dy + k*(x - shift) + c0 per channel
         k = -scale * inv_std * dgamma / m
-        c0 = -scale * dbeta / m - k * mean
+        c0 = -scale * dbeta / m - k * offset
         cast = lambda v: v.astype(dy.dtype).reshape(bshape)
-        scale, k, c0 = cast(scale), cast(k), cast(c0)
+        scale, k, c0, shift = cast(scale), cast(k), cast(c0), shift.reshape(bshape)
         if out is None:
             out = np.empty_like(dy)
-        # chunk by chunk, so k*x + c0 lives in a cache-sized temporary
+        # chunk by chunk, so k*(x - shift) + c0 lives in a cache-sized temporary
 
         def work(slices, step):
             tmp = np.empty((step, *dy.shape[1:]), dtype=dy.dtype)
             for sl in slices:
                 t = tmp[:sl.stop - sl.start]
-                np.multiply(x[sl], k, out=t)
+                np.subtract(x[sl], shift, out=t)
+                t *= k
                 t += c0
                 o = out[sl]
                 np.multiply(dy[sl], scale, out=o)

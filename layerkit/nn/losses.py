@@ -1,8 +1,13 @@
 """Losses: a batch of model outputs and targets -> one number and its gradient.
 
-``forward`` returns the batch-mean loss as a Python float and a cache;
-``backward(cache)`` returns d(mean loss)/d(output) in the output's dtype.
-Targets are either integer class ids of shape (N,) or rows of shape (N, K).
+``forward`` returns the reduced loss as a Python float and a cache;
+``backward(cache)`` returns d(loss)/d(output) in the output's dtype.
+Targets are either integer class ids of shape (N,) or rows shaped like the output.
+
+This module holds the base class and the losses over class scores (softmax
+cross-entropy, NLL, multiclass hinge); :mod:`layerkit.nn.elementwise_losses` the
+element-wise ones (mse, l1, huber, smooth_l1, binary cross-entropy). Reductions
+and option names follow PyTorch; the descriptions state where they do not.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ class Loss:
     description: ClassVar[str] = ""
     params_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
     #: the loss is the batch mean of a per-sample term (so shards of a batch can be
-    #: computed apart and their gradients added, see ``layerkit.parallel.processes``)
+    #: computed apart and their gradients added, see ``layerkit.parallel.processes``);
+    #: a loss whose options couple the samples (a sum, a weighted mean) sets it per instance
     per_sample: ClassVar[bool] = False
 
     def __init__(self, **config: Any) -> None:
+        defaults = {k: v["default"] for k, v in self.params_schema.get("properties", {}).items()
+                    if isinstance(v, dict) and "default" in v}
         self.config = dict(config)
-        for key, value in config.items():
+        for key, value in {**defaults, **config}.items():
             setattr(self, key, value)
 
     def forward(self, output: np.ndarray, target: np.ndarray) -> tuple[float, Any]:
@@ -43,8 +51,10 @@ class Loss:
         return f"{type(self).__name__}({args})"
 
 
-def _check_targets(output: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Validate targets against an (N, K) output; return them as an array."""
+def _check_targets(output: np.ndarray, target: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
+    """Validate targets against an (N, K) output; return them as an array.
+
+    Class ids equal to ``ignore_index`` are let through (the loss skips them)."""
     target = np.asarray(target)
     if output.ndim != 2:
         raise DataError(f"the loss needs a flat (N, classes) output, got shape {output.shape}")
@@ -54,91 +64,250 @@ def _check_targets(output: np.ndarray, target: np.ndarray) -> np.ndarray:
             raise DataError(f"1-d targets must be integer class ids, got dtype {target.dtype}")
         if target.shape[0] != n:
             raise DataError(f"{target.shape[0]} targets for a batch of {n}")
-        if n and (target.min() < 0 or target.max() >= k):
-            bad = target[(target < 0) | (target >= k)][0]
-            raise DataError(f"target class {int(bad)} is out of range for {k} outputs")
+        bad = (target < 0) | (target >= k)
+        if ignore_index is not None:
+            bad &= target != ignore_index
+        if n and bad.any():
+            raise DataError(f"target class {int(target[bad][0])} is out of range for {k} outputs")
     elif target.shape != output.shape:
         raise DataError(f"targets of shape {target.shape} do not match outputs of shape {output.shape}")
     return target
 
 
-class SoftmaxCrossEntropy(Loss):
+def class_weights_schema(what: str) -> dict:
+    return {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}, "minItems": 1, "default": None,
+            "description": f"one weight per class ({what}; PyTorch's `weight`); null: all 1"}
+
+
+IGNORE_SCHEMA = {"type": ["integer", "null"], "default": None,
+                 "description": "class id whose samples contribute nothing to the loss or its gradient and are "
+                                "left out of the mean (PyTorch's default -100 is null here: every other "
+                                "out-of-range id is an error, not skipped)"}
+
+
+def reduction_schema(default: str = "mean", batchmean: bool = False) -> dict:
+    options = ["mean", "sum"] + (["batchmean"] if batchmean else [])
+    text = ("mean: over every element (PyTorch); sum; batchmean: summed over a sample's outputs and averaged "
+            "over the batch" if batchmean else
+            "mean: over the samples (weighted by the target's class weight when there are class weights, as "
+            "PyTorch); sum: over the samples")
+    return {"enum": options, "default": default, "description": text}
+
+
+class _ClassLoss(Loss):
+    """Shared handling of class weights, ignore_index and the reduction for losses over class scores."""
+
+    #: PyTorch divides a weighted mean by the summed weight of the targets (CrossEntropy, NLL), not
+    #: by N; MultiMarginLoss does not
+    weighted_mean_normalises: ClassVar[bool] = True
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        coupled = getattr(self, "ignore_index", None) is not None or (
+            self.weighted_mean_normalises and getattr(self, "class_weights", None) is not None)
+        self.per_sample = self.reduction == "mean" and not coupled
+
+    def _weights(self, k: int, dtype) -> np.ndarray | None:
+        w = getattr(self, "class_weights", None)
+        if w is None:
+            return None
+        if len(w) != k:
+            raise DataError(f"class_weights has {len(w)} entries for {k} outputs")
+        return np.asarray(w, dtype=dtype)
+
+    def _ids(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class ids safe to index with, and the mask of samples that count (None: all)."""
+        ignore = getattr(self, "ignore_index", None)
+        if ignore is None:
+            return target, None
+        keep = target != ignore
+        return np.where(keep, target, 0), keep
+
+    def _sample_weights(self, ids, keep, w, n, dtype) -> tuple[np.ndarray, float]:
+        """Per-sample weights (the target's class weight, 0 when ignored) and the reduction's divisor:
+        1 for a sum, the total weight of the counted samples for a mean (nan when that is 0, as PyTorch)."""
+        sw = np.ones(n, dtype=dtype) if w is None else w[ids]
+        if keep is not None:
+            sw = sw * keep
+        return sw, (1.0 if self.reduction == "sum" else float(sw.sum()))
+
+
+class SoftmaxCrossEntropy(_ClassLoss):
     type = "softmax_cross_entropy"
-    per_sample = True
-    description = ("Softmax followed by cross-entropy, fused and computed with log-sum-exp so large logits "
-                   "cannot overflow. Targets: class ids (N,) or probability rows (N, K). Gradient (p - y) / N.")
+    description = ("Softmax followed by cross-entropy (PyTorch's CrossEntropyLoss), fused and computed with "
+                   "log-sum-exp so large logits cannot overflow. Targets: class ids (N,) or probability rows "
+                   "(N, K). class_weights, ignore_index (class ids only), label_smoothing and the reduction "
+                   "follow PyTorch: the mean over class ids divides by the summed weight of the counted "
+                   "targets, over rows by N. Default gradient (p - y) / N.")
     params_schema = {
         "type": "object",
         "properties": {
             "label_smoothing": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0,
                                 "description": "mix the targets with the uniform distribution: "
                                                "y = (1 - s) * y + s / classes"},
+            "class_weights": class_weights_schema("scales each sample's term by its target's weight"),
+            "ignore_index": IGNORE_SCHEMA,
+            "reduction": reduction_schema(),
         },
         "additionalProperties": False,
     }
 
     def forward(self, output, target):
-        target = _check_targets(output, target)
+        target = _check_targets(output, target, getattr(self, "ignore_index", None))
         n, k = output.shape
         shifted = output - output.max(axis=1, keepdims=True)
         prob = np.exp(shifted)
         total = prob.sum(axis=1, keepdims=True)
         log_prob = shifted - np.log(total)
         prob /= total
-        smooth = float(getattr(self, "label_smoothing", 0.0))
+        smooth = float(self.label_smoothing)
+        w = self._weights(k, output.dtype)
+        if w is None and self.ignore_index is None and self.reduction == "mean":
+            # the plain case, kept to the fewest passes (the training hot path of most nets)
+            if target.ndim == 1:
+                loss = -log_prob[np.arange(n), target].mean()
+                if smooth:
+                    loss = (1 - smooth) * loss - smooth * log_prob.mean(axis=1).mean()
+            else:
+                y = target.astype(output.dtype, copy=False)
+                if smooth:
+                    y = y * (1 - smooth) + smooth / k
+                loss = -np.einsum("nk,nk->", y, log_prob) / n
+            return float(loss), (prob, target, smooth, None)
+        wk = np.ones(k, dtype=output.dtype) if w is None else w
         if target.ndim == 1:
-            picked = log_prob[np.arange(n), target]
-            loss = -picked.mean()
-            if smooth:
-                loss = (1 - smooth) * loss - smooth * log_prob.mean(axis=1).mean()
-        else:
-            y = target.astype(output.dtype, copy=False)
-            if smooth:
-                y = y * (1 - smooth) + smooth / k
-            loss = -np.einsum("nk,nk->", y, log_prob) / n
-        return float(loss), (prob, target, smooth)
+            ids, keep = self._ids(target)
+            sw, div = self._sample_weights(ids, keep, w, n, output.dtype)
+            nll = -(sw * log_prob[np.arange(n), ids]).sum()
+            # PyTorch: the smoothing term is -sum_k w_k log p_k per counted sample, over the same divisor
+            counted = np.ones(n, dtype=output.dtype) if keep is None else keep.astype(output.dtype)
+            smooth_sum = -(counted * (log_prob @ wk)).sum()
+            loss = ((1 - smooth) * nll + smooth / k * smooth_sum) / div
+            return float(loss), (prob, target, smooth, (ids, sw, counted, wk, div))
+        if self.ignore_index is not None:
+            raise DataError("ignore_index needs class-id targets, got probability rows")
+        y = target.astype(output.dtype, copy=False)
+        if smooth:
+            y = y * (1 - smooth) + smooth / k
+        div = float(n) if self.reduction == "mean" else 1.0
+        loss = -np.einsum("nk,nk->", y * wk, log_prob) / div
+        return float(loss), (prob, target, smooth, (y, wk, div))
 
     def backward(self, cache):
-        prob, target, smooth = cache
+        prob, target, smooth, extra = cache
         n, k = prob.shape
-        grad = prob.copy()
+        if extra is None:
+            grad = prob.copy()
+            if target.ndim == 1:
+                if smooth:
+                    grad -= smooth / k
+                grad[np.arange(n), target] -= 1 - smooth
+            else:
+                y = target.astype(prob.dtype, copy=False)
+                if smooth:
+                    y = y * (1 - smooth) + smooth / k
+                grad -= y
+            grad *= 1.0 / n
+            return grad
         if target.ndim == 1:
+            ids, sw, counted, wk, div = extra
+            # d/dz of -w_y log p_y is w_y (p - e_y); of -sum_k w_k log p_k it is (sum w) p - w
+            grad = prob * ((1 - smooth) * sw)[:, None]
+            grad[np.arange(n), ids] -= (1 - smooth) * sw
             if smooth:
-                grad -= smooth / k
-            grad[np.arange(n), target] -= 1 - smooth
+                grad += (smooth / k) * counted[:, None] * (prob * wk.sum() - wk)
         else:
-            y = target.astype(prob.dtype, copy=False)
-            if smooth:
-                y = y * (1 - smooth) + smooth / k
-            grad -= y
-        grad *= 1.0 / n
+            y, wk, div = extra
+            yw = y * wk
+            grad = prob * yw.sum(axis=1, keepdims=True) - yw
+        grad *= 1.0 / div
+        return grad.astype(prob.dtype, copy=False)
+
+
+class NLLLoss(_ClassLoss):
+    type = "nll"
+    description = ("Negative log-likelihood of class ids given log-probabilities (PyTorch's NLLLoss): pair it "
+                   "with a log_softmax layer; loss = -output[n, target_n], with class_weights, ignore_index and "
+                   "the reduction as PyTorch (the mean divides by the summed weight of the counted targets). "
+                   "log_softmax + nll equals softmax_cross_entropy, which is one fused pass.")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "class_weights": class_weights_schema("scales each sample's term by its target's weight"),
+            "ignore_index": IGNORE_SCHEMA,
+            "reduction": reduction_schema(),
+        },
+        "additionalProperties": False,
+    }
+
+    def forward(self, output, target):
+        target = _check_targets(output, target, self.ignore_index)
+        if target.ndim != 1:
+            raise DataError(f"nll needs class-id targets (N,), got shape {target.shape}")
+        n, k = output.shape
+        ids, keep = self._ids(target)
+        sw, div = self._sample_weights(ids, keep, self._weights(k, output.dtype), n, output.dtype)
+        loss = -(sw * output[np.arange(n), ids]).sum() / div
+        return float(loss), (output.shape, output.dtype, ids, sw, div)
+
+    def backward(self, cache):
+        shape, dtype, ids, sw, div = cache
+        grad = np.zeros(shape, dtype=dtype)
+        grad[np.arange(shape[0]), ids] = -sw / div
         return grad
 
 
-class MeanSquaredError(Loss):
-    type = "mse"
-    per_sample = True
-    description = ("Squared error summed over the outputs of a sample and averaged over the batch: "
-                   "mean_n sum_k (output - target)^2. Integer class ids are one-hot encoded.")
-    params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
+class MulticlassHinge(_ClassLoss):
+    type = "multiclass_hinge"
+    description = ("Multiclass SVM (hinge) loss on class scores, PyTorch's MultiMarginLoss: per sample "
+                   "sum over j != y of max(0, margin - x_y + x_j)^p, times the target's class weight, divided "
+                   "by the number of classes; the mean is over samples (weights do not renormalise it, as "
+                   "PyTorch). average_over_classes: false gives the CS231n SVM loss (no division by classes). "
+                   "Gradient at the hinge's kink (margin exactly met) is 0.")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "margin": {"type": "number", "minimum": 0, "default": 1.0,
+                       "description": "how far the true class must score above each other class"},
+            "p": {"enum": [1, 2], "default": 1, "description": "1: hinge; 2: squared hinge"},
+            "class_weights": class_weights_schema("scales each sample's term by its target's weight"),
+            "average_over_classes": {"type": "boolean", "default": True,
+                                     "description": "divide each sample's sum by the number of classes "
+                                                    "(PyTorch); false: CS231n's multiclass SVM"},
+            "reduction": reduction_schema(),
+        },
+        "additionalProperties": False,
+    }
+    weighted_mean_normalises = False
 
     def forward(self, output, target):
         target = _check_targets(output, target)
+        if target.ndim != 1:
+            raise DataError(f"multiclass_hinge needs class-id targets (N,), got shape {target.shape}")
         n, k = output.shape
-        if target.ndim == 1:
-            diff = output.copy()
-            diff[np.arange(n), target] -= 1
-        else:
-            diff = output - target.astype(output.dtype, copy=False)
-        loss = np.einsum("nk,nk->", diff, diff) / n
-        return float(loss), diff
+        rows = np.arange(n)
+        h = output - output[rows, target][:, None]
+        h += float(self.margin)
+        h[rows, target] = 0.0
+        np.maximum(h, 0.0, out=h)
+        w = self._weights(k, output.dtype)
+        sw = np.ones(n, dtype=output.dtype) if w is None else w[target]
+        scale = (1.0 / k if self.average_over_classes else 1.0) / (n if self.reduction == "mean" else 1.0)
+        per = (h if self.p == 1 else h * h).sum(axis=1)
+        loss = float((sw * per).sum() * scale)
+        return loss, (h, target, sw, scale)
 
     def backward(self, cache):
-        diff = cache
-        return diff * (2.0 / diff.shape[0])
+        h, target, sw, scale = cache
+        n = h.shape[0]
+        grad = (h > 0).astype(h.dtype) if self.p == 1 else 2 * h
+        grad *= (sw * scale)[:, None].astype(h.dtype)
+        grad[np.arange(n), target] = -grad.sum(axis=1)
+        return grad
 
 
 @hookimpl
 def layerkit_register_losses(register):
     register(SoftmaxCrossEntropy)
-    register(MeanSquaredError)
+    register(NLLLoss)
+    register(MulticlassHinge)

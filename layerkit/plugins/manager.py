@@ -35,6 +35,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "layerkit.layers.reshaping",
     "layerkit.layers.merging",
     "layerkit.nn.losses",
+    "layerkit.nn.elementwise_losses",
     "layerkit.nn.optimizers",
     "layerkit.data.builtin",
 )

@@ -148,6 +148,15 @@ class Trainer:
                                                       float(self.training.get("weight_decay", 0) or 0), registry)
         n = len(data.x_train)
         self.steps_per_epoch = math.ceil(n / self.batch_size)
+        # Batch statistics (batch norm) are undefined for one sample and the layer refuses it in
+        # training, as PyTorch does. A last batch of exactly one sample is dropped for such
+        # models (a different sample each epoch, as the order is reshuffled); any other model
+        # trains on it.
+        if n % self.batch_size == 1 and any(getattr(node.layer, "batch_sync", False) for node in model.nodes):
+            if n == 1:
+                raise TrainingError("batch norm needs at least 2 training samples per batch; the training "
+                                    "split has 1")
+            self.steps_per_epoch -= 1
         self.schedule = Schedule.from_config(self.training.get("schedule"), self.optimizer.lr,
                                              self.epochs, self.steps_per_epoch)
         self.early = self._early_stopping_config()
