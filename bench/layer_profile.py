@@ -58,17 +58,15 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         dy = loss.backward(lcache)
         extra["loss"].append(time.perf_counter() - t0)
         grads = {}
-        owned = False  # as Model.backward: the loss's gradient belongs to the caller
         for i in range(len(nodes) - 1, -1, -1):
-            node = nodes[i]
+            node, call = nodes[i], model.backward_plan[i]  # the method Model.backward calls
             t0 = time.perf_counter()
-            if model._params_only[i]:  # as Model.backward: the data needs no gradient
+            if call == "skip":
+                grads[node.name] = {}
+            elif call == "backward_params":
                 grads[node.name] = node.layer.backward_params(model.params[node.name], caches[i], dy)
-            elif owned and model._inplace[i]:  # as Model.backward: nobody else holds dy
-                dy, grads[node.name] = node.layer.backward_inplace(model.params[node.name], caches[i], dy)
             else:
-                dy, grads[node.name] = node.layer.backward(model.params[node.name], caches[i], dy)
-            owned = model._fresh_dx[i]
+                dy, grads[node.name] = getattr(node.layer, call)(model.params[node.name], caches[i], dy)
             bwd[node.name].append(time.perf_counter() - t0)
             caches[i] = None
         t0 = time.perf_counter()

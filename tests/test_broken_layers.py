@@ -10,7 +10,7 @@ import layerkit
 from layerkit.modelfile.build import build_model
 from layerkit.gradcheck.layers import check_layer, check_layer_config
 from layerkit.gradcheck.report import check_model
-from layerkit.nn.layer import Example, Layer, ParamSpec
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
 from layerkit.plugins.manager import load_registry
 from layerkit.testing import run_layer_test
 
@@ -76,7 +76,7 @@ class WrongDropoutScale(Layer):
     params_schema = {"type": "object", "properties": {"rate": {"type": "number", "default": 0.5}},
                      "additionalProperties": False}
     examples = (Example({"rate": 0.5}, (6,)),)
-    stochastic = True
+    uses_rng = True
     correct = False
 
     def forward(self, params, x, training=False, rng=None, state=None):
@@ -100,7 +100,6 @@ class BatchNormNoMeanTerms(Layer):
     type = "broken_batch_norm"
     description = "batch norm, wrong backward"
     examples = (Example({}, (5,)),)
-    stochastic = True
     correct = False
 
     def param_specs(self, input_shape):
@@ -345,7 +344,7 @@ class CentredButClaimsPerSample(GoodDense):
     """Subtracts the batch mean (correct gradients, but sample i's output depends on sample j)."""
 
     type = "broken_per_sample_claim"
-    per_sample = True
+    sample_coupling = Coupling.NONE
 
     def forward(self, params, x, training=False, rng=None, state=None):
         xc = x - x.mean(axis=0)
@@ -358,9 +357,9 @@ class CentredButClaimsPerSample(GoodDense):
 
 def test_false_per_sample_claim_caught():
     # sample-parallel training would silently train a different model with this layer
-    with pytest.raises(AssertionError, match="declares per_sample"):
+    with pytest.raises(AssertionError, match="declares sample_coupling = NONE"):
         run_layer_test(CentredButClaimsPerSample, {"units": 3}, (4,), batch_size=4)
     # the same maths without the claim is a correct layer
     class Centred(CentredButClaimsPerSample):
-        per_sample = False
+        sample_coupling = Coupling.OTHER
     run_layer_test(Centred, {"units": 3}, (4,), batch_size=4)

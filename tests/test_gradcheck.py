@@ -86,7 +86,7 @@ class Noisy(Layer):
     """Training-time multiplicative noise from the rng: checkable only if every forward re-seeds it."""
 
     type = "noisy"
-    stochastic = True
+    uses_rng = True
 
     def forward(self, params, x, training=False, rng=None, state=None):
         noise = 1 + rng.standard_normal(x.shape) if training else 1.0

@@ -103,8 +103,8 @@ def test_softmax_cross_entropy_options(config, kind):
     ref = ce_reference(target, config.get("class_weights"), config.get("ignore_index"),
                        config.get("label_smoothing", 0.0), config.get("reduction", "mean"))
     check(loss, out, target, ref)
-    assert loss.per_sample == (config.get("reduction", "mean") == "mean" and "ignore_index" not in config
-                               and "class_weights" not in config)
+    assert (loss.sample_coupling == "none") == (config.get("reduction", "mean") == "mean" and "ignore_index" not in config
+                                                and "class_weights" not in config)
 
 
 @pytest.mark.parametrize("config", [{}, {"class_weights": [1.0, 3.0, 0.5]}, {"ignore_index": 2},
@@ -232,7 +232,7 @@ def test_elementwise_losses(name, reduction):
     out[np.abs(d) < 1e-3] += 0.01
     ref = elementwise_ref(term, target, weight)
     check(loss, out, target, lambda o: ref(o, reduction))
-    assert loss.per_sample == (reduction != "sum")
+    assert (loss.sample_coupling == "none") == (reduction != "sum")
 
 
 def test_bce_with_logits_is_stable_and_matches_sigmoid_bce():

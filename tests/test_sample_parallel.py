@@ -100,12 +100,12 @@ def test_batch_norm_and_dropout_split_unflagged_layers_never(monkeypatch):
         assert plan_shards(model, loss, batch, threads=2) == 2, name
 
     class BatchLoss(Loss):
-        type = "batch_coupled"  # per_sample left False: e.g. a loss over pairs in the batch
+        type = "batch_coupled"  # sample_coupling left at OTHER: e.g. a loss over pairs in the batch
 
     lenet, _, batch = zoo("lenet5")
     assert plan_shards(lenet, BatchLoss(), batch, threads=2) == 1
     # a layer that says nothing about samples (a third-party one, say) keeps the batch whole
-    monkeypatch.setattr(type(lenet.nodes[1].layer), "per_sample", False)
+    monkeypatch.setattr(type(lenet.nodes[1].layer), "sample_coupling", "other")
     assert plan_shards(lenet, SoftmaxCrossEntropy(), batch, threads=2) == 1
 
 

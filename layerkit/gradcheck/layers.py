@@ -129,21 +129,33 @@ def _compare_tensor(probe: _LayerProbe, array: np.ndarray, analytic: np.ndarray,
     return result
 
 
-def _failed(layer_name: str, tensor: str, shape, message: str, layer_type: str) -> TensorResult:
+def _failed(layer_name: str, tensor: str, shape, message: str, layer_type: str,
+            via: str = "backward") -> TensorResult:
     size = int(np.prod(shape)) if shape is not None else 0
     return TensorResult(layer_name, tensor, tuple(shape or ()), 0, size, "-", None, "fail",
-                        message=message, layer_type=layer_type)
+                        message=message, layer_type=layer_type, via=via)
+
+
+#: the Layer methods a model's backward may call for a layer (``Model.backward_plan``)
+PATHS = ("backward", "backward_params", "backward_inplace")
 
 
 def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
                 state: Mapping[str, np.ndarray] | None = None, samples: int = 32, seed: int = 0,
-                step: float = 1e-6, name: str | None = None) -> list[TensorResult]:
+                step: float = 1e-6, name: str | None = None, via: str = "backward") -> list[TensorResult]:
     """Check one layer's backward against central differences of ``sum(R * forward(x))``.
 
     ``x`` carries the batch axis (a list of arrays for multi-input layers); ``params`` and
     ``state`` are this layer's tensors. Everything is copied to float64 first. Returns one
     result per input tensor (``input`` or ``input[i]``) and per parameter tensor.
+
+    ``via`` is the method whose gradients are compared, the one training calls for this layer:
+    ``backward``; ``backward_inplace`` (given its own copy of ``dy``); or ``backward_params``
+    for the parameter gradients (the input gradient, which training never reads there, still
+    comes from ``backward``).
     """
+    if via not in PATHS:
+        raise ValueError(f"via must be one of {PATHS}, not {via!r}")
     layer_name = name or layer.type or type(layer).__name__
     layer_type = layer.type or type(layer).__name__
     rng = np.random.default_rng(seed)
@@ -161,9 +173,14 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
     R = rng.standard_normal(y0.shape)
     probe.setup(R, y0)
     try:
-        dx, grads = layer.backward(p64, cache, R.copy())
+        if via == "backward_params":
+            dx, _ = layer.backward(p64, cache, R.copy())
+            dx = _as_f64(dx)  # before the next forward, which may reuse the layer's buffers
+            grads = layer.backward_params(p64, probe.forward()[1], R.copy())
+        else:
+            dx, grads = getattr(layer, via)(p64, cache, R.copy())
     except Exception as exc:
-        return [_failed(layer_name, "backward", None, f"backward raised {type(exc).__name__}: {exc}", layer_type)]
+        return [_failed(layer_name, via, None, f"{via} raised {type(exc).__name__}: {exc}", layer_type)]
     # copied now: a layer may reuse its buffers in the perturbed forwards that follow
     grads = {k: None if v is None else np.array(v, dtype=np.float64) for k, v in dict(grads or {}).items()}
     dxs = list(dx) if multi and isinstance(dx, (list, tuple)) else [dx]
@@ -177,25 +194,28 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
         targets.append((pname, arr, grads.pop(pname, None)))
     for tname, arr, analytic in targets:
         what = "input gradient" if tname.startswith("input") else "gradient"
+        method = "backward" if via == "backward_params" and tname.startswith("input") else via
         if analytic is None:
-            results.append(_failed(layer_name, tname, arr.shape, f"backward returned no {what} for {tname!r}",
-                                   layer_type))
+            results.append(_failed(layer_name, tname, arr.shape, f"{method} returned no {what} for {tname!r}",
+                                   layer_type, method))
             continue
         if np.shape(analytic) != arr.shape:
             results.append(_failed(layer_name, tname, arr.shape,
-                                   f"backward returned a {what} of shape {tuple(np.shape(analytic))} "
-                                   f"for {tname!r} of shape {arr.shape}", layer_type))
+                                   f"{method} returned a {what} of shape {tuple(np.shape(analytic))} "
+                                   f"for {tname!r} of shape {arr.shape}", layer_type, method))
             continue
         try:
-            results.append(_compare_tensor(probe, arr, analytic, layer_name=layer_name, tensor=tname,
-                                           samples=samples, rng=rng, step=step, kinks=layer.has_kinks,
-                                           layer_type=layer_type))
+            row = _compare_tensor(probe, arr, analytic, layer_name=layer_name, tensor=tname,
+                                  samples=samples, rng=rng, step=step, kinks=layer.has_kinks,
+                                  layer_type=layer_type)
+            row.via = method
+            results.append(row)
         except Exception as exc:  # a forward that cannot take a perturbed input is the layer's bug
             results.append(_failed(layer_name, tname, arr.shape, f"forward raised {type(exc).__name__} on a "
-                                                                 f"perturbed {tname}: {exc}", layer_type))
+                                                                 f"perturbed {tname}: {exc}", layer_type, method))
     for extra in grads:
         results.append(_failed(layer_name, extra, None,
-                               f"backward returned a gradient for {extra!r}, which is not a parameter", layer_type))
+                               f"{via} returned a gradient for {extra!r}, which is not a parameter", layer_type, via))
     return results
 
 

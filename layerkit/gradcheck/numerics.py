@@ -57,6 +57,9 @@ class TensorResult:
     message: str = ""
     scope: str = "layer"  # "layer": in isolation; "model": end-to-end loss gradient
     layer_type: str = ""
+    #: the Layer method whose gradient was checked: the one training calls for this layer
+    #: (``backward``, ``backward_params`` or ``backward_inplace``; see ``Model.backward_plan``)
+    via: str = "backward"
 
     @property
     def ok(self) -> bool:

@@ -119,8 +119,10 @@ def check_model(model, x: np.ndarray | None = None, y: np.ndarray | None = None,
         else:
             inp = random_input(node.input_shape, batch_size, layer_rng, multi)
             params = random_params(node.param_specs, layer_rng)
+        # the method training calls for this node, so what is checked is what trains
+        via = m64.backward_plan[index] if m64.backward_plan[index] != "skip" else "backward"
         rows += check_layer(node.layer, params, inp, state=m64.state[node.name], samples=samples,
-                            seed=int(layer_rng.integers(2**31)), step=step, name=node.name)
+                            seed=int(layer_rng.integers(2**31)), step=step, name=node.name, via=via)
     report = GradCheckReport(m64.graph.spec.name, rows, {
         "batch_size": int(x.shape[0]), "samples": samples, "seed": seed, "step": step,
         "inputs": "real batch" if real else "random", "whole_model": whole_model,

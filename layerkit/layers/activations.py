@@ -13,7 +13,7 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.parallel import threads as parallel
-from layerkit.nn.layer import Example, Layer, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, require_rank
 
 _NO_PARAMS = {"type": "object", "properties": {}, "additionalProperties": False}
 _EXAMPLES = (Example({}, (7,), "flat features"), Example({}, (2, 3, 3), "feature maps"))
@@ -47,7 +47,7 @@ def over_chunks(x: np.ndarray, work, nbytes: int | None = None) -> None:
 
 class ReLU(Layer):
     type = "relu"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Rectified linear unit: max(x, 0)."
     params_schema = _NO_PARAMS
     examples = _EXAMPLES
@@ -96,7 +96,7 @@ class ReLU(Layer):
 
 class LeakyReLU(Layer):
     type = "leaky_relu"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Leaky rectified linear unit: x for x > 0, alpha * x otherwise."
     params_schema = {
         "type": "object",
@@ -125,7 +125,7 @@ class LeakyReLU(Layer):
 
 class Sigmoid(Layer):
     type = "sigmoid"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = ("Logistic sigmoid 1 / (1 + exp(-x)), overflow-free and accurate in relative terms over the "
                    "float range: exp(x) / (1 + exp(x)) for x < 0, to full precision while exp(x) is a normal "
                    "number (x > -87 in float32, -708 in float64), then through the subnormals to 0 (x < -103 / "
@@ -159,7 +159,7 @@ class Sigmoid(Layer):
 
 class Tanh(Layer):
     type = "tanh"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Hyperbolic tangent."
     params_schema = _NO_PARAMS
     examples = _EXAMPLES
@@ -180,7 +180,7 @@ class Tanh(Layer):
 
 class Softmax(Layer):
     type = "softmax"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = ("Softmax over the feature axis of a (D,) input or the channel axis of a (C, H, W) input, "
                    "max-shifted for stability. For training prefer the fused softmax_cross_entropy loss.")
     params_schema = _NO_PARAMS

@@ -25,14 +25,14 @@ from layerkit import hookimpl
 from layerkit.parallel import threads as parallel
 from layerkit.errors import ShapeError
 from layerkit.nn.initializers import INITIALIZERS
-from layerkit.nn.layer import Example, Layer, ParamSpec, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
 from layerkit.kernels.windows import (Window, chunk_size, col2im_add, col2im_wide_add, im2col, im2col_wide, int_or_pair_schema, pad, pad_flat, unpad,
                        window)
 
 
 class Conv2D(Layer):
     type = "conv2d"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = ("2-D convolution over a (C, H, W) input: stride, padding ('same'/'valid'/explicit), "
                    "dilation and grouped / depthwise (groups = channels) variants.")
     params_schema = {

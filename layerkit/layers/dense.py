@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from layerkit import hookimpl
-from layerkit.nn.layer import Example, Layer, ParamSpec, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
 
 
 class Dense(Layer):
     type = "dense"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Fully connected layer: y = x W + b, on a flat (features,) input."
     params_schema = {
         "type": "object",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from layerkit import hookimpl
-from layerkit.nn.layer import Example, Layer
+from layerkit.nn.layer import Coupling, Example, Layer
 
 
 class Dropout(Layer):
@@ -22,9 +22,9 @@ class Dropout(Layer):
         "additionalProperties": False,
     }
     examples = (Example({"rate": 0.5}, (6,)), Example({"rate": 0.25}, (2, 3, 3)))
-    stochastic = True
+    uses_rng = True
     # each value's mask depends only on the generator: sample-parallel shards get one each
-    per_sample = True
+    sample_coupling = Coupling.NONE
 
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))

@@ -6,12 +6,12 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.nn.layer import Example, Layer
+from layerkit.nn.layer import Coupling, Example, Layer
 
 
 class Add(Layer):
     type = "add"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Element-wise sum of two or more inputs of the same shape (residual connections)."
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     arity = None
@@ -40,7 +40,7 @@ class Add(Layer):
 
 class Concat(Layer):
     type = "concat"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Concatenate two or more inputs along a per-sample axis (default 0, the channel axis)."
     params_schema = {
         "type": "object",

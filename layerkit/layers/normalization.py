@@ -6,7 +6,7 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.nn.layer import Example, Layer, ParamSpec, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
 from layerkit.parallel.collectives import batch_sum, splitting
 from layerkit.layers.activations import over_chunks
 
@@ -124,10 +124,9 @@ class BatchNorm(Layer):
         Example({"momentum": 0.5, "epsilon": 1e-3}, (3, 2, 2), "per channel"),
         Example({"affine": False}, (2, 3, 3), "no learnable scale and shift"),
     )
-    stochastic = True
     # training statistics come from the whole batch through collectives.batch_sum, so the
     # batch may be split over processes
-    batch_sync = True
+    sample_coupling = Coupling.BATCH_SUMS
 
     def output_shape(self, input_shape):
         require_rank(input_shape, (1, 3), "features, or channels x height x width")
@@ -250,7 +249,7 @@ class BatchNorm(Layer):
 
 class LocalResponseNorm(Layer):
     type = "local_response_norm"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = ("AlexNet local response normalisation across channels: "
                    "y_c = x_c / (k + alpha * sum of x_j^2 over the `size` channels around c) ** beta "
                    "(alpha is not divided by size, as in the AlexNet paper).")

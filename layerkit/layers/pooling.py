@@ -12,7 +12,7 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.nn.layer import Example, Layer, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, require_rank
 from layerkit.kernels.windows import int_or_pair_schema, pad, pair, unpad, window
 from layerkit.layers.activations import over_chunks
 
@@ -58,7 +58,7 @@ class _WindowPool(Layer):
 
 class MaxPool2D(_WindowPool):
     type = "max_pool2d"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = ("2-D max pooling; pads with -inf, so padding never wins. Ties send the whole gradient to "
                    "the first maximum of the window (row-major).")
     params_schema = _pool_schema("pooling", "padding is -inf and never selected")
@@ -117,7 +117,7 @@ class MaxPool2D(_WindowPool):
 
 class AvgPool2D(_WindowPool):
     type = "avg_pool2d"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = ("2-D average pooling. Padding is excluded from the average: each output divides by the "
                    "number of real input pixels in its window.")
     params_schema = _pool_schema("averaging", "padded positions are not counted in the average")
@@ -163,7 +163,7 @@ class AvgPool2D(_WindowPool):
 
 class GlobalAvgPool2D(Layer):
     type = "global_avg_pool2d"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Average over all spatial positions: (C, H, W) -> (C,)."
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     examples = (Example({}, (3, 4, 5)),)

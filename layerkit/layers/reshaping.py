@@ -6,12 +6,12 @@ import math
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.nn.layer import Example, Layer
+from layerkit.nn.layer import Coupling, Example, Layer
 
 
 class Flatten(Layer):
     type = "flatten"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Flatten the per-sample shape to (features,), channels-first order."
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     examples = (Example({}, (2, 3, 4)), Example({}, (5,)))
@@ -28,7 +28,7 @@ class Flatten(Layer):
 
 class Reshape(Layer):
     type = "reshape"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Reshape each sample (row-major order); one dimension may be -1 and is inferred."
     params_schema = {
         "type": "object",

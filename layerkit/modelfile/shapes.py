@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerkit.errors import GraphError, LayerkitError, Problem, ShapeError
-from layerkit.nn.initializers import INITIALIZERS
+from layerkit.nn.initializers import is_valid_init
 from layerkit.nn.layer import Layer, ParamSpec, Shape
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.spec import LayerSpec, ModelSpec
@@ -109,8 +109,9 @@ def _specs(value: Any, what: str) -> dict[str, ParamSpec]:
         shape = _shape(spec.shape)
         if any(d < 1 for d in shape):
             raise ValueError(f"{what} gave tensor {name!r} the shape {shape}")
-        if spec.init not in INITIALIZERS:
-            raise ValueError(f"{what} gave tensor {name!r} the unknown initializer {spec.init!r}")
+        if not is_valid_init(spec.init):
+            raise ValueError(f"{what} gave tensor {name!r} the unknown initializer {spec.init!r} "
+                             "(a name from layerkit.nn.initializers, or a number to start every element at)")
     return value
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import DataError
+from layerkit.nn.layer import Coupling
 from layerkit.nn.losses import Loss, reduction_schema
 
 LOG_FLOOR = -100.0  # PyTorch's BCELoss clamps each log at -100, so a saturated output costs 100, not inf
@@ -53,7 +54,7 @@ class _Elementwise(Loss):
 
     def __init__(self, **config):
         super().__init__(**config)
-        self.per_sample = self.reduction != "sum"
+        self.sample_coupling = Coupling.NONE if self.reduction != "sum" else Coupling.OTHER
 
     def _weight(self, output):
         """The per-output weight row (PyTorch's `weight`, here one number per output of a flat output)."""

@@ -1,4 +1,4 @@
-"""Initializers named by :class:`layerkit.nn.layer.ParamSpec.init`."""
+"""Initializers named by :class:`layerkit.nn.layer.ParamSpec.init` (or a constant: ``init=0.25``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ def initialize(spec: ParamSpec, rng: np.random.Generator, dtype=np.float32) -> n
     fan_in, fan_out = _fans(spec)
     shape = tuple(spec.shape)
     name = spec.init
-    if name == "zeros":
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        if not math.isfinite(name):
+            raise ValueError(f"initial value {name!r} is not a finite number")
+        value = np.full(shape, float(name))
+    elif name == "zeros":
         value = np.zeros(shape)
     elif name == "ones":
         value = np.ones(shape)
@@ -42,3 +46,12 @@ def initialize(spec: ParamSpec, rng: np.random.Generator, dtype=np.float32) -> n
 
 
 INITIALIZERS = ("zeros", "ones", "he_normal", "he_uniform", "glorot_uniform", "glorot_normal", "lecun_normal")
+
+
+def is_valid_init(init) -> bool:
+    """Whether ``init`` is a known initializer name or a finite constant."""
+    if isinstance(init, bool):
+        return False
+    if isinstance(init, (int, float)):
+        return math.isfinite(init)
+    return init in INITIALIZERS

@@ -18,7 +18,9 @@ list of input gradients in the same order).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -37,14 +39,19 @@ RESERVED_INPUT = "input"
 class ParamSpec:
     """A tensor a layer needs allocated: learnable parameter or running state.
 
-    ``init`` names an initializer from :mod:`layerkit.nn.initializers`.
-    ``fan_in``/``fan_out`` feed the variance-scaling initializers.
-    ``decay`` says whether L2 weight decay applies (weights yes, biases and
+    ``shape``: the tensor's shape (no batch axis).
+    ``init``: how it starts -- the name of an initializer from
+    :mod:`layerkit.nn.initializers` (``"zeros"``, ``"ones"``, ``"he_normal"``, ``"he_uniform"``,
+    ``"glorot_uniform"``, ``"glorot_normal"``, ``"lecun_normal"``), or a number: every element
+    starts at that constant (``ParamSpec((c,), init=0.25)``: a PReLU slope).
+    ``fan_in``/``fan_out`` feed the variance-scaling initializers (default: the first axis,
+    and the size divided by it).
+    ``decay`` says whether L2 weight decay applies (weights yes, biases, slopes and
     normalisation scales no); the optimizer applies it once for all layers.
     """
 
     shape: Shape
-    init: str = "zeros"
+    init: str | float = "zeros"
     fan_in: int | None = None
     fan_out: int | None = None
     decay: bool = False
@@ -62,32 +69,138 @@ class Example:
     note: str = ""
 
 
-class Layer:
-    """Base class. Subclasses set the class attributes and override the methods."""
+class Coupling(str, Enum):
+    """How a sample's output (and input gradient) depends on the other samples of its batch.
 
+    The value of :attr:`Layer.sample_coupling` (and :attr:`layerkit.nn.losses.Loss.sample_coupling`).
+    It decides whether a batch may be split over processes (``layerkit.parallel.processes``)
+    and which check the conformance suite runs. The plain strings work too
+    (``sample_coupling = "none"``).
+    """
+
+    #: each sample's output and input gradient depend only on that sample and the parameters
+    #: (dense, conv, activations, pooling, dropout): a batch may be cut anywhere, and the
+    #: pieces' parameter gradients add up to the whole batch's
+    NONE = "none"
+    #: samples meet only through sums over the whole batch, which the layer takes with
+    #: :func:`layerkit.parallel.collectives.batch_sum` (batch norm): a split batch still
+    #: computes exactly the whole batch's numbers, because ``batch_sum`` adds every piece's sums
+    BATCH_SUMS = "batch_sums"
+    #: anything else, or not known: the batch is never split
+    OTHER = "other"
+
+
+#: old class attributes that still work for one release, and what they became
+_DEPRECATED = {
+    "per_sample": "sample_coupling = Coupling.NONE",
+    "batch_sync": "sample_coupling = Coupling.BATCH_SUMS",
+    "stochastic": "uses_rng = True (only if forward draws random numbers from rng)",
+}
+
+
+def migrate_declarations(cls: type) -> None:
+    """Map a subclass's deprecated declarations onto the current ones and normalise the coupling.
+
+    Runs when the class is defined, so every caller only ever reads the current names.
+    """
+    own = cls.__dict__
+    old = [name for name in _DEPRECATED if name in own]
+    if old:
+        warnings.warn(f"{cls.__module__}.{cls.__qualname__}: " + "; ".join(
+            f"{name!r} is deprecated, declare {_DEPRECATED[name]}" for name in old), DeprecationWarning,
+            stacklevel=3)
+    if "sample_coupling" not in own:
+        if own.get("batch_sync"):
+            cls.sample_coupling = Coupling.BATCH_SUMS
+        elif "per_sample" in own:
+            cls.sample_coupling = Coupling.NONE if own["per_sample"] else Coupling.OTHER
+    if "uses_rng" not in own and "stochastic" in own:
+        cls.uses_rng = bool(own["stochastic"])
+    try:
+        cls.sample_coupling = Coupling(cls.sample_coupling)
+    except ValueError:
+        pass  # left as written: check_layer_metadata names it, and callers treat it as OTHER
+
+
+def overrides(obj: Any, member: str, base: type | None = None) -> bool:
+    """Whether ``obj`` (a layer or loss, or its class) replaces ``base``'s implementation of ``member``.
+
+    How callers tell an optional speed path a layer really provides from the default that
+    falls back on ``backward``; ``base`` is :class:`Layer` unless given.
+    """
+    cls = obj if isinstance(obj, type) else type(obj)
+    base = Layer if base is None else base
+    return getattr(cls, member, None) is not getattr(base, member, None)
+
+
+class Layer:
+    """Base class for every layer. Three groups of members, each with a working default.
+
+    **Must implement** (every layer): :attr:`type`, :attr:`description`,
+    :attr:`params_schema`, :attr:`examples`, :attr:`arity` (when not 1),
+    :meth:`output_shape`, :meth:`param_specs` / :meth:`state_specs` (when the layer has
+    tensors), :meth:`flops`, :meth:`forward` and :meth:`backward`.
+
+    **Declarations that change how training runs** (the defaults are the safe choice;
+    the conformance suite checks every claim): :attr:`has_kinks`, :attr:`uses_rng`,
+    :attr:`sample_coupling`.
+
+    **Optional speed paths** (the defaults fall back on ``backward``; an override must give
+    the same numbers, bit for bit, which the conformance suite checks):
+    :meth:`backward_params`, :meth:`backward_inplace`, :attr:`fresh_dx`.
+
+    Gradients are those of the loss the trainer minimises, the **batch mean** of the
+    per-sample losses: ``backward`` receives ``dy = d(mean loss)/d(y)`` (already divided by
+    the batch size) and returns ``d(mean loss)/d(x)`` and ``d(mean loss)/d(parameter)``,
+    i.e. parameter gradients are sums over the batch of the per-sample contributions, never
+    divided again.
+    """
+
+    # -- must implement: description ----------------------------------------------
+    #: the snake_case name model files use in ``"type"``
     type: ClassVar[str] = ""
+    #: one line for ``layerkit layers`` and the JSON Schema
     description: ClassVar[str] = ""
+    #: JSON Schema of the hyper-parameters (``"additionalProperties": false``; defaults in
+    #: ``"default"``); the builder validates a node against it and fills the defaults
     params_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
     #: number of inputs; ``None`` means "two or more" (add, concat)
     arity: ClassVar[int | None] = 1
-    #: example configurations for ``layerkit.testing`` (at least one)
+    #: example configurations the conformance suite builds and checks (at least one)
     examples: ClassVar[Sequence[Example]] = ()
-    #: the layer has points where it is not differentiable (relu, max pool):
-    #: the gradient checker detects and skips them instead of failing
+
+    # -- declarations that change how training runs --------------------------------
+    #: the layer has points where it is not differentiable (relu at 0, max-pool ties): the
+    #: gradient checker skips coordinates whose one-sided differences disagree instead of
+    #: failing. May be set per instance in ``__init__`` when it depends on the config.
     has_kinks: ClassVar[bool] = False
-    #: behaviour differs between training and inference (dropout, batch norm)
-    stochastic: ClassVar[bool] = False
-    #: each sample's output and input gradient depend only on that sample and the
-    #: parameters, so a batch may be split into shards whose parameter gradients add
-    #: up to the batch's (``layerkit.parallel.processes``); batch statistics break that
-    per_sample: ClassVar[bool] = False
+    #: ``forward`` draws random numbers from its ``rng`` argument when ``training`` is true
+    #: (dropout). Sample-parallel training then gives every shard its own generator, and the
+    #: conformance suite compares batch halves in inference mode, where no numbers are drawn.
+    #: A layer that merely behaves differently in training (batch norm) does not set it.
+    uses_rng: ClassVar[bool] = False
+    #: how samples of a batch interact in this layer, a :class:`Coupling`: ``NONE`` (each
+    #: sample on its own), ``BATCH_SUMS`` (only through ``collectives.batch_sum``) or
+    #: ``OTHER`` (the default: anything else; such a model trains in one process).
+    sample_coupling: ClassVar[Coupling | str] = Coupling.OTHER
+
+    # -- optional speed paths --------------------------------------------------------
+    #: a promise that every input gradient :meth:`backward` returns is a new array that
+    #: shares no memory with ``dy``, the input, the parameters or the cache (and that
+    #: :meth:`backward_inplace` returns either such an array or the ``dy`` it was given).
+    #: It lets the model hand the next layer down that gradient for :meth:`backward_inplace`.
+    fresh_dx: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        migrate_declarations(cls)
 
     def __init__(self, **config: Any) -> None:
         self.config = dict(config)
         for key, value in config.items():
             setattr(self, key, value)
 
-    # -- static description -------------------------------------------------
+    # -- must implement: static description ---------------------------------------
     def output_shape(self, input_shape: Any) -> Shape:
         """Per-sample output shape; raise :class:`ShapeError` with a reason."""
         return tuple(input_shape)
@@ -104,18 +217,52 @@ class Layer:
         """Forward floating-point operations per sample (multiply-add = 2)."""
         return 0
 
-    # -- compute --------------------------------------------------------------
+    # -- must implement: compute ----------------------------------------------------
     def forward(self, params: Params, x: Any, training: bool = False,
                 rng: np.random.Generator | None = None,
                 state: dict[str, np.ndarray] | None = None) -> tuple[Any, Any]:
+        """``(y, cache)`` for a batch ``x``; must not modify ``x`` or ``params``.
+
+        ``state`` holds the :meth:`state_specs` tensors, updated in place when ``training``;
+        ``rng`` is given when training (see :attr:`uses_rng`). ``cache`` is whatever
+        :meth:`backward` needs, and is passed back to it once.
+        """
         raise NotImplementedError
 
     def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
+        """``(dx, {parameter name: gradient})`` from ``dy`` (see the class docstring's convention).
+
+        Must not modify ``dy`` (another consumer may read it). ``dx`` has the input's shape
+        and dtype (a list for a multi-input layer); every parameter gets a gradient.
+        """
         raise NotImplementedError
+
+    # -- optional speed paths --------------------------------------------------------
+    def backward_params(self, params: Params, cache: Any, dy: np.ndarray) -> dict[str, np.ndarray]:
+        """Only the parameter gradients of :meth:`backward`, skipping the input gradient.
+
+        The model calls it for a layer whose input gradient nobody reads (a first layer fed
+        by the data). Override it when that saves work (dense, conv); the result must equal
+        ``backward(...)[1]`` bit for bit.
+        """
+        return self.backward(params, cache, dy)[1]
+
+    def backward_inplace(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
+        """:meth:`backward`, but allowed to overwrite ``dy`` (and return it as ``dx``).
+
+        The model calls it only with a ``dy`` nobody else holds (made by a layer with
+        :attr:`fresh_dx`, or a sum of several gradients). Override it when writing into
+        ``dy`` saves a new array (relu, batch norm); the result must equal
+        :meth:`backward`'s on a copy of ``dy``, bit for bit.
+        """
+        return self.backward(params, cache, dy)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"
+
+#: the members :func:`overrides` is asked about: a layer's optional speed paths
+SPEED_PATHS = ("backward_params", "backward_inplace")
 
 
 def require_rank(input_shape: Sequence[int], rank: int | tuple[int, ...], what: str) -> None:

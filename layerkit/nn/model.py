@@ -37,25 +37,40 @@ class Model:
         # Which values need a gradient: those computed from a parameter. The data does not, nor
         # does anything computed from the data alone (an MLP's flatten), so backward stops where
         # no parameter lies upstream: a layer fed only by such values computes its parameter
-        # gradients through ``backward_params`` when it has one (the MLP's first dense layer:
-        # 17% of its backward FLOPs were an input gradient nobody read), and a parameterless
-        # one is skipped.
+        # gradients through ``backward_params`` (the MLP's first dense layer: 17% of its
+        # backward FLOPs were an input gradient nobody read), and a parameterless one is skipped.
         needs = [False]
         for node, slots in zip(self.nodes, self._in_slots):
             needs.append(bool(node.param_specs) or any(needs[s] for s in slots))
         self._needs_grad = needs
-        feeds_grad = [any(needs[s] for s in slots) for slots in self._in_slots]
-        self._skip = [not f and not n.param_specs for f, n in zip(feeds_grad, self.nodes)]
-        self._params_only = [not f and hasattr(n.layer, "backward_params") for f, n in zip(feeds_grad, self.nodes)]
-        # Opt-in in-place backward. A layer whose class sets ``fresh_dx = True`` promises that
-        # every input gradient it returns is a new array nobody else references (or the dy it
-        # was handed through ``backward_inplace``, which was exclusive already). A gradient made
-        # that way, consumed by one node only, may be overwritten by that node's
-        # ``backward_inplace(params, cache, dy)``; sums of several contributions are new arrays
-        # too. This saves the fresh output array of memory-bound layers (relu, batch norm).
-        self._fresh_dx = [bool(getattr(n.layer, "fresh_dx", False)) and single
-                          for n, single in zip(self.nodes, self._single)]
-        self._inplace = [hasattr(n.layer, "backward_inplace") for n in self.nodes]
+        self.backward_plan = self._plan()
+
+    def _plan(self) -> list[str]:
+        """Per node, the Layer method :meth:`backward` calls: ``backward``, ``backward_params``,
+        ``backward_inplace``, or ``skip``. The gradient checker reads it to check what trains.
+
+        ``backward_inplace`` gets a ``dy`` nobody else holds: one made by a single consumer
+        that declares ``fresh_dx``, or a sum of several consumers' gradients (a new array).
+        The loss's ``dout`` belongs to the caller. This saves the fresh output array of
+        memory-bound layers (relu, batch norm).
+        """
+        n = len(self.nodes)
+        plan = [""] * n
+        writers: list[list[int]] = [[] for _ in range(n + 1)]  # per value: nodes that add a gradient to it
+        for i in range(n - 1, -1, -1):
+            node, slots = self.nodes[i], self._in_slots[i]
+            feeds_grad = any(self._needs_grad[s] for s in slots)
+            if not feeds_grad:
+                plan[i] = "backward_params" if node.param_specs else "skip"
+                continue
+            dy_writers = writers[i + 1]
+            owned = len(dy_writers) > 1 or (len(dy_writers) == 1 and self._single[dy_writers[0]]
+                                            and bool(self.nodes[dy_writers[0]].layer.fresh_dx))
+            plan[i] = "backward_inplace" if owned else "backward"
+            for s in slots:
+                if self._needs_grad[s]:
+                    writers[s].append(i)
+        return plan
 
     @classmethod
     def initialize(cls, graph: Graph, seed: int = 0, dtype=np.float32) -> "Model":
@@ -85,42 +100,37 @@ class Model:
         return values[-1], caches
 
     def backward(self, caches: list[Any], dout: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        """Gradients of every parameter tensor, given d(loss)/d(output)."""
+        """Gradients of every parameter tensor, given d(loss)/d(output); follows ``backward_plan``."""
         n = len(self.nodes)
         dvalues: list[Any] = [None] * (n + 1)
         dvalues[n] = dout
-        owned = [False] * (n + 1)  # the loss's dout belongs to the caller
         grads: dict[str, dict[str, np.ndarray]] = {}
         for i in range(n - 1, -1, -1):
-            node = self.nodes[i]
+            node, call = self.nodes[i], self.backward_plan[i]
             dy = dvalues[i + 1]
             dvalues[i + 1] = None
-            if self._skip[i]:
+            if call == "skip":
                 grads[node.name] = {}
                 caches[i] = None
                 continue
             if dy is None:  # cannot happen in a validated graph; kept for safety
                 continue
-            if self._params_only[i]:
+            if call == "backward_params":
                 grads[node.name] = node.layer.backward_params(self.params[node.name], caches[i], dy)
                 caches[i] = None
                 continue
-            if owned[i + 1] and self._inplace[i]:
+            if call == "backward_inplace":
                 dx, g = node.layer.backward_inplace(self.params[node.name], caches[i], dy)
             else:
                 dx, g = node.layer.backward(self.params[node.name], caches[i], dy)
             del dy
             caches[i] = None
             grads[node.name] = g
-            slots = self._in_slots[i]
             dxs = [dx] if self._single[i] else dx
-            for s, d in zip(slots, dxs):
+            for s, d in zip(self._in_slots[i], dxs):
                 if not self._needs_grad[s]:
                     continue  # the data, or computed from it alone: nobody reads this gradient
-                if dvalues[s] is None:
-                    dvalues[s], owned[s] = d, self._fresh_dx[i]
-                else:
-                    dvalues[s], owned[s] = dvalues[s] + d, True
+                dvalues[s] = d if dvalues[s] is None else dvalues[s] + d
         return grads
 
     def loss_and_gradients(self, loss, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,

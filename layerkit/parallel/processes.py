@@ -4,15 +4,15 @@ Why processes and not the thread pool of ``parallel``: a small net's step is a f
 hundred numpy calls of 10-50 us each, and every one of them hands the GIL over.
 Two threads each running whole LeNet-style steps reached 1.07x one thread on this
 2-core machine (17,000 voluntary context switches in 120 steps), two processes
-1.97x. So for models whose layers can be split over samples (``per_sample``
-layers, and ``batch_sync`` ones, below) ``Trainer.fit`` splits each batch into
+1.97x. So for models whose layers can be split over samples (``sample_coupling``
+``NONE``, or ``BATCH_SUMS``, below) ``Trainer.fit`` splits each batch into
 one contiguous shard per thread: the main process computes shard 0 and forked
 workers the others, each with the whole forward, loss and backward of its shard. Workers read the
 parameters from shared memory (the main process copies them in before each
 step) and write their gradients to shared memory; the main process adds them to
 its own in shard order and runs the optimizer as usual.
 
-Layers that need whole-batch statistics (batch norm) declare ``batch_sync`` and
+Layers that need whole-batch statistics (batch norm) declare ``BATCH_SUMS`` and
 get them through :func:`batch_sum`: every shard writes its partial sums to shared
 memory, waits at a barrier and adds all partials in shard order, so each shard
 normalises with the statistics of the whole batch, exactly as one process would.
@@ -71,6 +71,8 @@ _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
 _REPLY = struct.Struct("<dq")  # loss * samples, correct predictions
 MAX_REDUCE = 1 << 14  # float64 values one batch_sum may carry at least (batch norm: 2 per channel + 1)
 BARRIER_TIMEOUT_S = 600.0  # a shard this late at a batch_sum is taken for dead
+# values of layerkit.nn.layer.Coupling (a str enum: equal to these strings); this tier sits below nn
+NONE, BATCH_SUMS = "none", "batch_sums"
 
 _processes: int | None = None  # set_processes(); None: from the environment
 
@@ -147,10 +149,10 @@ def available() -> bool:
 
 def eligible(model, loss) -> bool:
     """Whether every layer and the loss can be split over samples."""
-    if not getattr(loss, "per_sample", False):
+    if loss.sample_coupling != NONE:
         return False
-    return all(getattr(node.layer, "batch_sync", False)
-               or (getattr(node.layer, "per_sample", False) and not node.state_specs) for node in model.nodes)
+    return all(node.layer.sample_coupling == BATCH_SUMS
+               or (node.layer.sample_coupling == NONE and not node.state_specs) for node in model.nodes)
 
 
 def plan_shards(model, loss, batch_size: int, threads: int | None = None) -> int:
@@ -199,13 +201,13 @@ class SampleParallel:
         self._conns: list = []
         self._procs: list = []
         self._held_blas = False
-        self._sync = any(getattr(node.layer, "batch_sync", False) for node in model.nodes)
-        self._random = augment is not None or any(node.layer.stochastic for node in model.nodes)
+        self._sync = any(node.layer.sample_coupling == BATCH_SUMS for node in model.nodes)
+        self._random = augment is not None or any(node.layer.uses_rng for node in model.nodes)
         # batch_sum's exchange: two alternating buffers of one row per shard, so one barrier
         # per call suffices (a shard can only rewrite a buffer after everybody has read it)
         # room for a few values per channel of the widest synced layer (batch norm sends 2 + 1)
         self._reduce_max = max([MAX_REDUCE] + [4 * int(node.output_shape[0]) + 4 for node in model.nodes
-                                               if getattr(node.layer, "batch_sync", False)])
+                                               if node.layer.sample_coupling == BATCH_SUMS])
         self._reduce_block = mmap.mmap(-1, 2 * shards * self._reduce_max * 8) if self._sync else None
         self._reduce_buf = (np.frombuffer(self._reduce_block, dtype=np.float64).reshape(2, shards, self._reduce_max)
                             if self._sync else None)

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from layerkit.nn.layer import Coupling
+
 __all__ = ["run_layer_test", "layer_conformance_tests", "conformance_cases", "fill_defaults", "LayerCase",
            "check_layer_metadata"]
 
@@ -71,6 +73,12 @@ def check_layer_metadata(layer_cls) -> None:
     assert schema.get("additionalProperties") is False, (
         f"layer {name!r}: params_schema must set additionalProperties: false (typos must be errors)")
     assert len(layer_cls.examples) >= 1, f"layer {name!r} has no examples for the conformance tests"
+    coupling = layer_cls.sample_coupling
+    assert coupling in tuple(Coupling), (
+        f"layer {name!r}: sample_coupling = {coupling!r} is not one of {[c.value for c in Coupling]}")
+    for flag in ("has_kinks", "uses_rng", "fresh_dx"):
+        value = getattr(layer_cls, flag)
+        assert isinstance(value, (bool, np.bool_)), f"layer {name!r}: {flag} must be True or False, not {value!r}"
 
 
 def _shapes(value) -> list[tuple[int, ...]]:
@@ -95,14 +103,20 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
     forward output in training and inference mode; declared parameter and state tensors can be
     allocated and backward returns a gradient of the right shape for every one of them (and an
     input gradient of the input's shape); float32 in gives float32 out, forward and backward;
-    forward leaves its input and parameters alone; a ``per_sample`` layer gives the same outputs,
-    input gradients and summed parameter gradients on two halves of the batch as on the whole
-    (what sample-parallel training relies on); gradients agree with finite differences in
-    float64 (:func:`layerkit.gradcheck.layers.check_layer_config`). Returns the gradient-check results.
+    forward leaves its input and parameters alone, backward leaves ``dy`` alone; every speed path the
+    layer overrides gives ``backward``'s numbers bit for bit (``backward_params``: its parameter
+    gradients; ``backward_inplace``: on a copy of ``dy``); a ``fresh_dx`` claim holds (no input
+    gradient shares memory with ``dy``, the input, the parameters or the cache); a
+    ``sample_coupling`` claim holds: ``NONE``, each half of a batch on its own, and ``BATCH_SUMS``,
+    both halves at once with ``batch_sum`` exchanging their sums, give the whole batch's outputs,
+    input gradients, summed parameter gradients (and running statistics) -- what sample-parallel
+    training relies on (:mod:`layerkit.testing.contract`); gradients agree with finite differences
+    in float64 (:func:`layerkit.gradcheck.layers.check_layer_config`). Returns the gradient-check results.
     """
     from layerkit.gradcheck.layers import check_layer_config, initial_state, random_input, random_params
     from layerkit.gradcheck.render import describe
     from layerkit.nn.initializers import initialize
+    from layerkit.testing.contract import check_sample_coupling, check_speed_paths
 
     cls = (_registry(registry).layer(layer_type_or_class) if isinstance(layer_type_or_class, str)
            else layer_type_or_class)
@@ -174,8 +188,11 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
             assert np.asarray(grads[tname]).dtype == np.float32, (
                 f"{where}: gradient of {tname!r} is {np.asarray(grads[tname]).dtype}, not float32")
 
-    if getattr(layer, "per_sample", False) and batch_size >= 2:
-        _check_per_sample(layer, params, x, multi, where, seed)
+    state = {k: v.astype(np.float32) for k, v in initial_state(sspecs).items()}
+    check_speed_paths(layer, params, x, state, multi=multi, where=where, seed=seed)
+    # four samples: each half then has two, so per-half statistics differ from the whole's
+    x4 = random_input(in_shape, max(batch_size, 4), np.random.default_rng([seed, 4]), multi)
+    check_sample_coupling(layer, params, x4, initial_state(sspecs), multi=multi, where=where, seed=seed)
 
     results = check_layer_config(cls, filled, in_shape, batch_size=batch_size, samples=samples, seed=seed)
     bad = [r for r in results if r.status == "fail"]
@@ -185,45 +202,6 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
             lines += describe(r)
         raise AssertionError("\n".join(lines))
     return results
-
-
-def _check_per_sample(layer, params, x, multi: bool, where: str, seed: int) -> None:
-    """Whole batch vs. its two halves, in float64 so only a real dependence between samples shows."""
-    params = {k: v.astype(np.float64) for k, v in params.items()}
-    xs = [v.astype(np.float64) for v in x] if multi else x.astype(np.float64)
-    n = len(xs[0]) if multi else len(xs)
-    cut = n // 2
-
-    def part(a, b):
-        return [v[a:b] for v in xs] if multi else xs[a:b]
-
-    # a random layer draws differently for half a batch: compare its deterministic (inference) mode
-    training = not layer.stochastic
-
-    def run(inp):
-        y, cache = layer.forward(params, inp, training, np.random.default_rng(seed), {})
-        dy = np.random.default_rng(seed + 2).standard_normal((n, *np.shape(y)[1:]))
-        return y, cache, dy
-
-    y, cache, dy = run(xs)
-    dx, grads = layer.backward(params, cache, dy)
-    pieces = []
-    for a, b in ((0, cut), (cut, n)):
-        yp, cp, _ = run(part(a, b))
-        dxp, gp = layer.backward(params, cp, dy[a:b])
-        pieces.append((yp, dxp, dict(gp or {})))
-    close = lambda u, v: np.allclose(u, v, rtol=1e-9, atol=1e-12)  # noqa: E731
-    assert close(y, np.concatenate([p[0] for p in pieces])), (
-        f"{where}: declares per_sample, but its forward output on half a batch differs from the whole batch's")
-    dxs = list(dx) if multi else [dx]
-    for i, g in enumerate(dxs):
-        halves = [list(p[1])[i] if multi else p[1] for p in pieces]
-        assert close(g, np.concatenate(halves)), (
-            f"{where}: declares per_sample, but its input gradient on half a batch differs from the whole batch's")
-    for tname, g in dict(grads or {}).items():
-        assert close(g, pieces[0][2][tname] + pieces[1][2][tname]), (
-            f"{where}: declares per_sample, but the gradients of {tname!r} over two halves of a batch do not "
-            f"add up to the whole batch's")
 
 
 # -- pytest parametrisation ------------------------------------------------------

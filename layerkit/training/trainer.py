@@ -30,6 +30,7 @@ from layerkit.data import DataSplits
 from layerkit.data.augment import augmenter
 from layerkit.errors import CheckpointError, LayerkitError, TrainingError
 from layerkit.parallel.malloc import tune_malloc
+from layerkit.nn.layer import Coupling
 from layerkit.nn.model import Model
 from layerkit.nn.optimizers import Optimizer
 from layerkit.parallel.processes import SampleParallel, plan_shards
@@ -152,7 +153,7 @@ class Trainer:
         # training, as PyTorch does. A last batch of exactly one sample is dropped for such
         # models (a different sample each epoch, as the order is reshuffled); any other model
         # trains on it.
-        if n % self.batch_size == 1 and any(getattr(node.layer, "batch_sync", False) for node in model.nodes):
+        if n % self.batch_size == 1 and any(node.layer.sample_coupling == Coupling.BATCH_SUMS for node in model.nodes):
             if n == 1:
                 raise TrainingError("batch norm needs at least 2 training samples per batch; the training "
                                     "split has 1")

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 import layerkit
-from layerkit.nn.layer import Example, Layer
+from layerkit.nn.layer import Coupling, Example, Layer
 
 __version__ = "0.1.0"
 
@@ -39,7 +39,7 @@ class _Elementwise(Layer):
 
 class GELU(_Elementwise):
     type = "gelu"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = ("Gaussian error linear unit, tanh approximation: "
                    "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).")
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -58,7 +58,7 @@ class GELU(_Elementwise):
 
 class Swish(_Elementwise):
     type = "swish"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Swish x * sigmoid(beta * x); beta = 1 is SiLU."
     params_schema = {
         "type": "object",
@@ -82,7 +82,7 @@ class Swish(_Elementwise):
 
 class ELU(_Elementwise):
     type = "elu"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Exponential linear unit: x for x > 0, alpha (exp(x) - 1) otherwise."
     params_schema = {
         "type": "object",
@@ -115,7 +115,7 @@ class ELU(_Elementwise):
 
 class Softplus(_Elementwise):
     type = "softplus"
-    per_sample = True
+    sample_coupling = Coupling.NONE
     description = "Softplus log(1 + exp(beta x)) / beta, a smooth relu; computed overflow-free."
     params_schema = {
         "type": "object",

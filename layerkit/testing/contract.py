@@ -1,0 +1,254 @@
+"""Checks of what a layer declares beyond forward/backward: its speed paths and its sample coupling.
+
+Each check runs only for what the layer overrides or claims (:func:`layerkit.nn.layer.overrides`,
+:attr:`~layerkit.nn.layer.Layer.fresh_dx`, :attr:`~layerkit.nn.layer.Layer.sample_coupling`),
+because that is what training will run instead of, or around, ``backward``. A failure raises
+``AssertionError`` naming the layer (in ``where``) and the contract member.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from layerkit.nn.layer import Coupling, overrides
+from layerkit.parallel import collectives
+
+#: seconds a half waits for the other at a batch_sum before the check gives up on it
+EXCHANGE_TIMEOUT_S = 30.0
+
+
+def _list(value, multi: bool) -> list:
+    return list(value) if multi else [value]
+
+
+def _arrays(obj: Any, out: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Every ndarray inside a cache (nested tuples, lists, dicts)."""
+    out = [] if out is None else out
+    if isinstance(obj, np.ndarray):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _arrays(item, out)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _arrays(item, out)
+    return out
+
+
+def _differs(a, b) -> str:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return f"shape {a.shape} instead of {b.shape}"
+    if a.dtype != b.dtype:
+        return f"dtype {a.dtype} instead of {b.dtype}"
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return f"largest difference {np.nanmax(diff):.3g}" if diff.size else "different values"
+
+
+class _Runner:
+    """Forward passes that start from the same state and generator every time, so two paths
+    can be compared bit for bit."""
+
+    def __init__(self, layer, params, x, state, seed: int) -> None:
+        self.layer, self.params, self.x, self.state, self.seed = layer, params, x, state, seed
+
+    def forward(self, training: bool):
+        state = {k: v.copy() for k, v in self.state.items()}
+        return self.layer.forward(self.params, self.x, training, np.random.default_rng(self.seed), state)
+
+
+def check_speed_paths(layer, params, x, state, *, multi: bool, where: str, seed: int = 0) -> None:
+    """``backward`` leaves ``dy`` alone; every overridden speed path gives ``backward``'s numbers
+    bit for bit; a ``fresh_dx`` claim holds. Run in the dtype training uses (float32)."""
+    run = _Runner(layer, params, x, state, seed)
+    for training in (True, False):
+        mode = "training" if training else "inference"
+        y, cache = run.forward(training)
+        dy = np.random.default_rng(seed + 3).standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
+        dy_before = dy.copy()
+        dx, grads = layer.backward(params, cache, dy)
+        assert np.array_equal(dy, dy_before), (
+            f"{where}: backward ({mode}) modified dy in place; only backward_inplace may")
+        dxs, grads = _list(dx, multi), dict(grads or {})
+        if layer.fresh_dx:
+            _check_fresh(dxs, dy, run, params, cache, where, "backward", mode)
+        if overrides(layer, "backward_params"):
+            _, cache = run.forward(training)
+            only = dict(layer.backward_params(params, cache, dy) or {})
+            assert np.array_equal(dy, dy_before), f"{where}: backward_params ({mode}) modified dy in place"
+            assert set(only) == set(grads), (
+                f"{where}: backward_params ({mode}) returned gradients for {sorted(only)}, "
+                f"backward for {sorted(grads)}")
+            for tname, g in grads.items():
+                assert np.asarray(only[tname]).dtype == np.asarray(g).dtype and np.array_equal(only[tname], g), (
+                    f"{where}: backward_params ({mode}) gives a different gradient of {tname!r} than "
+                    f"backward ({_differs(only[tname], g)}); it must equal backward's bit for bit")
+        if overrides(layer, "backward_inplace"):
+            _, cache = run.forward(training)
+            owned = dy_before.copy()
+            dx2, grads2 = layer.backward_inplace(params, cache, owned)
+            dxs2, grads2 = _list(dx2, multi), dict(grads2 or {})
+            assert len(dxs2) == len(dxs), (
+                f"{where}: backward_inplace ({mode}) returned {len(dxs2)} input gradients, backward {len(dxs)}")
+            for i, (a, b) in enumerate(zip(dxs2, dxs)):
+                tname = f"input[{i}]" if multi else "input"
+                assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b), (
+                    f"{where}: backward_inplace ({mode}) gives a different {tname} gradient than backward on "
+                    f"a copy of dy ({_differs(a, b)}); it must equal backward's bit for bit")
+            assert set(grads2) == set(grads), (
+                f"{where}: backward_inplace ({mode}) returned gradients for {sorted(grads2)}, "
+                f"backward for {sorted(grads)}")
+            for tname, g in grads.items():
+                assert np.asarray(grads2[tname]).dtype == np.asarray(g).dtype and np.array_equal(grads2[tname], g), (
+                    f"{where}: backward_inplace ({mode}) gives a different gradient of {tname!r} than backward "
+                    f"({_differs(grads2[tname], g)}); it must equal backward's bit for bit")
+            if layer.fresh_dx:
+                _check_fresh(dxs2, owned, run, params, cache, where, "backward_inplace", mode, may_be_dy=True)
+
+
+def _check_fresh(dxs, dy, run: _Runner, params, cache, where: str, method: str, mode: str,
+                 may_be_dy: bool = False) -> None:
+    """What ``fresh_dx`` promises: the model may hand these arrays to the next layer's in-place backward."""
+    others = [("dy", dy)] if not may_be_dy else []
+    xs = run.x if isinstance(run.x, list) else [run.x]
+    others += [(f"input[{i}]" if len(xs) > 1 else "input", v) for i, v in enumerate(xs)]
+    others += [(f"parameter {k!r}", v) for k, v in params.items()]
+    others += [("an array of its cache", v) for v in _arrays(cache)]
+    for i, d in enumerate(dxs):
+        if not isinstance(d, np.ndarray):
+            continue
+        if may_be_dy and d is dy:
+            continue  # handing back the exclusive dy is what backward_inplace is for
+        for what, other in others:
+            assert not np.shares_memory(d, other), (
+                f"{where}: declares fresh_dx, but the input gradient backward{'_inplace' if may_be_dy else ''} "
+                f"({mode}) returns shares memory with {what}; {method} must return a new array")
+
+
+# -- sample coupling ------------------------------------------------------------------
+
+class TwoHalvesReducer:
+    """A ``batch_sum`` reducer for two threads, each computing one half of a batch.
+
+    Each half writes its partial sums, both meet at a barrier, and each gets the sum of
+    both halves in the same order (first half + second half), as the sample-parallel
+    processes do. A second barrier keeps a fast half from overwriting its slot before the
+    other has read it.
+    """
+
+    def __init__(self, halves: int = 2, timeout: float | None = None) -> None:
+        self.barrier = threading.Barrier(halves, timeout=EXCHANGE_TIMEOUT_S if timeout is None else timeout)
+        self.slots: list[np.ndarray | None] = [None] * halves
+        self.local = threading.local()
+        self.calls = [0] * halves
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        me = self.local.half
+        self.calls[me] += 1
+        self.slots[me] = np.array(values, dtype=np.float64).ravel()
+        self.barrier.wait()
+        try:
+            sizes = [len(part) for part in self.slots]
+            if len(set(sizes)) > 1:
+                raise threading.BrokenBarrierError(f"the halves passed {sizes} values to the same batch_sum call")
+            total = self.slots[0].copy()
+            for part in self.slots[1:]:
+                total = total + part
+        finally:
+            self.barrier.wait()
+        return total.reshape(np.shape(values))
+
+    def run(self, work: list[Callable[[], Any]]) -> list[Any]:
+        """Run ``work[i]`` in thread ``i`` with this reducer installed; re-raise the first failure."""
+        results: list[Any] = [None] * len(work)
+        errors: list[BaseException | None] = [None] * len(work)
+
+        def body(i: int) -> None:
+            self.local.half = i
+            try:
+                with collectives.reducing(self):
+                    results[i] = work[i]()
+            except BaseException as exc:  # noqa: BLE001 -- handed to the caller below
+                errors[i] = exc
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=body, args=(i,), name=f"layerkit-half-{i}") for i in range(len(work))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        real = [e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)]
+        if real:
+            raise real[0]
+        if any(errors):
+            raise errors[0]
+        return results
+
+
+def _close(a, b) -> bool:
+    return np.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def check_sample_coupling(layer, params, x, state, *, multi: bool, where: str, seed: int = 0) -> None:
+    """A ``NONE`` or ``BATCH_SUMS`` claim: two halves of a batch give the whole batch's numbers.
+
+    ``NONE``: each half on its own. ``BATCH_SUMS``: both halves at once, in two threads whose
+    ``batch_sum`` calls add both halves' sums (:class:`TwoHalvesReducer`); the first half's
+    running statistics must also equal the whole batch's (the process that trains keeps them).
+    Float64, so only a real dependence between samples shows. A layer that draws random numbers
+    is compared in inference mode, where it draws none.
+    """
+    coupling = layer.sample_coupling
+    if coupling not in (Coupling.NONE, Coupling.BATCH_SUMS):
+        return
+    name = "NONE" if coupling == Coupling.NONE else "BATCH_SUMS"
+    claim = f"declares sample_coupling = {name}"
+    params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    xs = [np.asarray(v, dtype=np.float64) for v in x] if multi else np.asarray(x, dtype=np.float64)
+    n = len(xs[0]) if multi else len(xs)
+    if n < 2:
+        return
+    cut = n // 2
+    training = not layer.uses_rng
+
+    def part(a, b):
+        return [v[a:b] for v in xs] if multi else xs[a:b]
+
+    def whole_or_half(a, b, dy):
+        st = {k: np.array(v, dtype=np.float64) for k, v in state.items()}
+        y, cache = layer.forward(params, part(a, b), training, np.random.default_rng(seed), st)
+        dx, grads = layer.backward(params, cache, dy[a:b])
+        return np.asarray(y), _list(dx, multi), dict(grads or {}), st
+
+    y0, _ = layer.forward(params, xs, training, np.random.default_rng(seed),
+                          {k: np.array(v, dtype=np.float64) for k, v in state.items()})
+    dy = np.random.default_rng(seed + 2).standard_normal(np.shape(y0))
+    y, dxs, grads, st = whole_or_half(0, n, dy)
+    work = [lambda: whole_or_half(0, cut, dy), lambda: whole_or_half(cut, n, dy)]
+    if coupling == Coupling.NONE:
+        pieces = [w() for w in work]
+        how = "on half a batch"
+    else:
+        reducer = TwoHalvesReducer()
+        try:
+            pieces = reducer.run(work)
+        except threading.BrokenBarrierError:
+            raise AssertionError(f"{where}: {claim}, but its two halves of a batch did not make the same "
+                                 f"batch_sum calls (calls per half: {reducer.calls})") from None
+        how = "on two halves of a batch with batch_sum adding both halves' sums"
+    assert _close(y, np.concatenate([p[0] for p in pieces])), (
+        f"{where}: {claim}, but its forward output {how} differs from the whole batch's")
+    for i, g in enumerate(dxs):
+        tname = f"input[{i}]" if multi else "input"
+        assert _close(g, np.concatenate([p[1][i] for p in pieces])), (
+            f"{where}: {claim}, but its {tname} gradient {how} differs from the whole batch's")
+    for tname, g in grads.items():
+        assert _close(g, pieces[0][2][tname] + pieces[1][2][tname]), (
+            f"{where}: {claim}, but the gradients of {tname!r} {how} do not add up to the whole batch's")
+    if coupling == Coupling.BATCH_SUMS and training:
+        for tname, v in st.items():
+            assert _close(pieces[0][3][tname], v), (
+                f"{where}: {claim}, but the state {tname!r} updated {how} differs from the whole batch's")
