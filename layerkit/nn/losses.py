@@ -27,8 +27,8 @@ class Loss:
     params_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
     #: ``Coupling.NONE`` when the loss is the batch mean of a per-sample term, so shards of a
     #: batch can be computed apart and their gradients added (``layerkit.parallel.processes``);
-    #: the default ``Coupling.OTHER`` keeps training in one process; a loss whose options couple the
-    #: samples (a sum, a weighted mean) sets it per instance
+    #: the default ``Coupling.OTHER`` keeps training in one process; a loss whose options couple
+    #: the samples (a sum, a weighted mean) sets it per instance
     sample_coupling: ClassVar[Coupling | str] = Coupling.OTHER
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -140,9 +140,11 @@ class _ClassLoss(Loss):
 
 class SoftmaxCrossEntropy(_ClassLoss):
     type = "softmax_cross_entropy"
-    sample_coupling = Coupling.NONE
-    description = ("Softmax followed by cross-entropy, fused and computed with log-sum-exp so large logits "
-                   "cannot overflow. Targets: class ids (N,) or probability rows (N, K). Gradient (p - y) / N.")
+    description = ("Softmax followed by cross-entropy (PyTorch's CrossEntropyLoss), fused and computed with "
+                   "log-sum-exp so large logits cannot overflow. Targets: class ids (N,) or probability rows "
+                   "(N, K). class_weights, ignore_index (class ids only), label_smoothing and the reduction "
+                   "follow PyTorch: the mean over class ids divides by the summed weight of the counted "
+                   "targets, over rows by N. Default gradient (p - y) / N.")
     params_schema = {
         "type": "object",
         "properties": {
@@ -261,12 +263,28 @@ class NLLLoss(_ClassLoss):
         return grad
 
 
-class MeanSquaredError(Loss):
-    type = "mse"
-    sample_coupling = Coupling.NONE
-    description = ("Squared error summed over the outputs of a sample and averaged over the batch: "
-                   "mean_n sum_k (output - target)^2. Integer class ids are one-hot encoded.")
-    params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
+class MulticlassHinge(_ClassLoss):
+    type = "multiclass_hinge"
+    description = ("Multiclass SVM (hinge) loss on class scores, PyTorch's MultiMarginLoss: per sample "
+                   "sum over j != y of max(0, margin - x_y + x_j)^p, times the target's class weight, divided "
+                   "by the number of classes; the mean is over samples (weights do not renormalise it, as "
+                   "PyTorch). average_over_classes: false gives the CS231n SVM loss (no division by classes). "
+                   "Gradient at the hinge's kink (margin exactly met) is 0.")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "margin": {"type": "number", "minimum": 0, "default": 1.0,
+                       "description": "how far the true class must score above each other class"},
+            "p": {"enum": [1, 2], "default": 1, "description": "1: hinge; 2: squared hinge"},
+            "class_weights": class_weights_schema("scales each sample's term by its target's weight"),
+            "average_over_classes": {"type": "boolean", "default": True,
+                                     "description": "divide each sample's sum by the number of classes "
+                                                    "(PyTorch); false: CS231n's multiclass SVM"},
+            "reduction": reduction_schema(),
+        },
+        "additionalProperties": False,
+    }
+    weighted_mean_normalises = False
 
     def forward(self, output, target):
         target = _check_targets(output, target)
