@@ -88,3 +88,10 @@ class CheckFailed(LayerkitError):
     """A check (gradient check, evaluation threshold) ran and failed."""
 
     exit_code = 1
+
+
+def everywhere(error: BaseException) -> BaseException:
+    """Mark ``error`` as raised by every MPI rank at the same point (from values the ranks agreed
+    on): rank 0 reports it and the others end quietly with the same exit code, no MPI abort."""
+    error.everywhere = True
+    return error

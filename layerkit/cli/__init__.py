@@ -46,27 +46,88 @@ def fail(error: LayerkitError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from layerkit.parallel.mpi import launched_size
+
+    if launched_size() > 1:
+        return _main_rank(argv)
+    return _run(argv)[0]
+
+
+def _run(argv: list[str] | None, rank: int = 0, held: list[str] | None = None) -> tuple[int, bool]:
+    """Run the command: (exit code, whether every MPI rank ends the same way, so no abort is needed).
+
+    Rank 0 prints every error; another rank keeps (in ``held``) only what happened to it
+    alone, prefixed with its rank: an error every rank raises at the same point is rank 0's
+    to report."""
+    def say(line: str, shared: bool = False) -> None:
+        if rank == 0:
+            print(line, file=sys.stderr)
+        elif not shared:
+            held.append(f"[rank {rank}] {line}")
+
     try:
         rc = app(args=argv, prog_name="layerkit", standalone_mode=False)
     except LayerkitError as error:
+        shared = getattr(error, "everywhere", False)
         text = str(error) or type(error).__name__
         for line in text.splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return error.exit_code
+            say(f"error: {line}", shared)
+        return error.exit_code, shared
     except typer.Exit as done:
-        return done.exit_code
+        return done.exit_code, done.exit_code == 0 or getattr(done, "everywhere", False)
     except (KeyboardInterrupt, typer.Abort):
-        print("interrupted", file=sys.stderr)
-        return 130
+        say("interrupted")
+        return 130, False
     except typer.TyperException as exc:
         # usage errors (typer vendors click: its exceptions derive from TyperException)
         show = getattr(exc, "show", None)
-        if show is not None:
+        if show is not None and rank == 0:
             show()
         else:
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return rc if isinstance(rc, int) else 0
+            say(f"error: {exc}")
+        return 2, False
+    return (rc if isinstance(rc, int) else 0), True
+
+
+#: seconds another rank waits before reporting its own failure and ending the job: when
+#: every rank fails alike (a bad flag), rank 0's report and abort come first
+RANK_GRACE_S = 2.0
+
+
+def _main_rank(argv: list[str] | None) -> int:
+    """One MPI rank: any failure that is not every rank's ends the whole job with MPI_Abort,
+    since the other ranks would otherwise wait for this one for ever."""
+    import os
+    import time
+    import traceback
+
+    rank = int(os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or 0)
+    held: list[str] = []
+    try:
+        code, shared = _run(argv, rank, held)
+    except BaseException:  # a bug: its traceback, then the whole job ends
+        text = traceback.format_exc()
+        if rank:
+            held += [f"[rank {rank}] {line}" for line in text.splitlines()]
+        else:
+            print(text, file=sys.stderr, end="")
+        code, shared = 1, False
+    if code == 0 or shared:
+        return code
+    from layerkit.parallel.mpi import world
+
+    try:
+        comm = world()
+    except LayerkitError:  # no mpi4py: there is no job to end; each rank exits on its own
+        return code
+    if comm.size < 2:
+        return code
+    if rank:
+        time.sleep(RANK_GRACE_S)  # rank 0 ends the job first if it failed the same way
+        for line in held:
+            print(line, file=sys.stderr)
+    comm.abort(code)
+    return code
 
 
 from layerkit.cli import check, inspect, train, zoo  # noqa: E402,F401  (register the commands)

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from layerkit.errors import LayerkitError
+from layerkit.errors import LayerkitError, everywhere
 from layerkit.training.trainer import Callback, TrainingInterrupted
 from layerkit.cli import app
 
@@ -175,14 +175,23 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
     if resume is not None and given:
         raise LayerkitError(f"--resume continues a run exactly as it was started; it cannot be combined with "
                             f"{', '.join('--' + g.split('.')[-1].replace('_', '-') for g in given)}")
+    from layerkit.parallel.mpi import world
+
     console = _console()
     log = (lambda msg: _console(stderr=True).print(msg, markup=False, soft_wrap=True))
+    lead = world().rank == 0  # under mpiexec, rank 0 alone prints; the others only their own errors
     try:
         run, result = train(model, overrides=overrides, out=out, resume=resume,
                             data_dir=data_dir, allow_other_data=allow_other_data, check_grads=check_grads,
-                            callbacks=[ProgressDisplay(console, quiet)], log=log, console=console)
-    except TrainingInterrupted:
-        raise typer.Exit(130)
+                            callbacks=[ProgressDisplay(console, quiet)] if lead else [],
+                            log=log if lead else (lambda _msg: None), console=console if lead else None)
+    except TrainingInterrupted as stop:
+        code = typer.Exit(130)
+        if getattr(stop, "everywhere", False):  # every MPI rank stopped after the same batch
+            everywhere(code)
+        raise code from None
+    if not lead:
+        return
     kept = f" (weights of epoch {result.best_epoch}, best {result.monitor})" if result.monitor else ""
     console.print(f"test accuracy {_pct(result.test_accuracy)}, loss {result.test_loss:.4f}{kept}; "
                   f"run saved in {run.path}", markup=False)
@@ -210,7 +219,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
     """
     import numpy as np
 
-    from layerkit.errors import LayerkitError as UserError
+    from layerkit.errors import LayerkitError, everywhere as UserError
     from layerkit.modelfile.build import build_model
     from layerkit.nn.model import load_npz
     from layerkit.training.runs import MODEL_FILE, WEIGHTS, RunDir, apply_overrides, load_run_data, prepare_data

@@ -52,7 +52,7 @@ import sys
 import threading
 import traceback
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -176,14 +176,31 @@ def _bounds(n: int, shards: int) -> list[int]:
     return [i * n // shards for i in range(shards + 1)]
 
 
+def share_gradients(model, loss, x: np.ndarray, y: np.ndarray, idx: np.ndarray, n_total: int, seed: int, stream: int,
+                    augment, random: bool, keys) -> tuple[float, int, list[np.ndarray]]:
+    """Loss times samples, correct predictions and gradients (``keys`` order) of the samples ``idx``
+    of a global batch of ``n_total``; random layers and augmentation draw from the stream
+    ``(seed, stream)``. What every share of a split batch computes, forked or on an MPI rank."""
+    xb, yb = x[idx], y[idx]
+    rng = np.random.default_rng([seed, stream]) if random else None
+    if augment is not None:
+        xb = augment(xb, rng)
+    # the loss averages over the share; the step's gradient is the batch mean
+    value, out, grads = model.loss_and_gradients(loss, xb, yb, rng, share=len(idx) / n_total)
+    hits = int(np.count_nonzero(loss.predict(out) == yb))
+    return value * len(idx), hits, [grads[name][t] for name, t in keys]
+
+
 class SampleParallel:
     """Workers for one training run: ``with SampleParallel(...) as sp: sp.step(indices)``."""
 
-    def __init__(self, model, loss, x: np.ndarray, y: np.ndarray, shards: int, augment=None) -> None:
+    def __init__(self, model, loss, x: np.ndarray, y: np.ndarray, shards: int, augment=None,
+                 outer: collectives.Collectives = collectives.SINGLE) -> None:
         if shards < 2:
             raise ValueError("SampleParallel needs at least 2 shards")
         self.model, self.loss, self.x, self.y, self.shards = model, loss, x, y, shards
         self.augment = augment  # f(batch, rng) -> batch for the training images, or None
+        self.outer = outer  # the MPI ranks this process is one of, or the group of one
         self.keys = [(node.name, t) for node in model.nodes for t in model.params[node.name]]
         tensors = [model.params[n][t] for n, t in self.keys]
         self._offsets, total = [], 0
@@ -208,9 +225,10 @@ class SampleParallel:
         # room for a few values per channel of the widest synced layer (batch norm sends 2 + 1)
         self._reduce_max = max([MAX_REDUCE] + [4 * int(node.output_shape[0]) + 4 for node in model.nodes
                                                if node.layer.sample_coupling == BATCH_SUMS])
-        self._reduce_block = mmap.mmap(-1, 2 * shards * self._reduce_max * 8) if self._sync else None
-        self._reduce_buf = (np.frombuffer(self._reduce_block, dtype=np.float64).reshape(2, shards, self._reduce_max)
-                            if self._sync else None)
+        # one extra row: the whole group's sums when this group is inside an MPI rank
+        self._reduce_block = mmap.mmap(-1, 2 * (shards + 1) * self._reduce_max * 8) if self._sync else None
+        self._reduce_buf = (np.frombuffer(self._reduce_block, dtype=np.float64)
+                            .reshape(2, shards + 1, self._reduce_max) if self._sync else None)
         self._barrier = None
         self._parent = os.getpid()
         self._pending = None  # the main process's end of the pipe of the worker being forked
@@ -302,20 +320,36 @@ class SampleParallel:
         """
         n = len(idx)
         seed = int(rng.integers(1 << 62)) if self._random and rng is not None else 0
+        loss_sum, hits, grads = self.compute(idx, n, seed)
+        return loss_sum / n, hits, grads
+
+    def compute(self, idx: np.ndarray, n_total: int, seed: int, first: int = 0
+                ) -> tuple[float, int, list[np.ndarray]]:
+        """Loss times samples, correct predictions and gradients of the samples ``idx``, one share of a
+        global batch of ``n_total`` (the gradients are scaled by their share of it).
+
+        Shard ``s`` draws its random numbers from the stream ``(seed, first + s)``: under MPI,
+        ``first`` numbers this rank's shards after those of the ranks before it.
+        """
+        n = len(idx)
         if self._sync and n < self.shards:
             # too few samples for every shard to take part in the batch_sum exchanges
-            return self._whole(np.asarray(idx), seed)
+            with parallel.serial(), (collectives.reducing(self.outer) if self.outer.size > 1 else nullcontext()):
+                return share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), n_total, seed, first,
+                                       self.augment, self._random, self.keys)
         bounds = _bounds(n, min(self.shards, n))
         used = len(bounds) - 1
         for view, (name, t) in zip(self._param_views, self.keys):
             np.copyto(view, self.model.params[name][t])
         idx = np.asarray(idx, dtype=np.int64)
         for w in range(1, used):
-            self._send(w, np.concatenate(([n, seed], idx[bounds[w]:bounds[w + 1]])).astype(np.int64).tobytes())
+            self._send(w, np.concatenate(([n_total, seed, first], idx[bounds[w]:bounds[w + 1]])).astype(np.int64)
+                       .tobytes())
         broken = False
         try:
             with parallel.serial(), self._reducing(0):
-                loss_sum, hits, grads = self._shard(idx[bounds[0]:bounds[1]], n, seed, 0)
+                loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, idx[bounds[0]:bounds[1]],
+                                                        n_total, seed, first, self.augment, self._random, self.keys)
         except threading.BrokenBarrierError:
             broken = True  # a worker failed in the middle of the step: its reply says why
         except BaseException:
@@ -331,23 +365,7 @@ class SampleParallel:
             hits += part_hits
             for g, view in zip(grads, self._grad_views[w - 1]):
                 g += view
-        return loss_sum / n, hits, grads
-
-    def _whole(self, idx: np.ndarray, seed: int) -> tuple[float, int, list[np.ndarray]]:
-        with parallel.serial():
-            loss_sum, hits, grads = self._shard(idx, len(idx), seed, 0)
-        return loss_sum / len(idx), hits, grads
-
-    def _shard(self, idx: np.ndarray, n_total: int, seed: int = 0, shard: int = 0
-               ) -> tuple[float, int, list[np.ndarray]]:
-        xb, yb = self.x[idx], self.y[idx]
-        rng = np.random.default_rng([seed, shard]) if self._random else None
-        if self.augment is not None:
-            xb = self.augment(xb, rng)
-        # the loss averages over the shard; the step's gradient is the batch mean
-        value, out, grads = self.model.loss_and_gradients(self.loss, xb, yb, rng, share=len(idx) / n_total)
-        hits = int(np.count_nonzero(self.loss.predict(out) == yb))
-        return value * len(idx), hits, [grads[name][t] for name, t in self.keys]
+        return loss_sum, hits, grads
 
     @contextmanager
     def _reducing(self, shard: int):
@@ -369,10 +387,20 @@ class SampleParallel:
         self._phase += 1
         buf[shard, :k] = values
         self._barrier.wait(BARRIER_TIMEOUT_S)
-        total = buf[0, :k].copy()
-        for row in buf[1:]:
-            total += row[:k]
-        return total
+        if self.outer.size == 1:
+            total = buf[0, :k].copy()
+            for row in buf[1:self.shards]:
+                total += row[:k]
+            return total
+        # inside an MPI rank: the first shard passes this host's sum on to the other ranks
+        # and hands the group's sum back through the extra row
+        if shard == 0:
+            total = buf[0, :k].copy()
+            for row in buf[1:self.shards]:
+                total += row[:k]
+            buf[self.shards, :k] = self.outer.batch_sum(total)
+        self._barrier.wait(BARRIER_TIMEOUT_S)
+        return buf[self.shards, :k].copy()
 
     def _send(self, w: int, payload: bytes) -> None:
         try:
@@ -420,7 +448,9 @@ class SampleParallel:
             try:
                 header = np.frombuffer(msg, dtype=np.int64)
                 with self._reducing(w):
-                    loss_sum, hits, grads = self._shard(header[2:], int(header[0]), int(header[1]), w)
+                    loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, header[3:],
+                                                            int(header[0]), int(header[1]), int(header[2]) + w,
+                                                            self.augment, self._random, self.keys)
                 for view, g in zip(grad_views, grads):
                     np.copyto(view, g)
                 reply = _REPLY.pack(loss_sum, hits)

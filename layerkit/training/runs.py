@@ -31,10 +31,12 @@ from layerkit.data import DataSplits, load_data
 from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE, Preprocessing
 from layerkit.data.record import FILE_NAME as DATA_RECORD, DataRecord
 from layerkit.errors import (CheckFailed, CheckpointError, DataError, LayerkitError, ModelFileError, Problem,
-                             TrainingError)
+                             TrainingError, everywhere)
 from layerkit.fileio import save_npz_atomic, why, write_text_atomic
 from layerkit.nn.model import load_npz
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
+from layerkit.parallel.collectives import Collectives
+from layerkit.training.distributed import Launch, follow
 from layerkit.training.trainer import Callback, Trainer, TrainingInterrupted, TrainResult, build_loss
 
 try:
@@ -256,22 +258,41 @@ def check_gradients(trainer: Trainer, console=None, samples: int = 2) -> None:
     if console is not None:
         report.render(console)
     if not report.ok:
-        raise CheckFailed("gradient check failed on the first training batch; not training")
+        raise everywhere(CheckFailed("gradient check failed on the first training batch; not training"))
 
 
 def train(model_source: str | Path | dict | None = None, *, overrides: dict[str, Any] | None = None,
           out: str | Path | None = None, resume: str | Path | None = None, data_dir: str | Path | None = None,
           allow_other_data: bool = False, check_grads: bool = False, callbacks: Sequence[Callback] = (),
           log: Callable[[str], None] = lambda _msg: None, console=None,
-          registry=None) -> tuple[RunDir, TrainResult]:
+          registry=None, collectives: Collectives | None = None) -> tuple[RunDir, TrainResult]:
     """Train a model file into a run directory, or continue the run in ``resume`` on the data
-    recorded in it (``data_dir`` there must name the same data unless ``allow_other_data``)."""
+    recorded in it (``data_dir`` there must name the same data unless ``allow_other_data``).
+
+    Under ``mpiexec -n K`` (or with ``collectives`` of several ranks) every rank calls this;
+    rank 0 writes the run directory and the others return ``(None, result)``, see
+    ``layerkit.training.distributed``."""
+    if collectives is None:
+        from layerkit.parallel.mpi import world
+        collectives = world()
+    launch = Launch(collectives)
+    flags = {"model": None if isinstance(model_source, dict) else model_source, "overrides": overrides, "out": out,
+             "resume": resume, "data_dir": data_dir, "allow_other_data": allow_other_data, "check_grads": check_grads}
+    if collectives.rank > 0:
+        raw = None
+        if resume is None:
+            raw, _ = (model_source, None) if isinstance(model_source, dict) else read_model_file(model_source)
+            raw = apply_overrides(raw, overrides or {})
+        return follow(launch, raw, flags, resuming=resume is not None,
+                      check_grads=check_gradients if check_grads else None,
+                      callbacks=callbacks, registry=registry)
     run = None
     try:
         if resume is not None:
             run = RunDir.open(resume)
             run.lock()
             raw, source = run.model_dict(), str(run / MODEL_FILE)
+            raw = launch.start(raw, flags, compare_model=False)
         else:
             if model_source is None:
                 raise LayerkitError("give a model file to train, or --resume RUN_DIR")
@@ -279,16 +300,17 @@ def train(model_source: str | Path | dict | None = None, *, overrides: dict[str,
                 raw, source = model_source, "<model>"
             else:
                 raw, source = read_model_file(model_source)
-            raw = apply_overrides(raw, overrides or {})
+            raw = launch.start(apply_overrides(raw, overrides or {}), flags)
         return _train(raw, source, run, out=out, data_dir=data_dir, allow_other_data=allow_other_data,
-                      check_grads=check_grads, callbacks=callbacks, log=log, console=console, registry=registry)
+                      check_grads=check_grads, callbacks=callbacks, log=log, console=console, registry=registry,
+                      launch=launch)
     finally:
         if run is not None:
             run.unlock()
 
 
 def _train(raw: dict, source: str, run: RunDir | None, *, out, data_dir, allow_other_data, check_grads,
-           callbacks, log, console, registry) -> tuple[RunDir, TrainResult]:
+           callbacks, log, console, registry, launch: Launch) -> tuple[RunDir, TrainResult]:
     resuming = run is not None
     spec = spec_from_dict(raw, source=Path(source).name, registry=registry)
     model = build_model(spec, registry=registry)
@@ -298,6 +320,7 @@ def _train(raw: dict, source: str, run: RunDir | None, *, out, data_dir, allow_o
                              registry=registry, log=log)
     else:
         data = prepare_data(spec, model, data_dir, registry)
+    data = launch.share_data(data)
     if data.notice:
         log(f"note: {data.notice}")
     log(f"data: {describe_counts(data.counts())} from {data.source}")
@@ -307,14 +330,14 @@ def _train(raw: dict, source: str, run: RunDir | None, *, out, data_dir, allow_o
         run = RunDir.create(out or default_out(spec.name), raw)
     try:
         return _fit(run, spec, model, loss, data, resuming, check_grads=check_grads, callbacks=callbacks,
-                    log=log, console=console, registry=registry)
+                    log=log, console=console, registry=registry, launch=launch)
     finally:
         if new_run:
             run.unlock()
 
 
 def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: bool, *, check_grads, callbacks,
-         log, console, registry) -> tuple[RunDir, TrainResult]:
+         log, console, registry, launch: Launch) -> tuple[RunDir, TrainResult]:
     trainer: Trainer | None = None
 
     def save(arrays: dict[str, np.ndarray]) -> None:
@@ -322,10 +345,10 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
         run.write_history(trainer.state.history)
 
     trainer = Trainer(model, loss, data, spec.training, callbacks=callbacks, save_checkpoint=save,
-                      registry=registry)
+                      registry=registry, collectives=launch.comm)
     if resuming:
-        trainer.restore(run.load_checkpoint(), source=str(run / CHECKPOINT))
-        if trainer.finished and (run / WEIGHTS).is_file() and (run / METRICS).is_file():
+        trainer.restore(launch.share_arrays(run.load_checkpoint()), source=str(run / CHECKPOINT))
+        if launch.share(trainer.finished and (run / WEIGHTS).is_file() and (run / METRICS).is_file()):
             # nothing to do, and nothing to write: the run's files stay exactly as they are
             log(f"{run.path}: the run is already complete")
             return run, trainer.result()
@@ -337,9 +360,16 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
         record_of(spec, data).save(run / DATA_RECORD)
     if check_grads:
         check_gradients(trainer, console)
-    if trainer.shards > 1:
+    if launch.distributed:
+        log(f"note: each batch is split over {launch.comm.size} MPI ranks"
+            + (f", and each rank's share over {trainer.shards} processes" if trainer.shards > 1 else ""))
+    elif trainer.shards > 1:
         log(f"note: each batch is split over {trainer.shards} processes (sample-parallel; "
             f"LAYERKIT_PROCESSES sets the count, LAYERKIT_SAMPLE_PARALLEL=0 trains in one)")
+    if resuming and trainer.saved_shares not in (None, trainer.shares):
+        log(f"note: the run was split over {trainer.saved_shares} processes before and now over {trainer.shares}: "
+            f"it continues the same training up to float32 rounding (random layers draw other numbers), "
+            f"not bit for bit as with {trainer.saved_shares}")
 
     try:
         result = trainer.fit()

@@ -28,12 +28,13 @@ import numpy as np
 
 from layerkit.data import DataSplits
 from layerkit.data.augment import augmenter
-from layerkit.errors import CheckpointError, LayerkitError, TrainingError
+from layerkit.errors import CheckpointError, LayerkitError, TrainingError, everywhere
 from layerkit.parallel.malloc import tune_malloc
 from layerkit.nn.layer import Coupling
 from layerkit.nn.model import Model
 from layerkit.nn.optimizers import Optimizer
-from layerkit.parallel.processes import SampleParallel, plan_shards
+from layerkit.parallel.collectives import SINGLE, Collectives
+from layerkit.training.steps import make_step, plan
 from layerkit.nn.schedules import Schedule
 
 CHECKPOINT_FORMAT = 1
@@ -119,6 +120,21 @@ def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=Non
     return cls(tensors, names=names, decay=decay, weight_decay=weight_decay, **config)
 
 
+def evaluate_split(model: Model, loss, x: np.ndarray, y: np.ndarray, comm: Collectives = SINGLE,
+                   batch_size: int = EVAL_BATCH) -> tuple[float, float]:
+    """Mean loss and accuracy over ``x``, the ``batch_size`` chunks shared out over ``comm``'s ranks
+    (contiguous runs of chunks: each chunk is the one a single process evaluates)."""
+    if comm.size == 1:
+        return evaluate(model, loss, x, y, batch_size)[:2]
+    chunks = -(-len(x) // batch_size)
+    lo, hi = (comm.rank * chunks // comm.size * batch_size, (comm.rank + 1) * chunks // comm.size * batch_size)
+    part_loss, part_acc, _ = evaluate(model, loss, x[lo:hi], y[lo:hi], batch_size)
+    part = len(x[lo:hi])
+    totals = comm.allreduce_sum(np.array([part_loss * part, round(part_acc * part)], dtype=np.float64))
+    n = max(len(x), 1)
+    return float(totals[0]) / n, float(totals[1]) / n if len(x) else 0.0
+
+
 def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH
              ) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and predicted classes over ``x`` in inference mode."""
@@ -137,8 +153,10 @@ class Trainer:
     def __init__(self, model: Model, loss, data: DataSplits, training: dict, *,
                  optimizer: Optimizer | None = None, callbacks: Sequence[Callback] = (),
                  save_checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
-                 registry=None) -> None:
+                 registry=None, collectives: Collectives = SINGLE) -> None:
         self.model, self.loss, self.data = model, loss, data
+        #: the processes training together (MPI ranks), see ``layerkit.parallel.collectives``
+        self.comm = collectives
         self.training = dict(training)
         self.epochs = int(self.training.get("epochs", 10))
         self.batch_size = int(self.training.get("batch_size", 64))
@@ -166,10 +184,16 @@ class Trainer:
         self.best_weights: dict[str, np.ndarray] | None = None
         self._keys = [(node.name, tname) for node in model.nodes for tname in model.params[node.name]]
         self.augment = augmenter((self.training.get("data") or {}).get("augment"))
-        #: batches split over this many processes (1: the plain step), see ``layerkit.parallel.processes``
-        self.shards = plan_shards(model, loss, self.batch_size)
-        self._sharded: SampleParallel | None = None
+        #: each rank's share of a batch split over this many forked processes (1: not split),
+        #: see ``layerkit.parallel.processes``
+        self.shards = plan(model, loss, self.batch_size, self.comm)
+        #: processes one batch is split over, in all (MPI ranks times forked processes)
+        self.shares = self.comm.size * self.shards
+        #: ``shares`` of the run a checkpoint was saved by (None: before that was recorded)
+        self.saved_shares: int | None = None
+        self._step = None
         self._stop_requested = False
+        self._agreed_stop = False  # stopping after a batch every rank agreed on (not a second Ctrl-C)
         self._busy = False
 
     def _early_stopping_config(self) -> dict | None:
@@ -194,7 +218,9 @@ class Trainer:
             try:
                 # a diverging run overflows before its loss turns nan: the loss check reports that
                 # once, clearly, instead of a stream of RuntimeWarnings
-                with np.errstate(over="ignore", invalid="ignore"), self._workers():
+                with np.errstate(over="ignore", invalid="ignore"), \
+                        make_step(self.model, self.loss, self.data.x_train, self.data.y_train, self.augment,
+                                  self._keys, self.shards, self.comm) as self._step:
                     while self.state.epoch < self.epochs and not self.state.stopped_early:
                         self._run_epoch()
             except KeyboardInterrupt:
@@ -202,45 +228,43 @@ class Trainer:
                 if not self._busy and self.save_checkpoint is not None:
                     self.save_checkpoint(self.checkpoint_arrays())
                     saved = True
-                raise TrainingInterrupted(self.state.epoch, self.state.step, saved) from None
+                interrupted = TrainingInterrupted(self.state.epoch, self.state.step, saved)
+                if self._agreed_stop:
+                    everywhere(interrupted)
+                raise interrupted from None
         result = self._finish()
         for cb in self.callbacks:
             cb.on_train_end(result)
         return result
 
     def _run_epoch(self) -> None:
-        st, model, loss, opt = self.state, self.model, self.loss, self.optimizer
-        x, y, bs = self.data.x_train, self.data.y_train, self.batch_size
+        st, opt, bs = self.state, self.optimizer, self.batch_size
         epoch, spe = st.epoch, self.steps_per_epoch
         perm = self.permutation(epoch)
         started = time.perf_counter()
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch, spe, st.step)
-        keys = self._keys
-        sharded = self._sharded
+        single = self.comm.size == 1
         for step in range(st.step, spe):
             idx = perm[step * bs:(step + 1) * bs]
-            if sharded is not None:
-                value, hits, grad_list = sharded.step(idx, self.rng)
-            else:
-                xb, yb = x[idx], y[idx]
-                if self.augment is not None:
-                    xb = self.augment(xb, self.rng)
-                value, out, grads = model.loss_and_gradients(loss, xb, yb, self.rng)
-                hits = int(np.count_nonzero(loss.predict(out) == yb))
-                grad_list = [grads[n][t] for n, t in keys]
+            value, hits, grad_list, stop = self._step(idx, self.rng, self._stop_requested)
             if not math.isfinite(value):
-                raise TrainingError(f"the loss became {value} in epoch {epoch + 1}, batch {step + 1}; "
-                                    f"training stopped (try a lower learning rate)")
+                raise everywhere(TrainingError(f"the loss became {value} in epoch {epoch + 1}, batch {step + 1}; "
+                                               f"training stopped (try a lower learning rate)"))
             self._busy = True  # a second Ctrl-C in here must not checkpoint half-updated weights
             opt.step(grad_list, self.schedule.lr(epoch, step))
             self._busy = False
             st.step, st.loss_sum, st.correct, st.seen = step + 1, st.loss_sum + value * len(idx), \
                 st.correct + hits, st.seen + len(idx)
-            if self._stop_requested:
+            # every rank stops after the same batch: the ranks agreed on ``stop`` in the step
+            if stop or (single and self._stop_requested):
+                self._agreed_stop = True
                 raise KeyboardInterrupt
             for cb in self.callbacks:
                 cb.on_batch_end(epoch, step, value, hits / len(idx), len(idx))
+        if not single and not self.comm.same_everywhere(self.model.weights_dict().values()):
+            raise TrainingError(f"the MPI ranks' weights differ after epoch {epoch + 1}: the MPI library's "
+                                f"all-reduce gave the ranks different sums; use another MPI implementation")
         record = self._epoch_record(epoch)
         self._busy = True
         st.history.append(record)
@@ -253,29 +277,15 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, record, st.epoch_seconds[-1])
 
-    @contextmanager
-    def _workers(self):
-        """The sample-parallel workers for this ``fit`` call, when ``shards`` > 1."""
-        if self.shards < 2:
-            yield
-            return
-        with SampleParallel(self.model, self.loss, self.data.x_train, self.data.y_train, self.shards,
-                            augment=self.augment) as sp:
-            self._sharded = sp
-            try:
-                yield
-            finally:
-                self._sharded = None
-
     def _epoch_record(self, epoch: int) -> dict:
         st = self.state
         record = {"epoch": epoch + 1, "lr": self.schedule.lr(epoch, self.steps_per_epoch - 1),
                   "train_loss": st.loss_sum / max(st.seen, 1), "train_accuracy": st.correct / max(st.seen, 1)}
         if self.data.x_val is not None:
-            record["val_loss"], record["val_accuracy"], _ = evaluate(self.model, self.loss,
-                                                                     self.data.x_val, self.data.y_val)
-        record["test_loss"], record["test_accuracy"], _ = evaluate(self.model, self.loss,
-                                                                   self.data.x_test, self.data.y_test)
+            record["val_loss"], record["val_accuracy"] = evaluate_split(self.model, self.loss, self.data.x_val,
+                                                                        self.data.y_val, self.comm)
+        record["test_loss"], record["test_accuracy"] = evaluate_split(self.model, self.loss, self.data.x_test,
+                                                                      self.data.y_test, self.comm)
         return record
 
     def _update_early_stopping(self, record: dict) -> None:
@@ -300,7 +310,7 @@ class Trainer:
         if self.early is not None and self.best_weights is not None:
             # early stopping keeps the weights of the best epoch, not the last
             self.model.set_weights(self.best_weights, source="best weights")
-        test_loss, test_acc, _ = evaluate(self.model, self.loss, self.data.x_test, self.data.y_test)
+        test_loss, test_acc = evaluate_split(self.model, self.loss, self.data.x_test, self.data.y_test, self.comm)
         return TrainResult(history=list(st.history), test_loss=test_loss, test_accuracy=test_acc,
                            epochs_run=len(st.history), stopped_early=st.stopped_early,
                            best_epoch=st.best_epoch, monitor=self.early["monitor"] if self.early else None,
@@ -354,7 +364,7 @@ class Trainer:
         meta = {"format": CHECKPOINT_FORMAT, "model": self.model.graph.spec.name,
                 "optimizer": self.optimizer.type, "state": asdict(self.state),
                 "rng": self.rng.bit_generator.state, "steps_per_epoch": self.steps_per_epoch,
-                "epochs": self.epochs, "seed": self.seed}
+                "epochs": self.epochs, "seed": self.seed, "shares": self.shares}
         arrays["meta"] = np.array(json.dumps(meta))
         return arrays
 
@@ -390,12 +400,15 @@ class Trainer:
             raise CheckpointError(f"{source}: meta.rng: not a {type(self.rng.bit_generator).__name__} state "
                                   f"({exc}); the checkpoint is damaged") from None
         self.state = TrainState(**meta["state"])
+        self.saved_shares = meta.get("shares")
 
 
 _INT, _NUM = (int,), (int, float)
 #: the checkpoint's meta record: key -> accepted types (None allowed where listed)
 META_FIELDS = {"format": _INT, "model": (str,), "optimizer": (str,), "state": (dict,), "rng": (dict,),
-               "steps_per_epoch": _INT, "epochs": _INT, "seed": _INT}
+               "steps_per_epoch": _INT, "epochs": _INT, "seed": _INT, "shares": _INT}
+#: fields a checkpoint from an older layerkit may lack
+OPTIONAL_META = {"shares"}
 STATE_FIELDS = {"epoch": _INT, "step": _INT, "loss_sum": _NUM, "correct": _INT, "seen": _INT, "history": (list,),
                 "best_value": _NUM + (type(None),), "best_epoch": _INT + (type(None),), "wait": _INT,
                 "stopped_early": (bool,), "epoch_seconds": (list,)}
@@ -411,9 +424,11 @@ def _check_meta(meta: dict, source: str) -> None:
     def check(record: dict, fields: dict, prefix: str) -> None:
         for key in sorted(set(record) - set(fields)):
             raise damaged(prefix + key, "unknown field")
-        for key in sorted(set(fields) - set(record)):
+        for key in sorted(set(fields) - set(record) - OPTIONAL_META):
             raise damaged(prefix + key, "missing")
         for key, types in fields.items():
+            if key not in record:
+                continue
             value = record[key]
             if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
                 raise damaged(prefix + key, f"{type(value).__name__} {value!r:.40} is not a "

@@ -1,0 +1,151 @@
+"""The trainer's step: one global batch in, its mean loss, correct predictions and gradients out.
+
+One call, three ways of computing it (:func:`make_step` picks):
+
+- :class:`LocalStep`: the whole batch in this process.
+- :class:`ForkedStep`: the batch split over forked processes on this machine
+  (``layerkit.parallel.processes``).
+- :class:`DistributedStep`: the batch split over MPI ranks (``layerkit.parallel.mpi``),
+  each rank's share computed in its process or split again over forked processes.
+
+Every split follows the same rules, so they all train the same model up to float32
+rounding: each share's gradient is scaled by its fraction of the batch and the shares
+are summed in a fixed order (the forked shards in shard order, then the ranks with one
+all-reduce); batch norm sees whole-batch statistics through
+``layerkit.parallel.collectives.batch_sum``; dropout and augmentation of share ``s``
+draw from the stream ``(seed, s)``, ``seed`` drawn from the trainer's generator once per
+step. The single process keeps drawing from the trainer's generator directly.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+
+from layerkit.parallel import collectives
+from layerkit.parallel.collectives import Collectives
+from layerkit.parallel.processes import SampleParallel, plan_shards, share_gradients
+
+StepResult = tuple[float, int, list[np.ndarray], bool]  # mean loss, correct, gradients, stop
+
+
+def _bounds(n: int, parts: int) -> list[int]:
+    return [i * n // parts for i in range(parts + 1)]
+
+
+class Step:
+    """``step(idx, rng, stop)`` -> (mean loss, correct predictions, gradients in ``keys`` order, stop).
+
+    ``stop`` says that this process wants to stop after this batch (Ctrl-C); the step
+    returns whether the group stops, which every member must agree on.
+    """
+
+    #: processes one batch is split over, in total (1: not split)
+    shares = 1
+
+    def __call__(self, idx: np.ndarray, rng: np.random.Generator, stop: bool = False) -> StepResult:
+        raise NotImplementedError
+
+
+class LocalStep(Step):
+    """The whole batch in this process; random layers draw from the trainer's generator."""
+
+    def __init__(self, model, loss, x, y, augment, keys) -> None:
+        self.model, self.loss, self.x, self.y, self.augment, self.keys = model, loss, x, y, augment, keys
+
+    def __call__(self, idx, rng, stop=False) -> StepResult:
+        xb, yb = self.x[idx], self.y[idx]
+        if self.augment is not None:
+            xb = self.augment(xb, rng)
+        value, out, grads = self.model.loss_and_gradients(self.loss, xb, yb, rng)
+        hits = int(np.count_nonzero(self.loss.predict(out) == yb))
+        return value, hits, [grads[n][t] for n, t in self.keys], stop
+
+
+class ForkedStep(Step):
+    """The batch split over the forked processes of ``SampleParallel``."""
+
+    def __init__(self, workers: SampleParallel) -> None:
+        self.workers, self.shares = workers, workers.shards
+
+    def __call__(self, idx, rng, stop=False) -> StepResult:
+        value, hits, grads = self.workers.step(idx, rng)
+        return value, hits, grads, stop
+
+
+class DistributedStep(Step):
+    """Rank ``r`` of ``comm`` computes the ``r``-th contiguous share of every batch, the
+    ranks add their gradients, loss and counts with two all-reduces (the gradients in
+    one buffer), and every rank applies the same update."""
+
+    def __init__(self, comm: Collectives, model, loss, x, y, augment, keys, workers: SampleParallel | None,
+                 random: bool) -> None:
+        self.comm, self.model, self.loss, self.x, self.y = comm, model, loss, x, y
+        self.augment, self.keys, self.workers, self.random = augment, keys, workers, random
+        self.per_rank = workers.shards if workers is not None else 1
+        self.shares = comm.size * self.per_rank
+        sizes = [model.params[n][t].size for n, t in keys]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._flat = np.empty(int(self._offsets[-1]), dtype=model.dtype)  # the gradients, fused for one all-reduce
+        self._views = [self._flat[a:b].reshape(model.params[n][t].shape)
+                       for a, b, (n, t) in zip(self._offsets, self._offsets[1:], keys)]
+
+    def __call__(self, idx, rng, stop=False) -> StepResult:
+        comm, n = self.comm, len(idx)
+        seed = int(rng.integers(1 << 62)) if self.random else 0
+        if n < comm.size:
+            # fewer samples than ranks (an epoch's last batch can be): every rank computes the
+            # whole batch from the same stream, so they still agree without exchanging gradients
+            loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), n, seed, 0,
+                                                    self.augment, self.random, self.keys)
+            for view, g in zip(self._views, grads):
+                np.copyto(view, g)
+        else:
+            bounds = _bounds(n, comm.size)
+            mine = np.asarray(idx[bounds[comm.rank]:bounds[comm.rank + 1]])
+            first = comm.rank * self.per_rank
+            if self.workers is not None:
+                loss_sum, hits, grads = self.workers.compute(mine, n, seed, first)
+            else:
+                with collectives.reducing(comm):
+                    loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, mine, n, seed, first,
+                                                            self.augment, self.random, self.keys)
+            for view, g in zip(self._views, grads):
+                np.copyto(view, g)
+            comm.allreduce_sum(self._flat)
+        totals = np.array([loss_sum, hits, float(stop)], dtype=np.float64)
+        if n >= comm.size:
+            comm.allreduce_sum(totals)
+        else:
+            totals[2] = comm.allreduce_sum(np.array([float(stop)]))[0]
+        return float(totals[0]) / n, int(round(totals[1])), self._views, bool(totals[2])
+
+
+def random_model(model, augment) -> bool:
+    return augment is not None or any(node.layer.uses_rng for node in model.nodes)
+
+
+@contextmanager
+def make_step(model, loss, x, y, augment, keys, shards: int, comm: Collectives = collectives.SINGLE):
+    """The step for this process: over ``comm``'s ranks when it has several, each rank's share
+    split again over ``shards`` forked processes when ``shards`` > 1."""
+    if comm.size == 1 and shards < 2:
+        yield LocalStep(model, loss, x, y, augment, keys)
+        return
+    workers = SampleParallel(model, loss, x, y, shards, augment=augment, outer=comm) if shards > 1 else None
+    try:
+        if workers is not None:
+            workers.start()
+        if comm.size == 1:
+            yield ForkedStep(workers)
+        else:
+            yield DistributedStep(comm, model, loss, x, y, augment, keys, workers, random_model(model, augment))
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def plan(model, loss, batch_size: int, comm: Collectives = collectives.SINGLE) -> int:
+    """Forked processes per rank: the split of one rank's share of a batch (1: none)."""
+    return plan_shards(model, loss, max(1, batch_size // comm.size))
