@@ -13,6 +13,11 @@ MODELS_DIR = ROOT / "models"
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
+def shipped_model_files() -> list[Path]:
+    """Every model file of the zoo, the lab nets in models/labs/ included."""
+    return sorted(MODELS_DIR.rglob("*.json"))
+
+
 @pytest.fixture
 def models_dir() -> Path:
     return MODELS_DIR

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from _core_layers import core_registry, flat_model
+from conftest import shipped_model_files
 
 from layerkit.cli import main
 from layerkit.plugins.manager import reset_registry
@@ -102,7 +103,7 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_shipped_models_validate(models_dir, capsys):
-    paths = sorted(str(p) for p in models_dir.glob("*.json"))
+    paths = [str(p) for p in shipped_model_files()]
     assert main(["validate", *paths]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(paths)
 

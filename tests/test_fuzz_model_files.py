@@ -8,13 +8,13 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import MODELS_DIR
+from conftest import shipped_model_files
 from layerkit.errors import LayerkitError
 from layerkit.modelfile.shapes import build_graph
 from layerkit.plugins.manager import get_registry
 from layerkit.modelfile.spec import parse_json, spec_from_dict
 
-SHIPPED = [json.loads(p.read_text()) for p in sorted(MODELS_DIR.glob("*.json"))]
+SHIPPED = [json.loads(p.read_text()) for p in shipped_model_files()]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.integers(), st.floats(allow_nan=True),
                     st.text(max_size=8), st.sampled_from(["input", "same", "conv1", "logits", "relu", "dense",

@@ -11,7 +11,7 @@ from _core_layers import core_registry, flat_model
 from layerkit.cli import main
 from layerkit.plugins.manager import load_registry, reset_registry
 from layerkit.modelfile.schema import MODEL_SCHEMA, builtin_schema, composed_schema
-from conftest import ROOT, tiny_model
+from conftest import ROOT, shipped_model_files, tiny_model
 
 COMMITTED = ROOT / "layerkit" / "schemas" / "model.schema.json"
 
@@ -60,9 +60,9 @@ def test_committed_schema_accepts_a_valid_model():
 
 def test_shipped_models_reference_the_schema_and_pass_it(models_dir):
     validator = jsonschema.Draft202012Validator(json.loads(COMMITTED.read_text()))
-    for path in sorted(models_dir.glob("*.json")):
+    for path in shipped_model_files():
         data = json.loads(path.read_text())
-        assert data["$schema"] == "../schemas/model.schema.json", path.name
+        assert (path.parent / data["$schema"]).resolve() == COMMITTED, path.name
         assert not list(validator.iter_errors(data)), path.name
 
 
@@ -106,5 +106,5 @@ def test_static_flag_prints_the_static_schema(capsys):
 def test_composed_schema_of_the_installed_plugins_accepts_the_shipped_models(models_dir):
     from layerkit.plugins.manager import get_registry
     validator = jsonschema.Draft202012Validator(composed_schema(get_registry()))
-    for path in sorted(models_dir.glob("*.json")):
+    for path in shipped_model_files():
         assert not list(validator.iter_errors(json.loads(path.read_text()))), path.name

@@ -15,7 +15,8 @@ from layerkit.modelfile import zoo
 
 def test_zoo_is_inside_the_package_and_the_checkout_path_still_works():
     assert zoo.ZOO_DIR == ROOT / "layerkit" / "models"
-    assert sorted(p.name for p in (ROOT / "models").glob("*.json")) == [f"{n}.json" for n in zoo.names()]
+    assert sorted(p.stem for p in (ROOT / "models").rglob("*.json")) == zoo.names()
+    assert zoo.shipped("lab_cnn2") == ROOT / "layerkit" / "models" / "labs" / "lab_cnn2.json"
     assert "lenet5" in zoo.names()
 
 

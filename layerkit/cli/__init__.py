@@ -86,6 +86,15 @@ def _run(argv: list[str] | None, rank: int = 0, held: list[str] | None = None) -
         else:
             say(f"error: {exc}")
         return 2, False
+    except Exception as exc:
+        # a bug in a plugin file the user is writing is their input, not a crash of layerkit
+        from layerkit.plugins.files import locate_exception
+
+        problem = locate_exception(exc)
+        if problem is None:
+            raise
+        say(f"error: {problem}")
+        return 2, False
     return (rc if isinstance(rc, int) else 0), True
 
 
@@ -131,3 +140,56 @@ def _main_rank(argv: list[str] | None) -> int:
 
 
 from layerkit.cli import check, inspect, train, zoo  # noqa: E402,F401  (register the commands)
+
+
+PLUGIN_HELP = ("Load a layer plugin from a .py file for this run (repeatable; LAYERKIT_PLUGINS holds more, "
+               "separated by the path separator).")
+
+
+def _with_plugin_option(callback):
+    """``callback`` with a ``--plugin FILE.py`` option that loads the files before it runs."""
+    import functools
+    import inspect as pyinspect
+    from pathlib import Path
+    from typing import List, Optional
+
+    if "plugin" in pyinspect.signature(callback).parameters:
+        return callback
+
+    @functools.wraps(callback)
+    def wrapper(*args, plugin=None, **kwargs):
+        from layerkit.plugins.files import plugin_files, set_cli_plugin_files
+        from layerkit.plugins.manager import get_registry
+        from layerkit.testing.files import check_file_contract
+
+        set_cli_plugin_files(plugin or [])
+        try:
+            files = plugin_files()
+            if files:
+                # a broken file is reported now, with its line, before the command does anything
+                get_registry()
+                for path in files:
+                    check_file_contract(path)
+            return callback(*args, **kwargs)
+        finally:
+            set_cli_plugin_files([])  # main() may run again in this process (tests, notebooks)
+
+    option = pyinspect.Parameter(
+        "plugin", pyinspect.Parameter.KEYWORD_ONLY, annotation=Optional[List[Path]],
+        default=typer.Option(None, "--plugin", metavar="FILE.py", help=PLUGIN_HELP, show_default=False))
+    signature = pyinspect.signature(callback)
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), option])
+    wrapper.__annotations__ = {**getattr(callback, "__annotations__", {}), "plugin": Optional[List[Path]]}
+    return wrapper
+
+
+def _add_plugin_option(typer_app: typer.Typer) -> None:
+    """Every command, in every sub-app, takes ``--plugin`` (the lab workflow, docs/plugins.md)."""
+    for command in typer_app.registered_commands:
+        command.callback = _with_plugin_option(command.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _add_plugin_option(group.typer_instance)
+
+
+_add_plugin_option(app)

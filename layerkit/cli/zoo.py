@@ -37,7 +37,7 @@ def models(ctx: typer.Context,
 
     rows = []
     for name in zoo.names():
-        path = zoo.ZOO_DIR / f"{name}.json"
+        path = zoo.shipped(name)
         raw = json.loads(path.read_text(encoding="utf-8"))
         graph = build_graph_from(path)
         rows.append({"name": name, "task": _task(raw), "parameters": graph.param_count,

@@ -31,9 +31,15 @@ RESULTS = {
 }
 
 
+def files() -> dict[str, Path]:
+    """Name -> file of every shipped model: the zoo and, in ``labs/``, the lab reports' nets as they
+    were (their names start with ``lab_``, so no name is in both)."""
+    return {p.stem: p for p in sorted(ZOO_DIR.rglob("*.json"))}
+
+
 def names() -> list[str]:
     """The shipped models' names, sorted."""
-    return sorted(p.stem for p in ZOO_DIR.glob("*.json"))
+    return sorted(files())
 
 
 def shipped(source: str | Path) -> Path | None:
@@ -41,8 +47,7 @@ def shipped(source: str | Path) -> Path | None:
     text = str(source)
     if not text or "/" in text or "\\" in text:
         return None
-    path = ZOO_DIR / (text if text.endswith(".json") else f"{text}.json")
-    return path if path.is_file() else None
+    return files().get(text[:-5] if text.endswith(".json") else text)
 
 
 def resolve(source: str | Path) -> Path:

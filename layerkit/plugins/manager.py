@@ -3,7 +3,9 @@
 Built-ins go through exactly the same hooks as third-party packages. A plugin
 that fails to import or whose hook raises is recorded with its name and left
 out; every other plugin keeps working. ``LAYERKIT_DISABLE_PLUGINS`` (comma
-separated plugin names) switches plugins off.
+separated plugin names) switches plugins off. Plugin *files* (``--plugin FILE.py``,
+``LAYERKIT_PLUGINS``; :mod:`layerkit.plugins.files`) are loaded after the installed
+plugins; a broken one fails the run instead, since the run asked for it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ HOOKS = {
 
 _lock = threading.Lock()
 _registry: Registry | None = None
+_registry_files: tuple[str, ...] | None = None  # the plugin files the cached registry was built with
 
 
 def disabled_plugins(value: str | None = None) -> set[str]:
@@ -66,10 +69,18 @@ def _distribution_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
 def load_registry(extra_plugins: Iterable[object] = (), *,
                   default_plugins: Iterable[str] = DEFAULT_PLUGINS,
                   entry_points: bool = True,
-                  disabled: set[str] | None = None) -> Registry:
+                  disabled: set[str] | None = None,
+                  plugin_files: Iterable[str] | None = None) -> Registry:
     """Build a fresh registry. ``extra_plugins`` are plugin objects (modules,
-    instances) registered after the built-ins; tests use it."""
+    instances) registered after the built-ins; tests use it. ``plugin_files`` are
+    ``.py`` files loaded last (default: ``LAYERKIT_PLUGINS`` and ``--plugin``); a
+    problem in one raises :class:`~layerkit.plugins.files.PluginFileError`."""
+    from layerkit.plugins import files
+
     disabled = disabled_plugins() if disabled is None else disabled
+    # files first: a broken one stops here, before any other plugin is imported
+    loaded_files = [(str(path), files.plugin_object(path)[0])
+                    for path in (files.plugin_files() if plugin_files is None else plugin_files)]
     registry = Registry()
     pm = pluggy.PluginManager("layerkit")
     pm.add_hookspecs(hookspecs)
@@ -105,6 +116,8 @@ def load_registry(extra_plugins: Iterable[object] = (), *,
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist, version = _distribution_of(ep)
             add(ep.name, ep.load, dist, version)
+    for name, plugin in loaded_files:
+        add(name, lambda plugin=plugin: plugin)
 
     _drop_invalid_hooks(pm, registry)
     for kind in KINDS:
@@ -184,16 +197,23 @@ def contract_violation(kind: str, obj: object) -> str | None:
 
 
 def get_registry() -> Registry:
-    """The process-wide registry, loaded on first use."""
-    global _registry
+    """The process-wide registry, loaded on first use (and again when the plugin files change)."""
+    global _registry, _registry_files
+    from layerkit.plugins.files import plugin_files
+
     with _lock:
-        if _registry is None:
-            _registry = load_registry()
+        wanted = plugin_files()
+        if _registry is None or (_registry_files is not None and _registry_files != wanted):
+            _registry = None
+            _registry = load_registry(plugin_files=wanted)
+            _registry_files = wanted
         return _registry
 
 
 def reset_registry(registry: Registry | None = None) -> None:
-    """Drop (or replace) the cached registry; for tests and long-lived tools."""
-    global _registry
+    """Drop (or replace) the cached registry; for tests and long-lived tools. A registry
+    passed in is kept whatever plugin files are named later."""
+    global _registry, _registry_files
     with _lock:
         _registry = registry
+        _registry_files = None
