@@ -10,16 +10,16 @@ plugins claiming one name make it unusable.
 
 import numpy as np
 
-from layerkit.nn.layer import Example, Layer, ParamSpec
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
 
 
 class PReLU(Layer):
-    type = "my_prelu"          # the name model files use (layerkit's own is `prelu`)
+    type = "my_prelu"                 # the name model files use (layerkit's own is `prelu`)
     description = ("Parametric ReLU: x where x > 0, a * x elsewhere, with a learnable slope a per "
-                   "channel (the first per-sample axis), or one slope for everything if shared. "
-                   "Starts as a ReLU (a = 0).")
-    per_sample = True          # each sample's output depends on that sample only
-    has_kinks = True           # not differentiable at x = 0
+                   "channel (the first per-sample axis), or one slope for everything if shared; "
+                   "a starts at 0.25.")
+    sample_coupling = Coupling.NONE   # each sample's output depends on that sample only
+    has_kinks = True                  # not differentiable at x = 0
     params_schema = {
         "type": "object",
         "properties": {"shared": {"type": "boolean", "default": False}},
@@ -29,7 +29,7 @@ class PReLU(Layer):
 
     def param_specs(self, input_shape):
         n = 1 if self.shared else input_shape[0]
-        return {"a": ParamSpec((n,), init="zeros")}
+        return {"a": ParamSpec((n,), init=0.25)}   # PyTorch's initial slope
 
     def _slope(self, a, ndim):
         # (1, C, 1, 1) for a (N, C, H, W) batch: one slope per channel
