@@ -11,6 +11,11 @@ model, dataset, epochs, wall time, test accuracy, target, PASS/FAIL.
     python bench/accuracy.py cnn1 lenet5            # just these
     python bench/accuracy.py --no-train             # re-print from runs/results/*
     python bench/accuracy.py --data-dir ~/mnist --fashion-dir ~/fashion-mnist
+    python bench/accuracy.py --labs --kaggle-dir runs/kaggle   # the lab nets (models/labs/)
+
+The lab nets (``--labs``, or by name) read their files from models/labs/. The AlexNet-style one
+trains on the Kaggle digit-recognizer CSV (--kaggle-dir; ``python tools/make_kaggle_csv.py DIR``
+writes it from MNIST); the CIFAR-10 ones need --cifar-dir and are reported as "no data" without it.
 
 Trainings run one at a time with OPENBLAS_NUM_THREADS / OMP_NUM_THREADS /
 LAYERKIT_NUM_THREADS set to --threads (default 1, the table in docs/results.md)
@@ -41,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class Entry:
     name: str            # model file stem, and the run directory name
     target: float | None  # minimum final test accuracy (fraction); None: report only
-    fashion: bool = False  # trains on Fashion-MNIST (uses --fashion-dir)
+    data: str = "mnist"   # which --*-dir the training reads: mnist, fashion, kaggle, cifar
 
 
 # Cheap ones first, alexnet_mnist (the slowest) last.
@@ -53,11 +58,22 @@ ZOO = [
     Entry("lenet5", 0.990),
     Entry("cnn2", 0.96),
     Entry("mlp", 0.980),
-    Entry("lenet5_fashion", 0.90, fashion=True),
+    Entry("lenet5_fashion", 0.90, data="fashion"),
     Entry("resnet_mini", None),
     Entry("alexnet_mnist", 0.993),
 ]
-BY_NAME = {e.name: e for e in ZOO}
+# The lab reports' nets (models/labs/); the target is the report's figure where it is recorded
+# (docs/results.md), cheap ones first.
+LABS = [
+    Entry("lab_conv8_pool_softmax", None),
+    Entry("lab_mlp_784_15_10_sigmoid", 0.919),
+    Entry("lab_cnn2_3class", 0.9929),
+    Entry("lab_cnn2", 0.95),
+    Entry("lab_cifar10_softmax", None, data="cifar"),
+    Entry("lab_cifar10_mlp", None, data="cifar"),
+    Entry("lab_alexnet_kaggle", 0.9005, data="kaggle"),
+]
+BY_NAME = {e.name: e for e in ZOO + LABS + [Entry("cifar10_cnn", None, data="cifar")]}
 
 
 def parse_args(argv=None):
@@ -69,6 +85,12 @@ def parse_args(argv=None):
                    help="MNIST directory (default: ../shared/data/mnist relative to the repo)")
     p.add_argument("--fashion-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
                    help="Fashion-MNIST directory (default: /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--kaggle-dir", type=Path, default=ROOT / "runs" / "kaggle",
+                   help="Kaggle digit-recognizer train.csv folder (default: runs/kaggle, where "
+                        "`python tools/make_kaggle_csv.py runs/kaggle` writes it)")
+    p.add_argument("--cifar-dir", type=Path, default=None,
+                   help="CIFAR-10 python batches folder; without it the CIFAR-10 nets are not trained")
+    p.add_argument("--labs", action="store_true", help="the lab nets (models/labs/) instead of the zoo")
     p.add_argument("--out-root", type=Path, default=ROOT / "runs" / "results",
                    help="where the run directories go (default: runs/results)")
     p.add_argument("--threads", type=int, default=1,
@@ -102,15 +124,28 @@ def layerkit_cmd(explicit: str | None) -> list[str]:
     return [sys.executable, "-m", "layerkit"]
 
 
+def model_file(name: str) -> Path:
+    """models/NAME.json, or models/labs/NAME.json: relative to the repository root."""
+    found = sorted((ROOT / "models").rglob(f"{name}.json"))
+    if not found:
+        raise SystemExit(f"error: no model file {name}.json under models/")
+    return Path("models") / found[0].relative_to(ROOT / "models")
+
+
+def data_dir(entry: Entry, args) -> Path | None:
+    return {"mnist": args.data_dir, "fashion": args.fashion_dir, "kaggle": args.kaggle_dir,
+            "cifar": args.cifar_dir}[entry.data]
+
+
 def train(entry: Entry, args) -> tuple[int, float, str]:
     """Run one training; returns (exit code, wall seconds, last output lines)."""
-    model = Path("models") / f"{entry.name}.json"
+    model = model_file(entry.name)
     out = args.out_root / entry.name
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    data_dir = args.fashion_dir if entry.fashion else args.data_dir
-    cmd = layerkit_cmd(args.layerkit) + ["fit", str(model), "--data-dir", rel(data_dir),
+    data_dir_ = data_dir(entry, args)
+    cmd = layerkit_cmd(args.layerkit) + ["fit", str(model), "--data-dir", rel(data_dir_),
                                          "--quiet", "--out", rel(out)]
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LAYERKIT_NUM_THREADS"):
@@ -138,7 +173,9 @@ def row(entry: Entry, args) -> tuple[list[str], bool]:
     out = args.out_root / entry.name
     metrics_path = out / "metrics.json"
     bench_path = out / "bench.json"
-    target = "—" if entry.target is None else f"≥ {entry.target * 100:.1f}%"
+    target = "—" if entry.target is None else f"≥ {entry.target * 100:g}%"
+    if data_dir(entry, args) is None:
+        return [entry.name, entry.data, "—", "—", "no data (not trained)", target, "—"], True
     if not metrics_path.exists():
         return [entry.name, "?", "?", "?", "no result", target, "FAIL"], False
     m = json.loads(metrics_path.read_text())
@@ -166,10 +203,13 @@ def fmt_time(seconds: float) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    entries = [BY_NAME[m] for m in args.models] if args.models else ZOO
+    entries = [BY_NAME[m] for m in args.models] if args.models else (LABS if args.labs else ZOO)
     failed = False
     if not args.no_train:
         for entry in entries:
+            if data_dir(entry, args) is None:
+                print(f"note: {entry.name}: no --{entry.data}-dir, not trained", file=sys.stderr)
+                continue
             rc, _, _ = train(entry, args)
             if rc != 0:
                 print(f"error: {entry.name}: layerkit fit exited {rc}", file=sys.stderr)

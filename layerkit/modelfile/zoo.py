@@ -28,6 +28,10 @@ RESULTS = {
     "lenet5_fashion": "90.73%",
     "resnet_mini": "98.85%",
     "alexnet_mnist": "99.54%",
+    "lab_cnn2_3class": "99.59%",
+    "lab_cnn2": "97.63%",
+    "lab_mlp_784_15_10_sigmoid": "93.57%",
+    "lab_conv8_pool_softmax": "97.01%",
 }
 
 
