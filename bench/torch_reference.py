@@ -77,3 +77,19 @@ def train_epoch(model_file, x, y, batch_size: int, threads: int, lr: float = 0.0
         loss.backward()
         opt.step()
     return time.perf_counter() - start
+
+
+def infer_seconds(model_file, x, batch_size: int, threads: int) -> float:
+    """Seconds for one inference pass over ``x`` (``eval()`` mode, ``no_grad``), batch by batch."""
+    import time
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = torch_sequential(model_file)
+    net.eval()
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        start = time.perf_counter()
+        for i in range(0, len(xt), batch_size):
+            net(xt[i:i + batch_size])
+        return time.perf_counter() - start

@@ -108,16 +108,28 @@ class Conv2D(Layer):
         return w.reshape(self.groups, self.filters // self.groups, -1)
 
     def forward(self, params, x, training=False, rng=None, state=None):
+        return self._forward(params, x, params["b"] if self.use_bias else None, keep=True)
+
+    def infer(self, params, x, state=None):
+        # no columns kept for a backward; the bias may come from a folded batch norm
+        return self._forward(params, x, params.get("b"), keep=False)[0]
+
+    def fold_affine(self, params, scale, shift):
+        w = params["W"] * scale.reshape(-1, 1, 1, 1)
+        b = shift + params["b"] * scale if "b" in params else shift.copy()
+        return {"W": w.astype(params["W"].dtype, copy=False), "b": b.astype(params["W"].dtype, copy=False)}
+
+    def _forward(self, params, x, b, keep):
         n, c, h, w = x.shape
         g = self._window((h, w))
         w3 = self._weights(params)
-        bias = params["b"].reshape(-1, 1, 1) if self.use_bias else None
+        bias = None if b is None else b.reshape(-1, 1, 1)
         if _wide_ok(g):
             xf = pad_flat(x, g)
-            y, cols = _conv_wide(xf, w3, g, g.padded_hw(h, w)[1], bias)
+            y, cols = _conv_wide(xf, w3, g, g.padded_hw(h, w)[1], bias, keep)
             return y, ("wide", None if cols is not None else xf, cols, (h, w), g)
         xp = pad(x, g)
-        y, cols = _conv_strided(xp, w3, g)
+        y, cols = _conv_strided(xp, w3, g, keep)
         if bias is not None:
             y += bias
         return y, ("strided", xp, cols, (h, w), g)
@@ -148,10 +160,11 @@ def _wide_ok(g: Window) -> bool:
     return g.sh == g.sw == 1 and max(g.pad_top, g.pad_bottom) < keh and max(g.pad_left, g.pad_right) < kew
 
 
-def _conv_wide(xf, w3, g, wp, bias=None):
+def _conv_wide(xf, w3, g, wp, bias=None, keep=True):
     """Stride-1 convolution of the flat padded batch ``xf`` (N, C, (Hp + 1) * Wp) on the wide grid.
 
-    Returns the cropped (N, F, Ho, Wo) result and the kept columns (or None). Each
+    Returns the cropped (N, F, Ho, Wo) result and the columns when ``keep`` and the whole
+    batch fits one chunk (else None). Each
     chunk's GEMM lands in a cache-sized wide scratch and is cropped (and biased) from
     there, so the wide result with its junk columns never goes out to memory.
     """
@@ -175,7 +188,7 @@ def _conv_wide(xf, w3, g, wp, bias=None):
                 np.copyto(y[n0:n0 + m], wide)
             else:
                 np.add(wide, bias, out=y[n0:n0 + m])
-        if nb == n:
+        if nb == n and keep:
             kept.append(buf)
 
     col_bytes = n * c * g.kh * g.kw * run * xf.itemsize
@@ -241,7 +254,7 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
     return dx, dwt.transpose(0, 2, 1)
 
 
-def _conv_strided(xp, w3, g):
+def _conv_strided(xp, w3, g, keep=True):
     """General convolution of the padded batch: (N, F, Ho, Wo) and kept columns (or None)."""
     n, c = xp.shape[:2]
     groups, fg, k = w3.shape
@@ -257,7 +270,7 @@ def _conv_strided(xp, w3, g):
             m = min(b, n0 + nb) - n0
             chunk = im2col(xp[n0:n0 + m], g, buf[:m])
             np.matmul(w3, chunk.reshape(m, groups, k, cells), out=y4[n0:n0 + m])
-        if nb == n:
+        if nb == n and keep:
             kept.append(buf)
 
     col_bytes = n * c * g.kh * g.kw * cells * xp.itemsize

@@ -46,6 +46,18 @@ class Dense(Layer):
             y += params["b"]
         return y, x
 
+    def infer(self, params, x, state=None):
+        # the bias may come from a folded batch norm even when use_bias is false
+        y = x @ params["W"]
+        if "b" in params:
+            y += params["b"]
+        return y
+
+    def fold_affine(self, params, scale, shift):
+        w = params["W"] * scale
+        b = shift + params["b"] * scale if "b" in params else shift.copy()
+        return {"W": w.astype(params["W"].dtype, copy=False), "b": b.astype(params["W"].dtype, copy=False)}
+
     def backward(self, params, cache, dy):
         return dy @ params["W"].T, self.backward_params(params, cache, dy)
 

@@ -150,14 +150,24 @@ class BatchNorm(Layer):
             return params["gamma"], params["beta"]
         return np.ones(c), np.zeros(c)
 
+    def _running_affine(self, params, state):
+        """Inference's per-channel (mean, inv_std, scale): float64 statistics, as forward uses them."""
+        gamma, _ = self._gamma_beta(params, len(state["running_mean"]))
+        mean = state["running_mean"].astype(np.float64)
+        inv_std = 1 / np.sqrt(state["running_var"].astype(np.float64) + float(self.epsilon))
+        return mean, inv_std, gamma * inv_std
+
+    def inference_affine(self, params, state=None):
+        mean, _, scale = self._running_affine(params, state)
+        _, beta = self._gamma_beta(params, len(mean))
+        return scale, beta - mean * scale
+
     def forward(self, params, x, training=False, rng=None, state=None):
         _, bshape = _stat_axes(x)
         gamma, beta = self._gamma_beta(params, x.shape[1])
         eps = float(self.epsilon)
         if not training:
-            mean = state["running_mean"].astype(np.float64)
-            inv_std = 1 / np.sqrt(state["running_var"].astype(np.float64) + eps)
-            scale = gamma * inv_std
+            mean, inv_std, scale = self._running_affine(params, state)
             # x is kept only so that gamma has a gradient in inference mode (gradient checks)
             return _affine(x, scale, beta - mean * scale, bshape), (False, (x, mean, inv_std, scale))
 

@@ -149,6 +149,11 @@ class Layer:
     the same numbers, bit for bit, which the conformance suite checks):
     :meth:`backward_params`, :meth:`backward_inplace`, :attr:`fresh_dx`.
 
+    **Optional inference paths** (``predict`` and evaluation; the defaults fall back on
+    ``forward`` and claim nothing): :meth:`infer` (bit for bit the inference ``forward``),
+    :meth:`inference_affine` and :meth:`fold_affine` (batch norm folded into the conv or dense
+    layer before it, equal to float32 rounding); the conformance suite checks each.
+
     Gradients are those of the loss the trainer minimises, the **batch mean** of the
     per-sample losses: ``backward`` receives ``dy = d(mean loss)/d(y)`` (already divided by
     the batch size) and returns ``d(mean loss)/d(x)`` and ``d(mean loss)/d(parameter)``,
@@ -257,12 +262,37 @@ class Layer:
         """
         return self.backward(params, cache, dy)
 
+    # -- optional inference paths ----------------------------------------------------
+    # Model.infer (predict, evaluation) runs these instead of forward; the conformance
+    # suite (layerkit.testing.contract) checks them against forward's inference mode.
+    def infer(self, params: Params, x: Any, state: dict[str, np.ndarray] | None = None) -> Any:
+        """The inference output alone: ``forward(params, x, training=False, state=state)[0]``.
+
+        Nothing is kept for a backward pass. Override it when that saves work or memory
+        (conv keeps no columns); the result must equal forward's inference output bit for bit.
+        """
+        return self.forward(params, x, False, None, state)[0]
+
+    def inference_affine(self, params: Params, state: dict[str, np.ndarray] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(scale, shift)`` per channel (axis 1) when the inference output is ``x * scale + shift``
+        (batch norm), else None. The model then folds the layer into the one before it (see
+        :meth:`fold_affine`); the suite checks the claim against ``infer`` to float32 rounding."""
+        return None
+
+    def fold_affine(self, params: Params, scale: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Parameters with which :meth:`infer` returns ``infer(params, x) * scale + shift`` per output
+        channel, or None when the layer cannot absorb that (the default). Conv and dense do, so
+        inference runs conv + batch norm as one convolution. May add tensors ``params`` lacks
+        (a bias where ``use_bias`` is false); only ``infer`` ever sees them."""
+        return None
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"
 
 #: the members :func:`overrides` is asked about: a layer's optional speed paths
-SPEED_PATHS = ("backward_params", "backward_inplace")
+SPEED_PATHS = ("backward_params", "backward_inplace", "infer", "inference_affine", "fold_affine")
 
 
 def require_rank(input_shape: Sequence[int], rank: int | tuple[int, ...], what: str) -> None:

@@ -43,6 +43,11 @@ class Model:
         for node, slots in zip(self.nodes, self._in_slots):
             needs.append(bool(node.param_specs) or any(needs[s] for s in slots))
         self._needs_grad = needs
+        # per value slot, the last node that reads it: inference drops it after that node
+        self._last_use = [-1] * (len(self.nodes) + 1)
+        for i, slots in enumerate(self._in_slots):
+            for s in slots:
+                self._last_use[s] = i
         self.backward_plan = self._plan()
 
     def _plan(self) -> list[str]:
@@ -147,8 +152,58 @@ class Model:
             dout = (dout * share).astype(out.dtype, copy=False)
         return float(value), out, self.backward(caches, dout)
 
+    # -- inference -------------------------------------------------------------
+    def inference_plan(self) -> list[tuple[int, Any]]:
+        """Per node, ``(slot, params)``: ``slot`` is -1 where the node runs ``infer`` with
+        ``params``, else the value slot its output equals because the node was folded away.
+
+        A layer whose inference is a per-channel affine map (``Layer.inference_affine``: batch
+        norm) and whose input comes from a single-input layer that can absorb it
+        (``Layer.fold_affine``: conv, dense) and feeds nobody else, is folded into that layer's
+        parameters: conv + batch norm runs as one convolution. Built from the current
+        parameters, so it is made again for every ``predict``/``evaluate`` call.
+        """
+        n = len(self.nodes)
+        uses = [0] * (n + 1)
+        for slots in self._in_slots:
+            for s in slots:
+                uses[s] += 1
+        plan: list[tuple[int, Any]] = [(-1, self.params[node.name]) for node in self.nodes]
+        for j, (node, slots) in enumerate(zip(self.nodes, self._in_slots)):
+            s = slots[0]
+            if not self._single[j] or s == 0 or uses[s] != 1 or plan[s - 1][0] != -1 or not self._single[s - 1]:
+                continue
+            affine = node.layer.inference_affine(self.params[node.name], self.state[node.name])
+            if affine is None:
+                continue
+            scale, shift = (np.asarray(a, dtype=self.dtype) for a in affine)
+            folded = self.nodes[s - 1].layer.fold_affine(plan[s - 1][1], scale, shift)
+            if folded is not None:
+                plan[s - 1], plan[j] = (-1, folded), (s, None)
+        return plan
+
+    def infer(self, x: np.ndarray, plan: list[tuple[int, Any]] | None = None) -> np.ndarray:
+        """The inference-mode output for one batch: ``forward(x, training=False)[0]`` up to
+        float32 rounding (batch norm folded into the layer before it), without caches, and
+        every intermediate value dropped as soon as its last consumer has run."""
+        plan = self.inference_plan() if plan is None else plan
+        values: list[Any] = [x]
+        last = self._last_use
+        for j, (node, slots, single, (alias, params)) in enumerate(
+                zip(self.nodes, self._in_slots, self._single, plan)):
+            if alias >= 0:
+                values.append(values[alias])
+            else:
+                inp = values[slots[0]] if single else [values[s] for s in slots]
+                values.append(node.layer.infer(params, inp, self.state[node.name]))
+            for s in slots:
+                if last[s] == j:
+                    values[s] = None
+        return values[-1]
+
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        outs = [self.forward(np.ascontiguousarray(x[i:i + batch_size], dtype=self.dtype))[0]
+        plan = self.inference_plan()
+        outs = [self.infer(np.ascontiguousarray(x[i:i + batch_size], dtype=self.dtype), plan)
                 for i in range(0, len(x), batch_size)]
         return np.concatenate(outs)
 

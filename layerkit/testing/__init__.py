@@ -110,13 +110,14 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
     ``sample_coupling`` claim holds: ``NONE``, each half of a batch on its own, and ``BATCH_SUMS``,
     both halves at once with ``batch_sum`` exchanging their sums, give the whole batch's outputs,
     input gradients, summed parameter gradients (and running statistics) -- what sample-parallel
-    training relies on (:mod:`layerkit.testing.contract`); gradients agree with finite differences
-    in float64 (:func:`layerkit.gradcheck.layers.check_layer_config`). Returns the gradient-check results.
+    training relies on (:mod:`layerkit.testing.contract`); ``infer`` equals forward's inference
+    output bit for bit and the ``inference_affine`` / ``fold_affine`` claims hold (to float32
+    rounding); gradients agree with finite differences in float64 (:func:`layerkit.gradcheck.layers.check_layer_config`). Returns the gradient-check results.
     """
     from layerkit.gradcheck.layers import check_layer_config, initial_state, random_input, random_params
     from layerkit.gradcheck.render import describe
     from layerkit.nn.initializers import initialize
-    from layerkit.testing.contract import check_sample_coupling, check_speed_paths
+    from layerkit.testing.contract import check_inference_paths, check_sample_coupling, check_speed_paths
 
     cls = (_registry(registry).layer(layer_type_or_class) if isinstance(layer_type_or_class, str)
            else layer_type_or_class)
@@ -164,6 +165,7 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
             f"{where}: {mode} forward turned float32 input into {np.asarray(y).dtype}")
         assert np.all(np.isfinite(y)), f"{where}: {mode} forward produced non-finite values"
         if not training:
+            check_inference_paths(layer, params, x, state, y, where=where, seed=seed)
             continue
         dy = np.random.default_rng(seed + 1).standard_normal(np.shape(y)).astype(np.float32)
         dx, grads = layer.backward(params, cache, dy)

@@ -192,6 +192,44 @@ def _close(a, b) -> bool:
     return np.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+def check_inference_paths(layer, params, x, state, y, *, where: str, seed: int = 0) -> None:
+    """The inference paths against forward's inference output ``y``: ``infer`` bit for bit, the
+    ``inference_affine`` and ``fold_affine`` claims to float32 rounding (a fold rounds anew)."""
+    x_before = [v.copy() for v in x] if isinstance(x, list) else x.copy()
+    inferred = layer.infer(params, x, state)
+    same_x = all(np.array_equal(a, b) for a, b in zip(x, x_before)) if isinstance(x, list) else \
+        np.array_equal(x, x_before)
+    assert same_x, f"{where}: infer modified its input in place"
+    assert np.asarray(inferred).dtype == np.asarray(y).dtype and np.array_equal(inferred, y), (
+        f"{where}: infer differs from forward's inference output ({_differs(inferred, y)})")
+    bshape = (1, -1) + (1,) * (np.ndim(y) - 2)
+    affine = layer.inference_affine(params, state)
+    if affine is not None:
+        scale, shift = (np.asarray(a, dtype=np.float32).reshape(bshape) for a in affine)
+        assert _near(y, x * scale + shift), (
+            f"{where}: inference_affine's (scale, shift) do not give its inference output x * scale + shift "
+            f"({_differs(x * scale + shift, y)})")
+    channels = np.shape(y)[1] if np.ndim(y) >= 2 else 0
+    rng = np.random.default_rng([seed, 7])
+    scale = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    shift = rng.standard_normal(channels).astype(np.float32)
+    p_before = {k: v.copy() for k, v in params.items()}
+    folded = layer.fold_affine(params, scale, shift)
+    for tname in params:
+        assert np.array_equal(params[tname], p_before[tname]), f"{where}: fold_affine modified parameter {tname!r}"
+    if folded is not None:
+        want = y * scale.reshape(bshape) + shift.reshape(bshape)
+        got = layer.infer(folded, x, state)
+        assert _near(got, want), (
+            f"{where}: infer with fold_affine's parameters is not infer(x) * scale + shift per channel "
+            f"({_differs(got, want)})")
+
+
+def _near(a, b) -> bool:
+    """Equal to float32 rounding of a few operations (folding multiplies the weights first)."""
+    return np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def check_sample_coupling(layer, params, x, state, *, multi: bool, where: str, seed: int = 0) -> None:
     """A ``NONE`` or ``BATCH_SUMS`` claim: two halves of a batch give the whole batch's numbers.
 

@@ -139,9 +139,10 @@ def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int =
              ) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and predicted classes over ``x`` in inference mode."""
     total, preds = 0.0, np.empty(len(x), dtype=np.int64)
+    plan = model.inference_plan()
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        out, _ = model.forward(xb, training=False)
+        out = model.infer(xb, plan)
         value, _ = loss.forward(out, yb)
         total += float(value) * len(xb)
         preds[i:i + len(xb)] = loss.predict(out)

@@ -1,0 +1,124 @@
+"""The inference paths (Layer.infer, inference_affine, fold_affine; Model.infer/predict) give
+forward's inference numbers, and the conformance suite catches a layer whose claim is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layerkit.modelfile.build import build_model
+from layerkit.nn.layer import Example, Layer, ParamSpec
+from layerkit.testing import run_layer_test
+
+from test_speed_paths import ALEXNET_LIKE
+
+
+def _trained_statistics(model, rng):
+    """Running statistics and affine parameters away from their initial 0/1, so folding does something."""
+    for node in model.nodes:
+        for name, value in {**model.params[node.name], **model.state[node.name]}.items():
+            if name in ("gamma", "running_var"):
+                value[...] = rng.uniform(0.5, 2.0, value.shape)
+            elif name in ("beta", "running_mean", "b"):
+                value[...] = rng.standard_normal(value.shape)
+
+
+def test_predict_folds_batch_norm_and_matches_forward():
+    model = build_model(ALEXNET_LIKE)
+    rng = np.random.default_rng(0)
+    _trained_statistics(model, rng)
+    x = rng.standard_normal((7, 1, 12, 12)).astype(np.float32)
+    plan = model.inference_plan()
+    folded = [node.name for node, (alias, _) in zip(model.nodes, plan) if alias >= 0]
+    # every batch norm here follows a conv or dense layer that feeds only it
+    assert folded == ["bn1", "bn2", "bn3"]
+    reference, _ = model.forward(x, training=False)
+    out = model.predict(x, batch_size=3)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4)
+    # the fold never touches the model's own parameters
+    again, _ = model.forward(x, training=False)
+    np.testing.assert_array_equal(again, reference)
+
+
+def test_no_fold_when_the_conv_output_has_another_reader():
+    spec = {
+        "format": 1, "name": "branch", "input": {"shape": [2, 6, 6]},
+        "layers": [
+            {"name": "conv", "type": "conv2d", "filters": 2, "kernel_size": 3, "padding": "same"},
+            {"name": "bn", "type": "batch_norm"},
+            {"name": "sum", "type": "add", "inputs": ["bn", "conv"]},
+            {"type": "flatten"},
+            {"name": "logits", "type": "dense", "units": 3},
+        ],
+        "loss": {"type": "softmax_cross_entropy"},
+    }
+    model = build_model(spec)
+    rng = np.random.default_rng(1)
+    _trained_statistics(model, rng)
+    assert all(alias < 0 for alias, _ in model.inference_plan())
+    x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x), model.forward(x, training=False)[0])
+
+
+class _Scale(Layer):
+    """y = x * s per feature, with correct inference paths; the broken variants below each lie once."""
+
+    type = "scale_ok"
+    description = "per-feature scale"
+    examples = (Example({}, (3,)),)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def param_specs(self, input_shape):
+        return {"s": ParamSpec(tuple(input_shape), "ones")}
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        return x * params["s"], x
+
+    def backward(self, params, cache, dy):
+        return dy * params["s"], {"s": (dy * cache).sum(axis=0)}
+
+    def inference_affine(self, params, state=None):
+        return params["s"], np.zeros_like(params["s"])
+
+    def fold_affine(self, params, scale, shift):
+        if np.any(shift):
+            return None  # no bias to put a shift into
+        return {"s": params["s"] * scale}
+
+
+class _InferOff(_Scale):
+    type = "broken_infer"
+
+    def infer(self, params, x, state=None):
+        return x * params["s"] + 1e-3
+
+
+class _AffineOff(_Scale):
+    type = "broken_inference_affine"
+
+    def inference_affine(self, params, state=None):
+        return params["s"], np.full_like(params["s"], 0.5)
+
+
+class _FoldOff(_Scale):
+    type = "broken_fold_affine"
+
+    def fold_affine(self, params, scale, shift):
+        return {"s": params["s"] * scale + shift}  # puts the shift into the scale
+
+
+def test_correct_inference_paths_pass():
+    run_layer_test(_Scale, {}, (3,))
+
+
+@pytest.mark.parametrize("cls, message", [
+    (_InferOff, "infer differs from forward's inference output"),
+    (_AffineOff, "inference_affine"),
+    (_FoldOff, "fold_affine"),
+])
+def test_wrong_inference_paths_are_caught(cls, message):
+    with pytest.raises(AssertionError, match=message):
+        run_layer_test(cls, {}, (3,))
