@@ -11,6 +11,7 @@ from layerkit.gradcheck.layers import check_layer, random_input, random_params
 from layerkit.gradcheck.model import check_end_to_end
 from layerkit.gradcheck.numerics import (PASS_TOL, WARN_TOL, KINK_TOL, ABS_FLOOR, STATUS_ORDER, TensorResult)
 from layerkit.nn.layer import RESERVED_INPUT
+from layerkit.parallel import blas
 
 # -- whole model ------------------------------------------------------------------
 
@@ -101,6 +102,14 @@ def check_model(model, x: np.ndarray | None = None, y: np.ndarray | None = None,
     layer is checked on the activations it actually receives, with the model's parameters;
     without one, every layer gets random standard-normal inputs and parameters.
     """
+    # tiny float64 GEMMs: a second BLAS thread only synchronises (see blas.one_thread)
+    with blas.one_thread():
+        return _check_model(model, x, y, batch_size=batch_size, samples=samples, seed=seed,
+                            whole_model=whole_model, step=step, directions=directions, registry=registry)
+
+
+def _check_model(model, x, y, *, batch_size, samples, seed, whole_model, step, directions, registry
+                 ) -> GradCheckReport:
     m64 = model.astype(np.float64)
     rng = np.random.default_rng(seed)
     real = x is not None

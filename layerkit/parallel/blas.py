@@ -13,6 +13,7 @@ the same values up to rounding.
 from __future__ import annotations
 
 import ctypes
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -106,3 +107,24 @@ def axpby(a: float, x: np.ndarray, b: float, y: np.ndarray) -> None:
         y += a * x
         return
     functions()[f"{kind}axpby"](x.size, a, x.ctypes.data, 1, b, y.ctypes.data, 1)
+
+
+@contextmanager
+def one_thread():
+    """OpenBLAS on one thread inside the block, its thread count restored after.
+
+    For work made of many tiny GEMMs (gradient checks: batches of 2 in float64), where a
+    second BLAS thread only adds synchronisation, and on a busy machine waits a scheduler
+    time slice at every call (``check-grads models/alexnet_mnist.json`` with another job
+    on the other core: 78 s with two threads, 11 s with one).
+    """
+    funcs = functions()
+    if "get_num_threads" not in funcs:
+        yield
+        return
+    before = funcs["get_num_threads"]()
+    funcs["set_num_threads"](1)
+    try:
+        yield
+    finally:
+        funcs["set_num_threads"](before)
