@@ -92,3 +92,43 @@ def test_elementwise(reduction):
     ]
     for loss, out, fn in cases:
         assert_same(run(loss, out, target), torch_loss_and_grad(fn, out))
+
+
+# -- optimizers ---------------------------------------------------------------------------------------
+
+from layerkit.nn.optimizers import SGD, Adagrad, AdamW  # noqa: E402
+
+
+@pytest.mark.parametrize("name, ours, theirs", [
+    ("sgd", dict(lr=0.1, momentum=0.9, dampening=0.3), dict(lr=0.1, momentum=0.9, dampening=0.3)),
+    ("sgd-nesterov", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+     dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("adamw", dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, weight_decay=0.1)),
+    ("adagrad", dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.2),
+     dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.2)),
+])
+@pytest.mark.parametrize("clip", [None, {"max_norm": 0.5}, {"value": 0.2}])
+def test_optimizer_steps(name, ours, theirs, clip):
+    cls = {"sgd": SGD, "sgd-nesterov": SGD, "adamw": AdamW, "adagrad": Adagrad}[name]
+    tcls = {"sgd": torch.optim.SGD, "sgd-nesterov": torch.optim.SGD, "adamw": torch.optim.AdamW,
+            "adagrad": torch.optim.Adagrad}[name]
+    rng = np.random.default_rng(5)
+    w0 = [rng.standard_normal((3, 2)), rng.standard_normal(2)]
+    grads = [[rng.standard_normal(w.shape) for w in w0] for _ in range(5)]
+    ws = [w.copy() for w in w0]
+    opt = cls(ws, decay=[True, True], **ours)
+    if clip:
+        opt.set_clipping(clip.get("max_norm"), clip.get("value"))
+    tw = [torch.tensor(w, requires_grad=True) for w in w0]
+    topt = tcls(tw, **theirs)
+    for gs in grads:
+        opt.step([g.copy() for g in gs])
+        for t, g in zip(tw, gs):
+            t.grad = torch.tensor(g)
+        if clip and "value" in clip:
+            torch.nn.utils.clip_grad_value_(tw, clip["value"])
+        if clip and "max_norm" in clip:
+            torch.nn.utils.clip_grad_norm_(tw, clip["max_norm"])
+        topt.step()
+    for w, t in zip(ws, tw):
+        np.testing.assert_allclose(w, t.detach().numpy(), rtol=1e-12, atol=1e-14)

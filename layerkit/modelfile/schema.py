@@ -97,7 +97,22 @@ TRAINING_SCHEMA: dict[str, Any] = {
         },
         "schedule": SCHEDULE_SCHEMA,
         "weight_decay": {"type": "number", "minimum": 0, "default": 0,
-                         "description": "L2 penalty (lambda/2)*||w||^2 on weights (not biases)"},
+                         "description": "L2 penalty (lambda/2)*||w||^2 on weights (not biases); with adamw the "
+                                        "decoupled decay w -= lr*lambda*w instead"},
+        "gradient_clipping": {
+            "type": "object",
+            "description": "clip the loss gradients before each update (PyTorch's clip_grad_value_ then "
+                           "clip_grad_norm_); weight decay is added after",
+            "properties": {
+                "max_norm": {"type": "number", "exclusiveMinimum": 0,
+                             "description": "scale all gradients together so their global L2 norm is at most "
+                                            "this"},
+                "value": {"type": "number", "exclusiveMinimum": 0,
+                          "description": "clamp every gradient element to [-value, value]"},
+            },
+            "minProperties": 1,
+            "additionalProperties": False,
+        },
         "early_stopping": {
             "type": "object",
             "properties": {

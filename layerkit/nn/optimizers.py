@@ -10,7 +10,11 @@ tensors stay float32: the scalars are Python floats, which numpy does not let
 upcast an array.
 
 L2 weight decay ``(lambda/2)*||w||^2`` is applied here, once, as
-``grad += lambda * w``, only to tensors whose ``ParamSpec.decay`` is true.
+``grad += lambda * w``, only to tensors whose ``ParamSpec.decay`` is true;
+an optimizer with ``decoupled_decay`` (AdamW) shrinks those weights in its
+own update instead. Gradient clipping (``training.gradient_clipping``) runs
+first, on the loss gradients alone, as ``torch.nn.utils.clip_grad_*_`` before
+``optimizer.step()``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class Optimizer:
     params_schema: ClassVar[dict] = {"type": "object", "properties": {"lr": {**LR_SCHEMA, "default": 0.01}},
                                      "additionalProperties": False}
     slots: ClassVar[tuple[str, ...]] = ()
+    #: weight decay is applied by ``_update`` as a shrink of the weights (AdamW), not as an L2 gradient
+    decoupled_decay: ClassVar[bool] = False
 
     def __init__(self, params: Sequence[np.ndarray], names: Sequence[str] | None = None,
                  decay: Sequence[bool] | None = None, weight_decay: float = 0.0, **hyper) -> None:
@@ -53,12 +59,36 @@ class Optimizer:
         self.state = {slot: [np.zeros_like(p) for p in self.params] for slot in self.slots}
         # scratch space for intermediate products, one per tensor, reused every step
         self._tmp = [np.empty_like(p) for p in self.params]
+        self.clip_norm: float | None = None
+        self.clip_value: float | None = None
+
+    def set_clipping(self, max_norm: float | None = None, value: float | None = None) -> None:
+        """Clip the gradients before every step: each element to [-value, value], then all
+        of them together to a global L2 norm of at most ``max_norm`` (PyTorch's
+        ``clip_grad_value_`` and ``clip_grad_norm_``: scale by max_norm / (norm + 1e-6) when
+        that is below 1)."""
+        self.clip_norm = None if max_norm is None else float(max_norm)
+        self.clip_value = None if value is None else float(value)
+
+    def _clip(self, grads: Sequence[np.ndarray]) -> None:
+        if self.clip_value is not None:
+            for g in grads:
+                np.clip(g, -self.clip_value, self.clip_value, out=g)
+        if self.clip_norm is not None:
+            # per-tensor dot products (BLAS) summed in a Python float: one pass, nothing allocated
+            total = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads))
+            coef = self.clip_norm / (total + 1e-6)
+            if coef < 1.0:
+                for g in grads:
+                    g *= coef
 
     def step(self, grads: Sequence[np.ndarray], lr: float | None = None) -> None:
         """Update every tensor in place. ``grads`` may be modified (decay is added to them)."""
         lr = self.lr if lr is None else float(lr)
         self.t += 1
-        wd = self.weight_decay
+        if self.clip_norm is not None or self.clip_value is not None:
+            self._clip(grads)
+        wd = 0.0 if self.decoupled_decay else self.weight_decay
         for i, (w, g, tmp) in enumerate(zip(self.params, grads, self._tmp)):
             if wd and self.decay[i]:
                 axpy(wd, w, g)
@@ -92,16 +122,20 @@ class Optimizer:
 
 class SGD(Optimizer):
     type = "sgd"
-    description = ("Stochastic gradient descent with optional (Nesterov) momentum: "
-                   "v = momentum*v + g; w -= lr*v (Nesterov: w -= lr*(g + momentum*v)).")
+    description = ("Stochastic gradient descent with optional (Nesterov) momentum and dampening, as PyTorch: "
+                   "v = g on the first step, then v = momentum*v + (1 - dampening)*g; w -= lr*v "
+                   "(Nesterov: w -= lr*(g + momentum*v)).")
     params_schema = {
         "type": "object",
         "properties": {
             "lr": {**LR_SCHEMA, "default": 0.01},
             "momentum": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.0,
                          "description": "velocity decay; 0 is plain SGD"},
+            "dampening": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
+                          "description": "scale the new gradient by (1 - dampening) in the velocity (after "
+                                         "the first step)"},
             "nesterov": {"type": "boolean", "default": False,
-                         "description": "Nesterov momentum (needs momentum > 0)"},
+                         "description": "Nesterov momentum (needs momentum > 0 and dampening 0)"},
         },
         "additionalProperties": False,
     }
@@ -109,9 +143,10 @@ class SGD(Optimizer):
     def __init__(self, params, names=None, decay=None, weight_decay=0.0, **hyper):
         super().__init__(params, names, decay, weight_decay, **hyper)
         self.momentum = float(self.hyper["momentum"])
+        self.dampening = float(self.hyper.get("dampening", 0.0))
         self.nesterov = bool(self.hyper["nesterov"])
-        if self.nesterov and self.momentum == 0:
-            raise ModelFileError(problems=[Problem("nesterov needs momentum > 0",
+        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ModelFileError(problems=[Problem("nesterov needs momentum > 0 and dampening 0 (as PyTorch)",
                                                    ("training", "optimizer", "nesterov"))])
         # plain SGD keeps no velocity: do not allocate a model-sized buffer for nothing
         if self.momentum:
@@ -122,7 +157,9 @@ class SGD(Optimizer):
             axpy(-lr, g, w)
             return
         v = self.state["velocity"][i]
-        axpby(1.0, g, self.momentum, v)
+        # the velocity starts at zero, so the first step's v = g whatever the dampening (PyTorch's
+        # buffer starts as a copy of g)
+        axpby(1.0 if self.t == 1 else 1.0 - self.dampening, g, self.momentum, v)
         if self.nesterov:  # w -= lr * (g + momentum * v)
             axpy(-lr, g, w)
             axpy(-lr * self.momentum, v, w)
@@ -208,8 +245,56 @@ class RMSprop(Optimizer):
             axpy(-lr, tmp, w)
 
 
+class AdamW(Adam):
+    type = "adamw"
+    description = ("AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, w -= lr * weight_decay * w "
+                   "before the Adam step, as PyTorch's AdamW. The decay is training.weight_decay (default 0; "
+                   "PyTorch's AdamW defaults to 0.01) and applies to the tensors layerkit decays (weights, not "
+                   "biases or normalisation scales; PyTorch decays every tensor of the group).")
+    decoupled_decay = True
+
+    def _update(self, i, w, g, tmp, lr):
+        if self.weight_decay and self.decay[i]:
+            w *= 1.0 - lr * self.weight_decay
+        super()._update(i, w, g, tmp, lr)
+
+
+class Adagrad(Optimizer):
+    type = "adagrad"
+    description = ("Adagrad (Duchi et al.), as PyTorch: s += g^2; w -= lr / (1 + (t - 1) * lr_decay) * g / "
+                   "(sqrt(s) + eps).")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "lr": {**LR_SCHEMA, "default": 0.01},
+            "lr_decay": {"type": "number", "minimum": 0, "default": 0.0,
+                         "description": "the step size is lr / (1 + (step - 1) * lr_decay)"},
+            "initial_accumulator_value": {"type": "number", "minimum": 0, "default": 0.0,
+                                          "description": "starting value of the squared-gradient sums"},
+            "eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-10},
+        },
+        "additionalProperties": False,
+    }
+    slots = ("sum",)
+
+    def __init__(self, params, names=None, decay=None, weight_decay=0.0, **hyper):
+        super().__init__(params, names, decay, weight_decay, **hyper)
+        self.lr_decay = float(self.hyper["lr_decay"])
+        self.eps = float(self.hyper["eps"])
+        for s in self.state["sum"]:
+            s.fill(float(self.hyper["initial_accumulator_value"]))
+
+    def _update(self, i, w, g, tmp, lr):
+        s = self.state["sum"][i]
+        np.multiply(g, g, out=tmp)
+        s += tmp
+        np.sqrt(s, out=tmp)
+        tmp += self.eps
+        np.divide(g, tmp, out=tmp)
+        axpy(-lr / (1.0 + (self.t - 1) * self.lr_decay), tmp, w)
+
+
 @hookimpl
 def layerkit_register_optimizers(register):
-    register(SGD)
-    register(Adam)
-    register(RMSprop)
+    for cls in (SGD, Adam, AdamW, RMSprop, Adagrad):
+        register(cls)

@@ -104,8 +104,10 @@ def build_loss(spec, registry=None):
     return cls(**config)
 
 
-def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=None) -> Optimizer:
-    """The optimizer named in ``training.optimizer`` over every parameter of ``model``."""
+def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=None,
+                    clipping: dict | None = None) -> Optimizer:
+    """The optimizer named in ``training.optimizer`` over every parameter of ``model``, clipping
+    the gradients as ``training.gradient_clipping`` says."""
     if registry is None:
         from layerkit.plugins.manager import get_registry
         registry = get_registry()
@@ -117,7 +119,10 @@ def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=Non
             names.append(f"{node.name}/{tname}")
             tensors.append(value)
             decay.append(bool(node.param_specs[tname].decay))
-    return cls(tensors, names=names, decay=decay, weight_decay=weight_decay, **config)
+    optimizer = cls(tensors, names=names, decay=decay, weight_decay=weight_decay, **config)
+    if clipping:
+        optimizer.set_clipping(clipping.get("max_norm"), clipping.get("value"))
+    return optimizer
 
 
 def evaluate_split(model: Model, loss, x: np.ndarray, y: np.ndarray, comm: Collectives = SINGLE,
@@ -165,7 +170,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.save_checkpoint = save_checkpoint
         self.optimizer = optimizer or build_optimizer(model, self.training.get("optimizer") or {"type": "sgd"},
-                                                      float(self.training.get("weight_decay", 0) or 0), registry)
+                                                      float(self.training.get("weight_decay", 0) or 0), registry,
+                                                      self.training.get("gradient_clipping"))
         n = len(data.x_train)
         self.steps_per_epoch = math.ceil(n / self.batch_size)
         # Batch statistics (batch norm) are undefined for one sample and the layer refuses it in
