@@ -69,11 +69,11 @@ def test_plugin_bug_names_layer_and_plugin(registry):
         "(ZeroDivisionError: integer division or modulo by zero); this is a bug in the plugin"]
 
 
-def test_dense_on_an_image_says_flatten_first(registry):
+def test_dense_acts_on_the_last_axis_of_an_image(registry):
+    # as PyTorch's Linear: (1, 4, 4) -> (1, 4, 2), the same weights for every row
     data = flat_model({"name": "fc", "type": "dense", "units": 2}, shape=[1, 4, 4])
-    assert shape_errors(data, registry)[0] == (
-        "m.json: layers[0]: 'fc' (dense) with input shape (1, 4, 4): needs a 1-d input (flatten it first), "
-        "got (1, 4, 4)")
+    graph = build_graph(spec_from_dict(data, registry=registry), registry)
+    assert graph.nodes[0].output_shape == (1, 4, 2)
 
 
 @pytest.mark.parametrize("name, params, output", [

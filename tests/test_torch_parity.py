@@ -132,3 +132,102 @@ def test_optimizer_steps(name, ours, theirs, clip):
         topt.step()
     for w, t in zip(ws, tw):
         np.testing.assert_allclose(w, t.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+# -- layers -------------------------------------------------------------------------------------------
+
+from layerkit.layers.activations import LogSoftmax, PReLU, Sigmoid, Softmax  # noqa: E402
+from layerkit.layers.conv_transpose import Conv2DTranspose  # noqa: E402
+from layerkit.layers.normalization import BatchNorm, LayerNorm  # noqa: E402
+from layerkit.layers.pooling import AvgPool2D, GlobalMaxPool2D, MaxPool2D  # noqa: E402
+from layerkit.modelfile.spec import _fill_defaults  # noqa: E402
+
+
+def make(cls, **config):
+    return cls(**_fill_defaults(cls.params_schema, config))
+
+
+def compare_layer(layer, params, x, torch_fn, torch_params=None, training=False, state=None):
+    """Forward and backward of the layer against torch_fn(x_t, *param tensors) in float64."""
+    y, cache = layer.forward(params, x, training=training, state=state)
+    xt = torch.tensor(x, requires_grad=True)
+    pts = {k: torch.tensor(v, requires_grad=True) for k, v in (torch_params or params).items()}
+    yt = torch_fn(xt, pts)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-13)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    dx, grads = layer.backward(params, cache, dy)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    return grads, pts
+
+
+def test_prelu_and_softmax_axes():
+    x = RNG.standard_normal((2, 3, 4, 5))
+    alpha = RNG.uniform(0.1, 0.4, 3)
+    grads, pts = compare_layer(make(PReLU, per_channel=True), {"alpha": alpha}, x,
+                               lambda xt, p: F.prelu(xt, p["alpha"]))
+    np.testing.assert_allclose(grads["alpha"], pts["alpha"].grad.numpy(), rtol=1e-11)
+    for axis, dim in ((0, 1), (-1, 3), (1, 2)):
+        compare_layer(make(Softmax, axis=axis), {}, x, lambda xt, p: F.softmax(xt, dim=dim))
+        compare_layer(make(LogSoftmax, axis=axis), {}, x, lambda xt, p: F.log_softmax(xt, dim=dim))
+
+
+def test_sigmoid_float32_tail():
+    x = np.linspace(-87, 20, 500).astype(np.float32)
+    ours = Sigmoid().forward({}, x)[0]
+    theirs = torch.sigmoid(torch.tensor(x)).numpy()
+    exact = 1 / (1 + np.exp(-x.astype(np.float64)))
+    # at least as accurate, relatively, as PyTorch's float32 sigmoid
+    assert np.max(np.abs(ours - exact) / exact) <= max(2 * np.max(np.abs(theirs - exact) / exact), 2e-7)
+
+
+@pytest.mark.parametrize("dims, shape", [(None, (3, 2, 4, 5)), (1, (3, 4, 5)), (2, (2, 3, 4, 5))])
+def test_layer_norm(dims, shape):
+    x = RNG.standard_normal(shape) * 3 + 2
+    norm_shape = shape[1:] if dims is None else shape[len(shape) - dims:]
+    params = {"gamma": RNG.standard_normal(norm_shape), "beta": RNG.standard_normal(norm_shape)}
+    grads, pts = compare_layer(make(LayerNorm, normalized_dims=dims), params, x,
+                               lambda xt, p: F.layer_norm(xt, norm_shape, p["gamma"], p["beta"], eps=1e-5))
+    for k in params:
+        np.testing.assert_allclose(grads[k], pts[k].grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_affine(affine):
+    x = RNG.standard_normal((5, 3, 2, 2))
+    params = {"gamma": RNG.standard_normal(3), "beta": RNG.standard_normal(3)} if affine else {}
+    state = {"running_mean": np.zeros(3), "running_var": np.ones(3)}
+    grads, pts = compare_layer(
+        make(BatchNorm, affine=affine), params, x, training=True, state=state,
+        torch_fn=lambda xt, p: F.batch_norm(xt, None, None, p.get("gamma"), p.get("beta"), training=True))
+    for k in params:
+        np.testing.assert_allclose(grads[k], pts[k].grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("config", [
+    {"filters": 3, "kernel_size": 3},
+    {"filters": 2, "kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1},
+    {"filters": 2, "kernel_size": [3, 2], "stride": [2, 3], "padding": [1, 0], "output_padding": [0, 2],
+     "dilation": [1, 2]},
+])
+def test_conv2d_transpose(config):
+    x = RNG.standard_normal((2, 3, 4, 5))
+    layer = make(Conv2DTranspose, **config)
+    params = {k: RNG.standard_normal(s.shape) for k, s in layer.param_specs((3, 4, 5)).items()}
+    grads, pts = compare_layer(layer, params, x, lambda xt, p: F.conv_transpose2d(
+        xt, p["W"], p["b"], stride=layer.stride, padding=layer.padding, output_padding=layer.output_padding,
+        dilation=layer.dilation))
+    for k in params:
+        np.testing.assert_allclose(grads[k], pts[k].grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1), ([3, 2], [2, 3], [1, 0]), (2, 3, 0)])
+@pytest.mark.parametrize("ceil", [False, True])
+def test_pooling(k, s, p, ceil):
+    x = RNG.standard_normal((2, 2, 7, 6))
+    compare_layer(make(MaxPool2D, pool_size=k, stride=s, padding=p, ceil_mode=ceil), {}, x,
+                  lambda xt, _: F.max_pool2d(xt, k, s, p, ceil_mode=ceil))
+    for include in (False, True):
+        compare_layer(make(AvgPool2D, pool_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=include),
+                      {}, x, lambda xt, _: F.avg_pool2d(xt, k, s, p, ceil_mode=ceil, count_include_pad=include))
+    compare_layer(make(GlobalMaxPool2D), {}, x, lambda xt, _: F.adaptive_max_pool2d(xt, 1).flatten(1))

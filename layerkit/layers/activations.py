@@ -13,7 +13,8 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.parallel import threads as parallel
-from layerkit.nn.layer import Coupling, Example, Layer, require_rank
+from layerkit.errors import ShapeError
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
 
 _NO_PARAMS = {"type": "object", "properties": {}, "additionalProperties": False}
 _EXAMPLES = (Example({}, (7,), "flat features"), Example({}, (2, 3, 3), "feature maps"))
@@ -178,35 +179,125 @@ class Tanh(Layer):
         return dx, {}
 
 
+AXIS_SCHEMA = {"type": "integer", "default": 0,
+               "description": "per-sample axis to normalise over: 0 is the features of a (D,) input or the "
+                              "channels of a (C, H, W) input (PyTorch's dim=1), -1 the last axis"}
+
+
+def _batch_axis(axis: int, input_shape) -> int:
+    """The per-sample ``axis`` as an axis of the batched array; ShapeError when out of range."""
+    rank = len(input_shape)
+    if not -rank <= axis < rank:
+        raise ShapeError(f"axis {axis} is out of range for a {rank}-d input {tuple(input_shape)}")
+    return axis % rank + 1
+
+
 class Softmax(Layer):
     type = "softmax"
     sample_coupling = Coupling.NONE
-    description = ("Softmax over the feature axis of a (D,) input or the channel axis of a (C, H, W) input, "
-                   "max-shifted for stability. For training prefer the fused softmax_cross_entropy loss.")
-    params_schema = _NO_PARAMS
-    examples = (Example({}, (5,), "class scores"), Example({}, (3, 2, 2), "per-pixel over channels"))
+    description = ("Softmax over one per-sample axis (default the features of a (D,) input or the channels of "
+                   "a (C, H, W) input), max-shifted for stability. For training prefer the fused "
+                   "softmax_cross_entropy loss.")
+    params_schema = {"type": "object", "properties": {"axis": AXIS_SCHEMA}, "additionalProperties": False}
+    examples = (Example({}, (5,), "class scores"), Example({}, (3, 2, 2), "per-pixel over channels"),
+                Example({"axis": -1}, (3, 2, 4), "over the last axis"))
 
     def output_shape(self, input_shape):
-        require_rank(input_shape, (1, 3), "features, or channels x height x width")
+        _batch_axis(getattr(self, "axis", 0), input_shape)
         return tuple(input_shape)
 
     def flops(self, input_shape):
         return 5 * int(np.prod(input_shape))
 
     def forward(self, params, x, training=False, rng=None, state=None):
-        y = x - x.max(axis=1, keepdims=True)
+        ax = _batch_axis(getattr(self, "axis", 0), x.shape[1:])
+        y = x - x.max(axis=ax, keepdims=True)
         np.exp(y, out=y)
-        y /= y.sum(axis=1, keepdims=True)
-        return y, y
+        y /= y.sum(axis=ax, keepdims=True)
+        return y, (y, ax)
 
     def backward(self, params, cache, dy):
-        y = cache
+        y, ax = cache
         dx = dy * y
-        dx -= y * dx.sum(axis=1, keepdims=True)
+        dx -= y * dx.sum(axis=ax, keepdims=True)
         return dx, {}
+
+
+class LogSoftmax(Layer):
+    type = "log_softmax"
+    sample_coupling = Coupling.NONE
+    description = ("Log of the softmax over one per-sample axis, x - max - log(sum(exp(x - max))): finite "
+                   "for any input. Pair it with the nll loss (together: softmax_cross_entropy).")
+    params_schema = {"type": "object", "properties": {"axis": AXIS_SCHEMA}, "additionalProperties": False}
+    examples = (Example({}, (5,), "class scores"), Example({"axis": 0}, (3, 2, 2), "per-pixel over channels"))
+
+    def output_shape(self, input_shape):
+        _batch_axis(self.axis, input_shape)
+        return tuple(input_shape)
+
+    def flops(self, input_shape):
+        return 5 * int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        ax = _batch_axis(self.axis, x.shape[1:])
+        y = x - x.max(axis=ax, keepdims=True)
+        y -= np.log(np.exp(y).sum(axis=ax, keepdims=True))
+        return y, (y, ax)
+
+    def backward(self, params, cache, dy):
+        # d/dx of log softmax: dy - softmax * sum(dy)
+        y, ax = cache
+        return dy - np.exp(y) * dy.sum(axis=ax, keepdims=True), {}
+
+
+class PReLU(Layer):
+    type = "prelu"
+    sample_coupling = Coupling.NONE
+    description = ("Parametric ReLU (PyTorch's PReLU): x for x > 0, a * x otherwise, with a learnable slope a, "
+                   "one for the whole layer or one per channel (the first per-sample axis); initial value "
+                   "0.25. Not weight-decayed.")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "per_channel": {"type": "boolean", "default": False,
+                            "description": "one slope per channel (PyTorch's num_parameters = channels)"},
+            "init": {"type": "number", "default": 0.25, "description": "initial slope"},
+        },
+        "additionalProperties": False,
+    }
+    examples = (Example({}, (7,), "one slope"), Example({"per_channel": True, "init": 0.1}, (3, 2, 2),
+                                                         "a slope per channel"))
+    has_kinks = True
+
+    def param_specs(self, input_shape):
+        shape = (input_shape[0],) if self.per_channel else (1,)
+        return {"alpha": ParamSpec(shape, float(self.init))}
+
+    def flops(self, input_shape):
+        return 2 * int(np.prod(input_shape))
+
+    def _slope(self, params, x):
+        a = params["alpha"]
+        return a.reshape((1, -1) + (1,) * (x.ndim - 2)) if self.per_channel else a.reshape(())
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        a = self._slope(params, x)
+        y = np.where(x > 0, x, x * a)
+        return y, x
+
+    def backward(self, params, cache, dy):
+        x = cache
+        neg = x <= 0
+        dx = np.where(neg, dy * self._slope(params, x), dy)
+        contrib = np.where(neg, dy * x, 0)
+        if self.per_channel:
+            da = contrib.sum(axis=tuple(i for i in range(x.ndim) if i != 1))
+        else:
+            da = np.asarray(contrib.sum()).reshape(1)
+        return dx, {"alpha": da.astype(x.dtype)}
 
 
 @hookimpl
 def layerkit_register_layers(register):
-    for cls in (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax):
+    for cls in (ReLU, LeakyReLU, PReLU, Sigmoid, Tanh, Softmax, LogSoftmax):
         register(cls)

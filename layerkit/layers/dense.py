@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from layerkit import hookimpl
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
 
 
 class Dense(Layer):
     type = "dense"
     sample_coupling = Coupling.NONE
-    description = "Fully connected layer: y = x W + b, on a flat (features,) input."
+    description = ("Fully connected layer y = x W + b on the last axis, as PyTorch's Linear: a (D,) input gives "
+                   "(units,), and any (..., D) input gives (..., units) with the same W for every leading "
+                   "position (flatten first to connect every value). W has shape (D, units), the transpose of "
+                   "PyTorch's weight.")
     params_schema = {
         "type": "object",
         "properties": {
@@ -24,21 +29,22 @@ class Dense(Layer):
     examples = (
         Example({"units": 3}, (5,)),
         Example({"units": 4, "use_bias": False, "init": "he_normal"}, (6,)),
+        Example({"units": 2}, (3, 4), "on the last axis of a (positions, features) input"),
+        Example({"units": 3}, (2, 2, 5), "on the last axis of a 3-d input"),
     )
 
     def output_shape(self, input_shape):
-        require_rank(input_shape, 1, "flatten it first")
-        return (self.units,)
+        return (*input_shape[:-1], self.units)
 
     def param_specs(self, input_shape):
-        (d,) = input_shape
+        d = input_shape[-1]
         specs = {"W": ParamSpec((d, self.units), self.init, fan_in=d, fan_out=self.units, decay=True)}
         if self.use_bias:
             specs["b"] = ParamSpec((self.units,), "zeros")
         return specs
 
     def flops(self, input_shape):
-        return 2 * input_shape[0] * self.units
+        return 2 * int(np.prod(input_shape)) * self.units
 
     def forward(self, params, x, training=False, rng=None, state=None):
         y = x @ params["W"]
@@ -64,6 +70,8 @@ class Dense(Layer):
     def backward_params(self, params, cache, dy):
         """Only the parameter gradients: the model calls this when the input is the data."""
         x = cache
+        if x.ndim > 2:  # every leading position is one more row of the same product
+            x, dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
         grads = {"W": x.T @ dy}
         if self.use_bias:
             grads["b"] = dy.sum(axis=0)

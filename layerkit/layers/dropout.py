@@ -1,11 +1,11 @@
-"""Inverted dropout."""
+"""Inverted dropout, element-wise and channel-wise."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from layerkit import hookimpl
-from layerkit.nn.layer import Coupling, Example, Layer
+from layerkit.nn.layer import Coupling, Example, Layer, require_rank
 
 
 class Dropout(Layer):
@@ -52,6 +52,42 @@ class Dropout(Layer):
         return dx, {}
 
 
+class Dropout2D(Layer):
+    type = "dropout2d"
+    description = ("Channel-wise inverted dropout (PyTorch's Dropout2d) for (C, H, W) input: in training each "
+                   "whole channel of each sample is zeroed with probability `rate` and the survivors scaled by "
+                   "1 / (1 - rate); identity at inference. Neighbouring pixels of a feature map are correlated, "
+                   "so dropping single values regularises them little.")
+    params_schema = Dropout.params_schema
+    examples = (Example({"rate": 0.5}, (4, 3, 3)), Example({"rate": 0.2}, (6, 2, 5)))
+    uses_rng = True
+    sample_coupling = Coupling.NONE
+
+    def output_shape(self, input_shape):
+        require_rank(input_shape, 3, "(channels, height, width)")
+        return tuple(input_shape)
+
+    def flops(self, input_shape):
+        return 2 * int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        rate = float(self.rate)
+        if not training or rate == 0.0:
+            return x, None
+        if rng is None:
+            raise ValueError("dropout2d needs the rng argument in training mode")
+        # one draw per (sample, channel), broadcast over the pixels; the scale is folded into the mask
+        mask = (rng.random((x.shape[0], x.shape[1], 1, 1)) >= rate).astype(x.dtype)
+        mask *= 1.0 / (1.0 - rate)
+        return x * mask, mask
+
+    def backward(self, params, cache, dy):
+        if cache is None:
+            return dy, {}
+        return dy * cache, {}
+
+
 @hookimpl
 def layerkit_register_layers(register):
     register(Dropout)
+    register(Dropout2D)

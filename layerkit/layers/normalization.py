@@ -1,4 +1,4 @@
-"""Batch normalisation and AlexNet's local response normalisation."""
+"""Batch normalisation, layer normalisation and AlexNet's local response normalisation."""
 
 from __future__ import annotations
 
@@ -319,7 +319,82 @@ class LocalResponseNorm(Layer):
         return back, {}
 
 
+class LayerNorm(Layer):
+    type = "layer_norm"
+    sample_coupling = Coupling.NONE
+    description = ("Layer normalisation (PyTorch's LayerNorm): each sample is normalised over its last "
+                   "`normalized_dims` axes (default all of them: PyTorch's normalized_shape = the whole "
+                   "per-sample shape) with the biased variance, then scaled and shifted element-wise by gamma "
+                   "and beta of the normalised shape. Same computation in training and inference. Mean and "
+                   "variance are two-pass (centred) sums.")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "normalized_dims": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                                "description": "how many trailing per-sample axes to normalise over; null: all"},
+            "epsilon": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
+                        "description": "added to the variance before the square root"},
+            "elementwise_affine": {"type": "boolean", "default": True,
+                                   "description": "learn gamma and beta of the normalised shape"},
+        },
+        "additionalProperties": False,
+    }
+    examples = (
+        Example({}, (6,), "a feature vector"),
+        Example({}, (2, 3, 3), "a whole feature map"),
+        Example({"normalized_dims": 1, "epsilon": 1e-3}, (3, 5), "the last axis of a sequence"),
+        Example({"normalized_dims": 2, "elementwise_affine": False}, (2, 3, 4), "no affine"),
+    )
+
+    def _dims(self, rank: int) -> int:
+        k = self.normalized_dims
+        return rank if k is None else k
+
+    def output_shape(self, input_shape):
+        if self._dims(len(input_shape)) > len(input_shape):
+            raise ShapeError(f"normalized_dims {self.normalized_dims} is more than the input's "
+                             f"{len(input_shape)} axes {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def param_specs(self, input_shape):
+        if not self.elementwise_affine:
+            return {}
+        shape = tuple(input_shape[len(input_shape) - self._dims(len(input_shape)):])
+        return {"gamma": ParamSpec(shape, "ones"), "beta": ParamSpec(shape, "zeros")}
+
+    def flops(self, input_shape):
+        return 8 * int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        k = self._dims(x.ndim - 1)
+        axes = tuple(range(x.ndim - k, x.ndim))
+        xhat = x - x.mean(axis=axes, keepdims=True)
+        var = np.mean(np.square(xhat), axis=axes, keepdims=True)
+        inv_std = 1 / np.sqrt(var + float(self.epsilon))
+        xhat *= inv_std
+        if not self.elementwise_affine:
+            return xhat, (xhat, inv_std, axes)
+        y = xhat * params["gamma"]
+        y += params["beta"]
+        return y, (xhat, inv_std, axes)
+
+    def backward(self, params, cache, dy):
+        xhat, inv_std, axes = cache
+        lead = tuple(range(dy.ndim - len(axes)))
+        grads = {}
+        if self.elementwise_affine:
+            grads = {"gamma": (dy * xhat).sum(axis=lead), "beta": dy.sum(axis=lead)}
+            dxhat = dy * params["gamma"]
+        else:
+            dxhat = dy
+        dx = dxhat - dxhat.mean(axis=axes, keepdims=True)
+        dx -= xhat * np.mean(dxhat * xhat, axis=axes, keepdims=True)
+        dx *= inv_std
+        return dx, grads
+
+
 @hookimpl
 def layerkit_register_layers(register):
     register(BatchNorm)
+    register(LayerNorm)
     register(LocalResponseNorm)

@@ -1,4 +1,4 @@
-"""Max, average and global average pooling.
+"""Max, average and global average / max pooling.
 
 Windowed pooling loops over the pool *offsets* (k*k iterations), each one a
 strided view of the whole batch, so any stride/padding is handled by the same
@@ -13,17 +13,22 @@ import numpy as np
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
 from layerkit.nn.layer import Coupling, Example, Layer, require_rank
-from layerkit.kernels.windows import int_or_pair_schema, pad, pair, unpad, window
+from layerkit.kernels.windows import Window, int_or_pair_schema, pad, pair, unpad, window
 from layerkit.layers.activations import over_chunks
 
 
-def _pool_schema(kind: str, padding_note: str) -> dict:
+def _pool_schema(kind: str, padding_note: str, **extra) -> dict:
     return {
         "type": "object",
         "properties": {
             "pool_size": int_or_pair_schema(1, f"{kind} window: an integer or [kh, kw]"),
             "stride": int_or_pair_schema(1, "step between windows (default: pool_size)"),
             "padding": int_or_pair_schema(0, f"padding on each side: an integer or [ph, pw]; {padding_note}", 0),
+            "ceil_mode": {"type": "boolean", "default": False,
+                          "description": "round the output size up, as PyTorch: a last window that starts inside "
+                                         "the input (or its left/top padding) but runs past the end is kept, "
+                                         "and only its part inside counts"},
+            **extra,
         },
         "required": ["pool_size"],
         "additionalProperties": False,
@@ -38,6 +43,8 @@ class _WindowPool(Layer):
             # a window made of padding only has no value to pool
             raise ShapeError(f"padding {list(pair(self.padding, 'padding'))} must be smaller than "
                              f"pool_size {g.kh}x{g.kw}")
+        if getattr(self, "ceil_mode", False):
+            g = _ceil_window(g, hw)
         return g
 
     def output_shape(self, input_shape):
@@ -55,6 +62,20 @@ class _WindowPool(Layer):
         tiles = not overlap and not g.padded and shape[2] == g.ho * g.kh and shape[3] == g.wo * g.kw
         return np.empty(shape, dtype=dtype) if tiles else np.zeros(shape, dtype=dtype)
 
+def _ceil_window(g: Window, hw) -> Window:
+    """PyTorch's ceil_mode: one more output row/column where a partial window fits, its overhang
+    past the padded input added as extra bottom/right padding."""
+    h, w = hw
+    ho, wo = -(-(h + g.pad_top + g.pad_bottom - g.kh) // g.sh) + 1, -(-(w + g.pad_left + g.pad_right - g.kw) // g.sw) + 1
+    # the last window must start inside the input or its top/left padding
+    if (ho - 1) * g.sh >= h + g.pad_top:
+        ho -= 1
+    if (wo - 1) * g.sw >= w + g.pad_left:
+        wo -= 1
+    extra_h = max(0, (ho - 1) * g.sh + g.kh - (h + g.pad_top + g.pad_bottom))
+    extra_w = max(0, (wo - 1) * g.sw + g.kw - (w + g.pad_left + g.pad_right))
+    return g._replace(pad_bottom=g.pad_bottom + extra_h, pad_right=g.pad_right + extra_w, ho=ho, wo=wo)
+
 
 class MaxPool2D(_WindowPool):
     type = "max_pool2d"
@@ -66,6 +87,7 @@ class MaxPool2D(_WindowPool):
         Example({"pool_size": 2}, (2, 4, 6), "non-overlapping"),
         Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 5), "overlapping with padding"),
         Example({"pool_size": [2, 3], "stride": [1, 2]}, (1, 4, 7), "rectangular window and stride"),
+        Example({"pool_size": 2, "ceil_mode": True}, (2, 5, 5), "ceil_mode keeps the partial last window"),
     )
     has_kinks = True
     fresh_dx = True
@@ -118,21 +140,38 @@ class MaxPool2D(_WindowPool):
 class AvgPool2D(_WindowPool):
     type = "avg_pool2d"
     sample_coupling = Coupling.NONE
-    description = ("2-D average pooling. Padding is excluded from the average: each output divides by the "
-                   "number of real input pixels in its window.")
-    params_schema = _pool_schema("averaging", "padded positions are not counted in the average")
+    description = ("2-D average pooling. By default padding is excluded from the average (each output divides "
+                   "by the number of real input pixels in its window); count_include_pad: true divides by the "
+                   "window size including the padding, PyTorch's default. layerkit keeps excluding by default "
+                   "because changing it would silently change the outputs of existing model files with padded "
+                   "average pooling: set it when porting a PyTorch model. With ceil_mode the overhang past the "
+                   "padding is never counted (as PyTorch).")
+    params_schema = _pool_schema(
+        "averaging", "see count_include_pad",
+        count_include_pad={"type": "boolean", "default": False,
+                           "description": "count the zero padding in each window's divisor (PyTorch's default "
+                                          "is true; layerkit's false, see the description)"})
     examples = (
         Example({"pool_size": 2}, (2, 4, 4), "non-overlapping"),
         Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 6), "overlapping with padding"),
+        Example({"pool_size": 3, "stride": 2, "padding": 1, "count_include_pad": True, "ceil_mode": True},
+                (2, 6, 5), "PyTorch's divisor, ceil_mode"),
     )
 
     def _inverse_count(self, g, h, w, dtype):
-        """1 / (real pixels per window): a Python float, or an (Ho, Wo) array with padding."""
+        """1 / (pixels counted per window): a Python float, or an (Ho, Wo) array with padding."""
         if not g.padded:
             return 1.0 / (g.kh * g.kw)
-        real = np.zeros(g.padded_hw(h, w))
-        real[g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + w] = 1
-        count = sum(real[rows, cols] for _, _, rows, cols in g.offsets())
+        counted = np.zeros(g.padded_hw(h, w))
+        if getattr(self, "count_include_pad", False):
+            # the explicit padding counts, the ceil_mode overhang beyond it does not
+            ph, pw = pair(self.padding, "padding")
+            if g.pad_bottom == ph and g.pad_right == pw:  # no overhang: every window is full
+                return 1.0 / (g.kh * g.kw)
+            counted[:h + 2 * ph, :w + 2 * pw] = 1
+        else:
+            counted[g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + w] = 1
+        count = sum(counted[rows, cols] for _, _, rows, cols in g.offsets())
         return (1.0 / count).astype(dtype)
 
     def forward(self, params, x, training=False, rng=None, state=None):
@@ -185,7 +224,36 @@ class GlobalAvgPool2D(Layer):
         return dx, {}
 
 
+class GlobalMaxPool2D(Layer):
+    type = "global_max_pool2d"
+    sample_coupling = Coupling.NONE
+    description = ("Maximum over all spatial positions: (C, H, W) -> (C,). The gradient goes to the first "
+                   "maximum in row-major order (PyTorch's AdaptiveMaxPool2d(1) picks one maximum too).")
+    params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    examples = (Example({}, (3, 4, 5)),)
+    has_kinks = True
+
+    def output_shape(self, input_shape):
+        require_rank(input_shape, 3, "(channels, height, width)")
+        return (input_shape[0],)
+
+    def flops(self, input_shape):
+        return int(np.prod(input_shape))
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        idx = flat.argmax(axis=2)  # the first maximum
+        y = np.take_along_axis(flat, idx[:, :, None], axis=2)[:, :, 0]
+        return y, (x.shape, idx)
+
+    def backward(self, params, cache, dy):
+        shape, idx = cache
+        dx = np.zeros((shape[0], shape[1], shape[2] * shape[3]), dtype=dy.dtype)
+        np.put_along_axis(dx, idx[:, :, None], dy[:, :, None], axis=2)
+        return dx.reshape(shape), {}
+
+
 @hookimpl
 def layerkit_register_layers(register):
-    for cls in (MaxPool2D, AvgPool2D, GlobalAvgPool2D):
+    for cls in (MaxPool2D, AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D):
         register(cls)

@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "layerkit.layers.dense",
     "layerkit.layers.activations",
     "layerkit.layers.conv",
+    "layerkit.layers.conv_transpose",
     "layerkit.layers.pooling",
     "layerkit.layers.normalization",
     "layerkit.layers.dropout",

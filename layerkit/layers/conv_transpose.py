@@ -1,0 +1,129 @@
+"""2-D transposed convolution (the gradient of a convolution with respect to its input), the usual
+learnable upsampling of autoencoders and segmentation nets.
+
+With the geometry ``g`` of the convolution that maps the output (H', W') back to the input (H, W)
+(same kernel, stride, padding, dilation), forward is that convolution's input gradient: one GEMM
+``W^T x`` to columns (C_out, kh, kw, H, W) per pixel, then col2im into the padded output. Backward
+is the convolution itself: im2col of the padded dy, then ``W cols`` for dx and ``x cols^T`` for dW.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from layerkit import hookimpl
+from layerkit.errors import ShapeError
+from layerkit.kernels.windows import col2im_add, im2col, int_or_pair_schema, pad, pair, unpad, window
+from layerkit.nn.initializers import INITIALIZERS
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
+
+
+class Conv2DTranspose(Layer):
+    type = "conv2d_transpose"
+    sample_coupling = Coupling.NONE
+    description = ("2-D transposed convolution over a (C, H, W) input, as PyTorch's ConvTranspose2d: output "
+                   "size (H - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1. W has "
+                   "PyTorch's shape (C_in, filters, kh, kw); `padding` crops the full output, `output_padding` "
+                   "adds rows/columns at the bottom/right (it must be smaller than the stride or the dilation). "
+                   "No groups.")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "filters": {"type": "integer", "minimum": 1, "description": "number of output channels"},
+            "kernel_size": int_or_pair_schema(1, "window size: an integer or [kh, kw]"),
+            "stride": int_or_pair_schema(1, "upsampling step: an integer or [sh, sw]", 1),
+            "padding": int_or_pair_schema(0, "rows/columns cropped from each side of the full output", 0),
+            "output_padding": int_or_pair_schema(0, "extra rows/columns at the bottom/right of the output, to "
+                                                    "pick one of the sizes a strided convolution maps "
+                                                    "to the same input size", 0),
+            "dilation": int_or_pair_schema(1, "spacing between kernel taps: an integer or [dh, dw]", 1),
+            "use_bias": {"type": "boolean", "default": True, "description": "add a learnable bias per filter"},
+            "init": {"enum": list(INITIALIZERS), "default": "he_normal", "description": "weight initializer"},
+        },
+        "required": ["filters", "kernel_size"],
+        "additionalProperties": False,
+    }
+    examples = (
+        Example({"filters": 2, "kernel_size": 3}, (3, 4, 4), "stride 1: a 'full' convolution"),
+        Example({"filters": 3, "kernel_size": 2, "stride": 2}, (2, 3, 4), "2x upsampling"),
+        Example({"filters": 2, "kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}, (2, 3, 3),
+                "PyTorch's 2x upsampling with padding 1 and output_padding 1"),
+        Example({"filters": 2, "kernel_size": [3, 2], "stride": [2, 1], "padding": [1, 0], "dilation": [1, 2],
+                 "use_bias": False}, (3, 3, 4), "rectangular, dilated, no bias"),
+    )
+
+    # -- static ----------------------------------------------------------------
+    def _geometry(self, hw):
+        """(output (H', W'), the window of the matching convolution over the output)."""
+        h, w = hw
+        (kh, kw), (sh, sw) = pair(self.kernel_size, "kernel_size"), pair(self.stride, "stride")
+        (ph, pw), (dh, dw) = pair(self.padding, "padding"), pair(self.dilation, "dilation")
+        oph, opw = pair(self.output_padding, "output_padding")
+        if not (oph < max(sh, dh) and opw < max(sw, dw)):
+            raise ShapeError(f"output_padding {[oph, opw]} must be smaller than the stride {[sh, sw]} or the "
+                             f"dilation {[dh, dw]}")
+        ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+        wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+        if ho < 1 or wo < 1:
+            raise ShapeError(f"padding {[ph, pw]} crops the whole {h}x{w} -> {ho}x{wo} output")
+        g = window((ho, wo), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+        return (ho, wo), g
+
+    def output_shape(self, input_shape):
+        require_rank(input_shape, 3, "(channels, height, width)")
+        (ho, wo), _ = self._geometry(input_shape[1:])
+        return (self.filters, ho, wo)
+
+    def param_specs(self, input_shape):
+        c = input_shape[0]
+        kh, kw = pair(self.kernel_size, "kernel_size")
+        # fans as PyTorch computes them for this weight: dim 1 (filters) times the kernel is the fan-in
+        specs = {"W": ParamSpec((c, self.filters, kh, kw), self.init, fan_in=self.filters * kh * kw,
+                                fan_out=c * kh * kw, decay=True)}
+        if self.use_bias:
+            specs["b"] = ParamSpec((self.filters,), "zeros")
+        return specs
+
+    def flops(self, input_shape):
+        c, h, w = input_shape
+        kh, kw = pair(self.kernel_size, "kernel_size")
+        (ho, wo), _ = self._geometry((h, w))
+        return 2 * c * self.filters * kh * kw * h * w + (self.filters * ho * wo if self.use_bias else 0)
+
+    # -- compute ----------------------------------------------------------------
+    def forward(self, params, x, training=False, rng=None, state=None):
+        n, c, h, w = x.shape
+        (ho, wo), g = self._geometry((h, w))
+        wmat = params["W"].reshape(c, -1)  # (C_in, F * kh * kw)
+        cols = np.matmul(wmat.T, x.reshape(n, c, h * w))  # (N, F*kh*kw, H*W)
+        yp = np.zeros((n, self.filters, *g.padded_hw(ho, wo)), dtype=x.dtype)
+        col2im_add(cols.reshape(n, self.filters, g.kh, g.kw, h, w), g, yp)
+        y = np.ascontiguousarray(unpad(yp, g, ho, wo))
+        if self.use_bias:
+            y += params["b"].reshape(-1, 1, 1)
+        return y, x
+
+    def backward(self, params, cache, dy):
+        return self._backward(params, cache, dy, True)
+
+    def backward_params(self, params, cache, dy):
+        """Only the parameter gradients: the model calls this when the input is the data."""
+        return self._backward(params, cache, dy, False)[1]
+
+    def _backward(self, params, x, dy, need_dx):
+        n, c, h, w = x.shape
+        (ho, wo), g = self._geometry((h, w))
+        cols = im2col(pad(dy, g), g, np.empty((n, self.filters, g.kh, g.kw, h, w), dtype=dy.dtype))
+        cols = cols.reshape(n, -1, h * w)  # (N, F*kh*kw, H*W)
+        x3 = x.reshape(n, c, h * w)
+        dw = np.matmul(x3, cols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, F*kh*kw)
+        grads = {"W": dw.reshape(params["W"].shape)}
+        if self.use_bias:
+            grads["b"] = dy.sum(axis=(0, 2, 3))
+        dx = np.matmul(params["W"].reshape(c, -1), cols).reshape(x.shape) if need_dx else None
+        return dx, grads
+
+
+@hookimpl
+def layerkit_register_layers(register):
+    register(Conv2DTranspose)
