@@ -52,7 +52,7 @@ def test_fit_prints_one_summary_line_per_epoch(tmp_path, write_model, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--optimizer", "adamw"], "unknown optimizer type 'adamw'"),
+    (["--optimizer", "adamx"], "unknown optimizer type 'adamx'"),
     (["--classes", "0,1,x"], "--classes"),
     (["--epochs", "0"], "--epochs"),
     (["--set", "epochs=-1"], "training.epochs"),
