@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -82,3 +84,71 @@ def test_missing_file_and_unknown_dataset(server, tmp_path, capsys):
         dl.download("mnist", tmp_path / "got", url_base=url, sha256=sums)
     assert main(["data", "download", "cifar10", "--dir", str(tmp_path / "x")]) == 2
     assert "no download source" in capsys.readouterr().err
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    """Sends a byte every 0.2 s, for ever: a per-read timeout never fires."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(b"\x1f")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_trickling_server_meets_the_overall_deadline(tmp_path, capsys):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        rc = main(["data", "download", "mnist", "--dir", str(tmp_path / "d"), "--timeout", "1",
+                   "--url-base", f"http://127.0.0.1:{httpd.server_address[1]}/"])
+        assert time.monotonic() - started < 10
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "did not finish within 1 s" in err and "--timeout" in err
+    assert not any((tmp_path / "d").iterdir())  # no partial file left behind
+
+
+def test_file_url_mirror_works_offline_and_files_respect_the_umask(server, tmp_path):
+    _, sums, root = server
+    old = os.umask(0o022)
+    try:
+        dest = dl.download("mnist", tmp_path / "got", url_base=root.as_uri(), sha256=sums)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(sums)
+    assert {oct(p.stat().st_mode & 0o777) for p in dest.iterdir()} == {"0o644"}
+    with pytest.raises(DataError, match="no such file"):
+        dl.download("mnist", tmp_path / "x", url_base=(tmp_path / "nothing").as_uri(), sha256=sums)
+
+
+def test_published_file_checksum_is_checked_by_pooch(server, tmp_path, monkeypatch):
+    url, sums, _ = server
+    monkeypatch.setattr(dl, "RETRIES", 0)
+    files = {name: "0" * 64 for name in sums}
+    monkeypatch.setitem(dl.SOURCES, "mnist", dl.Source(url, sums, files))
+    with pytest.raises(DataError, match="the file was not kept"):
+        dl.download("mnist", tmp_path / "got")
+    assert not any(p.name.endswith(".gz") for p in (tmp_path / "got").iterdir())
+
+
+def test_a_corrupt_file_already_there_is_fetched_again(server, tmp_path):
+    url, sums, _ = server
+    dest = tmp_path / "got"
+    dest.mkdir()
+    (dest / "train-labels-idx1-ubyte.gz").write_bytes(b"junk")
+    dl.download("mnist", dest, url_base=url, sha256=sums)
+    assert dl.content_sha256(dest / "train-labels-idx1-ubyte.gz") == sums["train-labels-idx1-ubyte.gz"]

@@ -75,6 +75,10 @@ def _run(argv: list[str] | None, rank: int = 0, held: list[str] | None = None) -
         return error.exit_code, shared
     except typer.Exit as done:
         return done.exit_code, done.exit_code == 0 or getattr(done, "everywhere", False)
+    except MemoryError:
+        # the guards refuse what they can foresee; this is the net under them
+        say("error: out of memory; lower --batch-size or the data limits (--train-limit), or free memory")
+        return 2, False
     except (KeyboardInterrupt, typer.Abort):
         say("interrupted")
         return 130, False

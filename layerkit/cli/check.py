@@ -49,12 +49,15 @@ def check_grads(
         report = check_layer_file(path, class_name, input_shape=_parse_shape(input_shape),
                                   config=_parse_config(config), batch_size=batch_size, samples=samples, seed=seed)
     else:
-        from layerkit.modelfile.build import build_model
+        from layerkit.modelfile.build import SizeLimits, build_model, check_size
         from layerkit.gradcheck.report import check_model
 
         if input_shape is not None or config is not None:
             raise typer.BadParameter("only for a layer file (FILE.py)", param_hint="--input-shape/--config")
-        built = build_model(Path(model)).astype(np.float64)
+        built = build_model(Path(model))
+        # the check runs in float64 on --batch-size samples: its own memory need, checked before allocating
+        check_size(built.graph, SizeLimits(batch_size=batch_size, itemsize=8))
+        built = built.astype(np.float64)
         report = check_model(built, batch_size=batch_size, samples=samples, seed=seed, whole_model=whole_model)
     elapsed = time.perf_counter() - started
     if json_out:

@@ -309,10 +309,39 @@ def data_list() -> None:
 def data_download(name: str = typer.Argument(..., metavar="mnist|fashion_mnist"),
                   dest: Optional[Path] = typer.Option(None, "--dir", help="Target folder (default: "
                                                       "$LAYERKIT_DATA_DIR/NAME or ~/.cache/layerkit/NAME)."),
-                  url_base: Optional[str] = typer.Option(None, "--url-base", help="Mirror to download from.")) -> None:
-    """Download the four IDX files and verify their SHA-256 checksums."""
+                  url_base: Optional[str] = typer.Option(None, "--url-base",
+                                                         help="Mirror to download from (http(s):// or file://)."),
+                  timeout: float = typer.Option(600.0, "--timeout", min=0.001, metavar="SECONDS",
+                                                help="Give up when the whole download takes longer.")) -> None:
+    """Download the four IDX files (through pooch, with retries) and verify their SHA-256 checksums."""
     from layerkit.data.download import download
 
-    where = download(name, dest, url_base, report=typer.echo)
+    console = _console(stderr=True)
+    bar = _DownloadBar(console) if console.is_terminal else None
+    try:
+        where = download(name, dest, url_base, timeout=timeout, report=typer.echo, progress=bar)
+    finally:
+        if bar is not None:
+            bar.stop()
     typer.echo(f"{name} is in {where}; it is found automatically there"
                if dest is None else f"{name} is in {where}; train with --data-dir {where}")
+
+
+class _DownloadBar:
+    """A rich progress bar per downloaded file (on a terminal only)."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), console=console, transient=True)
+        self.tasks: dict[str, int] = {}
+        self.progress.start()
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total)
+        self.progress.update(self.tasks[name], completed=done)
+
+    def stop(self) -> None:
+        self.progress.stop()

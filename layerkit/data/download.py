@@ -1,34 +1,43 @@
-"""``layerkit data download``: fetch the IDX files and verify their SHA-256.
+"""``layerkit data download``: fetch the IDX files through pooch and verify them.
 
-The pinned checksums are of the *uncompressed* IDX contents, so a mirror that
-re-gzips the files (different gzip headers, same data) still verifies. The
-MNIST sums match the original files published by LeCun et al.; the
-Fashion-MNIST sums were taken from Debian's ``dataset-fashion-mnist`` package.
-A file is written under a temporary name and only renamed into place once it
-verifies, so a failed or tampered download never leaves a file that looks valid.
+pooch does the transport: the download goes to a temporary file beside the target and is
+renamed into place only when complete, failed transfers are retried, and for the default
+MNIST source the SHA-256 of each ``.gz`` file as published is checked. layerkit then
+checks the SHA-256 of the *uncompressed* IDX contents against its pinned sums, so a
+mirror given with ``--url-base`` that re-gzips the files (different gzip headers, same
+data) still verifies, and a tampered file is never kept. The MNIST sums match the
+original files published by LeCun et al.; the Fashion-MNIST sums were taken from
+Debian's ``dataset-fashion-mnist`` package.
+
+Downloads have an overall deadline (``--timeout``, default 600 s for the whole
+command): a server that trickles a byte every few seconds fails with a clear error
+instead of never finishing. ``file://`` URLs copy from a local folder (offline mirrors).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
-import tempfile
-import urllib.error
+import time
+import urllib.parse
 import urllib.request
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from layerkit.errors import DataError, RegistryError
 from layerkit.data import cache_dir
-
+from layerkit.fileio import file_mode
 
 @dataclass(frozen=True)
 class Source:
     url_base: str
     sha256: dict[str, str]  # file name -> SHA-256 of the gunzipped contents
+    #: file name -> SHA-256 of the file as published at ``url_base`` (pooch checks it)
+    file_sha256: dict[str, str] = field(default_factory=dict)
 
 
 SOURCES: dict[str, Source] = {
@@ -39,6 +48,13 @@ SOURCES: dict[str, Source] = {
             "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
             "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
             "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+        # the original .gz files (their MD5 sums are the published ones)
+        {
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
         },
     ),
     "fashion_mnist": Source(
@@ -74,55 +90,158 @@ def default_dir(name: str) -> Path:
     return (Path(env).expanduser() if env else cache_dir()) / name
 
 
+DEFAULT_TIMEOUT = 600.0
+RETRIES = 2
+
+
 def download(name: str, dest: str | Path | None = None, url_base: str | None = None,
-             sha256: dict[str, str] | None = None, timeout: float = 60.0,
-             report: Callable[[str], None] | None = None) -> Path:
+             sha256: dict[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT,
+             report: Callable[[str], None] | None = None, progress=None) -> Path:
     """Download dataset ``name`` into ``dest`` (default: ``$LAYERKIT_DATA_DIR/NAME`` or the cache),
-    skipping files already there and valid. Returns the directory."""
+    skipping files already there and valid; all of it within ``timeout`` seconds. ``progress``
+    is an optional ``progress(file, done_bytes, total_bytes_or_None)`` callback. Returns the directory."""
     if name not in SOURCES:
         raise RegistryError(f"no download source for {name!r} (available: {', '.join(sorted(SOURCES))})")
+    if not timeout or timeout <= 0:
+        raise DataError(f"timeout {timeout!r}: give a number of seconds above 0")
     source = SOURCES[name]
     sums = sha256 or source.sha256
     base = url_base or source.url_base
     if not base.endswith("/"):
         base += "/"
+    # the published .gz checksums hold for the source's own files only: a mirror may re-gzip
+    file_sums = source.file_sha256 if (base == source.url_base and sha256 is None) else {}
     dest = Path(dest).expanduser() if dest else default_dir(name)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{dest}: cannot create directory ({exc.strerror or exc})") from None
     say = report or (lambda _msg: None)
+    deadline = time.monotonic() + float(timeout)
     for fname, want in sums.items():
         target = dest / fname
         if target.is_file() and content_sha256(target) == want:
             say(f"{target}: already present, checksum OK")
             continue
+        if target.exists():
+            target.unlink()  # not what it should be: fetched again, never trusted
         url = base + fname
         say(f"downloading {url}")
-        _fetch_verified(url, target, want, timeout)
+        _fetch_verified(url, target, want, file_sums.get(fname), deadline, timeout, progress)
         say(f"{target}: checksum OK")
     return dest
 
 
-def _fetch_verified(url: str, target: Path, want: str, timeout: float) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+def _fetch_verified(url: str, target: Path, want: str, file_sum: str | None, deadline: float, timeout: float,
+                    progress) -> None:
+    import pooch
+    import requests
+
+    logging.getLogger("pooch").setLevel(logging.WARNING)  # layerkit reports progress itself
+    fetcher = pooch.create(path=target.parent, base_url=url[:-len(target.name)],
+                           registry={target.name: f"sha256:{file_sum}" if file_sum else None},
+                           retry_if_failed=RETRIES)
     try:
+        fetcher.fetch(target.name, downloader=_Downloader(deadline, timeout, progress))
+    except DataError:
+        raise
+    except requests.exceptions.HTTPError as exc:
+        code = exc.response.status_code if exc.response is not None else "?"
+        reason = exc.response.reason if exc.response is not None else exc
+        raise DataError(f"{url}: download failed: HTTP {code} {reason}") from None
+    except requests.exceptions.RequestException as exc:
+        raise DataError(f"{url}: download failed after {1 + RETRIES} tries: {_reason(exc)}") from None
+    except ValueError as exc:  # pooch: the .gz file's hash is not the published one
+        raise DataError(f"{url}: {str(exc).splitlines()[0]}; the file was not kept") from None
+    except OSError as exc:
+        raise DataError(f"{target}: cannot write the download ({exc.strerror or exc})") from None
+    try:
+        os.chmod(target, file_mode())  # pooch's temporary file is owner-only
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-        except urllib.error.HTTPError as exc:
-            raise DataError(f"{url}: download failed: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise DataError(f"{url}: download failed: {reason}") from None
-        try:
-            got = content_sha256(Path(tmp))
+            got = content_sha256(target)
         except DataError as exc:
-            raise DataError(f"{url}: the download is not valid gzip data ({str(exc).split(': ', 1)[-1]})") from None
+            raise DataError(f"{url}: the download is not valid gzip data ({str(exc).split(': ', 1)[-1]}); "
+                            f"the file was not kept") from None
         if got != want:
             raise DataError(f"{url}: SHA-256 mismatch (got {got}, expected {want}); the file was not kept")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    inner = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", None)
+    if reason is not None:
+        text = str(reason)
+    return text.split("\n")[0][:200]
+
+
+class _Downloader:
+    """A pooch downloader with an overall deadline and a progress callback; http(s) and file:// URLs.
+
+    It reads whatever the server has sent so far (``read1``), so a server that trickles bytes
+    still meets the deadline; a silent one meets the read timeout, which is the time left."""
+
+    def __init__(self, deadline: float, timeout: float, progress) -> None:
+        self.deadline, self.timeout, self.progress = deadline, timeout, progress
+
+    def _left(self, url: str) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DataError(f"{url}: the download did not finish within {self.timeout:g} s; try again later, "
+                            f"raise --timeout, or use a mirror with --url-base")
+        return left
+
+    def __call__(self, url: str, output_file, pooch_instance=None) -> None:
+        close = not hasattr(output_file, "write")
+        out = open(output_file, "w+b") if close else output_file
+        try:
+            if url.startswith("file://"):
+                self._copy_local(url, out)
+            else:
+                self._http(url, out)
+        finally:
+            if close:
+                out.close()
+
+    def _copy_local(self, url: str, out) -> None:
+        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        try:
+            with open(path, "rb") as f:
+                total = os.fstat(f.fileno()).st_size
+                self._pump(url, lambda: f.read(CHUNK), out, total)
+        except FileNotFoundError:
+            raise DataError(f"{url}: download failed: no such file") from None
+        except OSError as exc:
+            raise DataError(f"{url}: download failed: {exc.strerror or exc}") from None
+
+    def _http(self, url: str, out) -> None:
+        import requests
+
+        left = self._left(url)
+        response = requests.get(url, stream=True, timeout=(min(30.0, left), left))
+        with response:
+            if 400 <= response.status_code < 500:  # not worth retrying
+                raise DataError(f"{url}: download failed: HTTP {response.status_code} {response.reason}")
+            response.raise_for_status()
+            total = int(response.headers.get("content-length") or 0) or None
+            raw = response.raw
+            self._pump(url, lambda: raw.read1(CHUNK, decode_content=True), out, total)
+
+    def _pump(self, url: str, read, out, total) -> None:
+        done = 0
+        name = url.rsplit("/", 1)[-1]
+        while True:
+            self._left(url)
+            chunk = read()
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+            if self.progress is not None:
+                self.progress(name, done, total)
+        if total and done < total:
+            import requests  # a connection error: pooch tries again
+            raise requests.exceptions.ConnectionError(f"the transfer stopped after {done:,} of {total:,} bytes")

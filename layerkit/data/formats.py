@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import zlib
 from pathlib import Path
@@ -33,13 +34,48 @@ def _latin1_encode(text, encoding="latin1"):
     return text.encode("latin1")
 
 
+def _reconstruct(subtype, shape, typecode):
+    """numpy pickles an array as an empty one plus ``__setstate__``; only that empty start is allowed,
+    so a pickle cannot make numpy allocate an array of any size it names."""
+    if subtype is not np.ndarray or not isinstance(shape, tuple) or math.prod(_dims(shape)) != 0:
+        raise pickle.UnpicklingError("refusing numpy _reconstruct other than an empty ndarray")
+    return _RECONSTRUCT(subtype, shape, typecode)
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    """Protocol 5 pickles an array as its raw bytes plus dtype, shape and order; the sizes must agree."""
+    if isinstance(buffer, pickle.PickleBuffer):
+        buffer = buffer.raw()
+    if not isinstance(buffer, (bytes, bytearray, memoryview)) or not isinstance(dtype, np.dtype) \
+            or not isinstance(shape, tuple) or order not in ("C", "F"):
+        raise pickle.UnpicklingError("refusing numpy _frombuffer with unexpected arguments")
+    if math.prod(_dims(shape)) * dtype.itemsize != len(buffer):
+        raise pickle.UnpicklingError(f"array of shape {shape} does not match its {len(buffer):,} data bytes")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+
+
+def _dtype(*args):
+    dtype = np.dtype(*args[:1])  # align/copy flags do not change what is read
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refusing an object array (only numbers are allowed)")
+    return dtype
+
+
+def _dims(shape: tuple) -> tuple[int, ...]:
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
+    return shape
+
+
 #: (module, name) -> object; both numpy 1 and numpy 2 spellings of the same functions
 ALLOWED_GLOBALS = {
     ("_codecs", "encode"): _latin1_encode,
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _dtype,
 }
 
 
@@ -48,7 +84,11 @@ class SafeUnpickler(pickle.Unpickler):
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed") from None
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays (and tuples, "
+                                         f"lists and dicts of them) are allowed") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refusing a persistent id: only numpy arrays are allowed")
 
 
 def safe_unpickle(path: str | Path, encoding: str = "latin1"):
@@ -59,8 +99,10 @@ def safe_unpickle(path: str | Path, encoding: str = "latin1"):
     except pickle.UnpicklingError as exc:
         raise DataError(f"{path}: {exc}") from None
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, zlib.error,
-            gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+            gzip.BadGzipFile, OverflowError, RecursionError) as exc:
+        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {str(exc)[:200]})") from None
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to unpickle it") from None
 
 
 def _array(value, source: str, what: str) -> np.ndarray:

@@ -231,7 +231,7 @@ class Preprocessing:
             if len(stat_shape) > len(shape) or any(s not in (1, d) for s, d in zip(stat_shape, shape)):
                 raise bad("stat_shape", f"{stat_shape} does not broadcast over the input shape {shape}")
         elif (stat_shape, mean, std) != (None, None, None):
-            raise bad("mean", f"statistics are only stored with normalize 'standardize'")
+            raise bad("mean", "statistics are only stored with normalize 'standardize'")
         return cls(normalize=data["normalize"], input_shape=tuple(shape), class_names=list(data["class_names"]),
                    layout=data["layout"], raw_dtype=data["raw_dtype"],
                    stat_shape=None if stat_shape is None else tuple(stat_shape),

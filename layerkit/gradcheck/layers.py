@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from layerkit.gradcheck.numerics import (PASS_TOL, NOISE_ULPS, SWEEP_STEPS, KINK_BUDGET, EPS, Worst, TensorResult, relative_error, status_of, is_kink, diagnose, _as_f64)
+from layerkit.gradcheck.numerics import (out_of_memory, PASS_TOL, NOISE_ULPS, SWEEP_STEPS, KINK_BUDGET, EPS, Worst, TensorResult, relative_error, status_of, is_kink, diagnose, _as_f64)
 from layerkit.nn.layer import Layer
 
 
@@ -168,6 +168,8 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
 
     try:
         y0, cache = probe.forward()
+    except MemoryError:
+        raise out_of_memory() from None
     except Exception as exc:
         return [_failed(layer_name, "forward", None, f"forward raised {type(exc).__name__}: {exc}", layer_type)]
     R = rng.standard_normal(y0.shape)
@@ -179,6 +181,8 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
             grads = layer.backward_params(p64, probe.forward()[1], R.copy())
         else:
             dx, grads = getattr(layer, via)(p64, cache, R.copy())
+    except MemoryError:
+        raise out_of_memory() from None
     except Exception as exc:
         return [_failed(layer_name, via, None, f"{via} raised {type(exc).__name__}: {exc}", layer_type)]
     # copied now: a layer may reuse its buffers in the perturbed forwards that follow
@@ -210,6 +214,8 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
                                   layer_type=layer_type)
             row.via = method
             results.append(row)
+        except MemoryError:
+            raise out_of_memory() from None
         except Exception as exc:  # a forward that cannot take a perturbed input is the layer's bug
             results.append(_failed(layer_name, tname, arr.shape, f"forward raised {type(exc).__name__} on a "
                                                                  f"perturbed {tname}: {exc}", layer_type, method))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from layerkit.gradcheck.numerics import (ABS_FLOOR, EPS, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, GradCheckError, TensorResult, Worst,
+from layerkit.gradcheck.numerics import (out_of_memory, ABS_FLOOR, EPS, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, GradCheckError, TensorResult, Worst,
                                          diagnose, is_kink, relative_error, status_of)
 from layerkit.nn.model import Model
 
@@ -241,6 +241,8 @@ def check_end_to_end(model: Model, x: np.ndarray, y, layer_rows: list[TensorResu
             array += NUDGE * max(float(np.std(array)), 1.0) * rng.standard_normal(array.shape)
     try:
         out, _ = model.forward(x, True, np.random.default_rng(forward_seed))
+    except MemoryError:
+        raise out_of_memory() from None
     except Exception as exc:  # a plugin layer that crashes in a model: report it, no traceback
         return [_crashed("forward", exc)], f"the model's forward pass raised {type(exc).__name__}: {exc}"
     target = y if y is not None else _make_target(loss, kind, np.asarray(out, np.float64), rng)
@@ -248,6 +250,8 @@ def check_end_to_end(model: Model, x: np.ndarray, y, layer_rows: list[TensorResu
     run = _EndToEnd(model, x, target, loss, forward_seed)
     try:
         base, _, grads = run.gradients()
+    except MemoryError:
+        raise out_of_memory() from None
     except Exception as exc:
         return rows + [_crashed("backward", exc)], f"the model's backward pass raised {type(exc).__name__}: {exc}"
     for node in model.nodes:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from layerkit.errors import LayerkitError
+from layerkit.errors import LayerkitError, SizeLimitError
 
 PASS_TOL = 1e-6
 WARN_TOL = 1e-4
@@ -137,3 +137,9 @@ def _as_f64(value: Any) -> Any:
 
 class GradCheckError(LayerkitError):
     """The gradient check could not run (e.g. no target fits the model's loss)."""
+
+
+def out_of_memory() -> LayerkitError:
+    """Running out of memory is not a wrong gradient: exit 2 with what to do, not a failed check."""
+    return SizeLimitError("not enough memory to run the gradient check; lower --batch-size, or check a "
+                          "smaller model (layerkit summary shows each layer's size)")

@@ -11,6 +11,7 @@ import numpy as np
 from layerkit.errors import Problem, SizeLimitError
 from layerkit.modelfile.shapes import Graph, build_graph
 from layerkit.nn.model import Model
+from layerkit.parallel.threads import num_threads
 from layerkit.plugins.manager import get_registry
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.spec import ModelSpec, load_spec, spec_from_dict
@@ -28,6 +29,8 @@ class SizeLimits:
     max_params: int = 200_000_000
     max_activation_bytes: int = 8 * 2**30
     batch_size: int | None = None
+    #: bytes per value: 4 for training (float32), 8 for gradient checks (float64)
+    itemsize: int = 4
 
 
 def batch_size_of(graph: Graph, limits: SizeLimits) -> int:
@@ -43,10 +46,15 @@ def check_size(graph: Graph, limits: SizeLimits) -> None:
             f"model has {graph.param_count:,} parameters, over the limit of {limits.max_params:,} "
             f"(raise it with --max-params)", (), graph.spec.source))
     batch = batch_size_of(graph, limits)
-    need = graph.activation_bytes(batch)
-    if need > limits.max_activation_bytes:
+    scale = limits.itemsize // 4 or 1
+    need = graph.activation_bytes(batch) * scale
+    # every worker thread fills its own column buffer of at least one sample
+    scratch = graph.workspace_bytes(limits.itemsize) * min(batch, num_threads())
+    doing = "training" if limits.itemsize == 4 else "checking gradients"
+    if need + scratch > limits.max_activation_bytes:
+        extra = f" and {format_bytes(scratch)} of layer scratch (im2col columns)" if scratch else ""
         problems.append(Problem(
-            f"training at batch size {batch} needs about {format_bytes(need)} of activations, "
+            f"{doing} at batch size {batch} needs about {format_bytes(need)} of activations{extra}, "
             f"over the limit of {format_bytes(limits.max_activation_bytes)} (raise it with --max-memory "
             f"or lower the batch size)", (), graph.spec.source))
     if problems:

@@ -105,7 +105,32 @@ def parse_json(text: str, source: str) -> Any:
     if duplicates:
         raise ModelFileError(problems=[Problem(f"invalid JSON: duplicate key {key!r}", (), source)
                                        for key in dict.fromkeys(duplicates)])
+    deep = _too_deep(data)
+    if deep is not None:
+        raise ModelFileError(problems=[Problem(
+            f"nested more than {MAX_DEPTH} levels deep; a model file needs a handful", deep, source)])
     return data
+
+
+#: model files nest a few levels (training.optimizer.betas); anything far deeper is a mistake or
+#: an attack, and would overflow the recursion of every deep copy and validator that follows
+MAX_DEPTH = 32
+#: model files are a few KiB; a bigger one (or /dev/zero) is refused before it is read whole
+MAX_MODEL_FILE_BYTES = 16 << 20
+
+
+def _too_deep(data: Any) -> tuple | None:
+    """The JSON path of the first value nested deeper than MAX_DEPTH, or None (iterative: no recursion)."""
+    stack = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return path
+        if isinstance(value, dict):
+            stack.extend((v, path + (k,)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, path + (i,)) for i, v in enumerate(value))
+    return None
 
 
 def read_model_file(path: str | Path) -> tuple[Any, str]:
@@ -114,7 +139,12 @@ def read_model_file(path: str | Path) -> tuple[Any, str]:
     path = zoo.resolve(path)
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MODEL_FILE_BYTES + 1)
+        if len(raw) > MAX_MODEL_FILE_BYTES:
+            raise ModelFileError(problems=[Problem(
+                f"larger than {MAX_MODEL_FILE_BYTES >> 20} MiB, not a model file", (), source)])
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ModelFileError(problems=[Problem(
             f"no such file, nor a shipped model of that name (shipped: {', '.join(zoo.names())})",
