@@ -34,6 +34,9 @@ class Dense(Layer):
     )
 
     def output_shape(self, input_shape):
+        # fold_affine folds a per-channel map into W only when the channels are the units, i.e.
+        # for a flat input; the builder asks this once per node, before any inference
+        self._flat_input = len(input_shape) == 1
         return (*input_shape[:-1], self.units)
 
     def param_specs(self, input_shape):
@@ -60,6 +63,8 @@ class Dense(Layer):
         return y
 
     def fold_affine(self, params, scale, shift):
+        if not getattr(self, "_flat_input", False):
+            return None  # on a (..., D) input, axis 1 of the output is not the units
         w = params["W"] * scale
         b = shift + params["b"] * scale if "b" in params else shift.copy()
         return {"W": w.astype(params["W"].dtype, copy=False), "b": b.astype(params["W"].dtype, copy=False)}
