@@ -55,8 +55,13 @@ def main() -> int:
     from layerkit.training.runs import train
     from layerkit.training.trainer import TrainingInterrupted
 
+    from layerkit.parallel.processes import set_processes
+
     reset_registry(load_registry(entry_points=False))
     for run in job["runs"]:
+        # forked processes inside each rank, or none
+        os.environ["LAYERKIT_SAMPLE_PARALLEL"] = "1" if run.get("processes", 1) > 1 else "0"
+        set_processes(run.get("processes", 1))
         if run.get("interrupt"):
             try:
                 train(run["model"], out=run["out"], callbacks=[InterruptAt(*run["interrupt"])])

@@ -162,7 +162,7 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
         ) -> None:
     """Train a model file; writes a run directory with checkpoints, history, weights and metrics.
 
-    Uses the cores it may: convnets train sample-parallel, each batch split over LAYERKIT_PROCESSES processes (LAYERKIT_SAMPLE_PARALLEL=0: one process), other nets on LAYERKIT_NUM_THREADS threads.
+    Uses the cores it may: convnets train sample-parallel, each batch split over LAYERKIT_PROCESSES processes (LAYERKIT_SAMPLE_PARALLEL=0: one process), other nets on LAYERKIT_NUM_THREADS threads. Under mpiexec -n K, data-parallel over K MPI ranks (docs/distributed.md).
     """  # noqa: E501 (one line: the help text reflows it)
     from layerkit.training.runs import train
 
