@@ -61,6 +61,16 @@ def test_prelu_example_passes(capsys):
     assert "PReLU[0]" in out and "PReLU[1]" in out and "PASS" in out
 
 
+def test_prelu_example_passes_the_conformance_suite():
+    from layerkit.plugins.files import load_plugin_file
+    from layerkit.testing import check_layer_metadata, run_layer_test
+
+    cls = load_plugin_file(PRELU)[0].PReLU
+    check_layer_metadata(cls)
+    for example in cls.examples:
+        run_layer_test(cls, example.config, example.input_shape)
+
+
 def test_docs_show_the_example_file():
     """docs/plugins.md's first section prints examples/prelu.py; the test above runs that file."""
     doc = (ROOT / "docs" / "plugins.md").read_text()
