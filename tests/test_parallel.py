@@ -27,7 +27,7 @@ SPEC = {
 def _train(threads, steps=3):
     parallel.set_num_threads(threads)
     # the claim is about the layer pool; OpenBLAS's own threads change GEMM rounding on some CPUs
-    parallel._hold_blas()
+    parallel.hold_blas()
     try:
         old = dict(parallel.MIN_PARALLEL_BYTES)
         parallel.MIN_PARALLEL_BYTES.update({k: 0 for k in old})  # every chunk loop on the pool, even at this size
@@ -45,7 +45,7 @@ def _train(threads, steps=3):
     finally:
         parallel.MIN_PARALLEL_BYTES.update(old)
         parallel.set_num_threads(None)
-        parallel._release_blas()
+        parallel.release_blas()
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -78,18 +78,39 @@ def test_small_passes_stay_off_the_pool():
 
 
 def test_blas_held_from_the_first_pooled_pass_until_reset():
-    blas = parallel._blas_funcs()
-    if not blas:
-        pytest.skip("OpenBLAS not found")
-    saved = blas[0]()
+    from layerkit.parallel import blas
+
+    if blas.num_threads() is None:
+        pytest.skip("no BLAS found by threadpoolctl")
+    parallel.set_num_threads(2)
+    limit = blas.limit_threads(2)
+    try:
+        assert not parallel.blas_held() and blas.num_threads() == 2
+        inside = parallel.run(lambda a: blas.num_threads(), [(0,), (1,)], 1 << 40, "conv")
+        assert inside == [1, 1] and parallel.blas_held()
+        assert blas.num_threads() == 1
+        parallel.set_num_threads(None)
+        assert blas.num_threads() == 2 and not parallel.blas_held()
+    finally:
+        parallel.set_num_threads(None)
+        limit.restore_original_limits()
+
+
+def test_a_forked_child_starts_without_the_parents_pool():
+    # the parent's pool object survives a fork but its threads do not; the child makes its own
+    import os
+    import signal
+
+    name = lambda _: threading.current_thread().name  # noqa: E731
     parallel.set_num_threads(2)
     try:
-        blas[1](2)
-        inside = parallel.run(lambda a: blas[0](), [(0,), (1,)], 1 << 40, "conv")
-        assert inside == [1, 1]
-        assert blas[0]() == 1
-        parallel.set_num_threads(None)
-        assert blas[0]() == 2
+        assert parallel.run(name, [(0,), (1,)], 1 << 40, "conv")[0].startswith("layerkit")
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)
+            names = parallel.run(name, [(0,), (1,)], 1 << 40, "conv")
+            os._exit(0 if names[0] == "layerkit_0" else 1)  # thread 0 of a new pool, not the old pool's next
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
     finally:
-        blas[1](saved)
         parallel.set_num_threads(None)

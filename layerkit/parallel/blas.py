@@ -1,58 +1,69 @@
-"""The OpenBLAS that numpy itself loaded, for what numpy does not expose: thread count and
-the fused level-1 updates ``y = a*x + b*y`` (axpby) and ``y += a*x`` (axpy).
+"""The BLAS numpy loaded: its thread count through threadpoolctl, and, from numpy's own
+OpenBLAS, the fused level-1 updates ``y = a*x + b*y`` (axpby) and ``y += a*x`` (axpy),
+which numpy does not expose and threadpoolctl has no equivalent for.
 
 Why the level-1 calls: an optimizer step is memory bound, and numpy needs two passes
 for each of them (``tmp = a*x; y += tmp``). SGD with momentum went from four passes to
 two, and the MLP benchmark's update from 295 to 182 us a step (see docs/performance.md).
 
-Everything here degrades to plain numpy: another BLAS (MKL, Accelerate), a missing
-symbol, a non-contiguous or non-float32/64 array all take the numpy path, which gives
-the same values up to rounding.
+threadpoolctl finds the library (whatever its file name: numpy's wheels ship
+``libscipy_openblas64_``); the level-1 symbols are looked up in that file. Everything
+here degrades to plain numpy: another BLAS (MKL, Accelerate), a missing symbol, a
+non-contiguous or non-float32/64 array all take the numpy path, which gives the same
+values up to rounding.
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
 from contextlib import contextmanager
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 _PREFIXES = ("scipy_", "")  # numpy's wheels rename the symbols with scipy_
 _SUFFIXES = ("64_", "")  # "64_": the ILP64 build, 64-bit integer arguments
 
+_controller: ThreadpoolController | None = None
+_controller_lock = threading.Lock()
 
-def _library_paths() -> list[str]:
-    try:
-        with open("/proc/self/maps") as maps:
-            return sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return []
+
+def controller() -> ThreadpoolController:
+    """threadpoolctl's view of the BLAS and OpenMP libraries this process has loaded (made once)."""
+    global _controller
+    if _controller is None:
+        with _controller_lock:
+            if _controller is None:
+                _controller = ThreadpoolController()
+    return _controller
+
+
+def num_threads() -> int | None:
+    """Threads the BLAS numpy uses would run (the largest if several are loaded), None if none is found."""
+    counts = [lib.num_threads for lib in controller().select(user_api="blas").lib_controllers]
+    return max(counts) if counts else None
+
+
+def limit_threads(n: int):
+    """Cap every loaded BLAS at ``n`` threads until ``.restore_original_limits()`` on the result."""
+    return controller().limit(limits=n, user_api="blas")
 
 
 def _find() -> dict:
-    """Callables by name (``get_num_threads``, ``set_num_threads``, ``saxpy``...), only those found."""
+    """Level-1 callables by name (``saxpy``, ``saxpby``, ``daxpy``, ``daxpby``), only those found."""
     found: dict = {}
-    try:  # numpy, imported above, has loaded its BLAS by now
-        for path in _library_paths():
-            lib = ctypes.CDLL(path)
+    try:
+        for lib in controller().select(internal_api="openblas").lib_controllers:
+            cdll = ctypes.CDLL(lib.filepath)
             for prefix in _PREFIXES:
                 for suffix in _SUFFIXES:
-                    _threads(lib, prefix, suffix, found)
-                    _level1(lib, prefix, suffix, found)
+                    _level1(cdll, prefix, suffix, found)
                 if found:
                     return found
     except Exception:  # any surprise just means "numpy only"
         return {}
     return found
-
-
-def _threads(lib, prefix: str, suffix: str, found: dict) -> None:
-    get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-    put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-    if get is not None and put is not None and "get_num_threads" not in found:
-        get.restype, get.argtypes = ctypes.c_int, []
-        put.restype, put.argtypes = None, [ctypes.c_int]
-        found["get_num_threads"], found["set_num_threads"] = get, put
 
 
 def _level1(lib, prefix: str, suffix: str, found: dict) -> None:
@@ -111,20 +122,12 @@ def axpby(a: float, x: np.ndarray, b: float, y: np.ndarray) -> None:
 
 @contextmanager
 def one_thread():
-    """OpenBLAS on one thread inside the block, its thread count restored after.
+    """BLAS on one thread inside the block, its thread count restored after.
 
     For work made of many tiny GEMMs (gradient checks: batches of 2 in float64), where a
     second BLAS thread only adds synchronisation, and on a busy machine waits a scheduler
     time slice at every call (``check-grads models/alexnet_mnist.json`` with another job
     on the other core: 78 s with two threads, 11 s with one).
     """
-    funcs = functions()
-    if "get_num_threads" not in funcs:
+    with limit_threads(1):  # threadpoolctl's limiter restores the old count on exit, on errors too
         yield
-        return
-    before = funcs["get_num_threads"]()
-    funcs["set_num_threads"](1)
-    try:
-        yield
-    finally:
-        funcs["set_num_threads"](before)

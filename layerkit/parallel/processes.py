@@ -255,8 +255,8 @@ class SampleParallel:
         ctx = multiprocessing.get_context("fork")
         if self._sync:
             self._barrier = ctx.Barrier(self.shards)
-        self._held_blas = parallel._blas_saved is None
-        parallel._hold_blas()  # one BLAS thread per process: the shards use the cores
+        self._held_blas = not parallel.blas_held()
+        parallel.hold_blas()  # one BLAS thread per process: the shards use the cores
         try:
             with warnings.catch_warnings():
                 # Python 3.12+ warns about fork() in a process with threads (OpenBLAS's);
@@ -309,7 +309,7 @@ class SampleParallel:
             conn.close()
         self._conns, self._procs = [], []
         if self._held_blas:
-            parallel._release_blas()
+            parallel.release_blas()
             self._held_blas = False
 
     # -- the step ------------------------------------------------------------------
@@ -432,7 +432,8 @@ class SampleParallel:
             other.close()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        parallel._forked_worker()
+        parallel.set_num_threads(1)  # the shards use the cores: serial loops, one BLAS thread
+        parallel.hold_blas()
         for view, (name, t) in zip(self._param_views, self.keys):
             self.model.params[name][t] = view  # this process's copy of the model reads shared memory
         # running statistics are the main process's to keep (it sees the same batch statistics)

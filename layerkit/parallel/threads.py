@@ -43,8 +43,7 @@ MIN_PARALLEL_BYTES = {"conv": 8 << 20, "pass": 4 << 20}
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _threads: int | None = None
-_blas_saved: int | None = None  # OpenBLAS threads before _hold_blas, None while not held
-_blas = None  # (get, set) from the OpenBLAS numpy loaded, False when not found
+_blas_limit = None  # threadpoolctl's limiter while BLAS is held to one thread (see hold_blas)
 _serial = 0  # > 0 while sample-parallel shards already use every core (see ``serial``)
 
 
@@ -68,30 +67,33 @@ def num_threads() -> int:
     return _threads
 
 
-def _hold_blas() -> None:
-    """From the first pooled pass on, OpenBLAS stays on one thread in this process.
+def hold_blas() -> None:
+    """From now on (until :func:`release_blas`) BLAS runs one thread in this process.
 
-    Capping it only for the pooled sections and restoring it after was measured
-    slower (AlexNet-style 491 vs 574 img/s, medians of 3): each 2-thread GEMM between sections
-    (Dense, BN's GEMV) leaves an OpenBLAS worker busy-waiting ~0.1 s (its
-    THREAD_TIMEOUT) on the core the pool needs. Holding it from the first pass big
-    enough for the pool, rather than whenever the pool has >1 thread, keeps both
-    BLAS threads for processes that never get there (LeNet-style, the MLP).
+    The pool calls it at the first pooled pass, and sample-parallel training when its
+    workers start (the shards use the cores). Capping BLAS only for the pooled sections
+    and restoring it after was measured slower (AlexNet-style 491 vs 574 img/s, medians
+    of 3): each 2-thread GEMM between sections (Dense, BN's GEMV) leaves an OpenBLAS
+    worker busy-waiting ~0.1 s (its THREAD_TIMEOUT) on the core the pool needs. Holding
+    it from the first pass big enough for the pool, rather than whenever the pool has >1
+    thread, keeps both BLAS threads for processes that never get there (LeNet-style, the MLP).
     """
-    global _blas_saved
-    if _blas_saved is not None:
-        return
-    funcs = _blas_funcs()
-    _blas_saved = funcs[0]() if funcs else 1
-    if _blas_saved > 1:
-        funcs[1](1)
+    global _blas_limit
+    if _blas_limit is None:
+        _blas_limit = blas.limit_threads(1)
 
 
-def _release_blas() -> None:
-    global _blas_saved
-    if _blas_saved is not None and _blas_saved > 1:
-        _blas_funcs()[1](_blas_saved)
-    _blas_saved = None
+def release_blas() -> None:
+    """Give BLAS back the thread count it had before :func:`hold_blas`."""
+    global _blas_limit
+    if _blas_limit is not None:
+        _blas_limit.restore_original_limits()
+        _blas_limit = None
+
+
+def blas_held() -> bool:
+    """Whether :func:`hold_blas` is in effect."""
+    return _blas_limit is not None
 
 
 def set_num_threads(n: int | None) -> None:
@@ -99,7 +101,7 @@ def set_num_threads(n: int | None) -> None:
     global _threads, _pool
     with _lock:
         _threads = None if n is None else max(1, int(n))
-        _release_blas()
+        release_blas()
         if _pool is not None:
             _pool.shutdown(wait=True)
             _pool = None
@@ -112,15 +114,6 @@ def _get_pool() -> ThreadPoolExecutor:
             if _pool is None:
                 _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="layerkit")
     return _pool
-
-
-def _blas_funcs():
-    """OpenBLAS's (get, set) thread-count functions, or False: then BLAS is left alone."""
-    global _blas
-    if _blas is None:
-        funcs = blas.functions()
-        _blas = (funcs["get_num_threads"], funcs["set_num_threads"]) if "get_num_threads" in funcs else False
-    return _blas
 
 
 def spans(n: int, step: int, parts: int) -> list[tuple[int, int]]:
@@ -150,24 +143,25 @@ def serial():
         _serial -= 1
 
 
-def _forked_worker() -> None:
-    """Reset this module in a forked sample-parallel worker: serial loops, one BLAS thread.
+def _after_fork_in_child() -> None:
+    """A forked child (a sample-parallel worker, or any fork) starts with no pool.
 
-    The parent's pool object came along with the fork but its threads did not, so it
-    is dropped without a shutdown (which would wait for threads that are not there).
+    The parent's pool object came along with the fork but its threads did not, so it is
+    dropped without a shutdown (which would wait for threads that are not there); the lock
+    may have been held by one of those threads.
     """
-    global _pool, _threads, _blas_saved, _serial
-    _pool, _threads, _blas_saved, _serial = None, 1, None, 0
-    funcs = _blas_funcs()
-    if funcs:
-        funcs[1](1)
+    global _pool, _serial, _lock
+    _pool, _serial, _lock = None, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run(fn, args: list, nbytes: int, kind: str) -> list:
     """``[fn(*a) for a in args]``, on the pool when there are several threads and enough work."""
     if len(args) < 2 or not worth_it(nbytes, kind):
         return [fn(*a) for a in args]
-    _hold_blas()
+    hold_blas()
     return list(_get_pool().map(lambda a: fn(*a), args))
 
 
