@@ -18,11 +18,11 @@ from layerkit.layers.normalization import BatchNorm, LocalResponseNorm
 from layerkit.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from layerkit.layers.reshaping import Flatten, Reshape
 from layerkit.plugins.manager import load_registry
-from layerkit.modelfile.spec import _fill_defaults
+from layerkit.modelfile.spec import fill_defaults
 
 
 def make(cls, **config):
-    return cls(**_fill_defaults(cls.params_schema, config))
+    return cls(**fill_defaults(cls.params_schema, config))
 
 
 def numeric_grad(f, a, eps=1e-6):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerkit.data.builtin import IDX_FILES, _idx_path
+from layerkit.data.builtin import IDX_FILES, idx_path
 from layerkit.data.idx import read_idx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=100)
     args = parser.parse_args()
 
-    paths = [_idx_path(args.source, stem) for stem in IDX_FILES]
+    paths = [idx_path(args.source, stem) for stem in IDX_FILES]
     if not all(paths):
         raise SystemExit(f"{args.source}: the four MNIST IDX files are not all there")
     x_train, y_train = read_idx(paths[0], 3), read_idx(paths[1], 1)

@@ -21,6 +21,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from layerkit.errors import DataError
+from layerkit.plugins import registry_or_global
 from layerkit.data.preprocess import Preprocessing, check_numeric, to_model_layout
 
 DATA_DIR_ENV = "LAYERKIT_DATA_DIR"
@@ -300,9 +301,7 @@ def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | 
     """Find, read and prepare the registered dataset ``name``. ``data_dir`` wins over
     ``options['data_dir']``; ``embedded`` reads the dataset's embedded sample whatever else is
     installed; ``preprocessing`` (a saved model's) is applied instead of fitting a new one."""
-    if registry is None:
-        from layerkit.plugins.manager import get_registry
-        registry = get_registry()
+    registry = registry_or_global(registry)
     dataset = registry.get("dataset", name)()
     options = dict(options or {})
     where = data_dir if data_dir is not None else options.get("data_dir")

@@ -20,7 +20,7 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 EMBEDDED_MNIST = "embedded/mnist_sample.npz"
 
 
-def _idx_path(directory: Path, stem: str) -> Path | None:
+def idx_path(directory: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem):
         if (directory / name).is_file():
             return directory / name
@@ -44,12 +44,12 @@ class IdxDataset(Dataset):
     image_shape = (1, 28, 28)
 
     def find(self, location):
-        if location.is_dir() and all(_idx_path(location, stem) for stem in IDX_FILES):
+        if location.is_dir() and all(idx_path(location, stem) for stem in IDX_FILES):
             return location
         return None
 
     def read(self, found):
-        paths = [_idx_path(found, stem) for stem in IDX_FILES]
+        paths = [idx_path(found, stem) for stem in IDX_FILES]
         x_train, y_train = read_idx(paths[0], 3), read_idx(paths[1], 1)
         x_test, y_test = read_idx(paths[2], 3), read_idx(paths[3], 1)
         for images, labels, ip, lp in ((x_train, y_train, paths[0], paths[1]), (x_test, y_test, paths[2], paths[3])):

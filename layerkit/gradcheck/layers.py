@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from layerkit.gradcheck.numerics import (out_of_memory, PASS_TOL, NOISE_ULPS, SWEEP_STEPS, KINK_BUDGET, EPS, Worst, TensorResult, relative_error, status_of, is_kink, diagnose, _as_f64)
+from layerkit.gradcheck.numerics import (out_of_memory, PASS_TOL, NOISE_ULPS, SWEEP_STEPS, KINK_BUDGET, EPS, Worst, TensorResult, relative_error, status_of, is_kink, diagnose, as_f64)
 from layerkit.nn.layer import Layer
 
 
@@ -160,8 +160,8 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
     layer_type = layer.type or type(layer).__name__
     rng = np.random.default_rng(seed)
     multi = layer.arity != 1
-    xs = _as_f64(list(x) if multi else x)
-    p64 = {k: _as_f64(v) for k, v in params.items()}
+    xs = as_f64(list(x) if multi else x)
+    p64 = {k: as_f64(v) for k, v in params.items()}
     probe = _LayerProbe(layer, p64, xs, state, int(rng.integers(2**31)))
     input_names = [f"input[{i}]" for i in range(len(xs))] if multi else ["input"]
     inputs = xs if multi else [xs]
@@ -177,7 +177,7 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
     try:
         if via == "backward_params":
             dx, _ = layer.backward(p64, cache, R.copy())
-            dx = _as_f64(dx)  # before the next forward, which may reuse the layer's buffers
+            dx = as_f64(dx)  # before the next forward, which may reuse the layer's buffers
             grads = layer.backward_params(p64, probe.forward()[1], R.copy())
         else:
             dx, grads = getattr(layer, via)(p64, cache, R.copy())

@@ -15,6 +15,7 @@ import numpy as np
 from layerkit.gradcheck.numerics import (out_of_memory, ABS_FLOOR, EPS, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, GradCheckError, TensorResult, Worst,
                                          diagnose, is_kink, relative_error, status_of)
 from layerkit.nn.model import Model
+from layerkit.plugins import registry_or_global
 
 LOSS_ROW = "(loss)"
 #: relative change of the loss a directional step aims for
@@ -26,10 +27,7 @@ NUDGE = 1e-4
 
 
 def _loss_object(model: Model, registry) -> tuple[Any, str]:
-    if registry is None:
-        from layerkit.plugins.manager import get_registry
-
-        registry = get_registry()
+    registry = registry_or_global(registry)
     spec = dict(model.graph.spec.loss)
     kind = spec.pop("type")
     return registry.get("loss", kind)(**spec), kind

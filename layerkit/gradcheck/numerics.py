@@ -129,7 +129,7 @@ def diagnose(analytic: float, sweep: list[tuple[float, float, float]]) -> str:
 
 # -- per-layer check --------------------------------------------------------------
 
-def _as_f64(value: Any) -> Any:
+def as_f64(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [np.array(v, dtype=np.float64, copy=True) for v in value]
     return np.array(value, dtype=np.float64, copy=True)

@@ -12,11 +12,10 @@ from layerkit.errors import Problem, SizeLimitError
 from layerkit.modelfile.shapes import Graph, build_graph
 from layerkit.nn.model import Model
 from layerkit.parallel.threads import num_threads
-from layerkit.plugins.manager import get_registry
+from layerkit.plugins import registry_or_global
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.spec import ModelSpec, load_spec, spec_from_dict
 
-DEFAULT_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class SizeLimits:
 def batch_size_of(graph: Graph, limits: SizeLimits) -> int:
     if limits.batch_size is not None:
         return limits.batch_size
-    return int(graph.spec.training.get("batch_size", DEFAULT_BATCH_SIZE))
+    return int(graph.spec.training["batch_size"])
 
 
 def check_size(graph: Graph, limits: SizeLimits) -> None:
@@ -93,7 +92,7 @@ def format_bytes(n: int) -> str:
 def build_graph_from(source: str | Path | dict | ModelSpec, registry: Registry | None = None,
                      limits: SizeLimits | None = None) -> Graph:
     """Everything ``layerkit validate`` checks: schema, parameters, wiring, shapes, size."""
-    registry = registry or get_registry()
+    registry = registry_or_global(registry)
     if isinstance(source, ModelSpec):
         spec = source
     elif isinstance(source, dict):
@@ -110,5 +109,5 @@ def build_model(source: str | Path | dict | ModelSpec, seed: int | None = None, 
     """Validate, infer shapes, check size limits, then allocate parameters."""
     graph = build_graph_from(source, registry, limits)
     if seed is None:
-        seed = int(graph.spec.training.get("seed", 0))
+        seed = int(graph.spec.training["seed"])
     return Model.initialize(graph, seed=seed, dtype=dtype)

@@ -24,6 +24,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from layerkit.errors import GraphError, ModelFileError, Problem
+from layerkit.plugins import registry_or_global
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA, typed_schema
 from layerkit.modelfile import zoo
@@ -246,12 +247,25 @@ def _non_finite(value: Any, path: tuple, source: str, out: list[Problem]) -> Non
 
 # -- typed sections ----------------------------------------------------------------
 
-def _fill_defaults(schema: dict, config: dict) -> dict:
+def fill_defaults(schema: dict, config: dict) -> dict:
+    """``config`` with every missing property that has a ``default`` in ``schema`` filled in, at
+    every depth: objects that are present get their own defaults filled the same way (an
+    ``early_stopping: {}`` gets its monitor, patience and min_delta). The schema is the one place
+    defaults are written; nothing else restates them. ``config`` itself is not modified."""
     out = dict(config)
     for key, sub in schema.get("properties", {}).items():
-        if key not in out and isinstance(sub, dict) and "default" in sub:
+        if not isinstance(sub, dict):
+            continue
+        if key not in out and "default" in sub:
             out[key] = copy.deepcopy(sub["default"])
+        if isinstance(out.get(key), dict) and "properties" in sub:
+            out[key] = fill_defaults(sub, out[key])
     return out
+
+
+def fill_training_defaults(training: dict) -> dict:
+    """A model file's ``training`` section with the schema's defaults filled in (see :func:`fill_defaults`)."""
+    return fill_defaults(MODEL_SCHEMA["properties"]["training"], training)
 
 
 def _check_typed(section: dict, kind: str, registry: Registry, base: tuple, source: str,
@@ -264,16 +278,14 @@ def _check_typed(section: dict, kind: str, registry: Registry, base: tuple, sour
         return None, [Problem(registry.unknown_message(kind, type_name), base + ("type",), source)]
     schema = typed_schema(type_name, registry.get(kind, type_name), extra_keys)
     problems = _schema_problems(schema, section, base, source)
-    params = {k: v for k, v in _fill_defaults(schema, section).items() if k not in extra_keys and k != "type"}
+    params = {k: v for k, v in fill_defaults(schema, section).items() if k not in extra_keys and k != "type"}
     return params, problems
 
 
 # -- the model -------------------------------------------------------------------
 
 def spec_from_dict(data: Any, source: str = "<model>", registry: Registry | None = None) -> ModelSpec:
-    if registry is None:
-        from layerkit.plugins.manager import get_registry
-        registry = get_registry()
+    registry = registry_or_global(registry)
     problems = _schema_problems(MODEL_SCHEMA, data, (), source)
     if not isinstance(data, dict):
         raise ModelFileError(problems=problems)
@@ -364,7 +376,7 @@ def _loss(data: dict, registry: Registry, source: str, problems: list[Problem]) 
 
 def _training(data: dict, registry: Registry, source: str, problems: list[Problem]) -> dict:
     training = data.get("training") if isinstance(data.get("training"), dict) else {}
-    training = _fill_defaults(MODEL_SCHEMA["properties"]["training"], training)
+    training = fill_training_defaults(training)
     if isinstance(training.get("optimizer"), dict):
         params, found = _check_typed(training["optimizer"], "optimizer", registry,
                                      ("training", "optimizer"), source, {})

@@ -23,24 +23,17 @@ from typing import Any, Mapping
 import numpy as np
 
 from layerkit.nn.layer import Coupling
+from layerkit.plugins import registry_or_global
 
 __all__ = ["run_layer_test", "layer_conformance_tests", "conformance_cases", "fill_defaults", "LayerCase",
            "check_layer_metadata"]
-
-
-def _registry(registry=None):
-    if registry is None:
-        from layerkit.plugins.manager import get_registry
-
-        registry = get_registry()
-    return registry
 
 
 def fill_defaults(layer_cls, config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the layer's ``params_schema`` and fill its defaults, as a model file would."""
     import jsonschema
 
-    from layerkit.modelfile.spec import _fill_defaults
+    from layerkit.modelfile.spec import fill_defaults as fill_schema_defaults
 
     schema = layer_cls.params_schema
     name = getattr(layer_cls, "type", "") or layer_cls.__name__
@@ -49,7 +42,7 @@ def fill_defaults(layer_cls, config: Mapping[str, Any]) -> dict[str, Any]:
     except jsonschema.ValidationError as exc:
         raise AssertionError(f"layer {name!r}: config {dict(config)} does not validate against its "
                              f"params_schema: {exc.message}") from None
-    filled = _fill_defaults(schema, dict(config))
+    filled = fill_schema_defaults(schema, dict(config))
     try:
         jsonschema.Draft202012Validator(schema).validate(filled)
     except jsonschema.ValidationError as exc:
@@ -119,7 +112,7 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
     from layerkit.nn.initializers import initialize
     from layerkit.testing.contract import check_inference_paths, check_sample_coupling, check_speed_paths
 
-    cls = (_registry(registry).layer(layer_type_or_class) if isinstance(layer_type_or_class, str)
+    cls = (registry_or_global(registry).layer(layer_type_or_class) if isinstance(layer_type_or_class, str)
            else layer_type_or_class)
     name = getattr(cls, "type", "") or cls.__name__
     filled = fill_defaults(cls, config)
@@ -233,7 +226,7 @@ def _plugin_names(registry, plugin: str) -> set[str]:
 
 def conformance_cases(plugin: str | None = None, *, registry=None) -> list[LayerCase]:
     """Every (layer, example) of one plugin (entry-point or distribution name), or of all plugins."""
-    registry = _registry(registry)
+    registry = registry_or_global(registry)
     if plugin is None:
         entries = list(registry.entries["layer"].values())
     else:
@@ -266,7 +259,7 @@ def _entry_cases(entries) -> list[LayerCase]:
 def run_case(case: LayerCase, registry=None) -> None:
     if case.problem:
         raise AssertionError(case.problem)
-    cls = _registry(registry).layer(case.layer_type)
+    cls = registry_or_global(registry).layer(case.layer_type)
     check_layer_metadata(cls)
     run_layer_test(cls, case.config, case.input_shape, registry=registry)
 

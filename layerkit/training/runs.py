@@ -214,13 +214,13 @@ def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, reg
     if not dataset:
         raise ModelFileError(problems=[Problem("no dataset given: set training.dataset or pass --dataset",
                                                ("training", "dataset"), spec.source)])
-    return load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training.get("seed", 0)),
+    return load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training["seed"]),
                      input_shape=spec.input_shape, num_outputs=num_outputs(model), registry=registry,
                      embedded=embedded, preprocessing=preprocessing)
 
 
 def record_of(spec: ModelSpec, data: DataSplits) -> DataRecord:
-    return DataRecord.of(spec.training["dataset"], data, spec.training.get("data"), int(spec.training.get("seed", 0)))
+    return DataRecord.of(spec.training["dataset"], data, spec.training.get("data"), int(spec.training["seed"]))
 
 
 def load_run_data(run: RunDir, spec: ModelSpec, model, *, data_dir: str | Path | None = None,

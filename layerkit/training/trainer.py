@@ -36,6 +36,8 @@ from layerkit.nn.optimizers import Optimizer
 from layerkit.parallel.collectives import SINGLE, Collectives
 from layerkit.training.steps import make_step, plan
 from layerkit.nn.schedules import Schedule
+from layerkit.plugins import registry_or_global
+from layerkit.modelfile.spec import fill_training_defaults
 
 CHECKPOINT_FORMAT = 1
 EVAL_BATCH = 512
@@ -96,9 +98,7 @@ class TrainResult:
 
 def build_loss(spec, registry=None):
     """The loss object named in the model file's ``loss`` section."""
-    if registry is None:
-        from layerkit.plugins.manager import get_registry
-        registry = get_registry()
+    registry = registry_or_global(registry)
     config = dict(spec.loss)
     cls = registry.get("loss", config.pop("type"))
     return cls(**config)
@@ -108,9 +108,7 @@ def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=Non
                     clipping: dict | None = None) -> Optimizer:
     """The optimizer named in ``training.optimizer`` over every parameter of ``model``, clipping
     the gradients as ``training.gradient_clipping`` says."""
-    if registry is None:
-        from layerkit.plugins.manager import get_registry
-        registry = get_registry()
+    registry = registry_or_global(registry)
     config = dict(config or {"type": "sgd"})
     cls = registry.get("optimizer", config.pop("type"))
     names, tensors, decay = [], [], []
@@ -163,14 +161,14 @@ class Trainer:
         self.model, self.loss, self.data = model, loss, data
         #: the processes training together (MPI ranks), see ``layerkit.parallel.collectives``
         self.comm = collectives
-        self.training = dict(training)
-        self.epochs = int(self.training.get("epochs", 10))
-        self.batch_size = int(self.training.get("batch_size", 64))
-        self.seed = int(self.training.get("seed", 0))
+        self.training = fill_training_defaults(training)
+        self.epochs = int(self.training["epochs"])
+        self.batch_size = int(self.training["batch_size"])
+        self.seed = int(self.training["seed"])
         self.callbacks = list(callbacks)
         self.save_checkpoint = save_checkpoint
-        self.optimizer = optimizer or build_optimizer(model, self.training.get("optimizer") or {"type": "sgd"},
-                                                      float(self.training.get("weight_decay", 0) or 0), registry,
+        self.optimizer = optimizer or build_optimizer(model, self.training.get("optimizer"),
+                                                      float(self.training["weight_decay"]), registry,
                                                       self.training.get("gradient_clipping"))
         n = len(data.x_train)
         self.steps_per_epoch = math.ceil(n / self.batch_size)
@@ -207,7 +205,6 @@ class Trainer:
         config = self.training.get("early_stopping")
         if not config:
             return None
-        config = {"monitor": "val_loss", "patience": 3, "min_delta": 0.0, **config}
         if config["monitor"].startswith("val_") and self.data.x_val is None:
             raise LayerkitError(f"early_stopping monitors {config['monitor']} but there is no validation split "
                                 f"(set training.data.validation_split, or monitor test_loss/train_loss)")
