@@ -68,8 +68,9 @@ def test_the_run_records_its_data(straight, data_root):
     assert record.dataset == "mnist" and record.location == str((data_root / "mine").resolve())
     assert sorted(os.path.basename(f["path"]) for f in record.files) == sorted(s + ".gz" for s in IDX_FILES)
     assert all(f["size"] > 0 and len(f["sha256"]) == 64 for f in record.files)
+    # the options in effect, the schema's defaults included
     assert record.options == {"train_limit": 240, "test_limit": 60, "validation_split": 0.25,
-                              "normalize": "standardize"}
+                              "normalize": "standardize", "layout": "auto"}
     assert record.samples == {"train": 180, "validation": 60, "test": 60} and record.seed == 3
 
 
