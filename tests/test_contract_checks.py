@@ -16,7 +16,7 @@ import layerkit
 from layerkit.gradcheck.report import check_model
 from layerkit.modelfile.build import build_model
 from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
-from layerkit.parallel.collectives import batch_sum
+from layerkit.parallel.collectives import batch_sum, splitting
 from layerkit.plugins.manager import load_registry
 from layerkit.testing import run_layer_test
 from layerkit.testing import contract
@@ -193,6 +193,7 @@ def test_halves_that_call_batch_sum_differently_are_reported(monkeypatch):
 
     with pytest.raises(AssertionError, match="'uneven_centre'.*did not make the same batch_sum calls"):
         run(Uneven)
+    assert not splitting()  # the reducer is gone again: later batch_sum calls are a batch's own
 
 
 def test_deprecated_declarations_still_work():

@@ -162,24 +162,25 @@ class TwoHalvesReducer:
         return total.reshape(np.shape(values))
 
     def run(self, work: list[Callable[[], Any]]) -> list[Any]:
-        """Run ``work[i]`` in thread ``i`` with this reducer installed; re-raise the first failure."""
+        """Run ``work[i]`` in thread ``i`` with this reducer as ``batch_sum``; re-raise the first failure."""
         results: list[Any] = [None] * len(work)
         errors: list[BaseException | None] = [None] * len(work)
 
         def body(i: int) -> None:
             self.local.half = i
             try:
-                with collectives.reducing(self):
-                    results[i] = work[i]()
+                results[i] = work[i]()
             except BaseException as exc:  # noqa: BLE001 -- handed to the caller below
                 errors[i] = exc
                 self.barrier.abort()
 
         threads = [threading.Thread(target=body, args=(i,), name=f"layerkit-half-{i}") for i in range(len(work))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        # installed once for the process (batch_sum reads one process-wide group), around both threads
+        with collectives.reducing(self):
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         real = [e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)]
         if real:
             raise real[0]
