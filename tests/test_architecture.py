@@ -25,3 +25,21 @@ def test_layer_modules_stay_light(module):
             "'layerkit.nn.model', 'layerkit.training.trainer') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def _private_imports(path: Path) -> list[str]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("layerkit"):
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{a.name}"
+                      for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    # a name with a leading underscore is its module's business; what others need gets a public name
+    files = [p for folder in ("layerkit", "tests", "tools", "bench") for p in (ROOT / folder).rglob("*.py")]
+    found = [hit for p in files for hit in _private_imports(p)]
+    assert not found, "\n".join(found)

@@ -15,11 +15,11 @@ from layerkit.layers.dense import Dense
 from layerkit.layers.dropout import Dropout2D
 from layerkit.layers.normalization import LayerNorm
 from layerkit.layers.pooling import AvgPool2D, GlobalMaxPool2D, MaxPool2D
-from layerkit.modelfile.spec import _fill_defaults
+from layerkit.modelfile.spec import fill_defaults
 
 
 def make(cls, **config):
-    return cls(**_fill_defaults(cls.params_schema, config))
+    return cls(**fill_defaults(cls.params_schema, config))
 
 
 def numeric(f, a, eps=1e-6):

@@ -140,11 +140,11 @@ from layerkit.layers.activations import LogSoftmax, PReLU, Sigmoid, Softmax  # n
 from layerkit.layers.conv_transpose import Conv2DTranspose  # noqa: E402
 from layerkit.layers.normalization import BatchNorm, LayerNorm  # noqa: E402
 from layerkit.layers.pooling import AvgPool2D, GlobalMaxPool2D, MaxPool2D  # noqa: E402
-from layerkit.modelfile.spec import _fill_defaults  # noqa: E402
+from layerkit.modelfile.spec import fill_defaults  # noqa: E402
 
 
 def make(cls, **config):
-    return cls(**_fill_defaults(cls.params_schema, config))
+    return cls(**fill_defaults(cls.params_schema, config))
 
 
 def compare_layer(layer, params, x, torch_fn, torch_params=None, training=False, state=None):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerkit.data.builtin import IDX_FILES, _idx_path
+from layerkit.data.builtin import IDX_FILES, idx_path
 from layerkit.data.idx import read_idx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def load_mnist(source: Path) -> tuple[np.ndarray, np.ndarray]:
     """All 70,000 images (N, 784) uint8 and labels, training set first."""
     arrays = {}
     for key, stem in zip(("x_train", "y_train", "x_test", "y_test"), IDX_FILES):
-        path = _idx_path(source, stem)
+        path = idx_path(source, stem)
         if path is None:
             raise SystemExit(f"{source}: no {stem} (.gz) file; pass --source DIR with the four MNIST IDX files")
         arrays[key] = read_idx(path)
