@@ -241,3 +241,29 @@ def test_processes_setting_and_its_old_name(monkeypatch):
         assert plan_shards(lenet, loss, batch) == 5
     finally:
         parallel.set_num_threads(None)
+
+
+def test_forked_shards_are_a_collectives_group():
+    # the group's members run in forked processes in training; threads share the same buffer
+    # and barrier, which is all a member uses
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = build_model(spec_from_dict(convnet(norm=True)))
+    sp = SampleParallel(model, SoftmaxCrossEntropy(), np.zeros((4, 1, 28, 28), np.float32), np.zeros(4, np.int64), 3)
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal(40_000).astype(np.float32) for _ in range(3)]  # more than one exchange
+
+    def member(shard):
+        group = sp.group(shard)
+        mine = parts[shard].copy()
+        group.allreduce_sum(mine)
+        group.barrier()
+        return group.rank, group.size, mine, group.batch_sum(np.array([shard + 1.0]))
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(member, range(3)))
+    expected = (parts[0].astype(np.float64) + parts[1] + parts[2]).astype(np.float32)
+    for shard, (rank, size, total, sums) in enumerate(results):
+        assert (rank, size) == (shard, 3)
+        np.testing.assert_array_equal(total, expected)  # the same bits on every member
+        assert sums.tolist() == [6.0]

@@ -4,9 +4,9 @@ A :class:`Collectives` is one member of such a group: its ``rank`` and the group
 ``size``, an all-reduce sum (gradients, loss and accuracy counts), the whole-batch sums
 layers ask for (:meth:`Collectives.batch_sum`) and a barrier. This base class is the
 group of one (plain training, gradient checks, inference). The two other
-implementations are the forked processes of one machine
-(``layerkit.parallel.processes``, shared memory and a process-shared barrier) and MPI
-(``layerkit.parallel.mpi``, ranks on one or many hosts); they compose, a forked group
+implementations are the forked processes of one machine (``ShardGroup`` in
+``layerkit.parallel.processes``: shared memory and a process-shared barrier) and MPI
+(``MpiCollectives`` in ``layerkit.parallel.mpi``: ranks on one or many hosts); they compose, a forked group
 inside each MPI rank, with the forked group's sums passed on to MPI by its first
 member. The trainer and the layers know only this interface.
 

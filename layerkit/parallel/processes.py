@@ -176,6 +176,37 @@ def _bounds(n: int, shards: int) -> list[int]:
     return [i * n // shards for i in range(shards + 1)]
 
 
+class ShardGroup(collectives.Collectives):
+    """One forked shard as a member of the group of every share of the batch: the shards of this
+    ``SampleParallel`` and, when it runs inside an MPI rank, those of the other ranks too.
+
+    Sums go through the shared exchange buffer (float64) and the process-shared barrier; the
+    first shard passes this host's sums on to the outer group. Every member must make the same
+    calls in the same order.
+    """
+
+    def __init__(self, workers: "SampleParallel", shard: int) -> None:
+        self.workers, self.shard = workers, shard
+        self.rank = workers.outer.rank * workers.shards + shard
+        self.size = workers.outer.size * workers.shards
+        self._calls = 0  # exchanges so far: alternates the two buffers
+
+    def batch_sum(self, values: np.ndarray) -> np.ndarray:
+        self._calls += 1
+        return self.workers._exchange(self.shard, values, self._calls)
+
+    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
+        flat = np.ascontiguousarray(array).reshape(-1)
+        step = self.workers._reduce_max
+        for start in range(0, max(flat.size, 1), step):
+            flat[start:start + step] = self.batch_sum(flat[start:start + step])
+        np.copyto(array, flat.reshape(array.shape))
+        return array
+
+    def barrier(self) -> None:
+        self.workers._barrier.wait(BARRIER_TIMEOUT_S)
+
+
 def share_gradients(model, loss, x: np.ndarray, y: np.ndarray, idx: np.ndarray, n_total: int, seed: int, stream: int,
                     augment, random: bool, keys) -> tuple[float, int, list[np.ndarray]]:
     """Loss times samples, correct predictions and gradients (``keys`` order) of the samples ``idx``
@@ -226,15 +257,16 @@ class SampleParallel:
         self._reduce_max = max([MAX_REDUCE] + [4 * int(node.output_shape[0]) + 4 for node in model.nodes
                                                if node.layer.sample_coupling == BATCH_SUMS])
         # one extra row: the whole group's sums when this group is inside an MPI rank
-        self._reduce_block = mmap.mmap(-1, 2 * (shards + 1) * self._reduce_max * 8) if self._sync else None
-        self._reduce_buf = (np.frombuffer(self._reduce_block, dtype=np.float64)
-                            .reshape(2, shards + 1, self._reduce_max) if self._sync else None)
-        self._barrier = None
+        self._reduce_block = mmap.mmap(-1, 2 * (shards + 1) * self._reduce_max * 8)
+        self._reduce_buf = np.frombuffer(self._reduce_block, dtype=np.float64).reshape(2, shards + 1, self._reduce_max)
+        import multiprocessing
+
+        # created before the fork, so every worker shares it
+        self._barrier = multiprocessing.get_context("fork").Barrier(shards)
         self._parent = os.getpid()
         self._pending = None  # the main process's end of the pipe of the worker being forked
         self._watcher: threading.Thread | None = None
         self._wake_r = self._wake_w = -1  # wakes the watcher when the workers are closed
-        self._phase = 0  # batch_sum calls so far in this step: picks the buffer
 
     def _views(self, block) -> list[np.ndarray]:
         flat = np.frombuffer(block, dtype=self._dtype)
@@ -253,8 +285,6 @@ class SampleParallel:
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
-        if self._sync:
-            self._barrier = ctx.Barrier(self.shards)
         self._held_blas = not parallel.blas_held()
         parallel.hold_blas()  # one BLAS thread per process: the shards use the cores
         try:
@@ -272,7 +302,7 @@ class SampleParallel:
                     there.close()
                     self._conns.append(here)
                     self._procs.append(proc)
-            if self._barrier is not None:
+            if self._sync:
                 self._wake_r, self._wake_w = os.pipe()
                 self._watcher = threading.Thread(target=self._watch, name="layerkit-shard-watch", daemon=True)
                 self._watcher.start()
@@ -367,24 +397,26 @@ class SampleParallel:
                 g += view
         return loss_sum, hits, grads
 
+    def group(self, shard: int) -> "ShardGroup":
+        """Shard ``shard``'s member of the collectives group of every share of the batch."""
+        return ShardGroup(self, shard)
+
     @contextmanager
     def _reducing(self, shard: int):
         """This shard's batch_sum, installed for the duration of one step."""
         if not self._sync:
             yield
             return
-        self._phase = 0
-        with collectives.reducing(lambda values: self._exchange(shard, values)):
+        with collectives.reducing(self.group(shard)):
             yield
 
-    def _exchange(self, shard: int, values: np.ndarray) -> np.ndarray:
+    def _exchange(self, shard: int, values: np.ndarray, phase: int) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64).ravel()
         k = values.size
         if k > self._reduce_max:
             raise TrainingError(f"a batch_sum of {k} values is more than sample-parallel training carries "
                                 f"({self._reduce_max}); set LAYERKIT_SAMPLE_PARALLEL=0")
-        buf = self._reduce_buf[self._phase % 2]
-        self._phase += 1
+        buf = self._reduce_buf[phase % 2]
         buf[shard, :k] = values
         self._barrier.wait(BARRIER_TIMEOUT_S)
         if self.outer.size == 1:
