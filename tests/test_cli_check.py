@@ -28,12 +28,14 @@ def test_passing_model_prints_table_and_verdict(capsys, models_dir):
 
 
 def test_alexnet_json(capsys, models_dir):
-    rc, out, err = run(capsys, models_dir / "alexnet_mnist.json", "--json")
+    # every layer kind of the biggest zoo model, in the JSON report; few coordinates per tensor and
+    # no end-to-end pass keep it cheap (the end-to-end check is covered on smaller models)
+    rc, out, err = run(capsys, models_dir / "alexnet_mnist.json", "--json", "--samples", "4", "--no-whole-model")
     data = json.loads(out)  # nothing but JSON on stdout
     assert rc == 0 and data["ok"] is True, data["verdict"]
     assert {r["layer"] for r in data["layers"]} >= {"conv1", "bn1", "pool1", "fc1", "logits"}
-    assert any(r["layer"] == "fc1" and r["strategy"] == "sampled 32 of 802816" for r in data["layers"])
-    assert data["seconds"] > 0  # about 1.5 s on an idle 2-core machine; not asserted, machines are shared
+    assert any(r["layer"] == "fc1" and r["strategy"] == "sampled 4 of 802816" for r in data["layers"])
+    assert data["whole_model"] == [] and data["seconds"] > 0
 
 
 def test_options(capsys, models_dir):

@@ -55,11 +55,36 @@ def threads():
     parallel.set_num_threads(None)
 
 
+class Shares:
+    """The batch sizes the main process computed: halves when a batch was really split."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def split(self, batch_size: int = 32) -> bool:
+        return bool(self.sizes) and max(self.sizes) <= -(-batch_size // 2)
+
+    def whole(self, batch_size: int = 32) -> bool:
+        return bool(self.sizes) and max(self.sizes) == batch_size
+
+
 @pytest.fixture
 def forced(monkeypatch, threads):
+    """Sample-parallel on 2 processes, with a record of what the main process computed."""
+    from layerkit.nn.model import Model
+
     # the tiny test nets are below the cost rule; the rule itself is tested separately
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
     threads(2)
+    shares, parent, inner = Shares(), os.getpid(), Model.loss_and_gradients
+
+    def recorded(self, loss, x, *args, **kwargs):
+        if os.getpid() == parent:  # the workers' records would stay in their own memory anyway
+            shares.sizes.append(len(x))
+        return inner(self, loss, x, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "loss_and_gradients", recorded)
+    return shares
 
 
 @pytest.fixture(autouse=True)
@@ -163,7 +188,10 @@ def test_fit_is_reproducible_and_matches_one_process(forced, threads, tmp_path, 
     runs = []
     for name, n in (("a", 2), ("b", 2), ("one", 1)):
         threads(n)
+        forced.sizes.clear()
         train(convnet(norm, **({"optimizer": {"type": "sgd", "lr": 0.05}} if norm else {})), out=tmp_path / name)
+        # what is compared must really be two processes against one
+        assert forced.split() if n == 2 else forced.whole(), (name, forced.sizes[:4])
         runs.append(final(tmp_path / name))
     (wa, ha), (wb, hb), (w1, h1) = runs
     assert ha == hb and all(np.array_equal(wa[k], wb[k]) for k in wa)
@@ -183,6 +211,7 @@ def test_interrupted_and_resumed_is_bit_identical(forced, tmp_path, norm):
         train(convnet(norm), out=tmp_path / "cut", callbacks=[InterruptAt(0, 4)])
     assert multiprocessing.active_children() == []
     train(resume=tmp_path / "cut")
+    assert forced.split(), forced.sizes[:4]
     (w1, h1), (w2, h2) = final(tmp_path / "straight"), final(tmp_path / "cut")
     assert h1 == h2 and all(np.array_equal(w1[k], w2[k]) for k in w1)
 
@@ -203,6 +232,7 @@ def test_worker_exception_is_a_training_error(forced, tmp_path, monkeypatch, nor
     monkeypatch.setattr(Model, "backward", fails_in_worker)
     with pytest.raises(TrainingError, match="(?s)worker 1 failed.*boom in the worker"):
         train(convnet(norm), out=tmp_path / "run")
+    assert forced.split(), forced.sizes
 
 
 def test_dead_worker_is_a_training_error():
@@ -217,6 +247,7 @@ def test_dead_worker_is_a_training_error():
 def test_diverging_sharded_run_stops_cleanly(forced, tmp_path):
     with pytest.raises(TrainingError, match="loss became"):
         train(convnet(optimizer={"type": "sgd", "lr": 1e30}), out=tmp_path / "run")
+    assert forced.split(), forced.sizes
 
 
 def test_no_process_shared_semaphores_means_one_process(monkeypatch):

@@ -86,15 +86,46 @@ def test_float32_through_a_training_step():
     assert all(b.dtype == np.float32 for bufs in trainer.optimizer.state.values() for b in bufs)
 
 
-def test_no_plugin_calls_while_training(monkeypatch):
-    trainer = make_trainer(mlp_model(epochs=1))
+@pytest.fixture
+def plugins_forbidden(monkeypatch):
+    """Every way into the plugin machinery raises: every registry lookup (patched on the class,
+    so no module's own reference escapes) and every function that finds or loads a registry,
+    under whatever name each layerkit module imported it."""
+    import sys
+
+    from layerkit.plugins.registry import Registry
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("the registry was consulted during training")
+        raise AssertionError("the plugin machinery was used during training")
 
-    monkeypatch.setattr(layerkit.plugins.manager, "get_registry", forbidden)
-    monkeypatch.setattr(layerkit.plugins.manager, "load_registry", forbidden)
+    def install():
+        for method in ("get", "layer", "entry", "names"):
+            monkeypatch.setattr(Registry, method, forbidden)
+        for name, module in list(sys.modules.items()):
+            if name.startswith("layerkit"):
+                for attr in ("get_registry", "load_registry", "registry_or_global"):
+                    if callable(getattr(module, attr, None)):
+                        monkeypatch.setattr(module, attr, forbidden)
+    return install
+
+
+def test_no_plugin_calls_while_training(plugins_forbidden):
+    trainer = make_trainer(mlp_model(epochs=1))
+    plugins_forbidden()
     trainer.fit()
+
+
+def test_plugin_calls_while_training_would_be_caught(plugins_forbidden):
+    # the check above can fail: a training loop that looks a layer up per batch trips it
+    class LooksUp(Callback):
+        def on_batch_end(self, *args, **kwargs):
+            layerkit.plugins.manager.get_registry().layer("dense")
+
+    trainer = make_trainer(mlp_model(epochs=1))
+    trainer.callbacks = [LooksUp()]
+    plugins_forbidden()
+    with pytest.raises(AssertionError, match="plugin machinery"):
+        trainer.fit()
 
 
 def test_early_stopping_keeps_the_best_epoch():
