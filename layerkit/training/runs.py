@@ -275,6 +275,8 @@ def train(model_source: str | Path | dict | None = None, *, overrides: dict[str,
     if collectives is None:
         from layerkit.parallel.mpi import world
         collectives = world()
+    if resume is None and model_source is None:
+        raise everywhere(LayerkitError("give a model file to train, or --resume RUN_DIR"))
     launch = Launch(collectives)
     flags = {"model": None if isinstance(model_source, dict) else model_source, "overrides": overrides, "out": out,
              "resume": resume, "data_dir": data_dir, "allow_other_data": allow_other_data, "check_grads": check_grads}
@@ -294,8 +296,6 @@ def train(model_source: str | Path | dict | None = None, *, overrides: dict[str,
             raw, source = run.model_dict(), str(run / MODEL_FILE)
             raw = launch.start(raw, flags, compare_model=False)
         else:
-            if model_source is None:
-                raise LayerkitError("give a model file to train, or --resume RUN_DIR")
             if isinstance(model_source, dict):
                 raw, source = model_source, "<model>"
             else:
