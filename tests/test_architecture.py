@@ -43,3 +43,27 @@ def test_no_private_name_is_imported_across_modules():
     files = [p for folder in ("layerkit", "tests", "tools", "bench") for p in (ROOT / folder).rglob("*.py")]
     found = [hit for p in files for hit in _private_imports(p)]
     assert not found, "\n".join(found)
+
+
+def _doc_modules() -> tuple[set[str], set[str]]:
+    """(modules in docs/architecture.md's tables, modules in its tier diagram), as paths."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    tables = set(re.findall(r"^\| `(layerkit/[\w/]+\.py)` \|", text, flags=re.M))
+    diagram = set()
+    block = text.split("```")[1]  # the first code block: one line per tier
+    for line in block.splitlines():
+        if line.startswith("layerkit"):
+            tier, *names = line.split()
+            folder = "layerkit" if tier == "layerkit" else tier
+            diagram |= {f"{folder}/{name}" for name in names if name.endswith(".py")}
+    return tables, diagram
+
+
+def test_architecture_doc_lists_every_module():
+    # the page is the map of the tree: a module added, moved or removed must show there
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "layerkit").rglob("*.py")}
+    tables, diagram = _doc_modules()
+    assert tables == modules, f"tables miss {sorted(modules - tables)}, list absent {sorted(tables - modules)}"
+    assert diagram == modules, f"diagram misses {sorted(modules - diagram)}, lists absent {sorted(diagram - modules)}"
