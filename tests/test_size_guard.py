@@ -60,3 +60,29 @@ def test_size_parsing_and_formatting():
             parse_bytes(bad)
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(10**400) == "more than 1 EiB"
+
+
+def conv_model(layer, shape, batch):
+    return {"format": 1, "name": "cols", "input": {"shape": list(shape)}, "layers": [layer, {"type": "flatten"}],
+            "loss": {"type": "softmax_cross_entropy"}, "training": {"batch_size": batch}}
+
+
+@pytest.mark.parametrize("layer, per_sample_cols", [
+    # a 31x31 window over 128 channels: 128*31*31 values per output pixel, 128 rows of 158 padded columns
+    ({"type": "conv2d", "filters": 1, "kernel_size": 31, "padding": 15}, 128 * 31 * 31 * 128 * 158 * 4),
+    # the transposed convolution keeps every sample's (F, kh, kw, H, W) columns at once
+    ({"type": "conv2d_transpose", "filters": 128, "kernel_size": 31, "padding": 15}, 128 * 31 * 31 * 128 * 128 * 4),
+])
+def test_layer_scratch_counts_against_the_memory_limit(layer, per_sample_cols, monkeypatch):
+    from layerkit.parallel import threads
+    from layerkit.plugins.manager import load_registry
+
+    monkeypatch.setattr(threads, "num_threads", lambda: 1)
+    data = conv_model(layer, (128, 128, 128), 2)
+    registry = load_registry(entry_points=False)
+    with pytest.raises(SizeLimitError, match=r"scratch \(im2col columns\), over the limit of 8.0 GiB"):
+        build_graph_from(data, registry)
+    graph = build_graph_from(data, registry, SizeLimits(max_activation_bytes=2**62))
+    batch_factor = 2 if layer["type"] == "conv2d_transpose" else 1  # conv2d: one buffer per thread
+    assert graph.workspace_bytes(2) >= per_sample_cols * batch_factor
+    assert graph.workspace_bytes(2, itemsize=8) == 2 * graph.workspace_bytes(2)

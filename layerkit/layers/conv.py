@@ -102,13 +102,14 @@ class Conv2D(Layer):
         outputs = self.filters * g.ho * g.wo
         return 2 * outputs * (c // self.groups) * g.kh * g.kw + (outputs if self.use_bias else 0)
 
-    def workspace_bytes(self, input_shape):
-        """Scratch one sample needs beyond its output: its im2col columns and its padded copy
-        (chunks hold at least one sample, whatever the cache budget)."""
+    def workspace_bytes(self, input_shape, batch_size):
+        """Float32 scratch for a batch beyond the outputs: im2col columns and the padded copy, one
+        sample's at least per worker thread (chunks are cache-sized but never under one sample)."""
         c, h, w = input_shape
         g = self._window((h, w))
         hp, wp = g.padded_hw(h, w)
-        return (c * g.kh * g.kw * g.ho * max(wp, g.wo) + c * (hp + 1) * wp) * 4
+        cols = c * g.kh * g.kw * g.ho * max(wp, g.wo) * 4
+        return cols * min(batch_size, parallel.num_threads()) + c * (hp + 1) * wp * 4 * batch_size
 
     # -- compute ----------------------------------------------------------------
     def _weights(self, params):

@@ -91,6 +91,13 @@ class Conv2DTranspose(Layer):
         return 2 * c * self.filters * kh * kw * h * w + (self.filters * ho * wo if self.use_bias else 0)
 
     # -- compute ----------------------------------------------------------------
+    def workspace_bytes(self, input_shape, batch_size):
+        """Float32 scratch for a batch: the (F, kh, kw, H, W) columns of every sample and the padded output."""
+        c, h, w = input_shape
+        (ho, wo), g = self._geometry((h, w))
+        hp, wp = g.padded_hw(ho, wo)
+        return (self.filters * g.kh * g.kw * h * w + self.filters * hp * wp) * 4 * batch_size
+
     def forward(self, params, x, training=False, rng=None, state=None):
         n, c, h, w = x.shape
         (ho, wo), g = self._geometry((h, w))

@@ -11,7 +11,6 @@ import numpy as np
 from layerkit.errors import Problem, SizeLimitError
 from layerkit.modelfile.shapes import Graph, build_graph
 from layerkit.nn.model import Model
-from layerkit.parallel.threads import num_threads
 from layerkit.plugins import registry_or_global
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.spec import ModelSpec, load_spec, spec_from_dict
@@ -47,8 +46,7 @@ def check_size(graph: Graph, limits: SizeLimits) -> None:
     batch = batch_size_of(graph, limits)
     scale = limits.itemsize // 4 or 1
     need = graph.activation_bytes(batch) * scale
-    # every worker thread fills its own column buffer of at least one sample
-    scratch = graph.workspace_bytes(limits.itemsize) * min(batch, num_threads())
+    scratch = graph.workspace_bytes(batch, limits.itemsize)
     doing = "training" if limits.itemsize == 4 else "checking gradients"
     if need + scratch > limits.max_activation_bytes:
         extra = f" and {format_bytes(scratch)} of layer scratch (im2col columns)" if scratch else ""

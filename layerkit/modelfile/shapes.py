@@ -89,15 +89,15 @@ class Graph:
         per_sample = _size(self.input_shape) + sum(_size(n.output_shape) for n in self.nodes)
         return 2 * per_sample * batch_size * FLOAT32_BYTES
 
-    def workspace_bytes(self, itemsize: int = FLOAT32_BYTES) -> int:
-        """The largest scratch buffer one sample of one layer needs besides the outputs (a
-        convolution's im2col columns), from layers that declare ``workspace_bytes(input_shape)``
+    def workspace_bytes(self, batch_size: int, itemsize: int = FLOAT32_BYTES) -> int:
+        """The largest scratch one layer needs for a batch besides the outputs (a convolution's
+        im2col columns), from layers that declare ``workspace_bytes(input_shape, batch_size)``
         (float32 bytes; scaled to ``itemsize``)."""
         most = 0
         for n in self.nodes:
             declared = getattr(n.layer, "workspace_bytes", None)
             if declared is not None:
-                most = max(most, int(declared(n.input_shape)) * itemsize // FLOAT32_BYTES)
+                most = max(most, int(declared(n.input_shape, batch_size)) * itemsize // FLOAT32_BYTES)
         return most
 
     def shape_trace(self, upto: int | None = None) -> str:
