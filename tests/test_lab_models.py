@@ -8,10 +8,9 @@ class is distinct, so a net that reads the channels in the wrong order or mislab
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +84,17 @@ def test_lab_nets_check_grads(name, capsys):
     assert main(["check-grads", name, "--samples", "3"]) == 0, capsys.readouterr().out
 
 
-def test_kaggle_csv_tool_writes_the_competition_format(tmp_path, mnist_dir):
+def kaggle_tool():
+    spec = importlib.util.spec_from_file_location("make_kaggle_csv", ROOT / "tools" / "make_kaggle_csv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kaggle_csv_tool_writes_the_competition_format(tmp_path, mnist_dir, capsys):
     out = tmp_path / "kaggle"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_kaggle_csv.py"), str(out), "--source",
-                    str(mnist_dir), "--train-rows", "300", "--test-rows", "200"], check=True, capture_output=True)
+    tool = kaggle_tool()
+    tool.main([str(out), "--source", str(mnist_dir), "--train-rows", "300", "--test-rows", "200"])
     train = (out / "train.csv").read_text().splitlines()
     test = (out / "test.csv").read_text().splitlines()
     assert train[0] == "label," + ",".join(f"pixel{i}" for i in range(784)) and len(train) == 301
@@ -98,3 +104,8 @@ def test_kaggle_csv_tool_writes_the_competition_format(tmp_path, mnist_dir):
 
     raw = KaggleDigits().read(out / "train.csv")
     assert raw.x_train.shape == (270, 1, 28, 28) and raw.x_test.shape == (30, 1, 28, 28)
+    # with the answers in test.csv, the loader tests on its rows: the same images as test_labels.csv
+    tool.main([str(out), "--source", str(mnist_dir), "--train-rows", "300", "--test-rows", "200", "--labelled-test"])
+    labelled = KaggleDigits().read(out / "train.csv")
+    answers = np.loadtxt(out / "test_labels.csv", delimiter=",", skiprows=1, dtype=np.int64)
+    assert labelled.x_train.shape == (300, 1, 28, 28) and np.array_equal(labelled.y_test, answers[:, 1])

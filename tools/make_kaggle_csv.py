@@ -13,6 +13,11 @@ answers for test.csv, which Kaggle keeps to itself.
 ``layerkit fit lab_alexnet_kaggle --data-dir OUT_DIR`` trains on the first 90% of train.csv
 and tests on its last 10% (4,200 images): the ``kaggle_digits`` loader's rule when test.csv
 has no labels. Pixel rows are the IDX images row by row, 0..255, as in the competition.
+
+``--labelled-test`` writes test.csv with the labels in front (``label,pixel0,...``) instead: the
+loader then tests on its 28,000 rows, so a trained run can be scored on them with
+``layerkit evaluate RUN_DIR --data-dir DIR --allow-other-data`` (the same rows and the same
+shuffle for the same --seed).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def write_csv(path: Path, header: list[str], rows: np.ndarray) -> None:
 
 
 def make(source: Path, out: Path, seed: int = 0, train_rows: int = TRAIN_ROWS,
-         test_rows: int = TEST_ROWS) -> None:
+         test_rows: int = TEST_ROWS, labelled_test: bool = False) -> None:
     x, y = load_mnist(source)
     if train_rows + test_rows > len(x):
         raise SystemExit(f"{train_rows} + {test_rows} rows asked for, MNIST has {len(x)} images")
@@ -61,11 +66,14 @@ def make(source: Path, out: Path, seed: int = 0, train_rows: int = TRAIN_ROWS,
     out.mkdir(parents=True, exist_ok=True)
     pixels = [f"pixel{i}" for i in range(784)]
     write_csv(out / "train.csv", ["label", *pixels], np.column_stack([y[train], x[train]]))
-    write_csv(out / "test.csv", pixels, x[test])
+    if labelled_test:
+        write_csv(out / "test.csv", ["label", *pixels], np.column_stack([y[test], x[test]]))
+    else:
+        write_csv(out / "test.csv", pixels, x[test])
     write_csv(out / "test_labels.csv", ["ImageId", "Label"],
               np.column_stack([np.arange(1, len(test) + 1), y[test]]))
     print(f"wrote {out / 'train.csv'} ({len(train):,} rows), {out / 'test.csv'} ({len(test):,} rows, "
-          f"no labels) and {out / 'test_labels.csv'}")
+          f"{'labelled' if labelled_test else 'no labels'}) and {out / 'test_labels.csv'}")
 
 
 def main(argv=None) -> None:
@@ -75,8 +83,10 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("--train-rows", type=int, default=TRAIN_ROWS, help=f"default {TRAIN_ROWS:,}, as Kaggle's")
     p.add_argument("--test-rows", type=int, default=TEST_ROWS, help=f"default {TEST_ROWS:,}, as Kaggle's")
+    p.add_argument("--labelled-test", action="store_true",
+                   help="put the labels in test.csv too (not Kaggle's format; for scoring a run on it)")
     args = p.parse_args(argv)
-    make(args.source, args.out, args.seed, args.train_rows, args.test_rows)
+    make(args.source, args.out, args.seed, args.train_rows, args.test_rows, args.labelled_test)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ RESULTS = {
     "lab_cnn2": "97.63%",
     "lab_mlp_784_15_10_sigmoid": "93.57%",
     "lab_conv8_pool_softmax": "97.01%",
+    "lab_alexnet_kaggle": "99.14%",
 }
 
 
