@@ -95,7 +95,10 @@ class HugeArray:
     """Pickles as numpy's array constructor asked for 10^12 bytes."""
 
     def __reduce__(self):
-        from numpy._core.multiarray import _reconstruct
+        try:  # numpy 2 renamed numpy.core to numpy._core
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:
+            from numpy.core.multiarray import _reconstruct
         return (_reconstruct, (np.ndarray, (10**6, 10**6), b"b"))
 
 

@@ -91,14 +91,10 @@ class Graph:
 
     def workspace_bytes(self, batch_size: int, itemsize: int = FLOAT32_BYTES) -> int:
         """The largest scratch one layer needs for a batch besides the outputs (a convolution's
-        im2col columns), from layers that declare ``workspace_bytes(input_shape, batch_size)``
+        im2col columns), from each layer's ``workspace_bytes(input_shape, batch_size)``
         (float32 bytes; scaled to ``itemsize``)."""
-        most = 0
-        for n in self.nodes:
-            declared = getattr(n.layer, "workspace_bytes", None)
-            if declared is not None:
-                most = max(most, int(declared(n.input_shape, batch_size)) * itemsize // FLOAT32_BYTES)
-        return most
+        return max([int(n.layer.workspace_bytes(n.input_shape, batch_size)) * itemsize // FLOAT32_BYTES
+                    for n in self.nodes] + [0])
 
     def shape_trace(self, upto: int | None = None) -> str:
         return _trace(self.input_shape, [(n.name, n.output_shape) for n in self.nodes[:upto]])

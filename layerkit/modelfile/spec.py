@@ -356,7 +356,7 @@ def _layers(data: dict, registry: Registry, source: str, problems: list[Problem]
             inputs = []
         spec = LayerSpec(index, name, type_name, list(inputs), config or {})
         if config is not None and inputs:
-            found_arity = arity_problem(spec, getattr(registry.layer(type_name), "arity", 1), source)
+            found_arity = arity_problem(spec, registry.layer(type_name).arity, source)
             if found_arity:
                 graph_problems.append(found_arity)
         layers.append(spec)

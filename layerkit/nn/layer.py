@@ -222,6 +222,11 @@ class Layer:
         """Forward floating-point operations per sample (multiply-add = 2)."""
         return 0
 
+    def workspace_bytes(self, input_shape: Any, batch_size: int) -> int:
+        """Scratch memory a batch needs besides the outputs, in float32 bytes (a convolution's
+        im2col columns); the size guard adds it to the activation estimate. Default: none."""
+        return 0
+
     # -- must implement: compute ----------------------------------------------------
     def forward(self, params: Params, x: Any, training: bool = False,
                 rng: np.random.Generator | None = None,

@@ -130,6 +130,9 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
     pspecs, sspecs = layer.param_specs(in_shape), layer.state_specs(in_shape)
     flops = layer.flops(in_shape)
     assert isinstance(flops, (int, np.integer)) and flops >= 0, f"{where}: flops() must be a non-negative int"
+    scratch = layer.workspace_bytes(in_shape, batch_size)
+    assert isinstance(scratch, (int, np.integer)) and scratch >= 0, (
+        f"{where}: workspace_bytes() must be a non-negative int")
 
     rng = np.random.default_rng(seed)
     for kind, specs in (("parameter", pspecs), ("state", sspecs)):
