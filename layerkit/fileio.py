@@ -1,4 +1,4 @@
-"""Writing files safely and reading them within bounds.
+"""Writing files safely.
 
 Every file layerkit writes (run files, weights, checkpoints, downloads) goes
 through :func:`write_bytes_atomic` / :func:`write_text_atomic` /
@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Callable, IO
 
-from layerkit.errors import CheckpointError, LayerkitError
+from layerkit.errors import CheckpointError
 
 _umask_lock = threading.Lock()
 
@@ -86,21 +86,3 @@ def save_npz_atomic(path: str | Path, arrays: dict, what: str = "weights file") 
     except OSError as exc:
         raise CheckpointError(f"{path.parent}: cannot create the folder ({why(exc)})") from None
     write_atomic(path, lambda f: np.savez(f, **arrays), what)
-
-
-def read_limited(path: str | Path, limit: int, what: str = "file", error=LayerkitError) -> bytes:
-    """The bytes of ``path``, refusing anything longer than ``limit`` bytes before reading it all
-    (``/dev/zero`` or a multi-gigabyte file given by mistake)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a directory, not a {what}") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot read ({why(exc)})") from None
-    if len(data) > limit:
-        raise error(f"{path}: larger than {limit >> 20} MiB; not a {what}")
-    return data
