@@ -15,34 +15,20 @@ import layerkit
 
 from layerkit.gradcheck.report import check_model
 from layerkit.modelfile.build import build_model
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
+from layerkit.nn.layer import Coupling, Example, Layer
 from layerkit.parallel.collectives import batch_sum, splitting
 from layerkit.plugins.manager import load_registry
 from layerkit.testing import run_layer_test
 from layerkit.testing import contract
 
+from test_broken_layers import GoodDense
 
-class Affine(Layer):
+
+class Affine(GoodDense):
     """y = x W + b, with a correct backward."""
 
     type = "test_affine"
-    description = "y = x W + b"
-    params_schema = {"type": "object", "properties": {"units": {"type": "integer", "default": 3}},
-                     "additionalProperties": False}
-    examples = (Example({}, (4,)),)
     sample_coupling = Coupling.NONE
-
-    def output_shape(self, input_shape):
-        return (self.units,)
-
-    def param_specs(self, input_shape):
-        return {"W": ParamSpec((input_shape[0], self.units), "glorot_uniform"), "b": ParamSpec((self.units,))}
-
-    def forward(self, params, x, training=False, rng=None, state=None):
-        return x @ params["W"] + params["b"], x
-
-    def backward(self, params, cache, dy):
-        return dy @ params["W"].T, {"W": cache.T @ dy, "b": dy.sum(axis=0)}
 
 
 class WrongParamsOnly(Affine):

@@ -18,7 +18,6 @@ one-sided differences disagreeing and skipped, never reported as failures.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
