@@ -36,7 +36,7 @@ def server(tmp_path):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *args: None
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/", sums, root
     httpd.shutdown()
@@ -108,7 +108,7 @@ class Trickle(http.server.BaseHTTPRequestHandler):
 def test_a_trickling_server_meets_the_overall_deadline(tmp_path, capsys):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
     httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
     try:
         started = time.monotonic()
         rc = main(["data", "download", "mnist", "--dir", str(tmp_path / "d"), "--timeout", "1",
