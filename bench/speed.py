@@ -1,6 +1,7 @@
 """Training and inference speed of layerkit against PyTorch CPU, peak memory, with the targets.
 
-    python bench/speed.py [--threads 2] [--quick] [--sweep] [--data-dir DIR]
+    python bench/speed.py [--threads 2] [--quick] [--data-dir DIR]
+    python bench/speed.py --sweep [--threads 2] [--quick]
 
 Every measurement runs in its own child process (one per framework x net),
 with OMP/OPENBLAS/MKL_NUM_THREADS set to ``--threads`` (and
@@ -19,7 +20,7 @@ only the training loop is timed as well.
 Inference: ``Model.predict`` (batch 256) against the PyTorch net in ``eval()`` mode under
 ``no_grad``, over the same images, median of ``--repeats`` passes after a warm-up pass.
 
-``--sweep`` adds the batch-size table: training img/s of both frameworks and the peak
+``--sweep`` prints only the batch-size table: training img/s of both frameworks and the peak
 RSS of each child (with its sample-parallel workers) for batch 16, 64, 256 and 1024 on
 the LeNet-style and AlexNet-style nets.
 
@@ -310,7 +311,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats: a smoke test")
     parser.add_argument("--repeats", type=int, help="timed epochs per measurement (default 5, quick 2)")
     parser.add_argument("--sweep", action="store_true",
-                        help="add the batch-size table (img/s and peak RSS for batch 16 to 1024)")
+                        help="only the batch-size table: training img/s and peak RSS for batch 16 to 1024")
     parser.add_argument("--data-dir", help=f"MNIST IDX files (default {DEFAULT_DATA}; embedded sample if absent)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--net", help=argparse.SUPPRESS)
@@ -357,6 +358,10 @@ def main() -> int:
             if "error" in res:
                 print(f"note: {net} {kind} {side}: {res['error']}", file=sys.stderr)
         return lk, th
+
+    if args.sweep:
+        _sweep(pair, size)
+        return 0
 
     matmul = run_child(["--child", "matmul", *common], args.threads)
     rows, results, infer = [], {}, {}
@@ -414,8 +419,6 @@ def main() -> int:
     print(f"\nmedian of {repeats} timed epochs (inference: passes) after one warm-up, each framework x net in its "
           f"own process; training FLOPs = 3 x Graph.flops; {MATMUL_N}x{MATMUL_N} float32 numpy matmul "
           f"{fmt(mm, '.1f')} GFLOP/s, same threads.")
-    if args.sweep:
-        _sweep(pair, size)
     if grads.returncode != 0:
         print(f"note: check-grads exited with {grads.returncode}: {grads.stderr.strip()[-300:]}", file=sys.stderr)
     if rss.get("rc") != 0:
