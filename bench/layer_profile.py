@@ -1,10 +1,14 @@
 """Where one training step's time goes: forward and backward per layer, loss and optimizer.
 
     python bench/layer_profile.py models/alexnet_mnist.json --batch 128 --steps 20
+    python bench/layer_profile.py models/alexnet_mnist.json --batch 256 --infer
 
 Drives a chain-shaped model exactly as the trainer does (same Model, loss and optimizer
 objects) but times every node separately with perf_counter; the figures are
-medians over the steps after a warm-up, in milliseconds per batch.
+medians over the steps after a warm-up, in milliseconds per batch. ``--infer`` times
+``Model.infer`` (what ``predict`` runs) node by node instead: batch norms folded into
+the layer before them show as 0, layers that overwrite their input are marked in place.
+``bench/torch_profile.py`` gives PyTorch's table for the same net.
 """
 
 from __future__ import annotations
@@ -78,14 +82,49 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
     return rows
 
 
+def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None) -> list[tuple[str, float, float]]:
+    """``Model.infer`` node by node, following its inference plan; ms per batch."""
+    from layerkit.modelfile.build import build_model
+    from layerkit.parallel.malloc import tune_malloc
+    from layerkit.training.runs import prepare_data
+    from layerkit.modelfile.spec import read_model_file, spec_from_dict
+
+    tune_malloc()
+    raw, source = read_model_file(model_file)
+    raw.setdefault("training", {}).setdefault("data", {})["train_limit"] = batch * (steps + 3)
+    spec = spec_from_dict(raw, source=Path(source).name)
+    model = build_model(spec)
+    data = prepare_data(spec, model, data_dir)
+    plan = model.inference_plan()
+    times = {n.name: [] for n in model.nodes}
+    for step in range(steps + 3):
+        plan = model.inference_plan()
+        values = [data.x_train[step * batch:(step + 1) * batch]]
+        for node, (alias, params, inplace) in zip(model.nodes, plan):
+            t0 = time.perf_counter()
+            if alias >= 0:
+                y = values[alias]
+            elif inplace:
+                y = node.layer.infer_inplace(params, values[-1], model.state[node.name])
+            else:
+                y = node.layer.infer(params, values[-1], model.state[node.name])
+            times[node.name].append(time.perf_counter() - t0)
+            values.append(y)
+    med = lambda xs: 1e3 * float(np.median(xs[3:]))
+    how = lambda alias, inplace: " folded" if alias >= 0 else " in place" if inplace else ""  # noqa: E731
+    return [(f"{n.name} ({n.layer.type}){how(alias, inplace)}", med(times[n.name]), 0.0)
+            for n, (alias, _, inplace) in zip(model.nodes, plan)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--data-dir", default=os.environ.get("LAYERKIT_BENCH_DATA"))
+    parser.add_argument("--infer", action="store_true", help="time Model.infer (predict) instead of a training step")
     args = parser.parse_args()
-    rows = profile(args.model, args.batch, args.steps, args.data_dir)
+    rows = (profile_infer if args.infer else profile)(args.model, args.batch, args.steps, args.data_dir)
     total = sum(f + b for _, f, b in rows)
     print(f"| layer | forward ms | backward ms | share |\n|---|---:|---:|---:|")
     for name, f, b in rows:

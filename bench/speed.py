@@ -1,7 +1,8 @@
 """Training and inference speed of layerkit against PyTorch CPU, peak memory, with the targets.
 
     python bench/speed.py [--threads 2] [--quick] [--data-dir DIR]
-    python bench/speed.py --sweep [--threads 2] [--quick]
+    python bench/speed.py --sweep [--threads 2] [--quick]   # only the batch-size table
+    python bench/speed.py --infer [--threads 2] [--quick]   # only the inference table
 
 Every measurement runs in its own child process (one per framework x net),
 with OMP/OPENBLAS/MKL_NUM_THREADS set to ``--threads`` (and
@@ -102,16 +103,18 @@ def child_layerkit(net: str, images: int, repeats: int, data_dir: str | None, ba
             self.seconds, self.started = [], None
 
         def on_epoch_begin(self, epoch, steps, start_step):
-            self.steps, self.started = steps, time.perf_counter()
+            self.steps, self.started, self.cpu = steps, time.perf_counter(), time.process_time()
 
         def on_batch_end(self, epoch, step, loss, accuracy, samples):
             if step + 1 == self.steps:
                 self.seconds.append(time.perf_counter() - self.started)
+                self.cpu_seconds.append(time.process_time() - self.cpu)
 
     timer = StepTimer()
+    timer.cpu_seconds = []
     Trainer(model, build_loss(spec), data, spec.training, callbacks=[timer]).fit()
-    return {"seconds": timer.seconds[1:], "images": len(data.x_train), "flops": model.graph.flops,
-            "source": data.source}
+    return {"seconds": timer.seconds[1:], "cpu_seconds": timer.cpu_seconds[1:], "images": len(data.x_train),
+            "flops": model.graph.flops, "source": data.source}
 
 
 def child_layerkit_infer(net: str, images: int, repeats: int, data_dir: str | None) -> dict:
@@ -122,12 +125,13 @@ def child_layerkit_infer(net: str, images: int, repeats: int, data_dir: str | No
     _, model, data = _load_spec_and_data(model_file, images, INFER_BATCH, 1, data_dir)
     x = data.x_train
     model.predict(x, INFER_BATCH)  # warm-up
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.predict(x, INFER_BATCH)
         seconds.append(time.perf_counter() - start)
-    return {"seconds": seconds, "images": len(x)}
+        cpu_seconds.append(time.process_time() - cpu)
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "images": len(x)}
 
 
 def child_torch_infer(net: str, images: int, repeats: int, threads: int, data_dir: str | None) -> dict:
@@ -138,8 +142,8 @@ def child_torch_infer(net: str, images: int, repeats: int, threads: int, data_di
     _, _, data = _load_spec_and_data(model_file, images, INFER_BATCH, 1, data_dir)
     x = data.x_train
     infer_seconds(model_file, x, INFER_BATCH, threads)  # warm-up
-    return {"seconds": [infer_seconds(model_file, x, INFER_BATCH, threads) for _ in range(repeats)],
-            "images": len(x)}
+    runs = [infer_seconds(model_file, x, INFER_BATCH, threads, with_cpu=True) for _ in range(repeats)]
+    return {"seconds": [w for w, _ in runs], "cpu_seconds": [c for _, c in runs], "images": len(x)}
 
 
 def child_torch(net: str, images: int, repeats: int, threads: int, data_dir: str | None,
@@ -152,8 +156,8 @@ def child_torch(net: str, images: int, repeats: int, threads: int, data_dir: str
     _, _, data = _load_spec_and_data(model_file, images, batch, 1, data_dir)
     x, y = data.x_train, data.y_train
     train_epoch(model_file, x, y, batch, threads)  # warm-up
-    return {"seconds": [train_epoch(model_file, x, y, batch, threads) for _ in range(repeats)],
-            "images": len(x)}
+    runs = [train_epoch(model_file, x, y, batch, threads, with_cpu=True) for _ in range(repeats)]
+    return {"seconds": [w for w, _ in runs], "cpu_seconds": [c for _, c in runs], "images": len(x)}
 
 
 def child_matmul(repeats: int) -> dict:
@@ -255,10 +259,13 @@ def torch_available() -> bool:
     return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
 
 
+CLOCK = "seconds"  # or "cpu_seconds" (--clock cpu)
+
+
 def rate(result: dict) -> float | None:
-    if "seconds" not in result or not result["seconds"]:
+    if not result.get(CLOCK):
         return None
-    return result["images"] / statistics.median(result["seconds"])
+    return result["images"] / statistics.median(result[CLOCK])
 
 
 def machine_line(threads: int) -> str:
@@ -312,6 +319,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, help="timed epochs per measurement (default 5, quick 2)")
     parser.add_argument("--sweep", action="store_true",
                         help="only the batch-size table: training img/s and peak RSS for batch 16 to 1024")
+    parser.add_argument("--infer", action="store_true", help="only the inference table")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time by wall clock (default) or by the measured process's CPU time; 'cpu' only "
+                             "with --threads 1, for a machine other jobs keep busy")
+    parser.add_argument("--no-rss", action="store_true", help="skip the full-epoch AlexNet RSS measurement")
     parser.add_argument("--data-dir", help=f"MNIST IDX files (default {DEFAULT_DATA}; embedded sample if absent)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--net", help=argparse.SUPPRESS)
@@ -322,6 +334,12 @@ def main() -> int:
     repeats = args.repeats or (2 if args.quick else 5)
     data_dir = _data_dir(args.data_dir)
     size = 1 if args.quick else 0
+    if args.clock == "cpu":
+        if args.threads != 1 or layerkit_threads(1) != "1":
+            parser.error("--clock cpu measures one process's CPU time: it needs --threads 1 and "
+                         "LAYERKIT_NUM_THREADS unset or 1")
+        global CLOCK
+        CLOCK = "cpu_seconds"
 
     if args.child:
         if args.child == "layerkit":
@@ -362,6 +380,11 @@ def main() -> int:
     if args.sweep:
         _sweep(pair, size)
         return 0
+    if args.infer:
+        infer = {net: (*pair("infer", net, INFER_IMAGES[net][size]), INFER_IMAGES[net][size]) for net in NETS}
+        _infer_table({net: (rate(lk), rate(th), images) for net, (lk, th, images) in infer.items()})
+        print(f"\nmedian of {repeats} passes after one warm-up, each framework x net in its own process.")
+        return 0
 
     matmul = run_child(["--child", "matmul", *common], args.threads)
     rows, results, infer = [], {}, {}
@@ -383,12 +406,14 @@ def main() -> int:
                            cwd=REPO, env=child_env(args.threads), capture_output=True, text=True)
     grads_s = time.perf_counter() - started if grads.returncode == 0 else None
 
+    rss = {"rc": None}
     with tempfile.TemporaryDirectory() as tmp:
         fit = [sys.executable, "-m", "layerkit", "fit", "models/alexnet_mnist.json", "--epochs", "1", "--quiet",
                "--out", str(Path(tmp) / "run")] + (["--data-dir", data_dir] if data_dir else [])
         if args.quick:
             fit += ["--set", "data.train_limit=2048"]
-        rss = run_child(["--child", "rss", "--", *fit], args.threads)
+        if not args.no_rss:
+            rss = run_child(["--child", "rss", "--", *fit], args.threads)
     rss_bytes = rss["maxrss_kib"] * 1024 if rss.get("rc") == 0 else None
 
     what = ("full-MNIST" if data_dir and not args.quick else "2,048-image" if args.quick else "embedded-sample")
@@ -396,11 +421,11 @@ def main() -> int:
                for net, label in LABELS.items()]
     figures += [(f"{label} inference img/s (predict, batch {INFER_BATCH}) / PyTorch no_grad",
                  _ratio(*infer[net][:2]), ">= 1.0", lambda v: v >= 1.0, ".2f") for net, label in LABELS.items()]
-    figures += [
-        ("`check-grads models/alexnet_mnist.json` wall time (s)", grads_s, "<= 10 s", lambda v: v <= 10, ".1f"),
-        (f"{what} alexnet_mnist epoch peak RSS, all processes (MiB)",
-         None if rss_bytes is None else rss_bytes / 2 ** 20, "<= 1.5 GB", lambda v: v * 2 ** 20 <= RSS_LIMIT, ",.0f"),
-    ]
+    figures += [("`check-grads models/alexnet_mnist.json` wall time (s)", grads_s, "<= 10 s", lambda v: v <= 10, ".1f")]
+    if not args.no_rss:
+        figures += [(f"{what} alexnet_mnist epoch peak RSS, all processes (MiB)",
+                     None if rss_bytes is None else rss_bytes / 2 ** 20, "<= 1.5 GB",
+                     lambda v: v * 2 ** 20 <= RSS_LIMIT, ",.0f")]
     print("| figure | measured | target | result |\n|---|---:|---|---|")
     failed = 0
     for name, value, target, ok, spec in figures:
@@ -410,20 +435,25 @@ def main() -> int:
     print("\nTraining:\n\n| net | batch | images/epoch | layerkit img/s | PyTorch img/s | ratio | layerkit GFLOP/s |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
+    _infer_table(infer)
+    mm = matmul.get("gflops")
+    print(f"\n{'CPU time of the measured process' if CLOCK == 'cpu_seconds' else 'wall time'}: "
+          f"median of {repeats} timed epochs (inference: passes) after one warm-up, each framework x net in its "
+          f"own process; training FLOPs = 3 x Graph.flops; {MATMUL_N}x{MATMUL_N} float32 numpy matmul "
+          f"{fmt(mm, '.1f')} GFLOP/s, same threads.")
+    if grads.returncode != 0:
+        print(f"note: check-grads exited with {grads.returncode}: {grads.stderr.strip()[-300:]}", file=sys.stderr)
+    if rss.get("rc") not in (0, None):
+        print(f"note: the AlexNet fit failed: {rss.get('stderr', rss.get('error', ''))[-300:]}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _infer_table(infer: dict) -> None:
     print(f"\nInference (batch {INFER_BATCH}):\n\n| net | images | layerkit img/s | PyTorch img/s | ratio |\n"
           "|---|---:|---:|---:|---:|")
     for net, (lk_rate, th_rate, images) in infer.items():
         print(f"| {net} | {images:,} | {fmt(lk_rate, ',.0f')} | {fmt(th_rate, ',.0f')} | "
               f"{fmt(_ratio(lk_rate, th_rate), '.2f')} |")
-    mm = matmul.get("gflops")
-    print(f"\nmedian of {repeats} timed epochs (inference: passes) after one warm-up, each framework x net in its "
-          f"own process; training FLOPs = 3 x Graph.flops; {MATMUL_N}x{MATMUL_N} float32 numpy matmul "
-          f"{fmt(mm, '.1f')} GFLOP/s, same threads.")
-    if grads.returncode != 0:
-        print(f"note: check-grads exited with {grads.returncode}: {grads.stderr.strip()[-300:]}", file=sys.stderr)
-    if rss.get("rc") != 0:
-        print(f"note: the AlexNet fit failed: {rss.get('stderr', rss.get('error', ''))[-300:]}", file=sys.stderr)
-    return 1 if failed else 0
 
 
 LABELS = {"lenet_style": "LeNet-style", "mlp_bench": "MLP", "alexnet_mnist": "AlexNet-style"}

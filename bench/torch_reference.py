@@ -58,8 +58,9 @@ def torch_sequential(model_file: str | Path) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-def train_epoch(model_file, x, y, batch_size: int, threads: int, lr: float = 0.01) -> float:
-    """Train one epoch over (x, y); returns seconds spent in the training loop."""
+def train_epoch(model_file, x, y, batch_size: int, threads: int, lr: float = 0.01, with_cpu: bool = False):
+    """Train one epoch over (x, y); returns seconds spent in the training loop (and, ``with_cpu``,
+    the process's CPU seconds in it)."""
     import time
 
     torch.set_num_threads(threads)
@@ -70,17 +71,19 @@ def train_epoch(model_file, x, y, batch_size: int, threads: int, lr: float = 0.0
     xt = torch.from_numpy(x)
     yt = torch.from_numpy(y.astype("int64"))
     net.train()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(xt), batch_size):
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(xt[i:i + batch_size]), yt[i:i + batch_size])
         loss.backward()
         opt.step()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return (wall, time.process_time() - cpu) if with_cpu else wall
 
 
-def infer_seconds(model_file, x, batch_size: int, threads: int) -> float:
-    """Seconds for one inference pass over ``x`` (``eval()`` mode, ``no_grad``), batch by batch."""
+def infer_seconds(model_file, x, batch_size: int, threads: int, with_cpu: bool = False):
+    """Seconds for one inference pass over ``x`` (``eval()`` mode, ``no_grad``), batch by batch
+    (and, ``with_cpu``, the process's CPU seconds in it)."""
     import time
 
     torch.set_num_threads(threads)
@@ -89,7 +92,8 @@ def infer_seconds(model_file, x, batch_size: int, threads: int) -> float:
     net.eval()
     xt = torch.from_numpy(x)
     with torch.no_grad():
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(xt), batch_size):
             net(xt[i:i + batch_size])
-        return time.perf_counter() - start
+        wall = time.perf_counter() - start
+        return (wall, time.process_time() - cpu) if with_cpu else wall

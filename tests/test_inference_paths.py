@@ -29,9 +29,13 @@ def test_predict_folds_batch_norm_and_matches_forward():
     _trained_statistics(model, rng)
     x = rng.standard_normal((7, 1, 12, 12)).astype(np.float32)
     plan = model.inference_plan()
-    folded = [node.name for node, (alias, _) in zip(model.nodes, plan) if alias >= 0]
+    folded = [node.name for node, (alias, _, _) in zip(model.nodes, plan) if alias >= 0]
     # every batch norm here follows a conv or dense layer that feeds only it
     assert folded == ["bn1", "bn2", "bn3"]
+    # relu after a folded conv, pooling or dense output overwrites it; dropout returns its input
+    # unchanged in inference (no infer_fresh), so the dense layer after it cannot write there
+    inplace = [node.layer.type for node, (_, _, own) in zip(model.nodes, plan) if own]
+    assert inplace == ["relu", "relu", "relu"]
     reference, _ = model.forward(x, training=False)
     out = model.predict(x, batch_size=3)
     assert out.dtype == np.float32
@@ -56,7 +60,10 @@ def test_no_fold_when_the_conv_output_has_another_reader():
     model = build_model(spec)
     rng = np.random.default_rng(1)
     _trained_statistics(model, rng)
-    assert all(alias < 0 for alias, _ in model.inference_plan())
+    plan = model.inference_plan()
+    assert all(alias < 0 for alias, _, _ in plan)
+    # the conv's output has two readers: neither may overwrite it
+    assert not any(inplace for _, _, inplace in plan)
     x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(x), model.forward(x, training=False)[0])
 
@@ -103,6 +110,36 @@ class _AffineOff(_Scale):
         return params["s"], np.full_like(params["s"], 0.5)
 
 
+class _InplaceOff(_Scale):
+    type = "broken_infer_inplace"
+
+    def infer_inplace(self, params, x, state=None):
+        x *= params["s"]
+        return x[:, ::-1][:, ::-1]  # right values, but a view of x rather than x itself
+
+
+class _InplaceWrong(_Scale):
+    type = "broken_infer_inplace_values"
+
+    def infer_inplace(self, params, x, state=None):
+        return np.multiply(x, params["s"] * 1.001, out=x)
+
+
+class _NotFresh(Layer):
+    """Identity in inference, as dropout is, but claims its output is a new array."""
+
+    type = "broken_infer_fresh"
+    description = "identity"
+    examples = (Example({}, (3,)),)
+    infer_fresh = True
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        return x, None
+
+    def backward(self, params, cache, dy):
+        return dy.copy(), {}
+
+
 class _FoldOff(_Scale):
     type = "broken_fold_affine"
 
@@ -116,9 +153,25 @@ def test_correct_inference_paths_pass():
 
 @pytest.mark.parametrize("cls, message", [
     (_InferOff, "infer differs from forward's inference output"),
+    (_InplaceOff, "view of its input"),
+    (_InplaceWrong, "infer_inplace differs from infer"),
+    (_NotFresh, "declares infer_fresh"),
     (_AffineOff, "inference_affine"),
     (_FoldOff, "fold_affine"),
 ])
 def test_wrong_inference_paths_are_caught(cls, message):
     with pytest.raises(AssertionError, match=message):
         run_layer_test(cls, {}, (3,))
+
+
+def test_predict_leaves_the_callers_array_alone():
+    """The model input is never overwritten, even where the first layer could work in place."""
+    spec = {"format": 1, "name": "relu_first", "input": {"shape": [4]},
+            "layers": [{"type": "relu"}, {"name": "logits", "type": "dense", "units": 3}],
+            "loss": {"type": "softmax_cross_entropy"}}
+    model = build_model(spec)
+    x = np.random.default_rng(3).standard_normal((6, 4)).astype(np.float32)
+    before = x.copy()
+    assert not any(inplace for _, _, inplace in model.inference_plan())
+    np.testing.assert_array_equal(model.predict(x), model.forward(before, training=False)[0])
+    np.testing.assert_array_equal(x, before)

@@ -70,6 +70,20 @@ class ReLU(Layer):
         over_chunks(x, work)
         return y, y
 
+    infer_fresh = True
+
+    def infer_inplace(self, params, x, state=None):
+        # predict: the input is the model's own, so no new array
+        if x.ndim == 0 or x.shape[0] < 2:
+            return np.maximum(x, 0, out=x)
+
+        def work(slices, step):
+            for sl in slices:
+                np.maximum(x[sl], 0, out=x[sl])
+
+        over_chunks(x, work)
+        return x
+
     fresh_dx = True
 
     def backward(self, params, cache, dy):

@@ -119,6 +119,8 @@ class Conv2D(Layer):
     def forward(self, params, x, training=False, rng=None, state=None):
         return self._forward(params, x, params["b"] if self.use_bias else None, keep=True)
 
+    infer_fresh = True
+
     def infer(self, params, x, state=None):
         # no columns kept for a backward; the bias may come from a folded batch norm
         return self._forward(params, x, params.get("b"), keep=False)[0]

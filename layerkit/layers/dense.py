@@ -55,6 +55,8 @@ class Dense(Layer):
             y += params["b"]
         return y, x
 
+    infer_fresh = True
+
     def infer(self, params, x, state=None):
         # the bias may come from a folded batch norm even when use_bias is false
         y = x @ params["W"]

@@ -78,14 +78,15 @@ def _whole_batch(a: np.ndarray, b: np.ndarray, count: int) -> tuple[np.ndarray, 
     return summed[:c], summed[c:2 * c], int(round(summed[-1]))
 
 
-def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape) -> np.ndarray:
-    """x * scale + shift per channel, in x's dtype, in two passes over one new array."""
+def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape, out: np.ndarray | None = None
+            ) -> np.ndarray:
+    """x * scale + shift per channel, in x's dtype, in two passes over one new array (or ``out``)."""
     scale, shift = scale.astype(x.dtype).reshape(bshape), shift.astype(x.dtype).reshape(bshape)
     if x.ndim == 2 or x.shape[0] < 2:
-        y = np.multiply(x, scale)
+        y = np.multiply(x, scale, out=out)
         y += shift
         return y
-    y = np.empty_like(x)
+    y = np.empty_like(x) if out is None else out
 
     def work(slices, step):
         for sl in slices:
@@ -156,6 +157,14 @@ class BatchNorm(Layer):
         mean = state["running_mean"].astype(np.float64)
         inv_std = 1 / np.sqrt(state["running_var"].astype(np.float64) + float(self.epsilon))
         return mean, inv_std, gamma * inv_std
+
+    infer_fresh = True
+
+    def infer_inplace(self, params, x, state=None):
+        # predict, where the batch norm could not be folded: scale and shift the model's own array
+        mean, _, scale = self._running_affine(params, state)
+        _, beta = self._gamma_beta(params, len(mean))
+        return _affine(x, scale, beta - mean * scale, _stat_axes(x)[1], out=x)
 
     def inference_affine(self, params, state=None):
         mean, _, scale = self._running_affine(params, state)

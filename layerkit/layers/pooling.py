@@ -83,6 +83,7 @@ class MaxPool2D(_WindowPool):
     description = ("2-D max pooling; pads with -inf, so padding never wins. Ties send the whole gradient to "
                    "the first maximum of the window (row-major).")
     params_schema = _pool_schema("pooling", "padding is -inf and never selected")
+    infer_fresh = True
     examples = (
         Example({"pool_size": 2}, (2, 4, 6), "non-overlapping"),
         Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 5), "overlapping with padding"),
@@ -151,6 +152,7 @@ class AvgPool2D(_WindowPool):
         count_include_pad={"type": "boolean", "default": False,
                            "description": "count the zero padding in each window's divisor (PyTorch's default "
                                           "is true; layerkit's false, see the description)"})
+    infer_fresh = True
     examples = (
         Example({"pool_size": 2}, (2, 4, 4), "non-overlapping"),
         Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 6), "overlapping with padding"),
@@ -205,6 +207,7 @@ class GlobalAvgPool2D(Layer):
     sample_coupling = Coupling.NONE
     description = "Average over all spatial positions: (C, H, W) -> (C,)."
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    infer_fresh = True
     examples = (Example({}, (3, 4, 5)),)
 
     def output_shape(self, input_shape):

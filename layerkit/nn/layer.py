@@ -195,6 +195,9 @@ class Layer:
     #: :meth:`backward_inplace` returns either such an array or the ``dy`` it was given).
     #: It lets the model hand the next layer down that gradient for :meth:`backward_inplace`.
     fresh_dx: ClassVar[bool] = False
+    #: a promise that :meth:`infer` returns a new array that shares no memory with its input
+    #: or the parameters, so the next layer may run :meth:`infer_inplace` on it
+    infer_fresh: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -278,6 +281,16 @@ class Layer:
         """
         return self.forward(params, x, False, None, state)[0]
 
+    def infer_inplace(self, params: Params, x: np.ndarray, state: dict[str, np.ndarray] | None = None) -> Any:
+        """:meth:`infer`, but allowed to overwrite ``x`` (and return it).
+
+        The model calls it only with an ``x`` nobody else holds: made by a layer with
+        :attr:`infer_fresh` (or by another ``infer_inplace``), with this layer its last reader.
+        Override it when writing into ``x`` saves a new array (relu, batch norm); the result
+        must equal :meth:`infer`'s bit for bit, and be ``x`` itself or a new array.
+        """
+        return self.infer(params, x, state)
+
     def inference_affine(self, params: Params, state: dict[str, np.ndarray] | None = None
                          ) -> tuple[np.ndarray, np.ndarray] | None:
         """``(scale, shift)`` per channel (axis 1) when the inference output is ``x * scale + shift``
@@ -297,7 +310,7 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 #: the members :func:`overrides` is asked about: a layer's optional speed paths
-SPEED_PATHS = ("backward_params", "backward_inplace", "infer", "inference_affine", "fold_affine")
+SPEED_PATHS = ("backward_params", "backward_inplace", "infer", "infer_inplace", "inference_affine", "fold_affine")
 
 
 def require_rank(input_shape: Sequence[int], rank: int | tuple[int, ...], what: str) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from layerkit.errors import CheckpointError
 from layerkit.fileio import save_npz_atomic
 from layerkit.nn.initializers import initialize
-from layerkit.nn.layer import RESERVED_INPUT
+from layerkit.nn.layer import RESERVED_INPUT, overrides
 
 if TYPE_CHECKING:  # the model runs a graph that modelfile built; it never imports that tier
     from layerkit.modelfile.shapes import Graph, Node
@@ -153,15 +153,19 @@ class Model:
         return float(value), out, self.backward(caches, dout)
 
     # -- inference -------------------------------------------------------------
-    def inference_plan(self) -> list[tuple[int, Any]]:
-        """Per node, ``(slot, params)``: ``slot`` is -1 where the node runs ``infer`` with
-        ``params``, else the value slot its output equals because the node was folded away.
+    def inference_plan(self) -> list[tuple[int, Any, bool]]:
+        """Per node, ``(slot, params, inplace)``: ``slot`` is -1 where the node runs ``infer`` (or
+        ``infer_inplace`` when ``inplace``) with ``params``, else the value slot its output
+        equals because the node was folded away.
 
         A layer whose inference is a per-channel affine map (``Layer.inference_affine``: batch
         norm) and whose input comes from a single-input layer that can absorb it
         (``Layer.fold_affine``: conv, dense) and feeds nobody else, is folded into that layer's
-        parameters: conv + batch norm runs as one convolution. Built from the current
-        parameters, so it is made again for every ``predict``/``evaluate`` call.
+        parameters: conv + batch norm runs as one convolution. A single-input layer that is
+        the last reader of a value only the model holds (made by a layer declaring
+        ``infer_fresh``, or in place itself) runs ``infer_inplace``: relu overwrites its input.
+        Built from the current parameters, so it is made again for every
+        ``predict``/``evaluate`` call.
         """
         n = len(self.nodes)
         uses = [0] * (n + 1)
@@ -180,19 +184,32 @@ class Model:
             folded = self.nodes[s - 1].layer.fold_affine(plan[s - 1][1], scale, shift)
             if folded is not None:
                 plan[s - 1], plan[j] = (-1, folded), (s, None)
-        return plan
+        owned = [False] * (n + 1)  # the value's array belongs to the model alone (never the input x)
+        steps: list[tuple[int, Any, bool]] = []
+        for j, ((alias, params), node, slots) in enumerate(zip(plan, self.nodes, self._in_slots)):
+            if alias >= 0:
+                owned[j + 1] = owned[alias]
+                steps.append((alias, None, False))
+                continue
+            inplace = (self._single[j] and owned[slots[0]] and self._last_use[slots[0]] == j
+                       and overrides(node.layer, "infer_inplace"))
+            owned[j + 1] = inplace or bool(node.layer.infer_fresh)
+            steps.append((-1, params, inplace))
+        return steps
 
-    def infer(self, x: np.ndarray, plan: list[tuple[int, Any]] | None = None) -> np.ndarray:
+    def infer(self, x: np.ndarray, plan: list[tuple[int, Any, bool]] | None = None) -> np.ndarray:
         """The inference-mode output for one batch: ``forward(x, training=False)[0]`` up to
         float32 rounding (batch norm folded into the layer before it), without caches, and
         every intermediate value dropped as soon as its last consumer has run."""
         plan = self.inference_plan() if plan is None else plan
         values: list[Any] = [x]
         last = self._last_use
-        for j, (node, slots, single, (alias, params)) in enumerate(
+        for j, (node, slots, single, (alias, params, inplace)) in enumerate(
                 zip(self.nodes, self._in_slots, self._single, plan)):
             if alias >= 0:
                 values.append(values[alias])
+            elif inplace:
+                values.append(node.layer.infer_inplace(params, values[slots[0]], self.state[node.name]))
             else:
                 inp = values[slots[0]] if single else [values[s] for s in slots]
                 values.append(node.layer.infer(params, inp, self.state[node.name]))

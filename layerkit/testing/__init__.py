@@ -69,7 +69,7 @@ def check_layer_metadata(layer_cls) -> None:
     coupling = layer_cls.sample_coupling
     assert coupling in tuple(Coupling), (
         f"layer {name!r}: sample_coupling = {coupling!r} is not one of {[c.value for c in Coupling]}")
-    for flag in ("has_kinks", "uses_rng", "fresh_dx"):
+    for flag in ("has_kinks", "uses_rng", "fresh_dx", "infer_fresh"):
         value = getattr(layer_cls, flag)
         assert isinstance(value, (bool, np.bool_)), f"layer {name!r}: {flag} must be True or False, not {value!r}"
 
@@ -103,9 +103,10 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
     ``sample_coupling`` claim holds: ``NONE``, each half of a batch on its own, and ``BATCH_SUMS``,
     both halves at once with ``batch_sum`` exchanging their sums, give the whole batch's outputs,
     input gradients, summed parameter gradients (and running statistics) -- what sample-parallel
-    training relies on (:mod:`layerkit.testing.contract`); ``infer`` equals forward's inference
-    output bit for bit and the ``inference_affine`` / ``fold_affine`` claims hold (to float32
-    rounding); gradients agree with finite differences in float64 (:func:`layerkit.gradcheck.layers.check_layer_config`). Returns the gradient-check results.
+    training relies on (:mod:`layerkit.testing.contract`); ``infer`` (and ``infer_inplace``, on a
+    copy) equals forward's inference output bit for bit, an ``infer_fresh`` claim holds, and the
+    ``inference_affine`` / ``fold_affine`` claims hold (to float32 rounding); gradients agree with
+    finite differences in float64 (:func:`layerkit.gradcheck.layers.check_layer_config`). Returns the gradient-check results.
     """
     from layerkit.gradcheck.layers import check_layer_config, initial_state, random_input, random_params
     from layerkit.gradcheck.render import describe

@@ -194,7 +194,8 @@ def _close(a, b) -> bool:
 
 
 def check_inference_paths(layer, params, x, state, y, *, where: str, seed: int = 0) -> None:
-    """The inference paths against forward's inference output ``y``: ``infer`` bit for bit, the
+    """The inference paths against forward's inference output ``y``: ``infer`` and ``infer_inplace``
+    bit for bit, an ``infer_fresh`` claim (no memory shared with the input or a parameter), the
     ``inference_affine`` and ``fold_affine`` claims to float32 rounding (a fold rounds anew)."""
     x_before = [v.copy() for v in x] if isinstance(x, list) else x.copy()
     inferred = layer.infer(params, x, state)
@@ -203,6 +204,20 @@ def check_inference_paths(layer, params, x, state, y, *, where: str, seed: int =
     assert same_x, f"{where}: infer modified its input in place"
     assert np.asarray(inferred).dtype == np.asarray(y).dtype and np.array_equal(inferred, y), (
         f"{where}: infer differs from forward's inference output ({_differs(inferred, y)})")
+    inputs = list(x) if isinstance(x, list) else [x]
+    if layer.infer_fresh:
+        assert not any(np.shares_memory(inferred, a) for a in [*inputs, *params.values()]), (
+            f"{where}: declares infer_fresh, but infer's output shares memory with its input or a parameter")
+    if overrides(layer, "infer_inplace"):
+        assert not isinstance(x, list), f"{where}: infer_inplace is for single-input layers"
+        mine = x.copy()
+        got = layer.infer_inplace(params, mine, state)
+        assert np.asarray(got).dtype == np.asarray(y).dtype and np.array_equal(got, y), (
+            f"{where}: infer_inplace differs from infer ({_differs(got, y)})")
+        assert got is mine or not np.shares_memory(got, mine), (
+            f"{where}: infer_inplace returned a view of its input instead of the input itself or a new array")
+        assert not any(np.shares_memory(got, p) for p in params.values()), (
+            f"{where}: infer_inplace returned an array that shares memory with a parameter")
     bshape = (1, -1) + (1,) * (np.ndim(y) - 2)
     affine = layer.inference_affine(params, state)
     if affine is not None:
