@@ -17,6 +17,7 @@ from layerkit.plugins.manager import disabled_plugins, get_registry
 from layerkit.plugins.registry import KINDS
 from layerkit.modelfile.schema import MODEL_SCHEMA, builtin_schema, composed_schema, params_schema_of
 from layerkit.cli import app
+from layerkit.cli.catalog import describe_param
 
 _DEFAULTS = SizeLimits()
 
@@ -108,37 +109,6 @@ def graph(model: Path = typer.Argument(..., metavar="MODEL"),
     typer.echo(export(build_graph_from(model), fmt), nl=False)
 
 
-def _kind(schema: Any) -> str:
-    if not isinstance(schema, dict):
-        return "any"
-    if "enum" in schema:
-        return " | ".join(json.dumps(v) for v in schema["enum"])
-    if "const" in schema:
-        return json.dumps(schema["const"])
-    alternatives = schema.get("oneOf", schema.get("anyOf"))
-    if isinstance(alternatives, list):
-        return " | ".join(_kind(s) for s in alternatives)
-    kind = schema.get("type", "any")
-    if kind == "array" and isinstance(schema.get("items"), dict):
-        return f"array of {_kind(schema['items'])}"
-    return " | ".join(map(str, kind)) if isinstance(kind, list) else str(kind)
-
-
-def describe_param(name: str, schema: dict, required: bool) -> dict[str, Any]:
-    """One parameter of a layer in words a user can act on."""
-    kind = _kind(schema)
-    bounds = {k: schema[k] for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                                     "minItems", "maxItems") if k in schema}
-    out: dict[str, Any] = {"name": name, "type": kind, "required": required}
-    if "default" in schema:
-        out["default"] = schema["default"]
-    if bounds:
-        out["bounds"] = bounds
-    if schema.get("description"):
-        out["description"] = schema["description"]
-    return out
-
-
 def describe_layers() -> list[dict[str, Any]]:
     registry = get_registry()
     out = []
@@ -171,8 +141,19 @@ def _param_line(p: dict[str, Any]) -> str:
 
 
 @app.command()
-def layers(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def layers(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+           markdown: bool = typer.Option(False, "--markdown",
+                                         help="A Markdown page of every layer, loss, optimizer and schedule "
+                                              "with its parameters."),
+           builtin: bool = typer.Option(False, "--builtin",
+                                        help="With --markdown: only the built-ins (the page docs/layers.md).")
+           ) -> None:
     """Every registered layer: its plugin, description and parameters."""
+    if markdown:
+        from layerkit.cli.catalog import builtin_catalog, catalog_markdown
+
+        typer.echo(builtin_catalog() if builtin else catalog_markdown(get_registry()), nl=False)
+        return
     info = describe_layers()
     if as_json:
         typer.echo(json.dumps(info, indent=2))

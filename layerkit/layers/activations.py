@@ -112,7 +112,8 @@ class ReLU(Layer):
 class LeakyReLU(Layer):
     type = "leaky_relu"
     sample_coupling = Coupling.NONE
-    description = "Leaky rectified linear unit: x for x > 0, alpha * x otherwise."
+    description = ("Leaky rectified linear unit: x for x > 0, alpha * x otherwise (alpha is PyTorch's "
+                   "negative_slope, here limited to [0, 1]).")
     params_schema = {
         "type": "object",
         "properties": {

@@ -34,7 +34,8 @@ class Conv2D(Layer):
     type = "conv2d"
     sample_coupling = Coupling.NONE
     description = ("2-D convolution over a (C, H, W) input: stride, padding ('same'/'valid'/explicit), "
-                   "dilation and grouped / depthwise (groups = channels) variants.")
+                   "dilation and grouped / depthwise (groups = channels) variants, as PyTorch's Conv2d (same "
+                   "weight shape (F, C / groups, kh, kw)); 'same' also works with strides, where PyTorch refuses it.")
     params_schema = {
         "type": "object",
         "properties": {

@@ -271,7 +271,8 @@ class LocalResponseNorm(Layer):
     sample_coupling = Coupling.NONE
     description = ("AlexNet local response normalisation across channels: "
                    "y_c = x_c / (k + alpha * sum of x_j^2 over the `size` channels around c) ** beta "
-                   "(alpha is not divided by size, as in the AlexNet paper).")
+                   "(alpha is not divided by size, as in the AlexNet paper; PyTorch's LocalResponseNorm divides "
+                   "it, so its alpha is size times this one, and its default k is 1, not 2).")
     params_schema = {
         "type": "object",
         "properties": {

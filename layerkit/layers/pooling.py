@@ -205,7 +205,7 @@ class AvgPool2D(_WindowPool):
 class GlobalAvgPool2D(Layer):
     type = "global_avg_pool2d"
     sample_coupling = Coupling.NONE
-    description = "Average over all spatial positions: (C, H, W) -> (C,)."
+    description = "Average over all spatial positions: (C, H, W) -> (C,) (PyTorch's AdaptiveAvgPool2d(1) + flatten)."
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     infer_fresh = True
     examples = (Example({}, (3, 4, 5)),)

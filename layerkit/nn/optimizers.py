@@ -124,7 +124,8 @@ class SGD(Optimizer):
     type = "sgd"
     description = ("Stochastic gradient descent with optional (Nesterov) momentum and dampening, as PyTorch: "
                    "v = g on the first step, then v = momentum*v + (1 - dampening)*g; w -= lr*v "
-                   "(Nesterov: w -= lr*(g + momentum*v)).")
+                   "(Nesterov: w -= lr*(g + momentum*v)). training.weight_decay adds the L2 term to the gradient, "
+                   "on weights only (PyTorch: every tensor of the group).")
     params_schema = {
         "type": "object",
         "properties": {
@@ -170,7 +171,9 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     type = "adam"
     description = ("Adam (Kingma & Ba): bias-corrected first and second moment estimates; "
-                   "w -= lr * m_hat / (sqrt(v_hat) + eps).")
+                   "w -= lr * m_hat / (sqrt(v_hat) + eps), as PyTorch's Adam (beta1, beta2 are its betas; no "
+                   "amsgrad). training.weight_decay is the L2 term added to the gradient, on weights only "
+                   "(PyTorch: every tensor of the group).")
     params_schema = {
         "type": "object",
         "properties": {
@@ -207,7 +210,8 @@ class Adam(Optimizer):
 
 class RMSprop(Optimizer):
     type = "rmsprop"
-    description = ("RMSprop: divide the gradient by a running RMS; "
+    description = ("RMSprop, as PyTorch's (rho is its alpha; no centered variant): divide the gradient by a "
+                   "running RMS; "
                    "s = rho*s + (1-rho)*g^2; w -= lr*g/(sqrt(s)+eps), optionally through momentum.")
     params_schema = {
         "type": "object",

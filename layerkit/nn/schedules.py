@@ -18,6 +18,16 @@ from dataclasses import dataclass
 
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 
+#: what each schedule does, for ``layerkit layers --markdown`` (docs/layers.md)
+SCHEDULE_DESCRIPTIONS = {
+    "constant": "The base learning rate throughout (after the optional warm-up).",
+    "step": "lr * gamma ** (epoch // step_size): decays by gamma (default 0.1) every step_size epochs "
+            "(default max(1, epochs // 3)), as PyTorch's StepLR.",
+    "exponential": "lr * gamma ** epoch, gamma default 0.9, as PyTorch's ExponentialLR.",
+    "cosine": "min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2: from lr to min_lr (default 0) over "
+              "the run, as PyTorch's CosineAnnealingLR with T_max = epochs.",
+}
+
 
 @dataclass(frozen=True)
 class Schedule:
