@@ -231,3 +231,55 @@ def test_pooling(k, s, p, ceil):
         compare_layer(make(AvgPool2D, pool_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=include),
                       {}, x, lambda xt, _: F.avg_pool2d(xt, k, s, p, ceil_mode=ceil, count_include_pad=include))
     compare_layer(make(GlobalMaxPool2D), {}, x, lambda xt, _: F.adaptive_max_pool2d(xt, 1).flatten(1))
+
+
+# -- bench/torch_reference.py builds the same nets ------------------------------------------------------
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def test_torch_reference_translates_the_new_layers(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        from torch_reference import torch_loss, torch_optimizer, torch_sequential
+    finally:
+        sys.path.remove(str(BENCH))
+    from layerkit.modelfile.build import build_model
+    from layerkit.modelfile.spec import spec_from_dict
+
+    net = {"format": 1, "name": "every_layer", "input": {"shape": [3, 12, 12]},
+           "layers": [{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": 1},
+                      {"type": "batch_norm", "affine": False}, {"type": "prelu", "per_channel": True},
+                      {"type": "dropout2d", "rate": 0.1},
+                      {"type": "max_pool2d", "pool_size": 3, "stride": 2, "ceil_mode": True},
+                      {"type": "conv2d_transpose", "filters": 3, "kernel_size": 3, "stride": 2, "padding": 1,
+                       "output_padding": 1},
+                      {"type": "avg_pool2d", "pool_size": 3, "stride": 2, "padding": 1, "count_include_pad": True},
+                      {"type": "layer_norm"}, {"type": "dense", "units": 5}, {"type": "log_softmax", "axis": -1},
+                      {"type": "global_max_pool2d"}, {"type": "dense", "units": 4}],
+           "loss": {"type": "multiclass_hinge", "p": 2},
+           "training": {"optimizer": {"type": "adamw", "lr": 0.01}, "weight_decay": 0.1}}
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(net))
+    ours = build_model(spec_from_dict(net))
+    theirs = torch_sequential(path)
+    assert tuple(theirs(torch.zeros(2, 3, 12, 12)).shape[1:]) == ours.graph.nodes[-1].output_shape
+    assert isinstance(torch_loss(net), torch.nn.MultiMarginLoss)
+    assert isinstance(torch_optimizer(net["training"], theirs.parameters()), torch.optim.AdamW)
+
+    # the shipped autoencoder with the same weights gives the same output
+    from layerkit.modelfile import zoo
+    ae_file = zoo.files()["mnist_autoencoder"]
+    ae = build_model(spec_from_dict(json.loads(ae_file.read_text())))
+    tnet = torch_sequential(ae_file).double()
+    convs = [m for m in tnet if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    for module, node in zip(convs, [n for n in ae.nodes if n.param_specs]):
+        module.weight.data = torch.tensor(ae.params[node.name]["W"].astype(np.float64))
+        module.bias.data = torch.tensor(ae.params[node.name]["b"].astype(np.float64))
+    x = RNG.uniform(0, 1, (2, 1, 28, 28))
+    ours_out = ae.astype(np.float64).forward(x)[0]
+    np.testing.assert_allclose(ours_out, tnet(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -256,6 +256,15 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
         for note in notes:
             _console(stderr=True).print(note, markup=False)
     loss_value, accuracy, preds = run_eval(net, build_loss(spec), data.x_test, data.y_test)
+    if np.ndim(data.y_test) != 1:  # a reconstruction: no classes to tabulate
+        if as_json:
+            typer.echo(json.dumps({"model": spec.name, "weights": str(weights), "data_source": data.source,
+                                   "data_location": data.location, "samples": int(len(data.y_test)),
+                                   "loss": loss_value, "pixel_accuracy": accuracy}, indent=2))
+        else:
+            _console().print(f"{spec.name}: test loss {loss_value:.4f}, pixel accuracy {_pct(accuracy)} "
+                             f"({len(data.y_test)} images)", markup=False)
+        return
     k = max(data.num_classes, int(preds.max(initial=0)) + 1)
     matrix = _confusion(data.y_test, preds, k)
     totals = matrix.sum(axis=1)

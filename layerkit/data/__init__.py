@@ -259,7 +259,8 @@ def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
     else:
         x_train, x_test = _as_nchw(x_train, src), _as_nchw(x_test, src)
         x_val = None if x_val is None else _as_nchw(x_val, src)
-    if num_outputs is not None:
+    reconstruct = options.get("target") == "input"
+    if num_outputs is not None and not reconstruct:
         top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
         if top >= num_outputs:
             raise DataError(f"{src}: labels go up to {top} but the model has {num_outputs} output units "
@@ -280,6 +281,9 @@ def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
         names = list(pre.class_names) or names
     x_test = pre.transform(x_test, src, "test images")
     x_val = None if x_val is None else pre.transform(x_val, src, "validation images")
+    if reconstruct:
+        # an autoencoder learns to give back its input: the prepared images are the targets
+        y_train, y_test, y_val = x_train, x_test, x_val
     return DataSplits(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                       x_val=x_val, y_val=y_val, source=src, notice=raw.notice, class_names=names,
                       preprocessing=pre, files=list(raw.files), location=raw.location,

@@ -61,6 +61,10 @@ DATA_SCHEMA: dict[str, Any] = {
         "test_limit": {"type": "integer", "minimum": 1, "description": "use at most this many test samples"},
         "validation_split": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
                              "description": "fraction of training data held out for validation"},
+        "target": {"enum": ["label", "input"], "default": "label",
+                   "description": "what the loss compares the output with: the class label, or the prepared "
+                                  "input image itself (an autoencoder; accuracy is then the fraction of pixels "
+                                  "on the right side of 0.5)"},
         "normalize": {"enum": ["unit", "standardize", "none"], "default": "unit",
                       "description": "unit: pixels to [0, 1]; standardize: zero mean, unit variance"},
         "layout": {"enum": ["auto", "channels_first", "channels_last"], "default": "auto",

@@ -52,6 +52,14 @@ class Loss:
         """Predicted class ids: the largest output per sample."""
         return np.asarray(output).argmax(axis=1)
 
+    def correct(self, output: np.ndarray, target: np.ndarray) -> float:
+        """How many samples of the batch the output gets right (the numerator of the accuracy):
+        the predicted class equals the class id, or for probability rows their largest entry."""
+        target = np.asarray(target)
+        if target.ndim != 1:
+            target = target.reshape(len(target), -1).argmax(axis=1)
+        return float(np.count_nonzero(self.predict(output) == target))
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"

@@ -68,7 +68,7 @@ MIN_BATCH_FLOPS = 5_000_000
 MIN_SHARD_SAMPLES = 8
 
 _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
-_REPLY = struct.Struct("<dq")  # loss * samples, correct predictions
+_REPLY = struct.Struct("<dd")  # loss * samples, correct predictions (fractional for reconstructions)
 MAX_REDUCE = 1 << 14  # float64 values one batch_sum may carry at least (batch norm: 2 per channel + 1)
 BARRIER_TIMEOUT_S = 600.0  # a shard this late at a batch_sum is taken for dead
 # values of layerkit.nn.layer.Coupling (a str enum: equal to these strings); this tier sits below nn
@@ -218,7 +218,7 @@ def share_gradients(model, loss, x: np.ndarray, y: np.ndarray, idx: np.ndarray, 
         xb = augment(xb, rng)
     # the loss averages over the share; the step's gradient is the batch mean
     value, out, grads = model.loss_and_gradients(loss, xb, yb, rng, share=len(idx) / n_total)
-    hits = int(np.count_nonzero(loss.predict(out) == yb))
+    hits = loss.correct(out, yb)
     return value * len(idx), hits, [grads[name][t] for name, t in keys]
 
 

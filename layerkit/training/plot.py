@@ -4,6 +4,8 @@
 - ``weights.png``: the first layer with weights, as images: convolution filters,
   or for a dense layer reading the raw image, one image per output unit (the
   classic per-class templates of softmax regression)
+- ``reconstructions.png``: for a model trained with ``training.data.target: "input"``
+  (an autoencoder), the first test images above their reconstructions
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from layerkit.errors import LayerkitError
 
 MAX_IMAGES = 64
+RECONSTRUCTIONS = 10
 
 
 class PlotUnavailable(LayerkitError):
@@ -114,6 +117,39 @@ def plot_weights(model, path: Path, class_names: list[str] | None = None) -> Pat
     return path
 
 
+#: losses whose model output is a logit: the picture of a reconstruction is its sigmoid
+LOGIT_LOSSES = ("binary_cross_entropy_with_logits",)
+
+
+def reconstruction_images(model, loss_type: str, images: np.ndarray) -> np.ndarray:
+    """The model's reconstructions of ``images`` (N, C, H, W), as pictures in [0, 1]."""
+    out = model.predict(images).reshape(images.shape).astype(np.float64)
+    if loss_type in LOGIT_LOSSES:
+        out = np.exp(-np.logaddexp(0.0, -out))  # the sigmoid, overflow-free
+    return np.clip(out, 0.0, 1.0)
+
+
+def plot_reconstructions(images: np.ndarray, recon: np.ndarray, path: Path, title: str = "") -> Path:
+    """Inputs (top row) above their reconstructions (bottom row), grey scale in [0, 1]."""
+    plt = _pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6), squeeze=False)
+    for i in range(n):
+        for row, batch in enumerate((images, recon)):
+            ax = axes[row, i]
+            ax.axis("off")
+            img = batch[i]
+            img = img.transpose(1, 2, 0) if img.shape[0] == 3 else img[0]
+            ax.imshow(np.clip(img, 0, 1), cmap=None if img.ndim == 3 else "gray", vmin=0, vmax=1)
+    axes[0, 0].set_title("input", fontsize=8, loc="left")
+    axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
+    fig.suptitle(f"{title} reconstructions of test images".strip(), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """Write the PNGs for a run directory; returns their paths."""
     from layerkit.modelfile.build import build_model
@@ -140,4 +176,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     path = plot_weights(model, out / "weights.png", names)
     if path is not None:
         written.append(path)
+    if (spec.training.get("data") or {}).get("target") == "input" and len(spec.input_shape) == 3:
+        from layerkit.training.runs import load_run_data
+
+        data = load_run_data(run, spec, model)
+        images = data.x_test[:RECONSTRUCTIONS]
+        recon = reconstruction_images(model, spec.loss.get("type", ""), images)
+        written.append(plot_reconstructions(images, recon, out / "reconstructions.png", spec.name))
     return written

@@ -59,7 +59,7 @@ class LocalStep(Step):
         if self.augment is not None:
             xb = self.augment(xb, rng)
         value, out, grads = self.model.loss_and_gradients(self.loss, xb, yb, rng)
-        hits = int(np.count_nonzero(self.loss.predict(out) == yb))
+        hits = self.loss.correct(out, yb)
         return value, hits, [grads[n][t] for n, t in self.keys], stop
 
 
@@ -119,7 +119,7 @@ class DistributedStep(Step):
             comm.allreduce_sum(totals)
         else:
             totals[2] = comm.allreduce_sum(np.array([float(stop)]))[0]
-        return float(totals[0]) / n, int(round(totals[1])), self._views, bool(totals[2])
+        return float(totals[0]) / n, float(totals[1]), self._views, bool(totals[2])
 
 
 def random_model(model, augment) -> bool:

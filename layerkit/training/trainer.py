@@ -133,24 +133,28 @@ def evaluate_split(model: Model, loss, x: np.ndarray, y: np.ndarray, comm: Colle
     lo, hi = (comm.rank * chunks // comm.size * batch_size, (comm.rank + 1) * chunks // comm.size * batch_size)
     part_loss, part_acc, _ = evaluate(model, loss, x[lo:hi], y[lo:hi], batch_size)
     part = len(x[lo:hi])
-    totals = comm.allreduce_sum(np.array([part_loss * part, round(part_acc * part)], dtype=np.float64))
+    totals = comm.allreduce_sum(np.array([part_loss * part, part_acc * part], dtype=np.float64))
     n = max(len(x), 1)
     return float(totals[0]) / n, float(totals[1]) / n if len(x) else 0.0
 
 
 def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH
              ) -> tuple[float, float, np.ndarray]:
-    """Mean loss, accuracy and predicted classes over ``x`` in inference mode."""
-    total, preds = 0.0, np.empty(len(x), dtype=np.int64)
+    """Mean loss, accuracy and predicted classes over ``x`` in inference mode (no predicted
+    classes, -1, where the targets are not class ids: a reconstruction's)."""
+    total, correct, preds = 0.0, 0.0, np.full(len(x), -1, dtype=np.int64)
+    classes = np.asarray(y).ndim == 1
     plan = model.inference_plan()
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         out = model.infer(xb, plan)
         value, _ = loss.forward(out, yb)
         total += float(value) * len(xb)
-        preds[i:i + len(xb)] = loss.predict(out)
+        correct += loss.correct(out, yb)
+        if classes:
+            preds[i:i + len(xb)] = loss.predict(out)
     n = max(len(x), 1)
-    return total / n, float(np.mean(preds == y)) if len(x) else 0.0, preds
+    return total / n, correct / n if len(x) else 0.0, preds
 
 
 class Trainer:
@@ -189,6 +193,9 @@ class Trainer:
         self.best_weights: dict[str, np.ndarray] | None = None
         self._keys = [(node.name, tname) for node in model.nodes for tname in model.params[node.name]]
         self.augment = augmenter((self.training.get("data") or {}).get("augment"))
+        if self.augment is not None and (self.training.get("data") or {}).get("target") == "input":
+            raise LayerkitError("training.data.augment moves the input images but not the targets they are "
+                                "with training.data.target 'input'; drop one of them")
         #: each rank's share of a batch split over this many forked processes (1: not split),
         #: see ``layerkit.parallel.processes``
         self.shards = plan(model, loss, self.batch_size, self.comm)
