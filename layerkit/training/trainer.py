@@ -69,7 +69,7 @@ class TrainState:
     epoch: int = 0  # the epoch in progress, 0-based
     step: int = 0  # batches of it already done
     loss_sum: float = 0.0  # running training loss * samples for the epoch in progress
-    correct: int = 0
+    correct: float = 0.0  # right predictions (fractional: the pixel accuracy of reconstructions)
     seen: int = 0
     history: list[dict] = field(default_factory=list)
     best_value: float | None = None
@@ -420,7 +420,7 @@ META_FIELDS = {"format": _INT, "model": (str,), "optimizer": (str,), "state": (d
                "steps_per_epoch": _INT, "epochs": _INT, "seed": _INT, "shares": _INT}
 #: fields a checkpoint from an older layerkit may lack
 OPTIONAL_META = {"shares"}
-STATE_FIELDS = {"epoch": _INT, "step": _INT, "loss_sum": _NUM, "correct": _INT, "seen": _INT, "history": (list,),
+STATE_FIELDS = {"epoch": _INT, "step": _INT, "loss_sum": _NUM, "correct": _NUM, "seen": _INT, "history": (list,),
                 "best_value": _NUM + (type(None),), "best_epoch": _INT + (type(None),), "wait": _INT,
                 "stopped_early": (bool,), "epoch_seconds": (list,)}
 
