@@ -149,6 +149,26 @@ def test_hook_file_registers_what_the_hook_gives(capsys, tmp_path):
     assert rc == 0 and "Square[0]" in out and "Unused" not in out
 
 
+def test_file_with_only_a_loss_hook(capsys, tmp_path, write_model):
+    path = tmp_path / "myloss.py"
+    path.write_text(textwrap.dedent("""
+        import layerkit
+        from layerkit.nn.losses import NLLLoss
+
+        class Squared(NLLLoss):
+            type = "my_squared"
+
+        @layerkit.hookimpl
+        def layerkit_register_losses(register):
+            register(Squared)
+    """))
+    rc, _, err = run(capsys, "check-grads", path)
+    assert rc == 2 and "registers no layer" in one_error(err)
+    from conftest import tiny_model
+    rc, out, _ = run(capsys, "validate", write_model(tiny_model(loss={"type": "my_squared"})), "--plugin", path)
+    assert rc == 0, out
+
+
 def test_unmarked_hook_is_an_error(capsys, tmp_path):
     path = square_file(tmp_path)
     path.write_text(path.read_text() + "\n\ndef layerkit_register_layers(register):\n    register(Square)\n")

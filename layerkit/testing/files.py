@@ -60,6 +60,12 @@ def check_layer_file(path: str, class_name: str | None = None, *, input_shape: S
     """
     _, ctx, defined = plugin_object(path)
     classes = _registered_classes(path) or defined
+    if not classes:
+        if not gradients:
+            return GradCheckReport(model=str(path), rows=[])
+        raise PluginFileError(problems=[ctx.problem(
+            "registers no layer, so there is nothing to check (its losses, optimizers and datasets "
+            "are used with --plugin)")])
     if class_name is not None:
         chosen = [c for c in classes if class_name in (c.__name__, getattr(c, "type", None))]
         if not chosen:
