@@ -65,8 +65,9 @@ def test_shifting_the_input_but_not_the_target_is_refused():
         Trainer(model, build_loss(spec), data, spec.training)
 
 
-def test_fit_evaluate_and_plot_reconstructions(tmp_path, capsys):
+def test_fit_evaluate_and_plot_reconstructions(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib", reason="plots need the plot extra")
+    monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "0")  # one process: no workers to start for 2 batches
     path = tmp_path / "ae.json"
     path.write_text(json.dumps(small_autoencoder(train_limit=100)))
     run = tmp_path / "run"

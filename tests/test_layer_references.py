@@ -275,3 +275,20 @@ def test_dropout2d_drops_whole_channels():
     assert y_eval is x
     with pytest.raises(ShapeError):
         layer.output_shape((8,))
+
+
+def test_batch_norm_after_dense_on_the_last_axis_is_not_folded_into_the_units():
+    # channels (axis 1) and units are both 4 here: folding the batch norm's per-channel scale
+    # into W's columns would broadcast without error and give wrong numbers
+    from layerkit.modelfile.build import build_model
+    from layerkit.modelfile.spec import spec_from_dict
+
+    spec = spec_from_dict({"format": 1, "name": "m", "input": {"shape": [4, 3, 5]},
+                           "layers": [{"type": "dense", "units": 4}, {"type": "batch_norm"}]})
+    model = build_model(spec)
+    rng = np.random.default_rng(8)
+    state = model.state[model.nodes[1].name]
+    state["running_mean"][...] = rng.standard_normal(4)
+    state["running_var"][...] = rng.uniform(0.5, 2, 4)
+    x = rng.standard_normal((3, 4, 3, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.infer(x), model.forward(x, training=False)[0], rtol=1e-5, atol=1e-6)
