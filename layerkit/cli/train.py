@@ -158,6 +158,10 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
         allow_other_data: bool = ALLOW_OTHER_DATA,
         check_grads: bool = typer.Option(False, "--check-grads",
                                          help="Gradient-check the first training batch first; stop if it fails."),
+        callback: List[str] = typer.Option([], "--callback", metavar="NAME",
+                                           help="Add a training callback (logger) registered by a plugin, e.g. "
+                                                "tensorboard (repeatable; training.callbacks in the model file; "
+                                                "'layerkit plugins' lists them)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the per-epoch summary lines."),
         ) -> None:
     """Train a model file; writes a run directory with checkpoints, history, weights and metrics.
@@ -170,7 +174,8 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
                  "weight_decay": weight_decay, "schedule": schedule, "dataset": dataset,
                  "data.train_limit": train_limit, "data.test_limit": test_limit,
                  "data.validation_split": validation_split, "data.classes": _parse_classes(classes),
-                 "data.normalize": normalize, "data.augment.shift": augment_shift, **_parse_sets(set_)}
+                 "data.normalize": normalize, "data.augment.shift": augment_shift,
+                 "callbacks": list(callback) or None, **_parse_sets(set_)}
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and given:
         raise LayerkitError(f"--resume continues a run exactly as it was started; it cannot be combined with "

@@ -57,6 +57,9 @@ class ReLU(Layer):
     def flops(self, input_shape):
         return int(np.prod(input_shape))
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Relu", [x])
+
     def forward(self, params, x, training=False, rng=None, state=None):
         if x.ndim == 0 or x.shape[0] < 2:
             y = np.maximum(x, 0)
@@ -128,6 +131,9 @@ class LeakyReLU(Layer):
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("LeakyRelu", [x], alpha=float(self.alpha))
+
     def forward(self, params, x, training=False, rng=None, state=None):
         alpha = float(self.alpha)
         # with 0 <= alpha <= 1, max(x, alpha*x) is exactly the piecewise definition
@@ -151,6 +157,9 @@ class Sigmoid(Layer):
 
     def flops(self, input_shape):
         return 4 * int(np.prod(input_shape))
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Sigmoid", [x])
 
     def forward(self, params, x, training=False, rng=None, state=None):
         # e = exp(-|x|) <= 1 never overflows; sigmoid = 1 / (1 + e) for x >= 0 and e / (1 + e)
@@ -182,6 +191,9 @@ class Tanh(Layer):
 
     def flops(self, input_shape):
         return 4 * int(np.prod(input_shape))
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Tanh", [x])
 
     def forward(self, params, x, training=False, rng=None, state=None):
         y = np.tanh(x)
@@ -223,6 +235,9 @@ class Softmax(Layer):
 
     def flops(self, input_shape):
         return 5 * int(np.prod(input_shape))
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Softmax", [x], axis=1)
 
     def forward(self, params, x, training=False, rng=None, state=None):
         ax = _batch_axis(getattr(self, "axis", 0), x.shape[1:])

@@ -149,6 +149,12 @@ class Conv2D(Layer):
     def backward(self, params, cache, dy):
         return self._backward(params, cache, dy, need_dx=True)
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        w = self._window(input_shape[1:])  # 'same' resolved to explicit (possibly uneven) pads
+        inputs = [x, g.const(params["W"], "W")] + ([g.const(params["b"], "b")] if self.use_bias else [])
+        return g.op("Conv", inputs, kernel_shape=[w.kh, w.kw], strides=[w.sh, w.sw], dilations=[w.dh, w.dw],
+                    pads=[w.pad_top, w.pad_left, w.pad_bottom, w.pad_right], group=int(self.groups))
+
     def backward_params(self, params, cache, dy):
         """Only the parameter gradients: the model calls this when the input is the data."""
         return self._backward(params, cache, dy, need_dx=False)[1]

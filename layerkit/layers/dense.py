@@ -74,6 +74,10 @@ class Dense(Layer):
     def backward(self, params, cache, dy):
         return dy @ params["W"].T, self.backward_params(params, cache, dy)
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        y = g.op("MatMul", [x, g.const(params["W"], "W")])
+        return g.op("Add", [y, g.const(params["b"], "b")]) if self.use_bias else y
+
     def backward_params(self, params, cache, dy):
         """Only the parameter gradients: the model calls this when the input is the data."""
         x = cache

@@ -27,6 +27,12 @@ class Add(Layer):
     def flops(self, input_shapes):
         return (len(input_shapes) - 1) * int(np.prod(input_shapes[0]))
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        out = x[0]
+        for other in x[1:]:  # pairwise, in order: the same rounding as the numpy sum
+            out = g.op("Add", [out, other])
+        return out
+
     def forward(self, params, xs, training=False, rng=None, state=None):
         y = xs[0] + xs[1]
         for x in xs[2:]:
@@ -68,6 +74,9 @@ class Concat(Layer):
                 raise ShapeError(f"input {i} has shape {shape}, input 0 has {first}; "
                                  f"all dimensions except axis {axis} must match")
         return first[:axis] + (sum(int(s[axis]) for s in input_shapes),) + first[axis + 1:]
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Concat", x, axis=self._axis(len(input_shape[0])) + 1)
 
     def forward(self, params, xs, training=False, rng=None, state=None):
         axis = self._axis(xs[0].ndim - 1) + 1

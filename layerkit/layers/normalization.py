@@ -171,6 +171,13 @@ class BatchNorm(Layer):
         _, beta = self._gamma_beta(params, len(mean))
         return scale, beta - mean * scale
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        # inference form: the per-channel scale and shift the inference pass uses
+        scale, shift = self.inference_affine(params, state)
+        shape = (-1, 1, 1) if len(input_shape) == 3 else (-1,)
+        y = g.op("Mul", [x, g.const(np.asarray(scale).reshape(shape), "scale")])
+        return g.op("Add", [y, g.const(np.asarray(shift).reshape(shape), "shift")])
+
     def forward(self, params, x, training=False, rng=None, state=None):
         _, bshape = _stat_axes(x)
         gamma, beta = self._gamma_beta(params, x.shape[1])
@@ -305,6 +312,25 @@ class LocalResponseNorm(Layer):
         for o in range(1, before + after + 1):
             out += padded[:, o:o + c]
         return out
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        size, alpha, beta, k = int(self.size), float(self.alpha), float(self.beta), float(self.k)
+        if size % 2 and len(input_shape) == 3:
+            # ONNX's LRN divides alpha by size (PyTorch's and Caffe's convention); this layer does not
+            return g.op("LRN", [x], size=size, alpha=alpha * size, beta=beta, bias=k)
+        # even windows reach one channel further back here and one further forward in ONNX, and
+        # ONNX's LRN wants feature maps: sum the window with a fixed 0/1 band matrix instead
+        c = input_shape[0]
+        before, after = size // 2, (size - 1) // 2
+        idx = np.arange(c)
+        band = ((idx[None, :] >= idx[:, None] - before) & (idx[None, :] <= idx[:, None] + after)).astype(np.float32)
+        sq = g.op("Mul", [x, x])
+        if len(input_shape) == 3:
+            total = g.op("Conv", [sq, g.const(band.reshape(c, c, 1, 1), "band")], kernel_shape=[1, 1])
+        else:
+            total = g.op("MatMul", [sq, g.const(band.T, "band")])
+        denom = g.op("Add", [g.op("Mul", [total, g.const(alpha, "alpha")]), g.const(k, "k")])
+        return g.op("Mul", [x, g.op("Pow", [denom, g.const(-beta, "minus_beta")])])
 
     def forward(self, params, x, training=False, rng=None, state=None):
         before, after = self.size // 2, (self.size - 1) // 2

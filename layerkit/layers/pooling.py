@@ -56,6 +56,13 @@ class _WindowPool(Layer):
         g = self._window(input_shape[1:])
         return input_shape[0] * g.ho * g.wo * g.kh * g.kw
 
+    def _onnx_pool(self, g, op, x, input_shape, **attrs):
+        # ONNX pools with floor-mode output sizes and leaves padding out of max and (with
+        # count_include_pad=0) of the average: the same rules as here
+        w = self._window(input_shape[1:])
+        return g.op(op, [x], kernel_shape=[w.kh, w.kw], strides=[w.sh, w.sw],
+                    pads=[w.pad_top, w.pad_left, w.pad_bottom, w.pad_right], **attrs)
+
     @staticmethod
     def _grad_buffer(shape, g, dtype, overlap):
         # when the windows tile the input exactly every element is written once, so no zero fill
@@ -92,6 +99,9 @@ class MaxPool2D(_WindowPool):
     )
     has_kinks = True
     fresh_dx = True
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return self._onnx_pool(g, "MaxPool", x, input_shape)
 
     def forward(self, params, x, training=False, rng=None, state=None):
         g = self._window(x.shape[2:])
@@ -176,6 +186,9 @@ class AvgPool2D(_WindowPool):
         count = sum(counted[rows, cols] for _, _, rows, cols in g.offsets())
         return (1.0 / count).astype(dtype)
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        return self._onnx_pool(g, "AveragePool", x, input_shape, count_include_pad=0)
+
     def forward(self, params, x, training=False, rng=None, state=None):
         n, c, h, w = x.shape
         g = self._window((h, w))
@@ -219,6 +232,9 @@ class GlobalAvgPool2D(Layer):
 
     def forward(self, params, x, training=False, rng=None, state=None):
         return x.mean(axis=(2, 3)), x.shape
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
 
     def backward(self, params, cache, dy):
         n, c, h, w = cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 import math
 
 from layerkit import hookimpl
@@ -18,6 +20,9 @@ class Flatten(Layer):
 
     def output_shape(self, input_shape):
         return (math.prod(input_shape),)
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Flatten", [x], axis=1)
 
     def forward(self, params, x, training=False, rng=None, state=None):
         return x.reshape(x.shape[0], -1), x.shape
@@ -59,6 +64,10 @@ class Reshape(Layer):
 
     def forward(self, params, x, training=False, rng=None, state=None):
         return x.reshape(x.shape[0], *self.shape), x.shape
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        # 0 keeps the batch size; the per-sample shape as given (one -1 is inferred there too)
+        return g.op("Reshape", [x, g.const([0, *self.shape], "shape", dtype=np.int64)])
 
     def backward(self, params, cache, dy):
         return dy.reshape(cache), {}

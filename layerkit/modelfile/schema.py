@@ -117,6 +117,12 @@ TRAINING_SCHEMA: dict[str, Any] = {
             "minProperties": 1,
             "additionalProperties": False,
         },
+        "callbacks": {
+            "type": "array",
+            "description": "Training callbacks (loggers) registered by plugins, e.g. {\"type\": \"tensorboard\"}; "
+                           "'layerkit fit --callback NAME' adds more.",
+            "items": {"type": "object", "properties": {"type": {"type": "string"}}, "required": ["type"]},
+        },
         "early_stopping": {
             "type": "object",
             "properties": {
@@ -217,6 +223,7 @@ def composed_schema(registry) -> dict[str, Any]:
     typed(schema["properties"]["layers"]["items"], "layer", LAYER_COMMON_KEYS)
     typed(schema["properties"]["loss"], "loss", {})
     typed(schema["properties"]["training"]["properties"]["optimizer"], "optimizer", {})
+    typed(schema["properties"]["training"]["properties"]["callbacks"]["items"], "callback", {})
     datasets = registry.names("dataset")
     if datasets:
         schema["properties"]["training"]["properties"]["dataset"] = {

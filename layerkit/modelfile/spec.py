@@ -382,6 +382,14 @@ def _training(data: dict, registry: Registry, source: str, problems: list[Proble
                                      ("training", "optimizer"), source, {})
         problems += found
         training["optimizer"] = {"type": training["optimizer"].get("type"), **(params or {})}
+    if isinstance(training.get("callbacks"), list):
+        callbacks = []
+        for i, section in enumerate(training["callbacks"]):
+            if isinstance(section, dict):
+                params, found = _check_typed(section, "callback", registry, ("training", "callbacks", i), source, {})
+                problems += found
+                callbacks.append({"type": section.get("type"), **(params or {})})
+        training["callbacks"] = callbacks
     dataset = training.get("dataset")
     if isinstance(dataset, str) and registry.entries["dataset"] and dataset not in registry.entries["dataset"]:
         problems.append(Problem(registry.unknown_message("dataset", dataset), ("training", "dataset"), source))

@@ -60,6 +60,14 @@ class Loss:
             target = target.reshape(len(target), -1).argmax(axis=1)
         return float(np.count_nonzero(self.predict(output) == target))
 
+    def probabilities(self, output: np.ndarray) -> np.ndarray:
+        """Class scores for ``predict_proba``: the outputs themselves unless the loss says otherwise."""
+        return np.asarray(output)
+
+    def to_onnx(self, g, x: str) -> str:
+        """The ONNX form of :meth:`probabilities` (``g`` as in ``Layer.to_onnx``)."""
+        return x
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"
@@ -206,6 +214,15 @@ class SoftmaxCrossEntropy(_ClassLoss):
         div = float(n) if self.reduction == "mean" else 1.0
         loss = -np.einsum("nk,nk->", y * wk, log_prob) / div
         return float(loss), (prob, target, smooth, (y, wk, div))
+
+    def probabilities(self, output):
+        y = output - output.max(axis=1, keepdims=True)
+        np.exp(y, out=y)
+        y /= y.sum(axis=1, keepdims=True)
+        return y
+
+    def to_onnx(self, g, x):
+        return g.op("Softmax", [x], axis=1)
 
     def backward(self, cache):
         prob, target, smooth, extra = cache

@@ -50,6 +50,20 @@ def layerkit_register_optimizers(register):
 
 
 @hookspec
+def layerkit_register_callbacks(register):
+    """Register training callbacks: loggers and other observers of a training run
+    (subclasses of :class:`layerkit.training.trainer.Callback`).
+
+    :param register: call ``register(cls)``; ``cls.type`` is the name used in
+        ``layerkit fit --callback NAME`` and in the model file's
+        ``training.callbacks`` list (``{"type": NAME, ...parameters}``, checked
+        against ``cls.params_schema``). layerkit builds one per training run as
+        ``cls(run_dir=PATH, **parameters)``; ``run_dir`` is None when training
+        from the Python API without a run directory.
+    """
+
+
+@hookspec
 def layerkit_register_datasets(register):
     """Register dataset loaders (subclasses of :class:`layerkit.data.Dataset`).
 

@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "layerkit.nn.elementwise_losses",
     "layerkit.nn.optimizers",
     "layerkit.data.builtin",
+    "layerkit.training.tensorboard",
 )
 
 HOOKS = {
@@ -48,6 +49,7 @@ HOOKS = {
     "loss": "layerkit_register_losses",
     "optimizer": "layerkit_register_optimizers",
     "dataset": "layerkit_register_datasets",
+    "callback": "layerkit_register_callbacks",
 }
 
 _lock = threading.Lock()

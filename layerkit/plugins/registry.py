@@ -13,7 +13,7 @@ from typing import Any
 
 from layerkit.errors import RegistryError
 
-KINDS = ("layer", "loss", "optimizer", "dataset")
+KINDS = ("layer", "loss", "optimizer", "dataset", "callback")
 
 
 @dataclass(frozen=True)

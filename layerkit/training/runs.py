@@ -37,7 +37,8 @@ from layerkit.nn.model import load_npz
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
 from layerkit.parallel.collectives import Collectives
 from layerkit.training.distributed import Launch, follow
-from layerkit.training.trainer import Callback, Trainer, TrainingInterrupted, TrainResult, build_loss
+from layerkit.training.trainer import (Callback, Trainer, TrainingInterrupted, TrainResult, build_callbacks,
+                                      build_loss)
 
 try:
     import fcntl
@@ -191,6 +192,10 @@ def apply_overrides(model: dict, overrides: dict[str, Any]) -> dict:
                 opt["lr"] = value
         elif key == "schedule":
             training["schedule"] = {"type": value}
+        elif key == "callbacks":
+            old = training.get("callbacks") if isinstance(training.get("callbacks"), list) else []
+            have = {c.get("type") for c in old if isinstance(c, dict)}
+            training["callbacks"] = old + [{"type": name} for name in value if name not in have]
         else:
             target, parts = training, key.split(".")
             for part in parts[:-1]:
@@ -315,6 +320,9 @@ def _train(raw: dict, source: str, run: RunDir | None, *, out, data_dir, allow_o
     spec = spec_from_dict(raw, source=Path(source).name, registry=registry)
     model = build_model(spec, registry=registry)
     loss = build_loss(spec, registry)
+    run_path = run.path if run is not None else Path(out or default_out(spec.name))
+    # loggers from training.callbacks; built before anything is written, so a missing extra costs nothing
+    callbacks = [*callbacks, *build_callbacks(spec.training.get("callbacks"), run_path, registry)]
     if resuming:
         data = load_run_data(run, spec, model, data_dir=data_dir, allow_other_data=allow_other_data,
                              registry=registry, log=log)
@@ -327,7 +335,7 @@ def _train(raw: dict, source: str, run: RunDir | None, *, out, data_dir, allow_o
 
     new_run = run is None
     if new_run:
-        run = RunDir.create(out or default_out(spec.name), raw)
+        run = RunDir.create(run_path, raw)
     try:
         return _fit(run, spec, model, loss, data, resuming, check_grads=check_grads, callbacks=callbacks,
                     log=log, console=console, registry=registry, launch=launch)

@@ -104,6 +104,21 @@ def build_loss(spec, registry=None):
     return cls(**config)
 
 
+def build_callbacks(configs, run_dir=None, registry=None) -> list[Callback]:
+    """The callbacks named in ``training.callbacks`` (``{"type": NAME, ...}``), built for ``run_dir``."""
+    if not configs:
+        return []
+    if registry is None:
+        from layerkit.plugins.manager import get_registry
+        registry = get_registry()
+    out = []
+    for config in configs:
+        config = dict(config)
+        cls = registry.get("callback", config.pop("type"))
+        out.append(cls(run_dir=run_dir, **config))
+    return out
+
+
 def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=None,
                     clipping: dict | None = None) -> Optimizer:
     """The optimizer named in ``training.optimizer`` over every parameter of ``model``, clipping

@@ -46,6 +46,14 @@ class GELU(_Elementwise):
     examples = (Example({}, (7,), "flat features"), Example({}, (2, 3, 3), "feature maps"))
     cost = 10
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        # ONNX export (layerkit export --format onnx): the same tanh formula, op by op
+        cube = g.op("Mul", [g.op("Mul", [x, x]), x])
+        inner = g.op("Add", [x, g.op("Mul", [cube, g.const(_GELU_CUBIC)])])
+        t = g.op("Tanh", [g.op("Mul", [inner, g.const(_SQRT_2_OVER_PI)])])
+        half_x = g.op("Mul", [x, g.const(0.5)])
+        return g.op("Mul", [half_x, g.op("Add", [t, g.const(1.0)])])
+
     def forward(self, params, x, training=False, rng=None, state=None):
         t = np.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x))
         return 0.5 * x * (1 + t), (x, t)
@@ -70,6 +78,9 @@ class Swish(_Elementwise):
     }
     examples = (Example({}, (7,), "SiLU"), Example({"beta": 1.7}, (2, 3, 3), "sharper"))
     cost = 6
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Mul", [x, g.op("Sigmoid", [g.op("Mul", [x, g.const(float(self.beta))])])])
 
     def forward(self, params, x, training=False, rng=None, state=None):
         s = _sigmoid(float(self.beta) * x)
@@ -102,6 +113,9 @@ class ELU(_Elementwise):
         super().__init__(**config)
         self.has_kinks = float(self.alpha) != 1.0
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Elu", [x], alpha=float(self.alpha))
+
     def forward(self, params, x, training=False, rng=None, state=None):
         positive = x > 0
         y = np.where(positive, x, float(self.alpha) * np.expm1(np.minimum(x, 0)))
@@ -126,6 +140,10 @@ class Softplus(_Elementwise):
     }
     examples = (Example({}, (7,)), Example({"beta": 2.0}, (2, 3, 3)))
     cost = 4
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        beta = float(self.beta)
+        return g.op("Mul", [g.op("Softplus", [g.op("Mul", [x, g.const(beta)])]), g.const(1 / beta)])
 
     def forward(self, params, x, training=False, rng=None, state=None):
         beta = float(self.beta)
