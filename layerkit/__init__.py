@@ -7,4 +7,20 @@ import pluggy  # noqa: E402
 #: marks a plugin's hook functions (``@layerkit.hookimpl``); the specifications are in layerkit.plugins.hookspecs
 hookimpl = pluggy.HookimplMarker("layerkit")
 
-__all__ = ["__version__", "hookimpl"]
+#: the Python API (layerkit.api), imported on first use so that ``import layerkit`` (and every
+#: layer plugin that imports it for ``hookimpl``) stays light
+_API = {"load", "load_dataset", "Model", "History", "check_grads"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from layerkit import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'layerkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _API)
+
+
+__all__ = ["__version__", "hookimpl", "load", "load_dataset", "Model", "History", "check_grads"]

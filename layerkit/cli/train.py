@@ -11,7 +11,8 @@ from typing import List, Optional
 import typer
 
 from layerkit.errors import LayerkitError, everywhere
-from layerkit.training.trainer import Callback, TrainingInterrupted
+from layerkit.training.progress import ProgressDisplay, pct as _pct
+from layerkit.training.trainer import TrainingInterrupted
 from layerkit.cli import app
 
 data_app = typer.Typer(help="Datasets: list the installed loaders, download MNIST / Fashion-MNIST.",
@@ -30,80 +31,6 @@ ALLOW_OTHER_DATA = typer.Option(False, "--allow-other-data",
 def _console(stderr: bool = False):
     from rich.console import Console
     return Console(stderr=stderr, highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def summary_line(epoch: int, epochs: int, record: dict, seconds: float, samples: int) -> str:
-    parts = [f"epoch {epoch + 1}/{epochs}",
-             f"train loss {record['train_loss']:.4f} acc {_pct(record['train_accuracy'])}"]
-    if "val_loss" in record:
-        parts.append(f"val loss {record['val_loss']:.4f} acc {_pct(record['val_accuracy'])}")
-    parts.append(f"test loss {record['test_loss']:.4f} acc {_pct(record['test_accuracy'])}")
-    parts.append(f"lr {record['lr']:.3g}")
-    parts.append(f"{seconds:.1f}s ({samples / max(seconds, 1e-9):,.0f} img/s)")
-    return "  ".join(parts)
-
-
-class ProgressDisplay(Callback):
-    """A rich progress bar per epoch (unless quiet) and one summary line per epoch."""
-
-    REFRESH_S = 0.1
-
-    def __init__(self, console, quiet: bool = False) -> None:
-        self.console, self.quiet = console, quiet
-        self.progress = None
-
-    def on_train_begin(self, trainer) -> None:
-        self.epochs = trainer.epochs
-
-    def on_epoch_begin(self, epoch, steps, start_step) -> None:
-        self.loss_sum = self.hits = self.seen = 0.0
-        self.started = time.perf_counter()
-        self.last_draw = 0.0
-        self.steps = steps
-        # a redirected log gets the summary lines only: a live bar there is just blank lines
-        if self.quiet or not self.console.is_terminal:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-        self.progress = Progress(
-            TextColumn(f"epoch {epoch + 1}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[speed]} img/s"),
-            TimeRemainingColumn(), console=self.console, transient=True)
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=steps, completed=start_step,
-                                           loss="-", acc="-", speed="-")
-
-    def on_batch_end(self, epoch, step, loss, accuracy, samples) -> None:
-        self.loss_sum += loss * samples
-        self.hits += accuracy * samples
-        self.seen += samples
-        if self.progress is None:
-            return
-        now = time.perf_counter()
-        if now - self.last_draw < self.REFRESH_S and step + 1 < self.steps:
-            self.progress.update(self.task, completed=step + 1)
-            return
-        self.last_draw = now
-        self.progress.update(self.task, completed=step + 1, loss=f"{self.loss_sum / self.seen:.4f}",
-                             acc=_pct(self.hits / self.seen),
-                             speed=f"{self.seen / max(now - self.started, 1e-9):,.0f}")
-
-    def _stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-    def on_epoch_end(self, epoch, record, seconds) -> None:
-        self._stop()
-        # the images this process trained: a resumed epoch's first part was trained before
-        self.console.print(summary_line(epoch, self.epochs, record, seconds, int(self.seen)), markup=False,
-                           soft_wrap=True)
-
-    def on_train_end(self, result) -> None:
-        self._stop()
 
 
 def _parse_classes(text: Optional[str]) -> Optional[list[int]]:

@@ -198,3 +198,8 @@ def layer_to_onnx(layer, input_shapes: Sequence[Sequence[int]], params: dict, st
     proto.ir_version = IR_VERSION
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def input_description(model, preprocessing) -> str:
+    """``uint8 N x 1 x 28 x 28``: what the exported graph takes."""
+    return " x ".join(["N", *map(str, model.graph.input_shape)]).join([f"{_input_dtype(preprocessing)} ", ""])

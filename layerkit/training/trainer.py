@@ -82,8 +82,8 @@ class TrainState:
 @dataclass
 class TrainResult:
     history: list[dict]
-    test_loss: float
-    test_accuracy: float
+    test_loss: float | None  # None without a test split
+    test_accuracy: float | None
     epochs_run: int
     stopped_early: bool
     best_epoch: int | None
@@ -310,8 +310,9 @@ class Trainer:
         if self.data.x_val is not None:
             record["val_loss"], record["val_accuracy"] = evaluate_split(self.model, self.loss, self.data.x_val,
                                                                         self.data.y_val, self.comm)
-        record["test_loss"], record["test_accuracy"] = evaluate_split(self.model, self.loss, self.data.x_test,
-                                                                      self.data.y_test, self.comm)
+        if len(self.data.x_test):  # the Python API's fit may train without a test split (same on every rank)
+            record["test_loss"], record["test_accuracy"] = evaluate_split(self.model, self.loss, self.data.x_test,
+                                                                          self.data.y_test, self.comm)
         return record
 
     def _update_early_stopping(self, record: dict) -> None:
@@ -336,7 +337,10 @@ class Trainer:
         if self.early is not None and self.best_weights is not None:
             # early stopping keeps the weights of the best epoch, not the last
             self.model.set_weights(self.best_weights, source="best weights")
-        test_loss, test_acc = evaluate_split(self.model, self.loss, self.data.x_test, self.data.y_test, self.comm)
+        test_loss = test_acc = None
+        if len(self.data.x_test):
+            test_loss, test_acc = evaluate_split(self.model, self.loss, self.data.x_test, self.data.y_test,
+                                                 self.comm)
         return TrainResult(history=list(st.history), test_loss=test_loss, test_accuracy=test_acc,
                            epochs_run=len(st.history), stopped_early=st.stopped_early,
                            best_epoch=st.best_epoch, monitor=self.early["monitor"] if self.early else None,

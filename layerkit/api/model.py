@@ -1,0 +1,336 @@
+"""A model you can train, evaluate, save, load and predict with from Python.
+
+A :class:`Model` is a model file (the network and how to train it), its weights
+and its :class:`~layerkit.data.preprocess.Preprocessing` (how raw inputs become
+what the first layer saw in training, and the class names). It is what
+``layerkit.load`` returns and what every CLI command that uses a trained model
+goes through.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE
+from layerkit.data.preprocess import Preprocessing, check_numeric, to_model_layout
+from layerkit.errors import DataError, LayerkitError
+from layerkit.fileio import save_npz_atomic, write_text_atomic
+from layerkit.modelfile.build import build_model
+from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
+from layerkit.nn.model import load_npz
+from layerkit.training.trainer import Callback, Trainer, build_callbacks, build_loss, evaluate
+
+MODEL_FILE = "model.json"
+WEIGHTS = "weights.npz"
+CHECKPOINT = "checkpoint.npz"
+PREDICT_BATCH = 512
+
+
+@dataclass
+class History:
+    """What :meth:`Model.fit` returns: one record per epoch (``epoch``, ``lr``, ``train_loss``,
+    ``train_accuracy``, and ``val_loss``/``val_accuracy`` with validation data)."""
+
+    epochs: list[dict] = field(default_factory=list)
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """Per key, the values of every epoch (Keras's ``history.history``)."""
+        keys: list[str] = []
+        for record in self.epochs:
+            keys += [k for k in record if k not in keys]
+        return {k: [r.get(k) for r in self.epochs] for k in keys if k != "epoch"}
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def __repr__(self) -> str:
+        last = self.epochs[-1] if self.epochs else {}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch" and isinstance(v, float))
+        return f"History({len(self.epochs)} epochs{': ' + shown if shown else ''})"
+
+
+class Model:
+    """A network with its weights and preprocessing. Build one with :func:`load`."""
+
+    def __init__(self, spec: ModelSpec, net, preprocessing: Preprocessing | None = None, *,
+                 source: str = "<model>", registry=None) -> None:
+        self.spec = spec
+        self.net = net
+        self.preprocessing = preprocessing
+        self.source = source
+        self._registry = registry
+        self.loss = build_loss(spec, registry)
+
+    # -- description ------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-sample input shape, channels first."""
+        return tuple(self.spec.input_shape)
+
+    @property
+    def num_outputs(self) -> int:
+        return int(np.prod(self.net.graph.output.output_shape))
+
+    @property
+    def class_names(self) -> list[str]:
+        names = list(self.preprocessing.class_names) if self.preprocessing is not None else []
+        return names + [str(i) for i in range(len(names), self.num_outputs)]
+
+    @property
+    def param_count(self) -> int:
+        return self.net.param_count
+
+    def summary(self, file=None) -> None:
+        """Print the layer table: output shapes, parameters, FLOPs (what ``layerkit summary`` prints)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        graph = self.net.graph
+        table = Table(title=f"model {self.name}", title_justify="left")
+        for column, justify in (("layer", "left"), ("type", "left"), ("inputs", "left"),
+                                ("output shape", "left"), ("params", "right"), ("FLOPs", "right")):
+            table.add_column(column, justify=justify)
+        table.add_row("input", "", "", str(graph.input_shape), "", "")
+        for node in graph.nodes:
+            table.add_row(node.name, node.spec.type, ", ".join(node.inputs), str(node.output_shape),
+                          f"{node.param_count:,}", f"{node.flops:,}")
+        table.add_section()
+        table.add_row("total", "", "", "", f"{graph.param_count:,}", f"{graph.flops:,}")
+        console = Console(file=file or sys.stdout, highlight=False, width=None if file is None else 120)
+        console.print(table)
+
+    def __repr__(self) -> str:
+        trained = "trained" if self.preprocessing is not None else "untrained"
+        return (f"<layerkit.Model {self.name!r}: input {self.input_shape}, {self.num_outputs} outputs, "
+                f"{self.param_count:,} parameters, {trained}>")
+
+    # -- inputs -------------------------------------------------------------------
+    def _pre(self) -> Preprocessing:
+        if self.preprocessing is not None:
+            return self.preprocessing
+        options = self.spec.training.get("data") or {}
+        normalize = options.get("normalize", "unit")
+        if normalize == "standardize":
+            raise LayerkitError(f"model {self.name!r} standardizes its inputs with statistics of its training data: "
+                                f"call fit first, or load a trained run")
+        # unit and none need no statistics: the same rule as training would fit
+        return Preprocessing(normalize=normalize, input_shape=self.input_shape,
+                             layout=options.get("layout", "auto"))
+
+    def prepare(self, x: Any, source: str = "input") -> np.ndarray:
+        """Raw inputs (uint8 or float images in any unambiguous layout) as the float32 network input."""
+        return self._pre().apply(np.asarray(x), source)
+
+    def _labels(self, y: Any, n: int, source: str) -> np.ndarray:
+        y = check_numeric(np.asarray(y), source, "labels")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1 or len(y) != n:
+            raise DataError(f"{source}: {n} inputs but labels of shape {y.shape}; expected ({n},) class ids")
+        if y.size and (y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0)):
+            raise DataError(f"{source}: labels are not whole numbers")
+        y = y.astype(np.int64)
+        if y.size and (y.min() < 0 or y.max() >= self.num_outputs):
+            raise DataError(f"{source}: labels go from {y.min()} to {y.max()} but the model has "
+                            f"{self.num_outputs} outputs (0 to {self.num_outputs - 1})")
+        return y
+
+    # -- training ------------------------------------------------------------------
+    def fit(self, x: Any, y: Any, *, epochs: int | None = None, batch_size: int | None = None,
+            validation_data: tuple[Any, Any] | None = None, callbacks: Sequence[Callback] = (),
+            verbose: int = 1, seed: int | None = None, class_names: Sequence[str] | None = None) -> History:
+        """Train on raw inputs ``x`` (uint8 or float images) and class ids ``y`` with the model file's
+        ``training`` settings (optimizer, schedule, augmentation...); ``epochs``, ``batch_size`` and ``seed``
+        override them. The first ``fit`` fits the preprocessing on ``x``; later calls keep it and
+        continue from the current weights.
+
+        ``verbose``: 1 a progress bar per epoch (on a terminal and in Jupyter) and a summary line per
+        epoch, 2 only the summary lines, 0 silent. ``callbacks`` are
+        :class:`layerkit.training.trainer.Callback` objects; the model file's ``training.callbacks``
+        are added.
+        """
+        from layerkit.data import DataSplits
+
+        x = check_numeric(np.asarray(x), "x", "images")
+        options = self.spec.training.get("data") or {}
+        layout = options.get("layout", "auto")
+        x = to_model_layout(x, self.input_shape, "x", layout)
+        y = self._labels(y, len(x), "y")
+        if len(x) == 0:
+            raise DataError("x: no training samples")
+        if self.preprocessing is None:
+            names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_outputs)]
+            self.preprocessing, x = Preprocessing.fit_transform(
+                x, options.get("normalize", "unit"), input_shape=self.input_shape, class_names=names, layout=layout)
+        else:
+            x = self.preprocessing.transform(x, "x")
+        x_val = y_val = None
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise LayerkitError("validation_data must be a pair (x_val, y_val)")
+            x_val = self.prepare(validation_data[0], "validation_data")
+            y_val = self._labels(validation_data[1], len(x_val), "validation_data")
+        empty = np.empty((0, *self.input_shape), dtype=np.float32)
+        data = DataSplits(x_train=x, y_train=y, x_test=empty, y_test=np.empty(0, dtype=np.int64), x_val=x_val,
+                          y_val=y_val, source="arrays", class_names=self.class_names, preprocessing=self.preprocessing)
+        training = copy.deepcopy(self.spec.training)
+        for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
+            if value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
+                    raise LayerkitError(f"{key} must be a {'non-negative' if key == 'seed' else 'positive'} "
+                                        f"integer, got {value!r}")
+                training[key] = value
+        early = training.get("early_stopping")
+        if early and str(early.get("monitor", "val_loss")).startswith("test_"):
+            training.pop("early_stopping")  # no test split here
+        shown: list[Callback] = []
+        if verbose:
+            from rich.console import Console
+
+            from layerkit.training.progress import ProgressDisplay
+            shown.append(ProgressDisplay(Console(highlight=False), quiet=verbose == 2))
+        loggers = build_callbacks(training.get("callbacks"), None, self._registry)
+        trainer = Trainer(self.net, self.loss, data, training, callbacks=[*shown, *loggers, *callbacks],
+                          registry=self._registry)
+        result = trainer.fit()
+        return History(list(result.history))
+
+    # -- inference -------------------------------------------------------------------
+    def _outputs(self, x: np.ndarray) -> np.ndarray:
+        outs = [self.net.forward(x[i:i + PREDICT_BATCH], training=False)[0] for i in range(0, len(x), PREDICT_BATCH)]
+        return np.concatenate(outs) if outs else np.empty((0, *self.net.graph.output.output_shape), np.float32)
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities (softmax of the outputs for ``softmax_cross_entropy``; the outputs
+        themselves for other losses), one row per input."""
+        return self.loss.probabilities(self._outputs(self.prepare(x)))
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Predicted class ids (int64), one per input."""
+        return self.loss.predict(self._outputs(self.prepare(x))).astype(np.int64)
+
+    def evaluate(self, x: Any, y: Any) -> dict[str, float]:
+        """``{"loss": ..., "accuracy": ...}`` on raw inputs ``x`` and class ids ``y``."""
+        inputs = self.prepare(x, "x")
+        labels = self._labels(y, len(inputs), "y")
+        loss_value, accuracy, _ = evaluate(self.net, self.loss, inputs, labels)
+        return {"loss": loss_value, "accuracy": accuracy}
+
+    # -- saving ----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``model.json``, ``weights.npz`` and ``preprocessing.json`` into the folder ``path``
+        (created if needed); :func:`load` reads it back, and so do ``layerkit predict`` and ``export``."""
+        path = Path(path)
+        if (path / CHECKPOINT).exists():
+            raise LayerkitError(f"{path}: holds a training run (checkpoint.npz); save into another folder")
+        if path.exists() and not path.is_dir():
+            raise LayerkitError(f"{path}: not a directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LayerkitError(f"{path}: cannot create the folder ({exc.strerror or exc})") from None
+        raw = {k: v for k, v in self.spec.raw.items() if k != "$schema"}
+        write_text_atomic(path / MODEL_FILE, json.dumps(raw, indent=2) + "\n", "model file")
+        self.net.save_weights(path / WEIGHTS)
+        self._pre().save(path / PREPROCESSING_FILE)
+        return path
+
+    def export_onnx(self, path: str | Path) -> Path:
+        """Write the model, its preprocessing and its softmax as an ONNX file (needs the onnx extra)."""
+        from layerkit.export.onnx import save_onnx, to_onnx
+
+        return save_onnx(to_onnx(self.net, self._pre(), self.loss, name=self.name), path)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Every tensor by ``params/LAYER/NAME`` and ``state/LAYER/NAME`` (views, not copies)."""
+        return self.net.weights_dict()
+
+
+def load(source: str | Path | dict, *, seed: int | None = None, registry=None) -> Model:
+    """A :class:`Model` from a model file path, a shipped model's name (``"lenet5"``), a model dict,
+    or a folder written by ``layerkit fit`` or :meth:`Model.save` (weights and preprocessing included).
+    A model file starts from fresh weights (``seed``, default ``training.seed``)."""
+    if isinstance(source, dict):
+        spec = spec_from_dict(source, registry=registry)
+        return Model(spec, build_model(spec, seed=seed, registry=registry), source="<dict>", registry=registry)
+    path = Path(source)
+    if path.is_dir():
+        return _load_dir(path, registry)
+    raw, name = read_model_file(path)
+    spec = spec_from_dict(raw, source=name, registry=registry)
+    return Model(spec, build_model(spec, seed=seed, registry=registry), source=name, registry=registry)
+
+
+def _load_dir(path: Path, registry=None) -> Model:
+    model_file = path / MODEL_FILE
+    if not model_file.is_file():
+        raise LayerkitError(f"{path}: not a saved model or run directory (no {MODEL_FILE})")
+    raw, name = read_model_file(model_file)
+    spec = spec_from_dict(raw, source=name, registry=registry)
+    net = build_model(spec, registry=registry)
+    if (path / WEIGHTS).is_file():
+        net.load_weights(path / WEIGHTS)
+    elif (path / CHECKPOINT).is_file():  # a run still in progress: its last finished epoch
+        arrays = load_npz(path / CHECKPOINT)
+        net.set_weights({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")},
+                        source=str(path / CHECKPOINT))
+    else:
+        raise LayerkitError(f"{path}: no {WEIGHTS} (nor a {CHECKPOINT}): nothing trained to load")
+    pre = None
+    if (path / PREPROCESSING_FILE).is_file():
+        pre = Preprocessing.load(path / PREPROCESSING_FILE)
+        if tuple(pre.input_shape) != tuple(spec.input_shape):
+            raise DataError(f"{path / PREPROCESSING_FILE}: input shape {tuple(pre.input_shape)} is not the "
+                            f"model's {tuple(spec.input_shape)}")
+    elif ((spec.training.get("data") or {}).get("normalize", "unit")) == "standardize":
+        Preprocessing.load(path)  # raises, naming the missing file
+    model = Model(spec, net, pre, source=str(path), registry=registry)
+    return model
+
+
+def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *, registry=None
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``(x_train, y_train), (x_test, y_test)`` of a registered dataset as stored: raw values (``uint8``
+    images for MNIST), labels as int64. Looked for as ``layerkit fit`` does (``data_dir``,
+    ``$LAYERKIT_DATA_DIR``, the cache); MNIST falls back to the embedded 5,000/1,000-image sample."""
+    if registry is None:
+        from layerkit.plugins.manager import get_registry
+        registry = get_registry()
+    raw = registry.get("dataset", name)().load(data_dir)
+    return (np.asarray(raw.x_train), np.asarray(raw.y_train, dtype=np.int64)), \
+        (np.asarray(raw.x_test), np.asarray(raw.y_test, dtype=np.int64))
+
+
+def check_grads(model: Model | str | Path | dict, *, batch_size: int = 2, samples: int = 32, seed: int = 0,
+                whole_model: bool = True, verbose: bool = True):
+    """Check every layer's gradients (and the whole model's loss gradient) against central differences,
+    in float64. Prints the report unless ``verbose=False``; returns it (``report.ok``, ``report.to_dict()``)."""
+    from layerkit.gradcheck.report import check_model
+
+    if not isinstance(model, Model):
+        model = load(model)
+    report = check_model(model.net.astype(np.float64), batch_size=batch_size, samples=samples, seed=seed,
+                         whole_model=whole_model)
+    if verbose:
+        from rich.console import Console
+
+        console = Console(highlight=False)
+        if not console.is_terminal and not console.is_jupyter:
+            console = Console(highlight=False, width=140)
+        report.render(console)
+    return report
