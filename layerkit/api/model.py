@@ -322,8 +322,12 @@ def check_grads(model: Model | str | Path | dict, *, batch_size: int = 2, sample
     in float64. Prints the report unless ``verbose=False``; returns it (``report.ok``, ``report.to_dict()``)."""
     from layerkit.gradcheck.report import check_model
 
+    from layerkit.modelfile.build import SizeLimits, check_size
+
     if not isinstance(model, Model):
         model = load(model)
+    # the check runs in float64 on batch_size samples: its own memory need, checked before allocating
+    check_size(model.net.graph, SizeLimits(batch_size=batch_size, itemsize=8))
     report = check_model(model.net.astype(np.float64), batch_size=batch_size, samples=samples, seed=seed,
                          whole_model=whole_model)
     if verbose:

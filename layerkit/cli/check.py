@@ -37,8 +37,6 @@ def check_grads(
     of its examples, or on --input-shape. Exit status: 0 all checks pass (warnings allowed),
     1 a gradient is wrong, 2 bad input (a model file, or a layer file that breaks the layer contract).
     """
-    import numpy as np
-
     from layerkit.testing.files import split_target
 
     started = time.perf_counter()
@@ -49,16 +47,12 @@ def check_grads(
         report = check_layer_file(path, class_name, input_shape=_parse_shape(input_shape),
                                   config=_parse_config(config), batch_size=batch_size, samples=samples, seed=seed)
     else:
-        from layerkit.modelfile.build import SizeLimits, build_model, check_size
-        from layerkit.gradcheck.report import check_model
+        from layerkit.api import check_grads as run_check, load
 
         if input_shape is not None or config is not None:
             raise typer.BadParameter("only for a layer file (FILE.py)", param_hint="--input-shape/--config")
-        built = build_model(Path(model))
-        # the check runs in float64 on --batch-size samples: its own memory need, checked before allocating
-        check_size(built.graph, SizeLimits(batch_size=batch_size, itemsize=8))
-        built = built.astype(np.float64)
-        report = check_model(built, batch_size=batch_size, samples=samples, seed=seed, whole_model=whole_model)
+        report = run_check(load(Path(model)), batch_size=batch_size, samples=samples, seed=seed,
+                           whole_model=whole_model, verbose=False)
     elapsed = time.perf_counter() - started
     if json_out:
         data = report.to_dict()
