@@ -98,21 +98,9 @@ class Model:
     def summary(self, file=None) -> None:
         """Print the layer table: output shapes, parameters, FLOPs (what ``layerkit summary`` prints)."""
         from rich.console import Console
-        from rich.table import Table
 
-        graph = self.net.graph
-        table = Table(title=f"model {self.name}", title_justify="left")
-        for column, justify in (("layer", "left"), ("type", "left"), ("inputs", "left"),
-                                ("output shape", "left"), ("params", "right"), ("FLOPs", "right")):
-            table.add_column(column, justify=justify)
-        table.add_row("input", "", "", str(graph.input_shape), "", "")
-        for node in graph.nodes:
-            table.add_row(node.name, node.spec.type, ", ".join(node.inputs), str(node.output_shape),
-                          f"{node.param_count:,}", f"{node.flops:,}")
-        table.add_section()
-        table.add_row("total", "", "", "", f"{graph.param_count:,}", f"{graph.flops:,}")
         console = Console(file=file or sys.stdout, highlight=False, width=None if file is None else 120)
-        console.print(table)
+        console.print(layer_table(self.net.graph, title=f"model {self.name}"))
 
     def __repr__(self) -> str:
         trained = "trained" if self.preprocessing is not None else "untrained"
@@ -259,6 +247,23 @@ class Model:
     def weights(self) -> dict[str, np.ndarray]:
         """Every tensor by ``params/LAYER/NAME`` and ``state/LAYER/NAME`` (views, not copies)."""
         return self.net.weights_dict()
+
+
+def layer_table(graph, title: str | None = None):
+    """The rich table of ``layerkit summary`` and :meth:`Model.summary`: one row per layer."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"),
+                            ("output shape", "left"), ("params", "right"), ("FLOPs", "right")):
+        table.add_column(column, justify=justify)
+    table.add_row("", "input", "", "", str(graph.input_shape), "", "")
+    for node in graph.nodes:
+        table.add_row(str(node.spec.index), node.name, node.spec.type, ", ".join(node.inputs),
+                      str(node.output_shape), f"{node.param_count:,}", f"{node.flops:,}")
+    table.add_section()
+    table.add_row("", "total", "", "", "", f"{graph.param_count:,}", f"{graph.flops:,}")
+    return table
 
 
 def load(source: str | Path | dict, *, seed: int | None = None, registry=None) -> Model:

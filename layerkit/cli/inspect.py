@@ -74,21 +74,12 @@ def summary(model: Path = typer.Argument(..., metavar="MODEL"),
             max_params: int = MAX_PARAMS, max_memory: Optional[str] = MAX_MEMORY,
             batch_size: Optional[int] = BATCH_SIZE) -> None:
     """Table of layers with output shapes, parameters and FLOPs, and the totals."""
-    from rich.table import Table
+    from layerkit.api.model import layer_table
 
     limits = _limits(max_params, max_memory, batch_size)
     graph = build_graph_from(model, limits=limits)
     batch = batch_size_of(graph, limits)
-    table = Table()
-    for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"),
-                            ("output shape", "left"), ("params", "right"), ("FLOPs", "right")):
-        table.add_column(column, justify=justify)
-    table.add_row("", "input", "", "", str(graph.input_shape), "", "")
-    for node in graph.nodes:
-        table.add_row(str(node.spec.index), node.name, node.spec.type, ", ".join(node.inputs),
-                      str(node.output_shape), f"{node.param_count:,}", f"{node.flops:,}")
-    table.add_section()
-    table.add_row("", "total", "", "", "", f"{graph.param_count:,}", f"{graph.flops:,}")
+    table = layer_table(graph)
     console = _console()
     console.print(f"model {graph.spec.name} ({model})")
     console.print(table)
