@@ -40,7 +40,8 @@ def _layer_cases():
 @pytest.mark.parametrize("cls, example", list(_layer_cases()))
 def test_every_layer_example_exports_and_matches(cls, example):
     # parametrized over the live registry: a new layer (built-in or plugin) without to_onnx fails here
-    assert callable(getattr(cls, "to_onnx", None)), f"{cls.type}: no to_onnx mapping"
+    from layerkit.nn.layer import overrides
+    assert overrides(cls, "to_onnx"), f"{cls.type}: no to_onnx mapping (see docs/export.md)"
     layer = cls(**_with_defaults(cls, example.config))
     multi = cls.arity != 1
     shapes = [tuple(s) for s in example.input_shape] if multi else [tuple(example.input_shape)]
@@ -129,3 +130,25 @@ def test_wrong_mapping_is_caught_by_the_comparison():
     (got,) = _run(layer_to_onnx(wrong, [(6,)], {}, {}), {"x0": x})
     want, _ = layer.forward({}, x)
     assert np.max(np.abs(got - want)) > TOLERANCE
+
+
+@pytest.mark.parametrize("loss", sorted(get_registry().names("loss")))
+def test_every_loss_gives_the_same_probabilities_in_onnx(loss):
+    # predict_proba and the exported 'probabilities' output agree for every registered loss
+    from layerkit.export.onnx import OnnxGraph
+
+    cls = get_registry().get("loss", loss)
+    instance = cls(**_with_defaults(cls, {}))
+    logits = np.random.default_rng(2).normal(0, 3, size=(5, 4)).astype(np.float32)
+    if loss == "binary_cross_entropy":  # its outputs are probabilities already
+        logits = 1 / (1 + np.exp(-logits))
+    if loss == "nll":  # its outputs are log-probabilities
+        logits = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    g = OnnxGraph()
+    g.op("Identity", [instance.to_onnx(g, "x")], out_name="p")
+    graph = onnx.helper.make_graph(g.nodes, loss, [onnx.helper.make_tensor_value_info("x", 1, ["N", 4])],
+                                   [onnx.helper.make_tensor_value_info("p", 1, ["N", 4])], initializer=g.initializers)
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    (got,) = _run(proto, {"x": logits})
+    assert np.max(np.abs(got - instance.probabilities(logits))) <= TOLERANCE

@@ -112,7 +112,9 @@ def _preprocess(g: OnnxGraph, x: str, pre) -> str:
 
 def missing_mappings(model) -> list[str]:
     """The model's layers whose class has no ``to_onnx``, as ``'name' (type)``."""
-    return [node.spec.label for node in model.nodes if not callable(getattr(node.layer, "to_onnx", None))]
+    from layerkit.nn.layer import overrides
+
+    return [node.spec.label for node in model.nodes if not overrides(node.layer, "to_onnx")]
 
 
 def to_onnx(model, preprocessing=None, loss=None, *, name: str | None = None, opset: int = OPSET):

@@ -194,6 +194,16 @@ class BinaryCrossEntropyWithLogits(_Elementwise):
                     "default": None, "description": "weight of the positive targets, one per output; null: 1"})
     threshold = 0.0
 
+    def probabilities(self, output):
+        """The sigmoid of the logits (overflow-free), as predict_proba and the ONNX export give it."""
+        y = np.tanh(np.asarray(output) * 0.5)
+        y += 1
+        y *= 0.5
+        return y
+
+    def to_onnx(self, g, x):
+        return g.op("Sigmoid", [x])
+
     def _terms(self, output, t):
         z = output
         e = np.exp(-np.abs(z))

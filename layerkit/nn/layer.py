@@ -305,9 +305,22 @@ class Layer:
         (a bias where ``use_bias`` is false); only ``infer`` ever sees them."""
         return None
 
+    # -- optional: export ---------------------------------------------------------------
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
+        """Add the inference form of this layer to an ONNX graph; return its output's name.
+
+        ``g`` is the graph being built (``g.op(op_type, inputs, **attributes)`` adds a node and
+        returns its output name, ``g.const(array)`` a constant); ``x`` is the input tensor's name (a
+        list of names when the layer takes several), ``input_shape`` the per-sample input shape(s),
+        ``params``/``state`` this layer's tensors. Without an override ``layerkit export`` refuses a
+        model using the layer, naming it (docs/export.md).
+        """
+        raise NotImplementedError(f"layer {self.type!r} has no ONNX mapping")
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"
+
 
 #: the members :func:`overrides` is asked about: a layer's optional speed paths
 SPEED_PATHS = ("backward_params", "backward_inplace", "infer", "infer_inplace", "inference_affine", "fold_affine")

@@ -271,6 +271,13 @@ class NLLLoss(_ClassLoss):
         "additionalProperties": False,
     }
 
+    def probabilities(self, output):
+        """The outputs are log-probabilities: their exponential."""
+        return np.exp(output)
+
+    def to_onnx(self, g, x):
+        return g.op("Exp", [x])
+
     def forward(self, output, target):
         target = _check_targets(output, target, self.ignore_index)
         if target.ndim != 1:
