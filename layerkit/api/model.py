@@ -200,8 +200,9 @@ class Model:
 
     # -- inference -------------------------------------------------------------------
     def _outputs(self, x: np.ndarray) -> np.ndarray:
-        outs = [self.net.forward(x[i:i + PREDICT_BATCH], training=False)[0] for i in range(0, len(x), PREDICT_BATCH)]
-        return np.concatenate(outs) if outs else np.empty((0, *self.net.graph.output.output_shape), np.float32)
+        if not len(x):
+            return np.empty((0, *self.net.graph.output.output_shape), np.float32)
+        return self.net.predict(x, PREDICT_BATCH)  # the inference path: no caches, batch norm folded
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """Class probabilities (softmax of the outputs for ``softmax_cross_entropy``; the outputs

@@ -237,7 +237,7 @@ class Softmax(Layer):
         return 5 * int(np.prod(input_shape))
 
     def to_onnx(self, g, x, input_shape, params, state):
-        return g.op("Softmax", [x], axis=1)
+        return g.op("Softmax", [x], axis=_batch_axis(getattr(self, "axis", 0), input_shape))
 
     def forward(self, params, x, training=False, rng=None, state=None):
         ax = _batch_axis(getattr(self, "axis", 0), x.shape[1:])
@@ -267,6 +267,9 @@ class LogSoftmax(Layer):
 
     def flops(self, input_shape):
         return 5 * int(np.prod(input_shape))
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("LogSoftmax", [x], axis=_batch_axis(self.axis, input_shape))
 
     def forward(self, params, x, training=False, rng=None, state=None):
         ax = _batch_axis(self.axis, x.shape[1:])
@@ -309,6 +312,12 @@ class PReLU(Layer):
     def _slope(self, params, x):
         a = params["alpha"]
         return a.reshape((1, -1) + (1,) * (x.ndim - 2)) if self.per_channel else a.reshape(())
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        # PRelu's slope broadcasts against (N, ...): per channel (C, 1, ...), else one value
+        a = params["alpha"]
+        slope = a.reshape((-1,) + (1,) * (len(input_shape) - 1)) if self.per_channel else a.reshape(1)
+        return g.op("PRelu", [x, g.const(slope, "alpha")])
 
     def forward(self, params, x, training=False, rng=None, state=None):
         a = self._slope(params, x)

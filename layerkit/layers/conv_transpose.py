@@ -98,6 +98,14 @@ class Conv2DTranspose(Layer):
         hp, wp = g.padded_hw(ho, wo)
         return (self.filters * g.kh * g.kw * h * w + self.filters * hp * wp) * 4 * batch_size
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        # ONNX's ConvTranspose is PyTorch's: the same weight layout, padding and output_padding
+        (kh, kw), (sh, sw) = pair(self.kernel_size, "kernel_size"), pair(self.stride, "stride")
+        (ph, pw), (dh, dw) = pair(self.padding, "padding"), pair(self.dilation, "dilation")
+        inputs = [x, g.const(params["W"], "W")] + ([g.const(params["b"], "b")] if self.use_bias else [])
+        return g.op("ConvTranspose", inputs, kernel_shape=[kh, kw], strides=[sh, sw], dilations=[dh, dw],
+                    pads=[ph, pw, ph, pw], output_padding=list(pair(self.output_padding, "output_padding")))
+
     def forward(self, params, x, training=False, rng=None, state=None):
         n, c, h, w = x.shape
         (ho, wo), g = self._geometry((h, w))

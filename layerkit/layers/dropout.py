@@ -73,6 +73,9 @@ class Dropout2D(Layer):
     def flops(self, input_shape):
         return 2 * int(np.prod(input_shape))
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        return x  # inference: the identity
+
     def forward(self, params, x, training=False, rng=None, state=None):
         rate = float(self.rate)
         if not training or rate == 0.0:

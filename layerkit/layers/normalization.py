@@ -401,6 +401,18 @@ class LayerNorm(Layer):
     def flops(self, input_shape):
         return 8 * int(np.prod(input_shape))
 
+    def to_onnx(self, g, x, input_shape, params, state):
+        # op by op as forward computes it (two-pass, centred variance), over the last k axes
+        k = self._dims(len(input_shape))
+        axes = list(range(len(input_shape) + 1 - k, len(input_shape) + 1))
+        xhat = g.op("Sub", [x, g.op("ReduceMean", [x], axes=axes, keepdims=1)], "centred")
+        var = g.op("ReduceMean", [g.op("Mul", [xhat, xhat])], axes=axes, keepdims=1)
+        std = g.op("Sqrt", [g.op("Add", [var, g.const(float(self.epsilon), "epsilon")])])
+        y = g.op("Mul", [xhat, g.op("Reciprocal", [std])], "normalized")
+        if not self.elementwise_affine:
+            return y
+        return g.op("Add", [g.op("Mul", [y, g.const(params["gamma"], "gamma")]), g.const(params["beta"], "beta")])
+
     def forward(self, params, x, training=False, rng=None, state=None):
         k = self._dims(x.ndim - 1)
         axes = tuple(range(x.ndim - k, x.ndim))

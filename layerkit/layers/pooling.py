@@ -58,7 +58,8 @@ class _WindowPool(Layer):
 
     def _onnx_pool(self, g, op, x, input_shape, **attrs):
         # ONNX pools with floor-mode output sizes and leaves padding out of max and (with
-        # count_include_pad=0) of the average: the same rules as here
+        # count_include_pad=0) of the average: the same rules as here; ceil_mode's overhang is
+        # already part of the window's bottom/right padding
         w = self._window(input_shape[1:])
         return g.op(op, [x], kernel_shape=[w.kh, w.kw], strides=[w.sh, w.sw],
                     pads=[w.pad_top, w.pad_left, w.pad_bottom, w.pad_right], **attrs)
@@ -187,6 +188,14 @@ class AvgPool2D(_WindowPool):
         return (1.0 / count).astype(dtype)
 
     def to_onnx(self, g, x, input_shape, params, state):
+        w = self._window(input_shape[1:])
+        ph, pw = pair(self.padding, "padding")
+        if getattr(self, "count_include_pad", False) and (ph or pw):
+            # the real padding counts in the divisor, a ceil_mode overhang does not (as PyTorch):
+            # zero-pad explicitly, then pool the overhang only as uncounted padding
+            x = g.op("Pad", [x, g.const([0, 0, ph, pw, 0, 0, ph, pw], "pads", dtype=np.int64)], mode="constant")
+            return g.op("AveragePool", [x], kernel_shape=[w.kh, w.kw], strides=[w.sh, w.sw], count_include_pad=0,
+                        pads=[0, 0, w.pad_bottom - ph, w.pad_right - pw])
         return self._onnx_pool(g, "AveragePool", x, input_shape, count_include_pad=0)
 
     def forward(self, params, x, training=False, rng=None, state=None):
@@ -258,6 +267,9 @@ class GlobalMaxPool2D(Layer):
 
     def flops(self, input_shape):
         return int(np.prod(input_shape))
+
+    def to_onnx(self, g, x, input_shape, params, state):
+        return g.op("Flatten", [g.op("GlobalMaxPool", [x])], axis=1)
 
     def forward(self, params, x, training=False, rng=None, state=None):
         flat = x.reshape(x.shape[0], x.shape[1], -1)
