@@ -47,15 +47,18 @@ pytestmark = [pytest.mark.skipif(mpi_missing() is not None, reason=mpi_missing()
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MPI tests run on Linux")]
 
 
-def mpiexec(tmp_path: Path, *commands: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+def mpiexec(tmp_path: Path, *commands: list[str], timeout: float = 120, cache: str = "cache"
+            ) -> subprocess.CompletedProcess:
     """``mpiexec -n 1 CMD1 : -n 1 CMD2 ...``: one rank per command (MPMD), so ranks can differ."""
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "LAYERKIT_SAMPLE_PARALLEL": "0",
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / cache), "LAYERKIT_SAMPLE_PARALLEL": "0",
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     env.pop("LAYERKIT_DATA_DIR", None)
     argv = [find_mpiexec()]
     for i, command in enumerate(commands):
         argv += ([":"] if i else []) + ["-n", "1"] + command
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
+    # a session of its own: one launcher cleaning up after a killed rank must not touch another's
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path,
+                          start_new_session=True)
 
 
 def driver(tmp_path: Path, job: dict, name: str) -> list[str]:
@@ -156,13 +159,14 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     # the three jobs at once: most of each is start-up
     started = time.monotonic()
     with __import__("concurrent.futures").futures.ThreadPoolExecutor(3) as pool:
-        results = dict(zip(jobs, pool.map(lambda cmds: mpiexec(tmp_path, *cmds, timeout=60), jobs.values())))
+        # (each job its own cache: nothing shared but the machine)
+        results = dict(zip(jobs, pool.map(lambda job: mpiexec(tmp_path, *jobs[job], timeout=60, cache=job), jobs)))
     # 50 epochs would take minutes: every job ended at its fault, within seconds
     assert time.monotonic() - started < 50
     failed = results["raise"]
-    assert failed.returncode != 0
-    assert "[rank 1]" in failed.stderr and "injected failure on rank 1" in failed.stderr
-    assert results["sigkill"].returncode != 0
+    assert failed.returncode != 0, failed.stderr
+    assert "[rank 1]" in failed.stderr and "injected failure on rank 1" in failed.stderr, (failed.returncode, failed.stdout, failed.stderr)
+    assert results["sigkill"].returncode != 0, results["sigkill"].stderr
     mismatch = results["mismatch"]
     assert mismatch.returncode == 2, mismatch.stderr
     assert "MPI rank 1 was started with another model file than rank 0" in mismatch.stderr

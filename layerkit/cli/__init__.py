@@ -102,8 +102,9 @@ def _run(argv: list[str] | None, rank: int = 0, held: list[str] | None = None) -
     return (rc if isinstance(rc, int) else 0), True
 
 
-#: seconds another rank waits before reporting its own failure and ending the job: when
-#: every rank fails alike (a bad flag), rank 0's report and abort come first
+#: seconds another rank waits before reporting a failure while the run starts, and ending the
+#: job: when every rank fails alike (a bad flag, a missing file), rank 0's report and abort
+#: come first. Once the ranks have agreed on the run, a failure is the rank's own: no wait.
 RANK_GRACE_S = 2.0
 
 
@@ -135,8 +136,11 @@ def _main_rank(argv: list[str] | None) -> int:
         return code
     if comm.size < 2:
         return code
+    from layerkit.training.distributed import agreed
+
     if rank:
-        time.sleep(RANK_GRACE_S)  # rank 0 ends the job first if it failed the same way
+        if not agreed():
+            time.sleep(RANK_GRACE_S)  # rank 0 ends the job first if it failed the same way
         for line in held:
             print(line, file=sys.stderr)
     comm.abort(code)

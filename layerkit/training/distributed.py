@@ -32,6 +32,14 @@ from layerkit.training.trainer import Trainer
 
 DATA_ARRAYS = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
 
+_agreed = False  # this process's ranks have passed the start handshake
+
+
+def agreed() -> bool:
+    """Whether every rank was found started the same way: from then on an error on one rank is
+    that rank's own (before, all ranks may be failing alike, and rank 0 reports for them)."""
+    return _agreed
+
 
 def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
@@ -64,7 +72,10 @@ class Launch:
                     raise everywhere(LayerkitError(
                         f"MPI rank {rank} was started with another {what} than rank 0; every rank must run the same "
                         f"command on the same model file (copy it to every host, or use a shared file system)"))
-        return self.comm.broadcast(raw)
+        raw = self.comm.broadcast(raw)
+        global _agreed
+        _agreed = True
+        return raw
 
     def share_data(self, data):
         """Rank 0's prepared data on every rank (MNIST-sized: the whole set goes to each rank's memory)."""
