@@ -53,12 +53,25 @@ def world() -> Collectives:
                 raise everywhere(LayerkitError(f"started by an MPI launcher with {size} processes, but mpi4py is not installed: "
                                     f"pip install 'layerkit[mpi]' (or run layerkit without mpiexec)")) from None
             _world = MpiCollectives(MPI.COMM_WORLD)
-            if not os.environ.get("LAYERKIT_NUM_THREADS", "").strip():
-                # K ranks on one host share its cores: each rank's thread pool and forked
-                # processes get its part of them (LAYERKIT_NUM_THREADS/LAYERKIT_PROCESSES override)
-                from layerkit.parallel import threads
-                threads.set_num_threads(cores_per_rank(_world.local_size))
+            _share_cores(cores_per_rank(_world.local_size))
     return _world
+
+
+_blas_limit = None  # threadpoolctl's limiter holding this rank's BLAS to its cores
+
+
+def _share_cores(cores: int) -> None:
+    """K ranks on one host share its cores: each rank's thread pool, forked processes and BLAS
+    threads get its part of them (LAYERKIT_NUM_THREADS, LAYERKIT_PROCESSES and OPENBLAS_NUM_THREADS
+    or OMP_NUM_THREADS, when set, decide instead)."""
+    global _blas_limit
+    from layerkit.parallel import blas, threads
+
+    if not os.environ.get("LAYERKIT_NUM_THREADS", "").strip():
+        threads.set_num_threads(cores)
+    if not any(os.environ.get(v, "").strip() for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        # two BLAS threads per rank on one core each would busy-wait on each other's cores
+        _blas_limit = blas.limit_threads(cores)
 
 
 def cores_per_rank(local_size: int) -> int:
