@@ -13,13 +13,14 @@ failure is a :class:`CheckpointError` naming the file, not an ``OSError``.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Any, Callable
 
-from layerkit.errors import CheckpointError
+from layerkit.errors import CheckpointError, DataError
 
 _umask_lock = threading.Lock()
 
@@ -86,3 +87,29 @@ def save_npz_atomic(path: str | Path, arrays: dict, what: str = "weights file") 
     except OSError as exc:
         raise CheckpointError(f"{path.parent}: cannot create the folder ({why(exc)})") from None
     write_atomic(path, lambda f: np.savez(f, **arrays), what)
+
+
+def record_path(path: str | Path, file_name: str) -> Path:
+    """A run record's file: ``path`` itself, or ``file_name`` inside it when it is a run directory."""
+    path = Path(path)
+    return path / file_name if path.is_dir() else path
+
+
+def read_json_record(path: Path, what: str, limit: int = 16 << 20, missing: str = "") -> Any:
+    """The parsed content of a small JSON file layerkit wrote (a run's records), read at most ``limit``
+    bytes; a :class:`DataError` naming the file for a missing, unreadable or damaged one."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(limit)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file{missing}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({why(exc)})") from None
+    try:
+        text = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; the {what} is damaged") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); the {what} is damaged") from None

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from layerkit.errors import DataError
+from layerkit.fileio import read_json_record, record_path, write_text_atomic
 
 FORMAT = 1
 FILE_NAME = "preprocessing.json"
@@ -239,41 +240,18 @@ class Preprocessing:
                    std=None if std is None else [float(v) for v in std])
 
     @classmethod
-    def from_json(cls, text: str, source: str = FILE_NAME) -> "Preprocessing":
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise DataError(f"{source}: not valid JSON ({exc}); the preprocessing record is damaged") from None
-        return cls.from_dict(data, source)
-
-    @classmethod
     def load(cls, path: str | Path) -> "Preprocessing":
         """Read a ``preprocessing.json`` (a run directory's, or any path)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        try:
-            with open(path, "rb") as f:
-                text = f.read(64 << 20)  # even per-feature statistics of a large input stay far below this
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file (runs saved before preprocessing was recorded lack it; "
-                            f"re-run fit)") from None
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        try:
-            decoded = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not UTF-8 text; the preprocessing record is damaged") from None
-        return cls.from_json(decoded, str(path))
+        path = record_path(path, FILE_NAME)
+        # even per-feature statistics of a large input stay far below 64 MiB
+        data = read_json_record(path, "preprocessing record", 64 << 20,
+                                " (runs saved before preprocessing was recorded lack it; re-run fit)")
+        return cls.from_dict(data, str(path))
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_json` to ``path`` (a directory gets ``preprocessing.json``), atomically."""
-        from layerkit.fileio import write_text_atomic
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        write_text_atomic(path, self.to_json())
+        path = record_path(path, FILE_NAME)
+        write_text_atomic(path, self.to_json(), "preprocessing record")
         return path
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from layerkit.errors import DataError
+from layerkit.fileio import read_json_record, record_path, write_text_atomic
 
 FORMAT = 1
 FILE_NAME = "data.json"
@@ -143,27 +144,11 @@ class DataRecord:
 
     @classmethod
     def load(cls, path: str | Path) -> "DataRecord":
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        try:
-            with open(path, "rb") as f:
-                text = f.read(16 << 20)
-            data = json.loads(text.decode("utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file") from None
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not valid JSON ({exc}); the run's data record is damaged") from None
-        return cls.from_dict(data, str(path))
+        path = record_path(path, FILE_NAME)
+        return cls.from_dict(read_json_record(path, "run's data record"), str(path))
 
     def save(self, path: str | Path) -> Path:
-        from layerkit.fileio import write_text_atomic
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
+        path = record_path(path, FILE_NAME)
         write_text_atomic(path, self.to_json(), "data record")
         return path
 
