@@ -38,6 +38,15 @@ def _arrays(obj: Any, out: list[np.ndarray] | None = None) -> list[np.ndarray]:
     return out
 
 
+
+def _same_param_grads(what: str, got: dict, grads: dict) -> None:
+    """A speed path's parameter gradients equal ``backward``'s, name for name and bit for bit."""
+    assert set(got) == set(grads), f"{what} returned gradients for {sorted(got)}, backward for {sorted(grads)}"
+    for tname, g in grads.items():
+        assert np.asarray(got[tname]).dtype == np.asarray(g).dtype and np.array_equal(got[tname], g), (
+            f"{what} gives a different gradient of {tname!r} than backward ({_differs(got[tname], g)}); "
+            f"it must equal backward's bit for bit")
+
 def _differs(a, b) -> str:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
@@ -79,13 +88,7 @@ def check_speed_paths(layer, params, x, state, *, multi: bool, where: str, seed:
             _, cache = run.forward(training)
             only = dict(layer.backward_params(params, cache, dy) or {})
             assert np.array_equal(dy, dy_before), f"{where}: backward_params ({mode}) modified dy in place"
-            assert set(only) == set(grads), (
-                f"{where}: backward_params ({mode}) returned gradients for {sorted(only)}, "
-                f"backward for {sorted(grads)}")
-            for tname, g in grads.items():
-                assert np.asarray(only[tname]).dtype == np.asarray(g).dtype and np.array_equal(only[tname], g), (
-                    f"{where}: backward_params ({mode}) gives a different gradient of {tname!r} than "
-                    f"backward ({_differs(only[tname], g)}); it must equal backward's bit for bit")
+            _same_param_grads(f"{where}: backward_params ({mode})", only, grads)
         if overrides(layer, "backward_inplace"):
             _, cache = run.forward(training)
             owned = dy_before.copy()
@@ -98,13 +101,7 @@ def check_speed_paths(layer, params, x, state, *, multi: bool, where: str, seed:
                 assert np.asarray(a).dtype == np.asarray(b).dtype and np.array_equal(a, b), (
                     f"{where}: backward_inplace ({mode}) gives a different {tname} gradient than backward on "
                     f"a copy of dy ({_differs(a, b)}); it must equal backward's bit for bit")
-            assert set(grads2) == set(grads), (
-                f"{where}: backward_inplace ({mode}) returned gradients for {sorted(grads2)}, "
-                f"backward for {sorted(grads)}")
-            for tname, g in grads.items():
-                assert np.asarray(grads2[tname]).dtype == np.asarray(g).dtype and np.array_equal(grads2[tname], g), (
-                    f"{where}: backward_inplace ({mode}) gives a different gradient of {tname!r} than backward "
-                    f"({_differs(grads2[tname], g)}); it must equal backward's bit for bit")
+            _same_param_grads(f"{where}: backward_inplace ({mode})", grads2, grads)
             if layer.fresh_dx:
                 _check_fresh(dxs2, owned, run, params, cache, where, "backward_inplace", mode, may_be_dy=True)
 
