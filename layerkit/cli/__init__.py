@@ -122,7 +122,9 @@ def _main_rank(argv: list[str] | None) -> int:
     except BaseException:  # a bug: its traceback, then the whole job ends
         text = traceback.format_exc()
         if rank:
-            held += [f"[rank {rank}] {line}" for line in text.splitlines()]
+            # the message first: it must survive even if the launcher cuts the output at the abort
+            lines = text.splitlines()
+            held += [f"[rank {rank}] failed: {lines[-1]}"] + [f"[rank {rank}] {line}" for line in lines]
         else:
             print(text, file=sys.stderr, end="")
         code, shared = 1, False

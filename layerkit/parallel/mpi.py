@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -143,4 +144,7 @@ class MpiCollectives(Collectives):
         """End every rank now (what an error on one rank must do: the others wait in a collective)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPICH's launcher forwards each rank's output through a pipe and stops forwarding at the
+        # abort: give it a moment to pass on what this rank just printed (the reason it failed)
+        time.sleep(0.3)
         self.comm.Abort(code)
