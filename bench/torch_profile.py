@@ -4,7 +4,7 @@ same net built from the same model file, one training step or one inference pass
     python bench/torch_profile.py models/alexnet_mnist.json --batch 128 --threads 1
     python bench/torch_profile.py models/alexnet_mnist.json --batch 256 --infer
 
-Trains (SGD with momentum, as ``bench/speed.py``'s reference) or infers (``eval()``,
+Trains (with the model file's optimizer and weight decay, as ``bench/speed.py``'s reference) or infers (``eval()``,
 ``no_grad``) on random MNIST-shaped input; prints the median step time of ``--steps``
 steps after a warm-up, then the profiler's table over those steps, by self CPU time.
 Needs ``pip install -e .[bench]``.
@@ -13,6 +13,7 @@ Needs ``pip install -e .[bench]``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_reference import torch_sequential  # noqa: E402
+from torch_reference import torch_optimizer, torch_sequential  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = torch_sequential(args.model)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    opt = torch_optimizer(json.loads(Path(args.model).read_text()).get("training", {}), net.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     x = torch.randn(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))

@@ -168,15 +168,17 @@ def torch_optimizer(training: dict, params) -> torch.optim.Optimizer:
     raise ValueError(f"no PyTorch translation for optimizer type {kind!r}")
 
 
-def train_epoch(model_file, x, y, batch_size: int, threads: int, lr: float = 0.01, with_cpu: bool = False):
-    """Train one epoch over (x, y); returns seconds spent in the training loop (and, ``with_cpu``,
-    the process's CPU seconds in it)."""
+def train_epoch(model_file, x, y, batch_size: int, threads: int, with_cpu: bool = False):
+    """Train one epoch over (x, y) with the model file's optimizer and weight decay, as layerkit
+    does; returns seconds spent in the training loop (and, ``with_cpu``, the process's CPU
+    seconds in it)."""
     import time
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     net = torch_sequential(model_file)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    training = json.loads(Path(model_file).read_text()).get("training", {})
+    opt = torch_optimizer(training, net.parameters())
     loss_fn = nn.CrossEntropyLoss()
     xt = torch.from_numpy(x)
     yt = torch.from_numpy(y.astype("int64"))

@@ -10,6 +10,7 @@ import pytest
 from layerkit.errors import ShapeError
 from layerkit.nn.initializers import initialize
 from layerkit.layers.activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from layerkit.layers import conv as conv_module
 from layerkit.layers.conv import Conv2D
 from layerkit.layers.dense import Dense
 from layerkit.layers.dropout import Dropout
@@ -119,11 +120,28 @@ CONV_CASES = [
     dict(filters=3, kernel_size=4, stride=3, padding="same", dilation=[1, 2]),
     dict(filters=2, kernel_size=1),
     dict(filters=5, kernel_size=2, padding="valid", dilation=3),
+    # stride 1 with uneven padding: the flat layout shares one side's zeros between rows
+    dict(filters=3, kernel_size=4, padding="same"),
+    dict(filters=2, kernel_size=[2, 3], padding="same", dilation=2),
+    dict(filters=6, kernel_size=3, padding=[0, 2]),
+    dict(filters=20, kernel_size=3, padding=1),
 ]
 
+# Stride-1 layers take one of two paths by size (one batch GEMM for small layers, per-sample
+# GEMMs over cache-sized chunks for large ones); the tiny cases here would all take the first,
+# so each path is forced in turn.
+CONV_PATHS = {
+    "auto": None,
+    "batch-gemm": lambda g, n, c, f, itemsize: conv_module._wide_ok(g),
+    "per-sample": lambda g, n, c, f, itemsize: False,
+}
 
+
+@pytest.mark.parametrize("path", CONV_PATHS)
 @pytest.mark.parametrize("config", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-def test_conv2d_matches_loops(config):
+def test_conv2d_matches_loops(config, path, monkeypatch):
+    if CONV_PATHS[path] is not None:
+        monkeypatch.setattr(conv_module, "_batch_gemm_ok", CONV_PATHS[path])
     rng = np.random.default_rng(1)
     conv = make(Conv2D, **config)
     in_shape = (4, 7, 8)
@@ -146,16 +164,17 @@ def test_conv2d_matches_loops(config):
         assert "b" not in grads
 
 
-def test_conv2d_chunked_path_matches_single_chunk(monkeypatch):
+@pytest.mark.parametrize("stride", [2, 1])
+def test_conv2d_chunked_path_matches_single_chunk(monkeypatch, stride):
     """Big layers run in batch chunks and rebuild columns in backward; results must not change."""
     from layerkit.kernels import windows as _windows
-    from layerkit.layers import conv as conv_module
 
+    monkeypatch.setattr(conv_module, "_batch_gemm_ok", CONV_PATHS["per-sample"])
     rng = np.random.default_rng(2)
-    conv = make(Conv2D, filters=3, kernel_size=3, stride=2, padding=1)
+    conv = make(Conv2D, filters=3, kernel_size=3, stride=stride, padding=1)
     x = rng.standard_normal((5, 2, 6, 6))
     params = random_params(conv, (2, 6, 6), rng)
-    dy = rng.standard_normal((5, 3, 3, 3))
+    dy = rng.standard_normal((5, 3, *conv.output_shape((2, 6, 6))[1:]))
     y1, c1 = conv.forward(params, x)
     dx1, g1 = conv.backward(params, c1, dy)
     monkeypatch.setattr(conv_module, "chunk_size", lambda per_sample, n: 2)

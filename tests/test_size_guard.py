@@ -68,8 +68,9 @@ def conv_model(layer, shape, batch):
 
 
 @pytest.mark.parametrize("layer, per_sample_cols", [
-    # a 31x31 window over 128 channels: 128*31*31 values per output pixel, 128 rows of 158 padded columns
-    ({"type": "conv2d", "filters": 1, "kernel_size": 31, "padding": 15}, 128 * 31 * 31 * 128 * 158 * 4),
+    # a 31x31 window over 128 channels: 128*31*31 values per output pixel, 128 rows of 143 flat
+    # columns (128 + 15: a row's right padding is the next row's left, kernels/windows.py)
+    ({"type": "conv2d", "filters": 1, "kernel_size": 31, "padding": 15}, 128 * 31 * 31 * 128 * 143 * 4),
     # the transposed convolution keeps every sample's (F, kh, kw, H, W) columns at once
     ({"type": "conv2d_transpose", "filters": 128, "kernel_size": 31, "padding": 15}, 128 * 31 * 31 * 128 * 128 * 4),
 ])

@@ -26,8 +26,8 @@ from layerkit.parallel import threads as parallel
 from layerkit.errors import ShapeError
 from layerkit.nn.initializers import INITIALIZERS
 from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
-from layerkit.kernels.windows import (Window, chunk_size, col2im_add, col2im_wide_add, im2col, im2col_wide, int_or_pair_schema, pad, pad_flat, unpad,
-                       window)
+from layerkit.kernels.windows import (Window, chunk_size, col2im_add, col2im_wide_add, flat, im2col, im2col_wide, image_rows,
+                                      int_or_pair_schema, pad, pad_flat, unpad, window)
 
 
 class Conv2D(Layer):
@@ -108,9 +108,9 @@ class Conv2D(Layer):
         sample's at least per worker thread (chunks are cache-sized but never under one sample)."""
         c, h, w = input_shape
         g = self._window((h, w))
-        hp, wp = g.padded_hw(h, w)
-        cols = c * g.kh * g.kw * g.ho * max(wp, g.wo) * 4
-        return cols * min(batch_size, parallel.num_threads()) + c * (hp + 1) * wp * 4 * batch_size
+        f = flat(g, h, w)
+        cols = c * g.kh * g.kw * g.ho * max(f.wf, g.wo) * 4
+        return cols * min(batch_size, parallel.num_threads()) + c * max(f.size, f.rows * g.wo) * 4 * batch_size
 
     # -- compute ----------------------------------------------------------------
     def _weights(self, params):
@@ -136,9 +136,13 @@ class Conv2D(Layer):
         g = self._window((h, w))
         w3 = self._weights(params)
         bias = None if b is None else b.reshape(-1, 1, 1)
+        if _batch_gemm_ok(g, n, c, w3.shape[0] * w3.shape[1], x.itemsize):
+            y, cols = _conv_batch(pad_flat(x, g, flat(g, h, w)), w3, g, flat(g, h, w), bias)
+            return y, ("batch", None, cols if keep else None, (h, w), g)
         if _wide_ok(g):
-            xf = pad_flat(x, g)
-            y, cols = _conv_wide(xf, w3, g, g.padded_hw(h, w)[1], bias, keep)
+            f = flat(g, h, w)
+            xf = pad_flat(x, g, f)
+            y, cols = _conv_wide(xf, w3, g, f, bias, keep)
             return y, ("wide", None if cols is not None else xf, cols, (h, w), g)
         xp = pad(x, g)
         y, cols = _conv_strided(xp, w3, g, keep)
@@ -162,7 +166,9 @@ class Conv2D(Layer):
     def _backward(self, params, cache, dy, need_dx):
         path, xsrc, cols, (h, w), g = cache
         w3 = self._weights(params)
-        if path == "wide":
+        if path == "batch":
+            dx, dw = _backward_batch(w3, cols, (h, w), g, dy, need_dx)
+        elif path == "wide":
             dx, dw = _backward_wide(params["W"], w3, xsrc, cols, (h, w), g, dy, need_dx)
         else:
             dx, dw = _backward_strided(w3, xsrc, cols, (h, w), g, dy, need_dx)
@@ -178,8 +184,81 @@ def _wide_ok(g: Window) -> bool:
     return g.sh == g.sw == 1 and max(g.pad_top, g.pad_bottom) < keh and max(g.pad_left, g.pad_right) < kew
 
 
-def _conv_wide(xf, w3, g, wp, bias=None, keep=True):
-    """Stride-1 convolution of the flat padded batch ``xf`` (N, C, (Hp + 1) * Wp) on the wide grid.
+# -- small layers: one GEMM over the whole batch ----------------------------------------------------------
+#
+# A small layer's per-sample GEMMs (LeNet's conv2: 16 x 200 x 96) are too small for BLAS to
+# run fast, and numpy's batched matmul makes one call per sample. Here the columns are laid
+# out channel-major over the batch, (C*kh*kw, n * Ho*Wp), so forward, the weight gradient and
+# the column gradient are each one large GEMM (8 x 25 x 43,008 for LeNet's conv1). The price
+# is a transposing copy into and out of the (F, n, ...) layout, cheap while F is small, and
+# it only wins while the batch's columns stay in cache (measured per layer shape at batch
+# 64 and 128: LeNet's and CIFAR-sized small layers win, AlexNet's 32-filter layers lose).
+# Measured at batch 64, one thread (bench/layer_profile.py): LeNet-style conv2 backward
+# 3.4 -> 2.0 ms, conv1's weight gradient 1.2 -> 0.7 ms; docs/performance.md.
+
+BATCH_GEMM_MAX_FILTERS = 16  # more filters: the transposing copy of the output costs more than the GEMM saves
+BATCH_GEMM_MAX_BYTES = 6 << 20  # the whole batch's columns; larger ones stream from memory and lose
+
+
+def _batch_gemm_ok(g: Window, n: int, c: int, f: int, itemsize: int) -> bool:
+    """Stride-1 layers with few filters whose whole batch of columns stays in cache."""
+    if not _wide_ok(g) or f > BATCH_GEMM_MAX_FILTERS:
+        return False
+    run = g.ho * (g.wo + (g.kw - 1) * g.dw - min(g.pad_left, g.pad_right))  # Ho * Wf (windows.flat)
+    return n * c * g.kh * g.kw * run * itemsize <= BATCH_GEMM_MAX_BYTES
+
+
+def _im2col_batch(xf, g, f, out):
+    """Fill ``out`` (C, kh, kw, n, Ho*Wf) from the flat padded batch ``xf`` (n, C, f.size)."""
+    run = g.ho * f.wf
+    xt = xf.transpose(1, 0, 2)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            start = f.start(g, i, j)
+            out[:, i, j] = xt[:, :, start:start + run]
+    return out
+
+
+def _conv_batch(xf, w3, g, f, bias=None):
+    """Stride-1 convolution as one GEMM over channel-major columns; returns y and the columns."""
+    n, c = xf.shape[:2]
+    groups, fg, k = w3.shape
+    run = g.ho * f.wf
+    cols = _im2col_batch(xf, g, f, np.empty((c, g.kh, g.kw, n, run), dtype=xf.dtype))
+    yw = np.matmul(w3, cols.reshape(groups, k, n * run))
+    y = np.empty((n, groups * fg, g.ho, g.wo), dtype=xf.dtype)
+    wide = yw.reshape(groups * fg, n, g.ho, f.wf)[..., :g.wo].transpose(1, 0, 2, 3)
+    if bias is None:
+        np.copyto(y, wide)
+    else:
+        np.add(wide, bias, out=y)
+    return y, cols
+
+
+def _backward_batch(w3, cols, hw, g, dy, need_dx=True):
+    h, wd = hw
+    n, f = dy.shape[:2]
+    groups, fg, k = w3.shape
+    c = k // (g.kh * g.kw) * groups
+    fl = flat(g, h, wd)
+    run = g.ho * fl.wf
+    dyw = np.zeros((f, n, g.ho, fl.wf), dtype=dy.dtype)  # junk columns stay zero: they add nothing
+    dyw[..., :g.wo] = dy.transpose(1, 0, 2, 3)
+    dy3 = dyw.reshape(groups, fg, n * run)
+    dwt = np.matmul(cols.reshape(groups, k, n * run), dy3.transpose(0, 2, 1))
+    if not need_dx:
+        return None, dwt.transpose(0, 2, 1)
+    dcols = np.matmul(w3.transpose(0, 2, 1), dy3).reshape(c, g.kh, g.kw, n, run)
+    dxf = np.zeros((c, n, fl.size), dtype=dy.dtype)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            start = fl.start(g, i, j)
+            dxf[:, :, start:start + run] += dcols[:, i, j]
+    return image_rows(dxf, g, fl, h, wd).transpose(1, 0, 2, 3), dwt.transpose(0, 2, 1)
+
+
+def _conv_wide(xf, w3, g, f, bias=None, keep=True):
+    """Stride-1 convolution of the flat padded batch ``xf`` (N, C, f.size) on the wide grid.
 
     Returns the cropped (N, F, Ho, Wo) result and the columns when ``keep`` and the whole
     batch fits one chunk (else None). Each
@@ -188,7 +267,7 @@ def _conv_wide(xf, w3, g, wp, bias=None, keep=True):
     """
     n, c = xf.shape[:2]
     groups, fg, k = w3.shape
-    run = g.ho * wp
+    run = g.ho * f.wf
     y = np.empty((n, groups * fg, g.ho, g.wo), dtype=xf.dtype)
     nb = chunk_size(c * g.kh * g.kw * run * xf.itemsize, n)
     kept = []
@@ -199,9 +278,9 @@ def _conv_wide(xf, w3, g, wp, bias=None, keep=True):
         yw = np.empty((len(buf), groups, fg, run), dtype=xf.dtype)
         for n0 in range(a, b, nb):
             m = min(b, n0 + nb) - n0
-            chunk = im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
+            chunk = im2col_wide(xf[n0:n0 + m], g, f, buf[:m])
             np.matmul(w3, chunk.reshape(m, groups, k, run), out=yw[:m])
-            wide = yw[:m].reshape(m, groups * fg, g.ho, wp)[..., :g.wo]
+            wide = yw[:m].reshape(m, groups * fg, g.ho, f.wf)[..., :g.wo]
             if bias is None:
                 np.copyto(y[n0:n0 + m], wide)
             else:
@@ -219,8 +298,8 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
     n, f = dy.shape[:2]
     groups, fg, k = w3.shape
     c = k // (g.kh * g.kw) * groups
-    hp, wp = g.padded_hw(h, wd)
-    run = g.ho * wp
+    fl = flat(g, h, wd)
+    run = g.ho * fl.wf
     # dx either as a stride-1 convolution of dy with the rotated kernel (copies F*kh*kw values
     # per pixel) or as col2im (adds C*kh*kw values per pixel); measured, the convolution wins
     # only while F <= C (LeNet's 8->16 conv: 2.4 ms with col2im, 3.8 ms rotated)
@@ -233,21 +312,21 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
         gt = Window(g.kh, g.kw, 1, 1, g.dh, g.dw, keh - 1 - g.pad_top, keh - 1 - g.pad_bottom,
                     kew - 1 - g.pad_left, kew - 1 - g.pad_right, h, wd)
         wt = w.reshape(groups, fg, c // groups, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-        dyf = pad_flat(dy, gt)
-        wpt = gt.padded_hw(g.ho, g.wo)[1]
-        dx, _ = _conv_wide(dyf, np.ascontiguousarray(wt).reshape(groups, c // groups, -1), gt, wpt)
-        if wpt == wp:
-            # "same" padding: the padded dy, read from its first real pixel, is already dy on
-            # the wide grid with zero junk columns (they fall on the right and left padding)
-            start = gt.pad_top * wp + gt.pad_left
+        flt = flat(gt, g.ho, g.wo)
+        dyf = pad_flat(dy, gt, flt)
+        dx, _ = _conv_wide(dyf, np.ascontiguousarray(wt).reshape(groups, c // groups, -1), gt, flt)
+        if flt.wf == fl.wf:  # always so (W + max pad = Wo + max pad of the rotated window), but cheap to check
+            # the padded dy, read from its first real pixel, is already dy on the wide grid with
+            # zero junk columns (they fall on the next row's leading zeros)
+            start = gt.pad_top * flt.wf + flt.lead
             dyw = dyf[:, :, start:start + run]
     else:
         w3t = w3.transpose(0, 2, 1)
-        dxf = np.zeros((n, c, (hp + 1) * wp), dtype=dy.dtype)
+        dxf = np.zeros((n, c, fl.size), dtype=dy.dtype)
 
     if dyw is None:
         # dy on the wide grid with zero junk columns, so they contribute nothing
-        dyw = np.zeros((n, f, g.ho, wp), dtype=dy.dtype)
+        dyw = np.zeros((n, f, g.ho, fl.wf), dtype=dy.dtype)
         dyw[..., :g.wo] = dy
         dyw = dyw.reshape(n, f, run)
     dyw4 = dyw.reshape(n, groups, fg, run)
@@ -258,17 +337,17 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
         buf = None if cols is not None else np.empty((min(nb, b - a), c, g.kh, g.kw, run), dtype=dy.dtype)
         for n0 in range(a, b, nb):
             m = min(b, n0 + nb) - n0
-            chunk = cols if buf is None else im2col_wide(xf[n0:n0 + m], g, wp, buf[:m])
+            chunk = cols if buf is None else im2col_wide(xf[n0:n0 + m], g, fl, buf[:m])
             dyc = dyw4[n0:n0 + m]
             part += np.matmul(chunk.reshape(m, groups, k, run), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
             if not rotate:
                 dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, run)
-                col2im_wide_add(dcols, g, wp, dxf[n0:n0 + m])
+                col2im_wide_add(dcols, g, fl, dxf[n0:n0 + m])
         return part
 
     dwt = _ordered_sum(work, n, nb, n * c * g.kh * g.kw * run * dy.itemsize, (groups, k, fg), dy.dtype)
     if not rotate:
-        dx = dxf.reshape(n, c, hp + 1, wp)[:, :, g.pad_top:g.pad_top + h, g.pad_left:g.pad_left + wd]
+        dx = image_rows(dxf, g, fl, h, wd)
     return dx, dwt.transpose(0, 2, 1)
 
 

@@ -16,6 +16,7 @@ from layerkit.errors import CheckpointError
 from layerkit.fileio import save_npz_atomic
 from layerkit.nn.initializers import initialize
 from layerkit.nn.layer import RESERVED_INPUT, overrides
+from layerkit.parallel import threads
 
 if TYPE_CHECKING:  # the model runs a graph that modelfile built; it never imports that tier
     from layerkit.modelfile.shapes import Graph, Node
@@ -218,11 +219,16 @@ class Model:
                     values[s] = None
         return values[-1]
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def infer_batches(self, x: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+        """:meth:`infer` on every ``batch_size`` slice of ``x``, in order; the batches are spread
+        over the layer thread pool (``LAYERKIT_NUM_THREADS``), one whole batch per thread."""
         plan = self.inference_plan()
-        outs = [self.infer(np.ascontiguousarray(x[i:i + batch_size], dtype=self.dtype), plan)
-                for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs)
+        spans = [(i, i + batch_size) for i in range(0, len(x), batch_size)]
+        return threads.run_whole(
+            lambda a, b: self.infer(np.ascontiguousarray(x[a:b], dtype=self.dtype), plan), spans)
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return np.concatenate(self.infer_batches(x, batch_size))
 
     # -- tensors -------------------------------------------------------------
     def parameters(self) -> Iterator[tuple[str, str, np.ndarray]]:

@@ -165,6 +165,25 @@ def run(fn, args: list, nbytes: int, kind: str) -> list:
     return list(_get_pool().map(lambda a: fn(*a), args))
 
 
+def run_whole(fn, args: list) -> list:
+    """``[fn(*a) for a in args]`` with whole items spread over the pool's threads, in order.
+
+    For independent items of work that each run many layers (the batches of ``predict`` and
+    of an evaluation): inside an item every pass takes its serial loop (no pool call from a
+    pool thread) and BLAS runs one thread, so T items run on T cores. BLAS gets its thread
+    count back afterwards unless :func:`hold_blas` already held it.
+    """
+    if len(args) < 2 or num_threads() < 2 or _serial:
+        return [fn(*a) for a in args]
+    limiter = None if blas_held() else blas.limit_threads(1)
+    try:
+        with serial():
+            return list(_get_pool().map(lambda a: fn(*a), args))
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+
+
 def blocks(n: int, size: int) -> list[tuple[int, int]]:
     """Fixed ``size``-wide ranges over ``n``: the same split whatever the thread count."""
     return [(i, min(n, i + size)) for i in range(0, n, size)]

@@ -159,15 +159,14 @@ def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int =
     classes, -1, where the targets are not class ids: a reconstruction's)."""
     total, correct, preds = 0.0, 0.0, np.full(len(x), -1, dtype=np.int64)
     classes = np.asarray(y).ndim == 1
-    plan = model.inference_plan()
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        out = model.infer(xb, plan)
+    # the batches' forward passes run over the thread pool; the loss is cheap and runs here
+    for i, out in zip(range(0, len(x), batch_size), model.infer_batches(x, batch_size)):
+        yb = y[i:i + batch_size]
         value, _ = loss.forward(out, yb)
-        total += float(value) * len(xb)
+        total += float(value) * len(yb)
         correct += loss.correct(out, yb)
         if classes:
-            preds[i:i + len(xb)] = loss.predict(out)
+            preds[i:i + len(yb)] = loss.predict(out)
     n = max(len(x), 1)
     return total / n, correct / n if len(x) else 0.0, preds
 
