@@ -3,6 +3,7 @@
     python bench/speed.py [--threads 2] [--quick] [--data-dir DIR]
     python bench/speed.py --sweep [--threads 2] [--quick]   # only the batch-size table
     python bench/speed.py --infer [--threads 2] [--quick]   # only the inference table
+    python bench/speed.py --rounds 3 ...                    # alternate the frameworks 3 times per row
 
 Every measurement runs in its own child process (one per framework x net),
 with OMP/OPENBLAS/MKL_NUM_THREADS set to ``--threads`` (and
@@ -323,6 +324,9 @@ def main() -> int:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="time by wall clock (default) or by the measured process's CPU time; 'cpu' only "
                              "with --threads 1, for a machine other jobs keep busy")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the layerkit and PyTorch children this many times per measurement and "
+                             "pool their timed epochs (a machine whose speed drifts moves both sides alike)")
     parser.add_argument("--no-rss", action="store_true", help="skip the full-epoch AlexNet RSS measurement")
     parser.add_argument("--data-dir", help=f"MNIST IDX files (default {DEFAULT_DATA}; embedded sample if absent)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -366,12 +370,15 @@ def main() -> int:
         common += ["--data-dir", args.data_dir]
 
     def pair(kind: str, net: str, images: int, extra: list[str] = (), rss: bool = False) -> tuple[dict, dict]:
-        """layerkit's and PyTorch's result for one measurement, each in its own process, back to back."""
+        """layerkit's and PyTorch's result for one measurement, each in its own process, back to back;
+        with ``--rounds R`` the two alternate R times and their timed epochs are pooled."""
         suffix = "-infer" if kind == "infer" else ""
         base = ["--net", net, "--images", str(images), *extra, *common]
-        lk = run_child(["--child", "layerkit" + suffix, *base], args.threads, rss)
-        th = run_child(["--child", "torch" + suffix, *base], args.threads, rss) \
-            if have_torch else {"error": "torch not installed"}
+        lk, th = {}, {}
+        for _ in range(args.rounds):
+            lk = _pool(lk, run_child(["--child", "layerkit" + suffix, *base], args.threads, rss))
+            th = _pool(th, run_child(["--child", "torch" + suffix, *base], args.threads, rss)
+                       if have_torch else {"error": "torch not installed"})
         for side, res in (("layerkit", lk), ("torch", th)):
             if "error" in res:
                 print(f"note: {net} {kind} {side}: {res['error']}", file=sys.stderr)
@@ -383,7 +390,8 @@ def main() -> int:
     if args.infer:
         infer = {net: (*pair("infer", net, INFER_IMAGES[net][size]), INFER_IMAGES[net][size]) for net in NETS}
         _infer_table({net: (rate(lk), rate(th), images) for net, (lk, th, images) in infer.items()})
-        print(f"\nmedian of {repeats} passes after one warm-up, each framework x net in its own process.")
+        print(f"\nmedian of {repeats} passes after one warm-up{_rounds(args.rounds)}, each framework x net in its own "
+              "process.")
         return 0
 
     matmul = run_child(["--child", "matmul", *common], args.threads)
@@ -438,8 +446,8 @@ def main() -> int:
     _infer_table(infer)
     mm = matmul.get("gflops")
     print(f"\n{'CPU time of the measured process' if CLOCK == 'cpu_seconds' else 'wall time'}: "
-          f"median of {repeats} timed epochs (inference: passes) after one warm-up, each framework x net in its "
-          f"own process; training FLOPs = 3 x Graph.flops; {MATMUL_N}x{MATMUL_N} float32 numpy matmul "
+          f"median of {repeats} timed epochs (inference: passes) after one warm-up{_rounds(args.rounds)}, each "
+          f"framework x net in its own process; training FLOPs = 3 x Graph.flops; {MATMUL_N}x{MATMUL_N} float32 numpy matmul "
           f"{fmt(mm, '.1f')} GFLOP/s, same threads.")
     if grads.returncode != 0:
         print(f"note: check-grads exited with {grads.returncode}: {grads.stderr.strip()[-300:]}", file=sys.stderr)
@@ -472,6 +480,21 @@ def _sweep(pair, size: int) -> None:
                   f"{fmt(_ratio(lk_rate, th_rate), '.2f')} | {fmt(lk.get('rss_mib'), ',.0f')} | "
                   f"{fmt(th.get('rss_mib'), ',.0f')} |", flush=True)
     print("\npeak RSS: the child process (data, model, framework) and its sample-parallel workers, summed.")
+
+
+def _rounds(rounds: int) -> str:
+    return f" in each of {rounds} alternating rounds (median over all {rounds} x repeats)" if rounds > 1 else ""
+
+
+def _pool(acc: dict, result: dict) -> dict:
+    """One more round's result added to the earlier ones: timings concatenated, peak RSS the largest."""
+    if not acc or "error" in acc or "error" in result:
+        return acc if acc and "error" in acc else result
+    merged = {**result, "seconds": acc["seconds"] + result["seconds"],
+              "cpu_seconds": acc["cpu_seconds"] + result["cpu_seconds"]}
+    if "rss_mib" in acc:
+        merged["rss_mib"] = max(acc["rss_mib"], result.get("rss_mib", 0))
+    return merged
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
