@@ -51,10 +51,20 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         xb = data.x_train[step * batch:(step + 1) * batch]
         yb = data.y_train[step * batch:(step + 1) * batch]
         values, caches = [xb], []
-        for node in nodes:
+        for i, node in enumerate(nodes):
+            if model.pool_first[i]:  # runs after the pool (Model.forward), timed there
+                values.append(values[-1])
+                caches.append(None)
+                continue
             t0 = time.perf_counter()
             y, cache = node.layer.forward(model.params[node.name], values[-1], True, rng, model.state[node.name])
             fwd[node.name].append(time.perf_counter() - t0)
+            if i and model.pool_first[i - 1]:
+                act = nodes[i - 1]
+                t0 = time.perf_counter()
+                y, act_cache = act.layer.forward(model.params[act.name], y, True, rng, model.state[act.name])
+                fwd[act.name].append(time.perf_counter() - t0)
+                cache = (cache, act_cache)
             values.append(y)
             caches.append(cache)
         t0 = time.perf_counter()
@@ -65,7 +75,17 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         for i in range(len(nodes) - 1, -1, -1):
             node, call = nodes[i], model.backward_plan[i]  # the method Model.backward calls
             t0 = time.perf_counter()
-            if call == "skip":
+            if model.pool_first[i]:  # its backward ran in the pool's node
+                grads[node.name] = {}
+                continue
+            if i and model.pool_first[i - 1] and call != "skip":
+                act = nodes[i - 1]
+                pool_cache, act_cache = caches[i]
+                dy, _ = getattr(act.layer, model.backward_plan[i - 1])(model.params[act.name], act_cache, dy)
+                bwd[act.name].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                dy, grads[node.name] = node.layer.backward(model.params[node.name], pool_cache, dy)
+            elif call == "skip":
                 grads[node.name] = {}
             elif call == "backward_params":
                 grads[node.name] = node.layer.backward_params(model.params[node.name], caches[i], dy)
@@ -77,7 +97,8 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         opt.step([grads[n][t] for n, t in keys])
         extra["optimizer"].append(time.perf_counter() - t0)
     med = lambda xs: 1e3 * float(np.median(xs[3:]))
-    rows = [(f"{n.name} ({n.layer.type})", med(fwd[n.name]), med(bwd[n.name])) for n in nodes]
+    rows = [(f"{n.name} ({n.layer.type}{', after the pool' if moved else ''})", med(fwd[n.name]),
+             med(bwd[n.name]) if bwd[n.name] else 0.0) for n, moved in zip(nodes, model.pool_first)]
     rows += [(name, med(times), 0.0) for name, times in extra.items()]
     return rows
 
@@ -100,7 +121,7 @@ def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None)
     for step in range(steps + 3):
         plan = model.inference_plan()
         values = [data.x_train[step * batch:(step + 1) * batch]]
-        for node, (alias, params, inplace) in zip(model.nodes, plan):
+        for i, (node, (alias, params, inplace)) in enumerate(zip(model.nodes, plan)):
             t0 = time.perf_counter()
             if alias >= 0:
                 y = values[alias]
@@ -108,12 +129,22 @@ def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None)
                 y = node.layer.infer_inplace(params, values[-1], model.state[node.name])
             else:
                 y = node.layer.infer(params, values[-1], model.state[node.name])
-            times[node.name].append(time.perf_counter() - t0)
+            if not model.pool_first[i]:
+                times[node.name].append(time.perf_counter() - t0)
+            if i and model.pool_first[i - 1]:  # as Model.infer: the activation on the pooled output
+                act = model.nodes[i - 1]
+                t0 = time.perf_counter()
+                run = act.layer.infer_inplace if node.layer.infer_fresh else act.layer.infer
+                y = run(model.params[act.name], y, model.state[act.name])
+                times[act.name].append(time.perf_counter() - t0)
             values.append(y)
     med = lambda xs: 1e3 * float(np.median(xs[3:]))
-    how = lambda alias, inplace: " folded" if alias >= 0 else " in place" if inplace else ""  # noqa: E731
-    return [(f"{n.name} ({n.layer.type}){how(alias, inplace)}", med(times[n.name]), 0.0)
-            for n, (alias, _, inplace) in zip(model.nodes, plan)]
+
+    def how(alias, inplace, moved):
+        return " after the pool" if moved else " folded" if alias >= 0 else " in place" if inplace else ""
+
+    return [(f"{n.name} ({n.layer.type}){how(alias, inplace, moved)}", med(times[n.name]), 0.0)
+            for n, (alias, _, inplace), moved in zip(model.nodes, plan, model.pool_first)]
 
 
 def main() -> None:

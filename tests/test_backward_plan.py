@@ -30,6 +30,35 @@ BRANCHED = {
 }
 
 
+# relu before max pools (2x2, overlapping 3x3 with padding, global): the model pools first
+POOLED = {
+    "format": 1, "name": "pooled", "input": {"shape": [1, 10, 10]},
+    "layers": [
+        {"name": "conv1", "type": "conv2d", "filters": 3, "kernel_size": 3},
+        {"type": "relu"},
+        {"name": "pool1", "type": "max_pool2d", "pool_size": 2},
+        {"name": "conv2", "type": "conv2d", "filters": 4, "kernel_size": 2, "padding": 1},
+        {"type": "relu"},
+        {"name": "pool2", "type": "max_pool2d", "pool_size": 3, "stride": 2, "padding": 1},
+        {"type": "relu"},
+        {"name": "pool3", "type": "global_max_pool2d"},
+        {"name": "out", "type": "dense", "units": 2},
+    ],
+    "loss": {"type": "softmax_cross_entropy"},
+}
+
+
+def reference_forward(model, x, rng):
+    """Every node's plain forward in file order: no activation moved after a pool."""
+    values, caches = {RESERVED_INPUT: x}, []
+    for node in model.nodes:
+        inp = values[node.inputs[0]] if node.layer.arity == 1 else [values[name] for name in node.inputs]
+        values[node.name], cache = node.layer.forward(model.params[node.name], inp, True, rng,
+                                                      model.state[node.name])
+        caches.append(cache)
+    return values[model.nodes[-1].name], caches
+
+
 def reference_backward(model, caches, dout):
     """Every node's plain backward, every gradient summed: no plan, no shortcut."""
     dvalues = {model.nodes[-1].name: dout}
@@ -43,17 +72,20 @@ def reference_backward(model, caches, dout):
 
 
 @pytest.mark.parametrize("spec, shape", [(ALEXNET_LIKE, (4, 1, 12, 12)), (BRANCHED, (4, 2, 6, 6)),
-                                         (MLP, (6, 1, 4, 4))], ids=["chain", "branched", "mlp"])
+                                         (MLP, (6, 1, 4, 4)), (POOLED, (5, 1, 10, 10))],
+                         ids=["chain", "branched", "mlp", "pooled"])
 def test_planned_backward_equals_plain_backward(spec, shape):
     model = build_model(spec)
     rng = np.random.default_rng(2)
-    x = rng.standard_normal(shape).astype(np.float32)
+    # a coarse grid of values: max-pool windows with ties, relu outputs of exactly zero
+    x = (rng.integers(-3, 4, shape) * 0.5).astype(np.float32)
     dout = rng.standard_normal((shape[0], model.nodes[-1].output_shape[0])).astype(np.float32)
     keep = dout.copy()
-    _, caches = model.forward(x, training=True, rng=np.random.default_rng(3))
+    out, caches = model.forward(x, training=True, rng=np.random.default_rng(3))
     fast = model.backward(caches, dout)
     np.testing.assert_array_equal(dout, keep)  # the caller's gradient is never overwritten
-    _, caches = model.forward(x, training=True, rng=np.random.default_rng(3))
+    plain_out, caches = reference_forward(model, x, np.random.default_rng(3))
+    np.testing.assert_array_equal(out, plain_out)
     slow = reference_backward(model, caches, dout)
     for node in model.nodes:
         assert set(fast[node.name]) == set(node.param_specs)
@@ -73,3 +105,29 @@ def test_plan_uses_the_speed_paths_where_they_are_safe():
     assert plan["out"] == "backward" and plan["conv"] == "backward_params"
     # "bn" and "b" get add's dx, which is the dy it was handed, shared by both
     assert plan["bn"] == "backward" and plan["b"] == "backward"
+
+
+def test_relu_before_a_max_pool_runs_after_it():
+    model = build_model(POOLED)
+    moved = [node.name for node, moved in zip(model.nodes, model.pool_first) if moved]
+    assert moved == ["relu_1", "relu_4", "relu_6"]
+    plan = dict(zip([n.name for n in model.nodes], model.backward_plan))
+    # each relu gets the dy its pool would have had, each pool the relu's input gradient: relu_4's
+    # comes from pool3 through relu_6 (a new array), relu_1's and relu_6's are conv2's and dense's
+    assert [plan[name] for name in ("relu_1", "relu_4", "relu_6")] == ["backward", "backward_inplace", "backward"]
+    assert plan["pool1"] == plan["pool2"] == plan["pool3"] == "backward"
+    # a relu read by a max pool and by something else keeps the file's order
+    twice = {
+        "format": 1, "name": "twice", "input": {"shape": [1, 6, 6]},
+        "layers": [
+            {"name": "conv", "type": "conv2d", "filters": 2, "kernel_size": 3, "padding": 1},
+            {"name": "r", "type": "relu"},
+            {"name": "mx", "type": "max_pool2d", "pool_size": 2},
+            {"name": "av", "type": "avg_pool2d", "pool_size": 2, "inputs": ["r"]},
+            {"name": "sum", "type": "add", "inputs": ["mx", "av"]},
+            {"type": "flatten"},
+            {"name": "out", "type": "dense", "units": 2},
+        ],
+        "loss": {"type": "softmax_cross_entropy"},
+    }
+    assert not any(build_model(twice).pool_first)

@@ -15,6 +15,7 @@ import layerkit
 
 from layerkit.gradcheck.report import check_model
 from layerkit.modelfile.build import build_model
+from layerkit.layers.pooling import AvgPool2D
 from layerkit.nn.layer import Coupling, Example, Layer
 from layerkit.parallel.collectives import batch_sum, splitting
 from layerkit.plugins.manager import load_registry
@@ -140,6 +141,29 @@ class PerHalfCentre(Centre):
         return values
 
 
+class NegateClaimsMax(Layer):
+    """y = -x, correct backward; claims to commute with max, which a decreasing map does not."""
+
+    type = "negate_claims_max"
+    description = "minus x"
+    examples = (Example({}, (2, 4, 4)),)
+    sample_coupling = Coupling.NONE
+    commutes_with_max = True
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        return -x, None
+
+    def backward(self, params, cache, dy):
+        return -dy, {}
+
+
+class AvgClaimsMax(AvgPool2D):
+    """Average pooling claiming to be a max pool: relu before and after it differ."""
+
+    type = "avg_claims_max"
+    pools_max = True
+
+
 def run(cls, config=None, shape=None):
     example = cls.examples[0]
     return run_layer_test(cls, config if config is not None else example.config, shape or example.input_shape,
@@ -152,6 +176,8 @@ def run(cls, config=None, shape=None):
     (Identity, "fresh_dx", "shares memory with dy"),
     (CacheAliasing, "fresh_dx", "shares memory with an array of its cache"),
     (PerHalfCentre, "sample_coupling = BATCH_SUMS", "forward output on two halves"),
+    (NegateClaimsMax, "commutes_with_max", "changes the training output"),
+    (AvgClaimsMax, "pools_max", "changes the training output"),
 ], ids=lambda v: v.type if isinstance(v, type) else None)
 def test_each_broken_promise_is_caught_naming_layer_and_member(cls, member, detail):
     with pytest.raises(AssertionError) as caught:

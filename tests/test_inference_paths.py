@@ -29,13 +29,17 @@ def test_predict_folds_batch_norm_and_matches_forward():
     _trained_statistics(model, rng)
     x = rng.standard_normal((7, 1, 12, 12)).astype(np.float32)
     plan = model.inference_plan()
-    folded = [node.name for node, (alias, _, _) in zip(model.nodes, plan) if alias >= 0]
+    folded = [node.name for node, moved, (alias, _, _) in zip(model.nodes, model.pool_first, plan)
+              if alias >= 0 and not moved]
     # every batch norm here follows a conv or dense layer that feeds only it
     assert folded == ["bn1", "bn2", "bn3"]
-    # relu after a folded conv, pooling or dense output overwrites it; dropout returns its input
+    # the relu before pool1 runs after it (on the pooled output, in place), its own step an alias
+    moved = [node.name for node, moved in zip(model.nodes, model.pool_first) if moved]
+    assert moved == ["relu_5"] and plan[5][0] == 5
+    # relu after a folded conv or dense output overwrites it; dropout returns its input
     # unchanged in inference (no infer_fresh), so the dense layer after it cannot write there
     inplace = [node.layer.type for node, (_, _, own) in zip(model.nodes, plan) if own]
-    assert inplace == ["relu", "relu", "relu"]
+    assert inplace == ["relu", "relu"]
     reference, _ = model.forward(x, training=False)
     out = model.predict(x, batch_size=3)
     assert out.dtype == np.float32

@@ -88,6 +88,7 @@ class ReLU(Layer):
         return x
 
     fresh_dx = True
+    commutes_with_max = True  # max(relu(a), relu(b)) == relu(max(a, b)), and relu'(max) routes alike
 
     def backward(self, params, cache, dy):
         return self._masked(cache, dy, np.empty_like(dy)), {}

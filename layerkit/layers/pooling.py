@@ -100,6 +100,7 @@ class MaxPool2D(_WindowPool):
     )
     has_kinks = True
     fresh_dx = True
+    pools_max = True
 
     def to_onnx(self, g, x, input_shape, params, state):
         return self._onnx_pool(g, "MaxPool", x, input_shape)
@@ -260,6 +261,8 @@ class GlobalMaxPool2D(Layer):
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     examples = (Example({}, (3, 4, 5)),)
     has_kinks = True
+    pools_max = True
+    fresh_dx = True
 
     def output_shape(self, input_shape):
         require_rank(input_shape, 3, "(channels, height, width)")

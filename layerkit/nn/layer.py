@@ -147,7 +147,8 @@ class Layer:
 
     **Optional speed paths** (the defaults fall back on ``backward``; an override must give
     the same numbers, bit for bit, which the conformance suite checks):
-    :meth:`backward_params`, :meth:`backward_inplace`, :attr:`fresh_dx`.
+    :meth:`backward_params`, :meth:`backward_inplace`, :attr:`fresh_dx`, and
+    :attr:`commutes_with_max` / :attr:`pools_max` (the model pools before an activation).
 
     **Optional inference paths** (``predict`` and evaluation; the defaults fall back on
     ``forward`` and claim nothing): :meth:`infer` (bit for bit the inference ``forward``),
@@ -198,6 +199,17 @@ class Layer:
     #: a promise that :meth:`infer` returns a new array that shares no memory with its input
     #: or the parameters, so the next layer may run :meth:`infer_inplace` on it
     infer_fresh: ClassVar[bool] = False
+    #: a promise that this single-input, element-wise layer commutes with taking a maximum,
+    #: exactly: a max pool (:attr:`pools_max`) over its output gives, bit for bit, the output
+    #: and input gradient of the same pool over its input followed by this layer (relu: the
+    #: maximum of relu(x) is relu of the maximum of x, and where that maximum is not positive
+    #: both give a zero gradient). When the pool is its only reader, the model runs the pool
+    #: first and this layer on the pooled output, a quarter of the elements for a 2x2 pool.
+    commutes_with_max: ClassVar[bool] = False
+    #: a promise that the output is, per sample and channel, the maximum over windows of the
+    #: input, and that backward sends each output's gradient to entries of its window that
+    #: equal that maximum (max pooling); see :attr:`commutes_with_max`
+    pools_max: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -69,7 +69,7 @@ def check_layer_metadata(layer_cls) -> None:
     coupling = layer_cls.sample_coupling
     assert coupling in tuple(Coupling), (
         f"layer {name!r}: sample_coupling = {coupling!r} is not one of {[c.value for c in Coupling]}")
-    for flag in ("has_kinks", "uses_rng", "fresh_dx", "infer_fresh"):
+    for flag in ("has_kinks", "uses_rng", "fresh_dx", "infer_fresh", "commutes_with_max", "pools_max"):
         value = getattr(layer_cls, flag)
         assert isinstance(value, (bool, np.bool_)), f"layer {name!r}: {flag} must be True or False, not {value!r}"
 
@@ -105,13 +105,16 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
     input gradients, summed parameter gradients (and running statistics) -- what sample-parallel
     training relies on (:mod:`layerkit.testing.contract`); ``infer`` (and ``infer_inplace``, on a
     copy) equals forward's inference output bit for bit, an ``infer_fresh`` claim holds, and the
-    ``inference_affine`` / ``fold_affine`` claims hold (to float32 rounding); gradients agree with
+    ``inference_affine`` / ``fold_affine`` claims hold (to float32 rounding); a ``commutes_with_max``
+    or ``pools_max`` claim holds (a max pool before or after the activation: the same output and
+    input gradient, bit for bit); gradients agree with
     finite differences in float64 (:func:`layerkit.gradcheck.layers.check_layer_config`). Returns the gradient-check results.
     """
     from layerkit.gradcheck.layers import check_layer_config, initial_state, random_input, random_params
     from layerkit.gradcheck.render import describe
     from layerkit.nn.initializers import initialize
-    from layerkit.testing.contract import check_inference_paths, check_sample_coupling, check_speed_paths
+    from layerkit.testing.contract import (check_inference_paths, check_max_commute, check_sample_coupling,
+                                           check_speed_paths)
 
     cls = (registry_or_global(registry).layer(layer_type_or_class) if isinstance(layer_type_or_class, str)
            else layer_type_or_class)
@@ -189,6 +192,8 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
 
     state = {k: v.astype(np.float32) for k, v in initial_state(sspecs).items()}
     check_speed_paths(layer, params, x, state, multi=multi, where=where, seed=seed)
+    if layer.commutes_with_max or layer.pools_max:
+        check_max_commute(layer, in_shape, where=where, seed=seed)
     # four samples: each half then has two, so per-half statistics differ from the whole's
     x4 = random_input(in_shape, max(batch_size, 4), np.random.default_rng([seed, 4]), multi)
     check_sample_coupling(layer, params, x4, initial_state(sspecs), multi=multi, where=where, seed=seed)

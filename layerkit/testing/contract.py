@@ -303,3 +303,60 @@ def check_sample_coupling(layer, params, x, state, *, multi: bool, where: str, s
         for tname, v in st.items():
             assert _close(pieces[0][3][tname], v), (
                 f"{where}: {claim}, but the state {tname!r} updated {how} differs from the whole batch's")
+
+
+# -- an activation moved after the max pool that reads it ------------------------------------------
+
+#: the pools an activation claiming ``commutes_with_max`` is checked against: windows that tile
+#: the input, and overlapping padded ones (ties across windows, padding that never wins)
+MAX_POOLS = ({"pool_size": 2}, {"pool_size": 3, "stride": 2, "padding": 1})
+#: the per-sample shape those checks use (three channels)
+COMMUTE_SHAPE = (3, 6, 6)
+
+
+def check_max_commute(layer, in_shape, *, where: str, seed: int = 0) -> None:
+    """A ``commutes_with_max`` or ``pools_max`` claim: a max pool over the activation's output and the
+    same pool over its input followed by the activation give the same output and the same input
+    gradient, bit for bit in float32, in training and in inference; what ``Model`` relies on when it
+    runs the pool first. An activation is checked against :data:`MAX_POOLS` on :data:`COMMUTE_SHAPE`,
+    a pool against relu on its own input shape; the inputs lie on a coarse grid, so windows hold ties
+    and relu outputs exact zeros."""
+    from layerkit.gradcheck.layers import initial_state, random_params
+    from layerkit.layers.activations import ReLU
+    from layerkit.layers.pooling import MaxPool2D
+    from layerkit.modelfile.spec import fill_defaults
+
+    rng = np.random.default_rng([seed, 11])
+    pairs = []
+    if layer.commutes_with_max:
+        assert layer.arity == 1, f"{where}: commutes_with_max is for single-input layers"
+        assert tuple(layer.output_shape(COMMUTE_SHAPE)) == COMMUTE_SHAPE, (
+            f"{where}: declares commutes_with_max, but is not element-wise (output shape "
+            f"{tuple(layer.output_shape(COMMUTE_SHAPE))} for input {COMMUTE_SHAPE})")
+        params = {k: v.astype(np.float32) for k, v in random_params(layer.param_specs(COMMUTE_SHAPE), rng).items()}
+        state = initial_state(layer.state_specs(COMMUTE_SHAPE))
+        for config in MAX_POOLS:
+            pool = MaxPool2D(**fill_defaults(MaxPool2D.params_schema, config))
+            pairs.append((layer, params, state, pool, COMMUTE_SHAPE, f"commutes_with_max (with max_pool2d {config})"))
+    if layer.pools_max:
+        pairs.append((ReLU(), {}, {}, layer, tuple(in_shape), "pools_max (after relu)"))
+    for act, params, state, pool, shape, claim in pairs:
+        x = (rng.integers(-3, 4, (4, *shape)) * 0.5).astype(np.float32)
+        for training in (True, False):
+            mode = "training" if training else "inference"
+            run = lambda lay, p, v: lay.forward(p, v, training, np.random.default_rng(seed), state)  # noqa: E731
+            a, a_cache = run(act, params, x)
+            y, p_cache = run(pool, {}, a)
+            q, q_cache = run(pool, {}, x)
+            z, z_cache = run(act, params, q)
+            assert np.array_equal(y, z), (
+                f"{where}: declares {claim}, but pooling before the activation changes the {mode} output "
+                f"({_differs(z, y)})")
+            if not training:
+                continue
+            dy = np.random.default_rng([seed, 12]).standard_normal(np.shape(y)).astype(np.float32)
+            dx = act.backward(params, a_cache, pool.backward({}, p_cache, dy)[0])[0]
+            dx_moved = pool.backward({}, q_cache, act.backward(params, z_cache, dy)[0])[0]
+            assert np.array_equal(dx, dx_moved), (
+                f"{where}: declares {claim}, but pooling before the activation changes the input gradient "
+                f"({_differs(dx_moved, dx)})")
