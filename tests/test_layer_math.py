@@ -132,8 +132,9 @@ CONV_CASES = [
 # so each path is forced in turn.
 CONV_PATHS = {
     "auto": None,
-    "batch-gemm": lambda g, n, c, f, itemsize: conv_module._wide_ok(g),
-    "per-sample": lambda g, n, c, f, itemsize: False,
+    "batch-gemm": lambda g, n, c, f, itemsize, whole: n if conv_module._wide_ok(g) else 0,
+    "batch-gemm-chunks": lambda g, n, c, f, itemsize, whole: 1 if conv_module._wide_ok(g) else 0,
+    "per-sample": lambda g, n, c, f, itemsize, whole: 0,
 }
 
 
@@ -141,7 +142,7 @@ CONV_PATHS = {
 @pytest.mark.parametrize("config", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_conv2d_matches_loops(config, path, monkeypatch):
     if CONV_PATHS[path] is not None:
-        monkeypatch.setattr(conv_module, "_batch_gemm_ok", CONV_PATHS[path])
+        monkeypatch.setattr(conv_module, "_batch_chunk", CONV_PATHS[path])
     rng = np.random.default_rng(1)
     conv = make(Conv2D, **config)
     in_shape = (4, 7, 8)
@@ -169,7 +170,7 @@ def test_conv2d_chunked_path_matches_single_chunk(monkeypatch, stride):
     """Big layers run in batch chunks and rebuild columns in backward; results must not change."""
     from layerkit.kernels import windows as _windows
 
-    monkeypatch.setattr(conv_module, "_batch_gemm_ok", CONV_PATHS["per-sample"])
+    monkeypatch.setattr(conv_module, "_batch_chunk", CONV_PATHS["per-sample"])
     rng = np.random.default_rng(2)
     conv = make(Conv2D, filters=3, kernel_size=3, stride=stride, padding=1)
     x = rng.standard_normal((5, 2, 6, 6))
@@ -550,3 +551,28 @@ def test_dense_reference():
     np.testing.assert_allclose(dx, dy @ params["W"].T)
     np.testing.assert_allclose(grads["W"], x.T @ dy)
     np.testing.assert_allclose(grads["b"], dy.sum(axis=0))
+
+
+def test_conv2d_large_inference_batches_take_the_chunked_batch_gemm():
+    """LeNet's first conv at batch 300: its columns (20 MB) are too big for one batch GEMM, so
+    training takes the per-sample path and inference the batch GEMM in cache-sized chunks; infer
+    and forward's inference mode must still agree bit for bit, and with training to rounding."""
+    conv = make(Conv2D, filters=8, kernel_size=5)
+    rng = np.random.default_rng(5)
+    params = {k: v.astype(np.float32) for k, v in random_params(conv, (1, 28, 28), rng).items()}
+    x = rng.standard_normal((300, 1, 28, 28)).astype(np.float32)
+    g = conv._window((28, 28))
+    assert conv_module._batch_chunk(g, 300, 1, 8, 4, whole=True) == 0
+    assert 16 <= conv_module._batch_chunk(g, 300, 1, 8, 4, whole=False) < 300
+    inferred = conv.infer(params, x)
+    eval_y, cache = conv.forward(params, x, training=False)
+    assert cache[0] == "batch" and cache[2] is None  # rebuilds its columns if a backward comes
+    np.testing.assert_array_equal(inferred, eval_y)
+    train_y, train_cache = conv.forward(params, x, training=True)
+    assert train_cache[0] == "wide"
+    np.testing.assert_allclose(train_y, inferred, rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(train_y.shape).astype(np.float32)
+    dx_eval, g_eval = conv.backward(params, cache, dy)
+    dx_train, g_train = conv.backward(params, train_cache, dy)
+    np.testing.assert_allclose(dx_eval, dx_train, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_eval["W"], g_train["W"], rtol=1e-4, atol=1e-3)

@@ -118,7 +118,8 @@ class Conv2D(Layer):
         return w.reshape(self.groups, self.filters // self.groups, -1)
 
     def forward(self, params, x, training=False, rng=None, state=None):
-        return self._forward(params, x, params["b"] if self.use_bias else None, keep=True)
+        # in inference nothing is kept for a backward (it rebuilds), and the path is infer's
+        return self._forward(params, x, params["b"] if self.use_bias else None, keep=training)
 
     infer_fresh = True
 
@@ -136,9 +137,12 @@ class Conv2D(Layer):
         g = self._window((h, w))
         w3 = self._weights(params)
         bias = None if b is None else b.reshape(-1, 1, 1)
-        if _batch_gemm_ok(g, n, c, w3.shape[0] * w3.shape[1], x.itemsize):
-            y, cols = _conv_batch(pad_flat(x, g, flat(g, h, w)), w3, g, flat(g, h, w), bias)
-            return y, ("batch", None, cols if keep else None, (h, w), g)
+        nb = _batch_chunk(g, n, c, w3.shape[0] * w3.shape[1], x.itemsize, whole=keep)
+        if nb:
+            f = flat(g, h, w)
+            xf = pad_flat(x, g, f)
+            y, cols = _conv_batch(xf, w3, g, f, nb, bias)
+            return y, ("batch", None if keep and cols is not None else xf, cols if keep else None, (h, w), g, nb)
         if _wide_ok(g):
             f = flat(g, h, w)
             xf = pad_flat(x, g, f)
@@ -164,10 +168,10 @@ class Conv2D(Layer):
         return self._backward(params, cache, dy, need_dx=False)[1]
 
     def _backward(self, params, cache, dy, need_dx):
-        path, xsrc, cols, (h, w), g = cache
+        path, xsrc, cols, (h, w), g = cache[:5]
         w3 = self._weights(params)
         if path == "batch":
-            dx, dw = _backward_batch(w3, cols, (h, w), g, dy, need_dx)
+            dx, dw = _backward_batch(w3, xsrc, cols, (h, w), g, dy, cache[5], need_dx)
         elif path == "wide":
             dx, dw = _backward_wide(params["W"], w3, xsrc, cols, (h, w), g, dy, need_dx)
         else:
@@ -197,15 +201,23 @@ def _wide_ok(g: Window) -> bool:
 # 3.4 -> 2.0 ms, conv1's weight gradient 1.2 -> 0.7 ms; docs/performance.md.
 
 BATCH_GEMM_MAX_FILTERS = 16  # more filters: the transposing copy of the output costs more than the GEMM saves
-BATCH_GEMM_MAX_BYTES = 6 << 20  # the whole batch's columns; larger ones stream from memory and lose
+BATCH_GEMM_MAX_BYTES = 6 << 20  # columns of a whole batch in one GEMM; larger ones stream from memory and lose
+BATCH_GEMM_CHUNK_BYTES = 3 << 20  # columns per GEMM when the batch is split (inference only)
+BATCH_GEMM_MIN_CHUNK = 16  # samples per GEMM at least, else the per-sample path
 
 
-def _batch_gemm_ok(g: Window, n: int, c: int, f: int, itemsize: int) -> bool:
-    """Stride-1 layers with few filters whose whole batch of columns stays in cache."""
+def _batch_chunk(g: Window, n: int, c: int, f: int, itemsize: int, whole: bool) -> int:
+    """Samples per batch GEMM, or 0 when the per-sample path is faster. ``whole``: only if the
+    whole batch fits (training keeps the columns for backward); else cache-sized chunks of at
+    least BATCH_GEMM_MIN_CHUNK samples (inference: fewer, larger numpy calls than per sample)."""
     if not _wide_ok(g) or f > BATCH_GEMM_MAX_FILTERS:
-        return False
+        return 0
     run = g.ho * (g.wo + (g.kw - 1) * g.dw - min(g.pad_left, g.pad_right))  # Ho * Wf (windows.flat)
-    return n * c * g.kh * g.kw * run * itemsize <= BATCH_GEMM_MAX_BYTES
+    per_sample = max(c * g.kh * g.kw * run * itemsize, 1)
+    if n * per_sample <= BATCH_GEMM_MAX_BYTES:
+        return n
+    fits = BATCH_GEMM_CHUNK_BYTES // per_sample  # measured on LeNet's convs at batch 256: 32-64 samples
+    return 0 if whole or fits < BATCH_GEMM_MIN_CHUNK else fits
 
 
 def _im2col_batch(xf, g, f, out):
@@ -219,42 +231,53 @@ def _im2col_batch(xf, g, f, out):
     return out
 
 
-def _conv_batch(xf, w3, g, f, bias=None):
-    """Stride-1 convolution as one GEMM over channel-major columns; returns y and the columns."""
+def _conv_batch(xf, w3, g, f, nb, bias=None):
+    """Stride-1 convolution as one GEMM per ``nb`` samples over channel-major columns; returns y
+    and, when one chunk held the whole batch, its columns."""
     n, c = xf.shape[:2]
     groups, fg, k = w3.shape
     run = g.ho * f.wf
-    cols = _im2col_batch(xf, g, f, np.empty((c, g.kh, g.kw, n, run), dtype=xf.dtype))
-    yw = np.matmul(w3, cols.reshape(groups, k, n * run))
     y = np.empty((n, groups * fg, g.ho, g.wo), dtype=xf.dtype)
-    wide = yw.reshape(groups * fg, n, g.ho, f.wf)[..., :g.wo].transpose(1, 0, 2, 3)
-    if bias is None:
-        np.copyto(y, wide)
-    else:
-        np.add(wide, bias, out=y)
-    return y, cols
+    buf = np.empty((c, g.kh, g.kw, nb, run), dtype=xf.dtype)
+    for n0 in range(0, n, nb):
+        m = min(n, n0 + nb) - n0
+        cols = _im2col_batch(xf[n0:n0 + m], g, f, buf if m == nb else buf[:, :, :, :m])
+        yw = np.matmul(w3, cols.reshape(groups, k, m * run))
+        wide = yw.reshape(groups * fg, m, g.ho, f.wf)[..., :g.wo].transpose(1, 0, 2, 3)
+        if bias is None:
+            np.copyto(y[n0:n0 + m], wide)
+        else:
+            np.add(wide, bias, out=y[n0:n0 + m])
+    return y, (buf if nb == n else None)
 
 
-def _backward_batch(w3, cols, hw, g, dy, need_dx=True):
+def _backward_batch(w3, xf, cols, hw, g, dy, nb, need_dx=True):
+    """Backward of :func:`_conv_batch`: from its columns, or rebuilt from ``xf`` chunk by chunk."""
     h, wd = hw
     n, f = dy.shape[:2]
     groups, fg, k = w3.shape
     c = k // (g.kh * g.kw) * groups
     fl = flat(g, h, wd)
     run = g.ho * fl.wf
-    dyw = np.zeros((f, n, g.ho, fl.wf), dtype=dy.dtype)  # junk columns stay zero: they add nothing
-    dyw[..., :g.wo] = dy.transpose(1, 0, 2, 3)
-    dy3 = dyw.reshape(groups, fg, n * run)
-    dwt = np.matmul(cols.reshape(groups, k, n * run), dy3.transpose(0, 2, 1))
-    if not need_dx:
-        return None, dwt.transpose(0, 2, 1)
-    dcols = np.matmul(w3.transpose(0, 2, 1), dy3).reshape(c, g.kh, g.kw, n, run)
-    dxf = np.zeros((c, n, fl.size), dtype=dy.dtype)
-    for i in range(g.kh):
-        for j in range(g.kw):
-            start = fl.start(g, i, j)
-            dxf[:, :, start:start + run] += dcols[:, i, j]
-    return image_rows(dxf, g, fl, h, wd).transpose(1, 0, 2, 3), dwt.transpose(0, 2, 1)
+    dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
+    dxf = np.zeros((c, n, fl.size), dtype=dy.dtype) if need_dx else None
+    dyw = np.zeros((f, nb, g.ho, fl.wf), dtype=dy.dtype)  # junk columns stay zero: they add nothing
+    for n0 in range(0, n, nb):
+        m = min(n, n0 + nb) - n0
+        chunk = cols if cols is not None else _im2col_batch(
+            xf[n0:n0 + m], g, fl, np.empty((c, g.kh, g.kw, m, run), dtype=dy.dtype))
+        dyw[:, :m, :, :g.wo] = dy[n0:n0 + m].transpose(1, 0, 2, 3)
+        dy3 = (dyw if m == nb else np.ascontiguousarray(dyw[:, :m])).reshape(groups, fg, m * run)
+        dwt += np.matmul(chunk.reshape(groups, k, m * run), dy3.transpose(0, 2, 1))
+        if need_dx:
+            dcols = np.matmul(w3.transpose(0, 2, 1), dy3).reshape(c, g.kh, g.kw, m, run)
+            target = dxf[:, n0:n0 + m]
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    start = fl.start(g, i, j)
+                    target[:, :, start:start + run] += dcols[:, i, j]
+    dx = image_rows(dxf, g, fl, h, wd).transpose(1, 0, 2, 3) if need_dx else None
+    return dx, dwt.transpose(0, 2, 1)
 
 
 def _conv_wide(xf, w3, g, f, bias=None, keep=True):
