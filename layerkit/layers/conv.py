@@ -11,10 +11,15 @@ The weight gradient is computed transposed, ``cols (K, Ho*Wo) @ dy^T``, which
 OpenBLAS runs ~1.5x faster than ``dy @ cols^T`` for these shapes (a short M
 with a long inner dimension is its slow case).
 
-Stride-1 layers (nearly all of them) use the "wide" layout of ``layerkit.kernels.windows``
-(long contiguous copies) and compute dx as a second stride-1 convolution with
-the rotated kernel, which is one GEMM instead of a GEMM plus kh*kw scattered
-adds. Strided layers use plain im2col and col2im.
+Three paths, chosen from the shapes alone (so forward, infer and backward agree):
+
+- small stride-1 layers (at most 16 filters, the batch's columns in cache): one GEMM over
+  the whole batch, columns laid out channel-major (``_conv_batch``, below);
+- other stride-1 layers (nearly all the rest): per-sample GEMMs over cache-sized chunks on
+  the "wide" flat layout of ``layerkit.kernels.windows`` (long contiguous copies); dx is a
+  second stride-1 convolution with the rotated kernel while F <= C (one GEMM instead of a
+  GEMM plus kh*kw scattered adds), else col2im;
+- strided layers: plain im2col and col2im.
 """
 
 from __future__ import annotations
@@ -192,13 +197,13 @@ def _wide_ok(g: Window) -> bool:
 #
 # A small layer's per-sample GEMMs (LeNet's conv2: 16 x 200 x 96) are too small for BLAS to
 # run fast, and numpy's batched matmul makes one call per sample. Here the columns are laid
-# out channel-major over the batch, (C*kh*kw, n * Ho*Wp), so forward, the weight gradient and
+# out channel-major over the batch, (C*kh*kw, n * Ho*Wf), so forward, the weight gradient and
 # the column gradient are each one large GEMM (8 x 25 x 43,008 for LeNet's conv1). The price
 # is a transposing copy into and out of the (F, n, ...) layout, cheap while F is small, and
 # it only wins while the batch's columns stay in cache (measured per layer shape at batch
 # 64 and 128: LeNet's and CIFAR-sized small layers win, AlexNet's 32-filter layers lose).
 # Measured at batch 64, one thread (bench/layer_profile.py): LeNet-style conv2 backward
-# 3.4 -> 2.0 ms, conv1's weight gradient 1.2 -> 0.7 ms; docs/performance.md.
+# 3.4 -> 2.5 ms, conv1's weight gradient 1.2 -> 1.0 ms; docs/performance.md.
 
 BATCH_GEMM_MAX_FILTERS = 16  # more filters: the transposing copy of the output costs more than the GEMM saves
 BATCH_GEMM_MAX_BYTES = 6 << 20  # columns of a whole batch in one GEMM; larger ones stream from memory and lose
