@@ -256,14 +256,17 @@ def _conv_batch(xf, w3, g, f, nb, bias=None):
     return y, (buf if nb == n else None)
 
 
-def _backward_batch(w3, xf, cols, hw, g, dy, nb, need_dx=True):
-    """Backward of :func:`_conv_batch`: from its columns, or rebuilt from ``xf`` chunk by chunk."""
-    h, wd = hw
+def _stride1_sizes(w3, hw, g, dy):
+    """A stride-1 backward's sizes: (n, F, groups, F/groups, K per group, C, flat layout, Ho*Wf)."""
     n, f = dy.shape[:2]
     groups, fg, k = w3.shape
-    c = k // (g.kh * g.kw) * groups
-    fl = flat(g, h, wd)
-    run = g.ho * fl.wf
+    fl = flat(g, *hw)
+    return n, f, groups, fg, k, k // (g.kh * g.kw) * groups, fl, g.ho * fl.wf
+
+
+def _backward_batch(w3, xf, cols, hw, g, dy, nb, need_dx=True):
+    """Backward of :func:`_conv_batch`: from its columns, or rebuilt from ``xf`` chunk by chunk."""
+    n, f, groups, fg, k, c, fl, run = _stride1_sizes(w3, hw, g, dy)
     dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
     dxf = np.zeros((c, n, fl.size), dtype=dy.dtype) if need_dx else None
     dyw = np.zeros((f, nb, g.ho, fl.wf), dtype=dy.dtype)  # junk columns stay zero: they add nothing
@@ -281,7 +284,7 @@ def _backward_batch(w3, xf, cols, hw, g, dy, nb, need_dx=True):
                 for j in range(g.kw):
                     start = fl.start(g, i, j)
                     target[:, :, start:start + run] += dcols[:, i, j]
-    dx = image_rows(dxf, g, fl, h, wd).transpose(1, 0, 2, 3) if need_dx else None
+    dx = image_rows(dxf, g, fl, *hw).transpose(1, 0, 2, 3) if need_dx else None
     return dx, dwt.transpose(0, 2, 1)
 
 
@@ -323,11 +326,7 @@ def _conv_wide(xf, w3, g, f, bias=None, keep=True):
 
 def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
     h, wd = hw
-    n, f = dy.shape[:2]
-    groups, fg, k = w3.shape
-    c = k // (g.kh * g.kw) * groups
-    fl = flat(g, h, wd)
-    run = g.ho * fl.wf
+    n, f, groups, fg, k, c, fl, run = _stride1_sizes(w3, hw, g, dy)
     # dx either as a stride-1 convolution of dy with the rotated kernel (copies F*kh*kw values
     # per pixel) or as col2im (adds C*kh*kw values per pixel); measured, the convolution wins
     # only while F <= C (LeNet's 8->16 conv: 2.4 ms with col2im, 3.8 ms rotated)
