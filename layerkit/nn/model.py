@@ -55,9 +55,10 @@ class Model:
                 readers[s] += 1
         for i in range(len(self.nodes) - 1):
             act, pool = self.nodes[i].layer, self.nodes[i + 1].layer
-            self.pool_first[i] = bool(act.commutes_with_max and pool.pools_max and self._single[i]
-                                      and self._single[i + 1] and self._in_slots[i + 1] == [i + 1]
-                                      and readers[i + 1] == 1 and not self.nodes[i].param_specs
+            self.pool_first[i] = bool(act.commutes_with_max and pool.pools_max and not act.uses_rng
+                                      and self._single[i] and self._single[i + 1]
+                                      and self._in_slots[i + 1] == [i + 1] and readers[i + 1] == 1
+                                      and not self.nodes[i].param_specs
                                       and not (i > 0 and self.pool_first[i - 1]))
         # per value slot, the last node that reads it: inference drops it after that node
         self._last_use = [-1] * (len(self.nodes) + 1)
@@ -214,8 +215,8 @@ class Model:
         for slots in self._in_slots:
             for s in slots:
                 uses[s] += 1
-        plan: list[tuple[int, Any]] = [(self._in_slots[j][0], None) if self.pool_first[j] else (-1, self.params[node.name])
-                                       for j, node in enumerate(self.nodes)]
+        plan: list[tuple[int, Any]] = [(slots[0], None) if moved else (-1, self.params[node.name])
+                                       for node, slots, moved in zip(self.nodes, self._in_slots, self.pool_first)]
         for j, (node, slots) in enumerate(zip(self.nodes, self._in_slots)):
             s = slots[0]
             if not self._single[j] or s == 0 or uses[s] != 1 or plan[s - 1][0] != -1 or not self._single[s - 1]:
