@@ -8,7 +8,7 @@ from _core_layers import core_registry, flat_model
 
 from layerkit.modelfile.build import build_model
 from layerkit.errors import CheckpointError
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 
 
 @pytest.fixture(scope="module")

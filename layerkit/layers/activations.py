@@ -3,8 +3,8 @@
 Each caches its *output*: the next layer keeps that array alive anyway, so the
 cache costs no memory, and every derivative here is cheap in terms of y.
 Backward never writes into ``dy`` (``add`` hands the same array to all inputs);
-``backward_inplace`` does, and only ``Model.backward`` calls it, when it knows
-nobody else holds that ``dy`` (see ``Model.__init__``).
+``backward_inplace`` does, and only ``Network.backward`` calls it, when the planner knows
+nobody else holds that ``dy`` (``layerkit.nn.passes.choose_backward_calls``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import numpy as np
 from layerkit import hookimpl
 from layerkit.parallel import threads as parallel
 from layerkit.errors import ShapeError
+from layerkit.nn.capabilities import (CommutesWithMax, FreshGradient, FreshInferOutput, InplaceBackward,
+                                       InplaceInfer)
 from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
 
 _NO_PARAMS = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -46,7 +48,7 @@ def over_chunks(x: np.ndarray, work, nbytes: int | None = None) -> None:
     parallel.run(work, [([sl for sl in slices if a <= sl.start < b], step) for a, b in groups], nbytes, "pass")
 
 
-class ReLU(Layer):
+class ReLU(CommutesWithMax, InplaceBackward, FreshGradient, InplaceInfer, FreshInferOutput, Layer):
     type = "relu"
     sample_coupling = Coupling.NONE
     description = "Rectified linear unit: max(x, 0)."
@@ -73,8 +75,6 @@ class ReLU(Layer):
         over_chunks(x, work)
         return y, y
 
-    infer_fresh = True
-
     def infer_inplace(self, params, x, state=None):
         # predict: the input is the model's own, so no new array
         if x.ndim == 0 or x.shape[0] < 2:
@@ -87,8 +87,7 @@ class ReLU(Layer):
         over_chunks(x, work)
         return x
 
-    fresh_dx = True
-    commutes_with_max = True  # max(relu(a), relu(b)) == relu(max(a, b)), and relu'(max) routes alike
+    # CommutesWithMax: max(relu(a), relu(b)) == relu(max(a, b)), and relu'(max) routes alike
 
     def backward(self, params, cache, dy):
         return self._masked(cache, dy, np.empty_like(dy)), {}

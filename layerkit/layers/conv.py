@@ -30,12 +30,13 @@ from layerkit import hookimpl
 from layerkit.parallel import threads as parallel
 from layerkit.errors import ShapeError
 from layerkit.nn.initializers import INITIALIZERS
+from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput
 from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
 from layerkit.kernels.windows import (Window, chunk_size, col2im_add, col2im_wide_add, flat, im2col, im2col_wide, image_rows,
                                       int_or_pair_schema, pad, pad_flat, unpad, window)
 
 
-class Conv2D(Layer):
+class Conv2D(AbsorbsAffine, FreshInferOutput, Layer):
     type = "conv2d"
     sample_coupling = Coupling.NONE
     description = ("2-D convolution over a (C, H, W) input: stride, padding ('same'/'valid'/explicit), "
@@ -125,8 +126,6 @@ class Conv2D(Layer):
     def forward(self, params, x, training=False, rng=None, state=None):
         # in inference nothing is kept for a backward (it rebuilds), and the path is infer's
         return self._forward(params, x, params["b"] if self.use_bias else None, keep=training)
-
-    infer_fresh = True
 
     def infer(self, params, x, state=None):
         # no columns kept for a backward; the bias may come from a folded batch norm

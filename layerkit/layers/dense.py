@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from layerkit import hookimpl
+from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput
 from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
 
 
-class Dense(Layer):
+class Dense(AbsorbsAffine, FreshInferOutput, Layer):
     type = "dense"
     sample_coupling = Coupling.NONE
     description = ("Fully connected layer y = x W + b on the last axis, as PyTorch's Linear: a (D,) input gives "
@@ -33,10 +34,11 @@ class Dense(Layer):
         Example({"units": 3}, (2, 2, 5), "on the last axis of a 3-d input"),
     )
 
+    #: fold_affine scales the units, the last axis: the fold pass folds only where that is
+    #: the channel axis, i.e. for a flat input
+    affine_axis = -1
+
     def output_shape(self, input_shape):
-        # fold_affine folds a per-channel map into W only when the channels are the units, i.e.
-        # for a flat input; the builder asks this once per node, before any inference
-        self._flat_input = len(input_shape) == 1
         return (*input_shape[:-1], self.units)
 
     def param_specs(self, input_shape):
@@ -55,8 +57,6 @@ class Dense(Layer):
             y += params["b"]
         return y, x
 
-    infer_fresh = True
-
     def infer(self, params, x, state=None):
         # the bias may come from a folded batch norm even when use_bias is false
         y = x @ params["W"]
@@ -65,8 +65,8 @@ class Dense(Layer):
         return y
 
     def fold_affine(self, params, scale, shift):
-        if not getattr(self, "_flat_input", False):
-            return None  # on a (..., D) input, axis 1 of the output is not the units
+        if np.shape(scale) != (self.units,):
+            return None  # channels that are not the units: cannot be folded into W
         w = params["W"] * scale
         b = shift + params["b"] * scale if "b" in params else shift.copy()
         return {"W": w.astype(params["W"].dtype, copy=False), "b": b.astype(params["W"].dtype, copy=False)}

@@ -6,6 +6,8 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
+from layerkit.nn.capabilities import (AffineInference, FreshGradient, FreshInferOutput, InplaceBackward,
+                                       InplaceInfer)
 from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
 from layerkit.parallel.collectives import batch_sum, splitting
 from layerkit.layers.activations import over_chunks
@@ -97,7 +99,7 @@ def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape, out: np
     return y
 
 
-class BatchNorm(Layer):
+class BatchNorm(AffineInference, InplaceBackward, FreshGradient, InplaceInfer, FreshInferOutput, Layer):
     type = "batch_norm"
     description = (
         "Batch normalisation per feature of a (D,) input or per channel of a (C, H, W) input. Training uses "
@@ -157,8 +159,6 @@ class BatchNorm(Layer):
         mean = state["running_mean"].astype(np.float64)
         inv_std = 1 / np.sqrt(state["running_var"].astype(np.float64) + float(self.epsilon))
         return mean, inv_std, gamma * inv_std
-
-    infer_fresh = True
 
     def infer_inplace(self, params, x, state=None):
         # predict, where the batch norm could not be folded: scale and shift the model's own array
@@ -220,8 +220,6 @@ class BatchNorm(Layer):
                 running += ((1 - momentum) * batch).astype(running.dtype)
         # x rather than xhat: the previous layer's output is alive anyway, so the cache costs nothing
         return y, (True, (x, mean, inv_std, scale))
-
-    fresh_dx = True
 
     def backward(self, params, cache, dy):
         return self._backward(cache, dy, None)

@@ -12,6 +12,7 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
+from layerkit.nn.capabilities import FreshGradient, FreshInferOutput, MaxPooling
 from layerkit.nn.layer import Coupling, Example, Layer, require_rank
 from layerkit.kernels.windows import Window, int_or_pair_schema, pad, pair, unpad, window
 from layerkit.layers.activations import over_chunks
@@ -85,13 +86,12 @@ def _ceil_window(g: Window, hw) -> Window:
     return g._replace(pad_bottom=g.pad_bottom + extra_h, pad_right=g.pad_right + extra_w, ho=ho, wo=wo)
 
 
-class MaxPool2D(_WindowPool):
+class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
     type = "max_pool2d"
     sample_coupling = Coupling.NONE
     description = ("2-D max pooling; pads with -inf, so padding never wins. Ties send the whole gradient to "
                    "the first maximum of the window (row-major).")
     params_schema = _pool_schema("pooling", "padding is -inf and never selected")
-    infer_fresh = True
     examples = (
         Example({"pool_size": 2}, (2, 4, 6), "non-overlapping"),
         Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 5), "overlapping with padding"),
@@ -99,8 +99,6 @@ class MaxPool2D(_WindowPool):
         Example({"pool_size": 2, "ceil_mode": True}, (2, 5, 5), "ceil_mode keeps the partial last window"),
     )
     has_kinks = True
-    fresh_dx = True
-    pools_max = True
 
     def to_onnx(self, g, x, input_shape, params, state):
         return self._onnx_pool(g, "MaxPool", x, input_shape)
@@ -150,7 +148,7 @@ class MaxPool2D(_WindowPool):
         return unpad(dxp, g, h, w), {}
 
 
-class AvgPool2D(_WindowPool):
+class AvgPool2D(FreshInferOutput, _WindowPool):
     type = "avg_pool2d"
     sample_coupling = Coupling.NONE
     description = ("2-D average pooling. By default padding is excluded from the average (each output divides "
@@ -164,7 +162,6 @@ class AvgPool2D(_WindowPool):
         count_include_pad={"type": "boolean", "default": False,
                            "description": "count the zero padding in each window's divisor (PyTorch's default "
                                           "is true; layerkit's false, see the description)"})
-    infer_fresh = True
     examples = (
         Example({"pool_size": 2}, (2, 4, 4), "non-overlapping"),
         Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 6), "overlapping with padding"),
@@ -225,12 +222,11 @@ class AvgPool2D(_WindowPool):
         return unpad(dxp, g, h, w), {}
 
 
-class GlobalAvgPool2D(Layer):
+class GlobalAvgPool2D(FreshInferOutput, Layer):
     type = "global_avg_pool2d"
     sample_coupling = Coupling.NONE
     description = "Average over all spatial positions: (C, H, W) -> (C,) (PyTorch's AdaptiveAvgPool2d(1) + flatten)."
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
-    infer_fresh = True
     examples = (Example({}, (3, 4, 5)),)
 
     def output_shape(self, input_shape):
@@ -253,7 +249,7 @@ class GlobalAvgPool2D(Layer):
         return dx, {}
 
 
-class GlobalMaxPool2D(Layer):
+class GlobalMaxPool2D(MaxPooling, FreshGradient, Layer):
     type = "global_max_pool2d"
     sample_coupling = Coupling.NONE
     description = ("Maximum over all spatial positions: (C, H, W) -> (C,). The gradient goes to the first "
@@ -261,8 +257,6 @@ class GlobalMaxPool2D(Layer):
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     examples = (Example({}, (3, 4, 5)),)
     has_kinks = True
-    pools_max = True
-    fresh_dx = True
 
     def output_shape(self, input_shape):
         require_rank(input_shape, 3, "(channels, height, width)")
