@@ -24,6 +24,8 @@ Three paths, chosen from the shapes alone (so forward, infer and backward agree)
 
 from __future__ import annotations
 
+from typing import Literal, NamedTuple
+
 import numpy as np
 
 from layerkit import hookimpl
@@ -31,12 +33,30 @@ from layerkit.parallel import threads as parallel
 from layerkit.errors import ShapeError
 from layerkit.nn.initializers import INITIALIZERS
 from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, Shape, require_rank
 from layerkit.kernels.windows import (Window, chunk_size, col2im_add, col2im_wide_add, flat, im2col, im2col_wide, image_rows,
                                       int_or_pair_schema, pad, pad_flat, unpad, window)
 
 
+class ConvCache(NamedTuple):
+    """What :meth:`Conv2D.backward` needs from a forward: the path taken and its buffers."""
+
+    #: the algorithm forward used (see the module docstring), which backward mirrors
+    path: Literal["batch", "wide", "strided"]
+    #: the padded input (flat for the stride-1 paths), or None where the columns were kept
+    source: np.ndarray | None
+    #: the im2col columns, or None: backward rebuilds them from ``source`` chunk by chunk
+    cols: np.ndarray | None
+    #: the input's (height, width)
+    hw: tuple[int, int]
+    window: Window
+    #: samples per batch GEMM (the "batch" path only)
+    chunk: int = 0
+
+
 class Conv2D(AbsorbsAffine, FreshInferOutput, Layer):
+    """2-D convolution (see the module docstring for the three algorithms it picks from)."""
+
     type = "conv2d"
     sample_coupling = Coupling.NONE
     description = ("2-D convolution over a (C, H, W) input: stride, padding ('same'/'valid'/explicit), "
@@ -136,7 +156,8 @@ class Conv2D(AbsorbsAffine, FreshInferOutput, Layer):
         b = shift + params["b"] * scale if "b" in params else shift.copy()
         return {"W": w.astype(params["W"].dtype, copy=False), "b": b.astype(params["W"].dtype, copy=False)}
 
-    def _forward(self, params, x, b, keep):
+    def _forward(self, params: Params, x: np.ndarray, b: np.ndarray | None, keep: bool
+                 ) -> tuple[np.ndarray, ConvCache]:
         n, c, h, w = x.shape
         g = self._window((h, w))
         w3 = self._weights(params)
@@ -146,17 +167,18 @@ class Conv2D(AbsorbsAffine, FreshInferOutput, Layer):
             f = flat(g, h, w)
             xf = pad_flat(x, g, f)
             y, cols = _conv_batch(xf, w3, g, f, nb, bias)
-            return y, ("batch", None if keep and cols is not None else xf, cols if keep else None, (h, w), g, nb)
+            return y, ConvCache("batch", None if keep and cols is not None else xf, cols if keep else None,
+                                (h, w), g, nb)
         if _wide_ok(g):
             f = flat(g, h, w)
             xf = pad_flat(x, g, f)
             y, cols = _conv_wide(xf, w3, g, f, bias, keep)
-            return y, ("wide", None if cols is not None else xf, cols, (h, w), g)
+            return y, ConvCache("wide", None if cols is not None else xf, cols, (h, w), g)
         xp = pad(x, g)
         y, cols = _conv_strided(xp, w3, g, keep)
         if bias is not None:
             y += bias
-        return y, ("strided", xp, cols, (h, w), g)
+        return y, ConvCache("strided", xp, cols, (h, w), g)
 
     def backward(self, params, cache, dy):
         return self._backward(params, cache, dy, need_dx=True)
@@ -171,15 +193,15 @@ class Conv2D(AbsorbsAffine, FreshInferOutput, Layer):
         """Only the parameter gradients: the model calls this when the input is the data."""
         return self._backward(params, cache, dy, need_dx=False)[1]
 
-    def _backward(self, params, cache, dy, need_dx):
-        path, xsrc, cols, (h, w), g = cache[:5]
+    def _backward(self, params: Params, cache: ConvCache, dy: np.ndarray, need_dx: bool
+                  ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         w3 = self._weights(params)
-        if path == "batch":
-            dx, dw = _backward_batch(w3, xsrc, cols, (h, w), g, dy, cache[5], need_dx)
-        elif path == "wide":
-            dx, dw = _backward_wide(params["W"], w3, xsrc, cols, (h, w), g, dy, need_dx)
+        if cache.path == "batch":
+            dx, dw = _backward_batch(w3, cache.source, cache.cols, cache.hw, cache.window, dy, cache.chunk, need_dx)
+        elif cache.path == "wide":
+            dx, dw = _backward_wide(params["W"], w3, cache.source, cache.cols, cache.hw, cache.window, dy, need_dx)
         else:
-            dx, dw = _backward_strided(w3, xsrc, cols, (h, w), g, dy, need_dx)
+            dx, dw = _backward_strided(w3, cache.source, cache.cols, cache.hw, cache.window, dy, need_dx)
         grads = {"W": dw.reshape(params["W"].shape)}
         if self.use_bias:
             grads["b"] = dy.sum(axis=(0, 2, 3))
