@@ -147,7 +147,9 @@ def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None)
     def how(rec) -> str:
         if rec.runs_after_pool:
             return " after the pool"
-        return " folded" if rec.infer is InferCall.ALIAS else " in place" if rec.infer is InferCall.INFER_INPLACE else ""
+        if rec.infer is InferCall.ALIAS:
+            return " folded"
+        return " in place" if rec.infer is InferCall.INFER_INPLACE else ""
 
     return [(f"{r.name} ({r.layer.type}){how(r)}", med(times[r.name]), 0.0) for r in plan.nodes]
 

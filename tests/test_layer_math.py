@@ -540,7 +540,7 @@ def test_float32_in_float32_out(cls, example, training):
     assert y.dtype == np.float32 and y.shape == (3, *layer.output_shape(in_shape))
     assert all(v.dtype == np.float32 for v in state.values())
     dx, grads = layer.backward(params, cache, np.ones_like(y))
-    for d, x in zip(dx if multi else [dx], xs):
+    for d, x in zip(dx if multi else [dx], xs, strict=True):
         assert d.dtype == np.float32 and d.shape == x.shape
     assert set(grads) <= set(params)
     for name, g in grads.items():

@@ -179,8 +179,8 @@ def test_backward_calls_never_write_into_a_shared_or_a_non_owned_gradient():
 
 
 def _statistics(model, rng):
-    for name, tensors in {**model.params, **model.state}.items():
-        for tname, value in tensors.items():
+    for table in (model.params, model.state):
+        for tname, value in ((t, v) for tensors in table.values() for t, v in tensors.items()):
             if tname in ("gamma", "running_var"):
                 value[...] = rng.uniform(0.5, 2.0, value.shape)
             elif tname in ("beta", "running_mean"):
@@ -227,7 +227,8 @@ def test_dense_declares_its_fold_axis():
 
 def test_inplace_inference_only_on_values_the_network_alone_holds():
     model = build({"name": "r0", "type": "relu"}, CONV, {"name": "r1", "type": "relu"},
-                  {"name": "r2", "type": "relu", "inputs": ["conv"]}, {"name": "sum", "type": "add", "inputs": ["r1", "r2"]},
+                  {"name": "r2", "type": "relu", "inputs": ["conv"]},
+                  {"name": "sum", "type": "add", "inputs": ["r1", "r2"]},
                   {"name": "r3", "type": "relu"}, *FLAT_OUT)
     plan = model.inference_plan()
     calls = {rec.name: rec.infer for rec in plan.nodes}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from layerkit import hookimpl
 from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
+from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, Shape
 
 
 class Dense(AbsorbsAffine, FreshInferOutput, Layer):
@@ -38,47 +40,48 @@ class Dense(AbsorbsAffine, FreshInferOutput, Layer):
     #: the channel axis, i.e. for a flat input
     affine_axis = -1
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         return (*input_shape[:-1], self.units)
 
-    def param_specs(self, input_shape):
+    def param_specs(self, input_shape: Shape) -> dict[str, ParamSpec]:
         d = input_shape[-1]
         specs = {"W": ParamSpec((d, self.units), self.init, fan_in=d, fan_out=self.units, decay=True)}
         if self.use_bias:
             specs["b"] = ParamSpec((self.units,), "zeros")
         return specs
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return 2 * int(np.prod(input_shape)) * self.units
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         y = x @ params["W"]
         if self.use_bias:
             y += params["b"]
         return y, x
 
-    def infer(self, params, x, state=None):
+    def infer(self, params: Params, x: np.ndarray, state: dict[str, np.ndarray] | None = None) -> np.ndarray:
         # the bias may come from a folded batch norm even when use_bias is false
         y = x @ params["W"]
         if "b" in params:
             y += params["b"]
         return y
 
-    def fold_affine(self, params, scale, shift):
+    def fold_affine(self, params: Params, scale: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray] | None:
         if np.shape(scale) != (self.units,):
             return None  # channels that are not the units: cannot be folded into W
         w = params["W"] * scale
         b = shift + params["b"] * scale if "b" in params else shift.copy()
         return {"W": w.astype(params["W"].dtype, copy=False), "b": b.astype(params["W"].dtype, copy=False)}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         return dy @ params["W"].T, self.backward_params(params, cache, dy)
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         y = g.op("MatMul", [x, g.const(params["W"], "W")])
         return g.op("Add", [y, g.const(params["b"], "b")]) if self.use_bias else y
 
-    def backward_params(self, params, cache, dy):
+    def backward_params(self, params: Params, cache: Any, dy: np.ndarray) -> dict[str, np.ndarray]:
         """Only the parameter gradients: the model calls this when the input is the data."""
         x = cache
         if x.ndim > 2:  # every leading position is one more row of the same product
@@ -90,5 +93,5 @@ class Dense(AbsorbsAffine, FreshInferOutput, Layer):
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     register(Dense)

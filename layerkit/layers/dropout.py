@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from layerkit import hookimpl
-from layerkit.nn.layer import Coupling, Example, Layer, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, Params, require_rank, Shape
 
 
 class Dropout(Layer):
@@ -26,13 +28,14 @@ class Dropout(Layer):
     # each value's mask depends only on the generator: sample-parallel shards get one each
     sample_coupling = Coupling.NONE
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return 2 * int(np.prod(input_shape))
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return x  # inference: the identity, no node at all
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         rate = float(self.rate)
         if not training or rate == 0.0:
             return x, None
@@ -46,7 +49,7 @@ class Dropout(Layer):
         y *= scale
         return y, (keep, scale)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         if cache is None:
             return dy, {}
         keep, scale = cache
@@ -66,17 +69,18 @@ class Dropout2D(Layer):
     uses_rng = True
     sample_coupling = Coupling.NONE
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         return tuple(input_shape)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return 2 * int(np.prod(input_shape))
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return x  # inference: the identity
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         rate = float(self.rate)
         if not training or rate == 0.0:
             return x, None
@@ -87,13 +91,13 @@ class Dropout2D(Layer):
         mask *= 1.0 / (1.0 - rate)
         return x * mask, mask
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         if cache is None:
             return dy, {}
         return dy * cache, {}
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     register(Dropout)
     register(Dropout2D)

@@ -8,12 +8,14 @@ window order) whose input equals the maximum and writes ``dy`` only there.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
 from layerkit.nn.capabilities import FreshGradient, FreshInferOutput, MaxPooling
-from layerkit.nn.layer import Coupling, Example, Layer, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, Params, require_rank, Shape
 from layerkit.kernels.windows import Window, int_or_pair_schema, pad, pair, unpad, window
 from layerkit.layers.activations import over_chunks
 
@@ -37,7 +39,7 @@ def _pool_schema(kind: str, padding_note: str, **extra) -> dict:
 
 
 class _WindowPool(Layer):
-    def _window(self, hw):
+    def _window(self, hw: Sequence[int]) -> Window:
         stride = getattr(self, "stride", None) or self.pool_size
         g = window(hw, self.pool_size, stride, self.padding)
         if max(g.pad_top, g.pad_bottom) >= g.kh or max(g.pad_left, g.pad_right) >= g.kw:
@@ -48,16 +50,16 @@ class _WindowPool(Layer):
             g = _ceil_window(g, hw)
         return g
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         g = self._window(input_shape[1:])
         return (input_shape[0], g.ho, g.wo)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         g = self._window(input_shape[1:])
         return input_shape[0] * g.ho * g.wo * g.kh * g.kw
 
-    def _onnx_pool(self, g, op, x, input_shape, **attrs):
+    def _onnx_pool(self, g: Any, op: str, x: str, input_shape: Shape, **attrs: Any) -> str:
         # ONNX pools with floor-mode output sizes and leaves padding out of max and (with
         # count_include_pad=0) of the average: the same rules as here; ceil_mode's overhang is
         # already part of the window's bottom/right padding
@@ -66,16 +68,17 @@ class _WindowPool(Layer):
                     pads=[w.pad_top, w.pad_left, w.pad_bottom, w.pad_right], **attrs)
 
     @staticmethod
-    def _grad_buffer(shape, g, dtype, overlap):
+    def _grad_buffer(shape: tuple[int, ...], g: Window, dtype: np.dtype, overlap: bool) -> np.ndarray:
         # when the windows tile the input exactly every element is written once, so no zero fill
         tiles = not overlap and not g.padded and shape[2] == g.ho * g.kh and shape[3] == g.wo * g.kw
         return np.empty(shape, dtype=dtype) if tiles else np.zeros(shape, dtype=dtype)
 
-def _ceil_window(g: Window, hw) -> Window:
+def _ceil_window(g: Window, hw: Sequence[int]) -> Window:
     """PyTorch's ceil_mode: one more output row/column where a partial window fits, its overhang
     past the padded input added as extra bottom/right padding."""
     h, w = hw
-    ho, wo = -(-(h + g.pad_top + g.pad_bottom - g.kh) // g.sh) + 1, -(-(w + g.pad_left + g.pad_right - g.kw) // g.sw) + 1
+    ho = -(-(h + g.pad_top + g.pad_bottom - g.kh) // g.sh) + 1
+    wo = -(-(w + g.pad_left + g.pad_right - g.kw) // g.sw) + 1
     # the last window must start inside the input or its top/left padding
     if (ho - 1) * g.sh >= h + g.pad_top:
         ho -= 1
@@ -100,16 +103,17 @@ class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
     )
     has_kinks = True
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return self._onnx_pool(g, "MaxPool", x, input_shape)
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         g = self._window(x.shape[2:])
         xp = pad(x, g, -np.inf)
         y = np.empty((x.shape[0], x.shape[1], g.ho, g.wo), dtype=x.dtype)
         # np.maximum over strided views beats a reshape + max over two axes by ~30x; sample
         # chunks keep the input lines every offset touches in cache for the next offset
-        def work(slices, step):
+        def work(slices: list[slice], step: int) -> None:
             for sl in slices:
                 xc, yc = xp[sl], y[sl]
                 offsets = g.offsets()
@@ -122,12 +126,12 @@ class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
         # xp is the input itself unless padded, so the cache adds no memory in the common case
         return y, (x.shape, g, xp, y)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         (n, c, h, w), g, xp, y = cache
         overlap = g.sh < g.kh or g.sw < g.kw
         dxp = self._grad_buffer(xp.shape, g, dy.dtype, overlap)
 
-        def work(slices, step):
+        def work(slices: list[slice], step: int) -> None:
             taken_buf = np.empty((step, *y.shape[1:]), dtype=bool)
             hit_buf = np.empty_like(taken_buf)
             for sl in slices:
@@ -169,7 +173,7 @@ class AvgPool2D(FreshInferOutput, _WindowPool):
                 (2, 6, 5), "PyTorch's divisor, ceil_mode"),
     )
 
-    def _inverse_count(self, g, h, w, dtype):
+    def _inverse_count(self, g: Window, h: int, w: int, dtype: np.dtype) -> float | np.ndarray:
         """1 / (pixels counted per window): a Python float, or an (Ho, Wo) array with padding."""
         if not g.padded:
             return 1.0 / (g.kh * g.kw)
@@ -185,7 +189,7 @@ class AvgPool2D(FreshInferOutput, _WindowPool):
         count = sum(counted[rows, cols] for _, _, rows, cols in g.offsets())
         return (1.0 / count).astype(dtype)
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         w = self._window(input_shape[1:])
         ph, pw = pair(self.padding, "padding")
         if getattr(self, "count_include_pad", False) and (ph or pw):
@@ -196,7 +200,8 @@ class AvgPool2D(FreshInferOutput, _WindowPool):
                         pads=[0, 0, w.pad_bottom - ph, w.pad_right - pw])
         return self._onnx_pool(g, "AveragePool", x, input_shape, count_include_pad=0)
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         n, c, h, w = x.shape
         g = self._window((h, w))
         xp = pad(x, g)
@@ -209,7 +214,7 @@ class AvgPool2D(FreshInferOutput, _WindowPool):
         y *= inv
         return y, (x.shape, g, inv)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         (n, c, h, w), g, inv = cache
         overlap = g.sh < g.kh or g.sw < g.kw
         share = dy * inv
@@ -229,20 +234,21 @@ class GlobalAvgPool2D(FreshInferOutput, Layer):
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     examples = (Example({}, (3, 4, 5)),)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         return (input_shape[0],)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return int(np.prod(input_shape))
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         return x.mean(axis=(2, 3)), x.shape
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         n, c, h, w = cache
         dx = np.empty(cache, dtype=dy.dtype)
         dx[...] = (dy * (1.0 / (h * w)))[:, :, None, None]
@@ -258,23 +264,24 @@ class GlobalMaxPool2D(MaxPooling, FreshGradient, Layer):
     examples = (Example({}, (3, 4, 5)),)
     has_kinks = True
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         return (input_shape[0],)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return int(np.prod(input_shape))
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return g.op("Flatten", [g.op("GlobalMaxPool", [x])], axis=1)
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         flat = x.reshape(x.shape[0], x.shape[1], -1)
         idx = flat.argmax(axis=2)  # the first maximum
         y = np.take_along_axis(flat, idx[:, :, None], axis=2)[:, :, 0]
         return y, (x.shape, idx)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         shape, idx = cache
         dx = np.zeros((shape[0], shape[1], shape[2] * shape[3]), dtype=dy.dtype)
         np.put_along_axis(dx, idx[:, :, None], dy[:, :, None], axis=2)
@@ -282,6 +289,6 @@ class GlobalMaxPool2D(MaxPooling, FreshGradient, Layer):
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     for cls in (MaxPool2D, AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D):
         register(cls)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 import math
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.nn.layer import Coupling, Example, Layer
+from layerkit.nn.layer import Coupling, Example, Layer, Params, Shape
 
 
 class Flatten(Layer):
@@ -18,16 +20,17 @@ class Flatten(Layer):
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     examples = (Example({}, (2, 3, 4)), Example({}, (5,)))
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         return (math.prod(input_shape),)
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return g.op("Flatten", [x], axis=1)
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         return x.reshape(x.shape[0], -1), x.shape
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         return dy.reshape(cache), {}
 
 
@@ -47,7 +50,7 @@ class Reshape(Layer):
     }
     examples = (Example({"shape": [3, 4]}, (12,)), Example({"shape": [-1, 2, 2]}, (2, 2, 4)))
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         shape = [int(d) for d in self.shape]
         size = math.prod(input_shape)
         if shape.count(-1) > 1:
@@ -62,18 +65,19 @@ class Reshape(Layer):
             raise ShapeError(f"cannot reshape {tuple(input_shape)} ({size} values) to {shape} ({known} values)")
         return tuple(shape)
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         return x.reshape(x.shape[0], *self.shape), x.shape
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         # 0 keeps the batch size; the per-sample shape as given (one -1 is inferred there too)
         return g.op("Reshape", [x, g.const([0, *self.shape], "shape", dtype=np.int64)])
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         return dy.reshape(cache), {}
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     register(Flatten)
     register(Reshape)

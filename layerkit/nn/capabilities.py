@@ -105,7 +105,7 @@ class AffineInference:
     give the inference output to float32 rounding; None means "not affine now".
     """
 
-    def inference_affine(self, params: Params, state: dict[str, np.ndarray] | None = None
+    def inference_affine(self, params: Params, state: Mapping[str, np.ndarray] | None = None
                          ) -> tuple[np.ndarray, np.ndarray] | None:
         """``(scale, shift)`` per channel (axis 1) when the inference output is ``x * scale + shift``, else None."""
         return None

@@ -99,7 +99,7 @@ _DEPRECATED = {
 }
 
 
-def migrate_declarations(cls: type) -> None:
+def migrate_declarations(cls: type[Any]) -> None:
     """Map a subclass's deprecated declarations onto the current ones and normalise the coupling.
 
     Runs when the class is defined, so every caller only ever reads the current names.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
 from numpy.typing import DTypeLike
 
@@ -17,6 +17,7 @@ import numpy as np
 from layerkit.errors import CheckpointError
 from layerkit.fileio import save_npz_atomic
 from layerkit.nn.initializers import initialize
+from layerkit.nn.capabilities import InplaceBackward, InplaceInfer
 from layerkit.nn.plan import BackwardCall, InferCall, Plan
 from layerkit.nn.planner import plan_inference, plan_training
 from layerkit.parallel import threads
@@ -48,7 +49,8 @@ class Network:
         """Allocate parameters deterministically: one generator per tensor, seeded from
         (seed, layer name, tensor name), so adding or reordering layers does not
         reshuffle the others."""
-        params, state = {}, {}
+        params: dict[str, dict[str, np.ndarray]] = {}
+        state: dict[str, dict[str, np.ndarray]] = {}
         for node in graph.nodes:
             params[node.name] = {}
             for tname, pspec in node.param_specs.items():
@@ -101,6 +103,7 @@ class Network:
                 grads[rec.name] = rec.layer.backward_params(self.params[rec.name], caches[i], dy)
                 caches[i] = None
                 continue
+            g: dict[str, np.ndarray]
             if rec.runs_after_pool:  # its backward ran in the pool's node: dy is the gradient of its input
                 dx, g = dy, {}
             elif rec.then is not None:  # the pool, with the activation after it
@@ -109,14 +112,14 @@ class Network:
                 dy, _ = getattr(act.layer, act.backward.value)(self.params[act.name], act_cache, dy)
                 dx, g = rec.layer.backward(self.params[rec.name], pool_cache, dy)
             elif call is BackwardCall.BACKWARD_INPLACE:
-                dx, g = rec.layer.backward_inplace(self.params[rec.name], caches[i], dy)
+                dx, g = cast(InplaceBackward, rec.layer).backward_inplace(self.params[rec.name], caches[i], dy)
             else:
                 dx, g = rec.layer.backward(self.params[rec.name], caches[i], dy)
             del dy
             caches[i] = None
             grads[rec.name] = g
             dxs = [dx] if rec.single else dx
-            for s, d in zip(rec.inputs, dxs):
+            for s, d in zip(rec.inputs, dxs, strict=True):
                 if s == 0 or not records[s - 1].needs_grad:
                     continue  # the data, or computed from it alone: nobody reads this gradient
                 dvalues[s] = d if dvalues[s] is None else dvalues[s] + d
@@ -154,13 +157,15 @@ class Network:
             if rec.infer is InferCall.ALIAS:
                 values.append(values[rec.alias if rec.alias is not None else rec.inputs[0]])
             elif rec.infer is InferCall.INFER_INPLACE:
-                values.append(rec.layer.infer_inplace(params, values[rec.inputs[0]], self.state[rec.name]))
+                values.append(cast(InplaceInfer, rec.layer).infer_inplace(params, values[rec.inputs[0]],
+                                                                          self.state[rec.name]))
             else:
                 inp = values[rec.inputs[0]] if rec.single else [values[s] for s in rec.inputs]
                 values.append(rec.layer.infer(params, inp, self.state[rec.name]))
             if rec.then is not None:  # the activation moved after this pool
                 act = records[rec.then]
-                run = act.layer.infer_inplace if rec.then_infer is InferCall.INFER_INPLACE else act.layer.infer
+                inplace = rec.then_infer is InferCall.INFER_INPLACE
+                run = cast(InplaceInfer, act.layer).infer_inplace if inplace else act.layer.infer
                 values[-1] = run(self.params[act.name], values[-1], self.state[act.name])
             for s in rec.inputs:
                 if plan.last_use(s) == rec.index:

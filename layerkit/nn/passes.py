@@ -14,7 +14,7 @@ rounding of the folded weights); the conformance suite checks each capability a 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def pool_first(plan: Plan) -> Plan:
     changes: dict[int, dict[str, Any]] = {}
     nodes = plan.nodes
     moved_before = False
-    for act, pool in zip(nodes, nodes[1:]):
+    for act, pool in zip(nodes, nodes[1:], strict=False):
         moved = (declares(act.layer, CommutesWithMax) and declares(pool.layer, MaxPooling)
                  and not act.layer.uses_rng and act.single and pool.single and not act.has_params
                  and pool.inputs == (act.output,) and len(act.readers) == 1 and not moved_before)
@@ -109,12 +109,12 @@ def fold_batch_norm(plan: Plan, params: Tensors, state: Tensors, dtype: np.dtype
                 or not declares(producer.layer, AbsorbsAffine)
                 or getattr(producer.layer, "affine_axis", 0) % len(producer.output_shape) != 0):
             continue
-        affine = rec.layer.inference_affine(params[rec.name], state[rec.name])
+        affine = cast(AffineInference, rec.layer).inference_affine(params[rec.name], state[rec.name])
         if affine is None:
             continue
         scale, shift = (np.asarray(a, dtype=dtype) for a in affine)
         own = folded_params.get(producer.index, params[producer.name])
-        folded = producer.layer.fold_affine(own, scale, shift)
+        folded = cast(AbsorbsAffine, producer.layer).fold_affine(own, scale, shift)
         if folded is not None:
             folded_params[producer.index] = folded
             changes[producer.index] = {"infer_params": folded}

@@ -132,7 +132,7 @@ def wiring(nodes: Sequence[Node]) -> Plan:
     # does anything computed from the data alone (an MLP's flatten), so backward stops where
     # no parameter lies upstream.
     needs = [False]
-    for node, slots in zip(nodes, inputs):
+    for node, slots in zip(nodes, inputs, strict=True):
         needs.append(bool(node.param_specs) or any(needs[s] for s in slots))
     records = tuple(
         NodeRecord(index=i, name=node.name, layer=node.layer, inputs=inputs[i], single=node.layer.arity == 1,
