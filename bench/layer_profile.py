@@ -164,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = (profile_infer if args.infer else profile)(args.model, args.batch, args.steps, args.data_dir)
     total = sum(f + b for _, f, b in rows)
-    print(f"| layer | forward ms | backward ms | share |\n|---|---:|---:|---:|")
+    print("| layer | forward ms | backward ms | share |\n|---|---:|---:|---:|")
     for name, f, b in rows:
         print(f"| {name} | {f:.2f} | {b:.2f} | {100 * (f + b) / total:.0f}% |")
     print(f"| **total** | | | {total:.1f} ms/batch = {args.batch / total * 1e3:,.0f} img/s |")

@@ -9,7 +9,7 @@ nobody else holds that ``dy`` (``layerkit.nn.passes.choose_backward_calls``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -51,6 +51,8 @@ def over_chunks(x: np.ndarray, work: Callable[[list[slice], int], None], nbytes:
 
 
 class ReLU(CommutesWithMax, InplaceBackward, FreshGradient, InplaceInfer, FreshInferOutput, Layer):
+    """max(x, 0), element-wise; commutes with max pooling, and runs in place where the planner allows."""
+
     type = "relu"
     sample_coupling = Coupling.NONE
     description = "Rectified linear unit: max(x, 0)."
@@ -65,7 +67,7 @@ class ReLU(CommutesWithMax, InplaceBackward, FreshGradient, InplaceInfer, FreshI
         return g.op("Relu", [x])
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         if x.ndim == 0 or x.shape[0] < 2:
             y = np.maximum(x, 0)
             return y, y
@@ -116,6 +118,8 @@ class ReLU(CommutesWithMax, InplaceBackward, FreshGradient, InplaceInfer, FreshI
 
 
 class LeakyReLU(Layer):
+    """x where positive, ``alpha * x`` elsewhere, element-wise."""
+
     type = "leaky_relu"
     sample_coupling = Coupling.NONE
     description = ("Leaky rectified linear unit: x for x > 0, alpha * x otherwise (alpha is PyTorch's "
@@ -138,7 +142,7 @@ class LeakyReLU(Layer):
         return g.op("LeakyRelu", [x], alpha=float(self.alpha))
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         alpha = float(self.alpha)
         # with 0 <= alpha <= 1, max(x, alpha*x) is exactly the piecewise definition
         y = np.maximum(x, x * alpha)
@@ -150,6 +154,8 @@ class LeakyReLU(Layer):
 
 
 class Sigmoid(Layer):
+    """The logistic function 1 / (1 + exp(-x)), element-wise."""
+
     type = "sigmoid"
     sample_coupling = Coupling.NONE
     description = ("Logistic sigmoid 1 / (1 + exp(-x)), overflow-free and accurate in relative terms over the "
@@ -166,7 +172,7 @@ class Sigmoid(Layer):
         return g.op("Sigmoid", [x])
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         # e = exp(-|x|) <= 1 never overflows; sigmoid = 1 / (1 + e) for x >= 0 and e / (1 + e)
         # below, each a ratio of accurate terms (the old (1 + tanh(x/2)) / 2 cancelled to exactly 0
         # below x = -37 and lost relative accuracy from -15)
@@ -188,6 +194,8 @@ class Sigmoid(Layer):
 
 
 class Tanh(Layer):
+    """The hyperbolic tangent, element-wise."""
+
     type = "tanh"
     sample_coupling = Coupling.NONE
     description = "Hyperbolic tangent."
@@ -201,7 +209,7 @@ class Tanh(Layer):
         return g.op("Tanh", [x])
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         y = np.tanh(x)
         return y, y
 
@@ -217,7 +225,7 @@ AXIS_SCHEMA = {"type": "integer", "default": 0,
                               "channels of a (C, H, W) input (PyTorch's dim=1), -1 the last axis"}
 
 
-def _batch_axis(axis: int, input_shape) -> int:
+def _batch_axis(axis: int, input_shape: Sequence[int]) -> int:
     """The per-sample ``axis`` as an axis of the batched array; ShapeError when out of range."""
     rank = len(input_shape)
     if not -rank <= axis < rank:
@@ -226,6 +234,8 @@ def _batch_axis(axis: int, input_shape) -> int:
 
 
 class Softmax(Layer):
+    """Softmax over one axis: exponentials normalised to sum to one."""
+
     type = "softmax"
     sample_coupling = Coupling.NONE
     description = ("Softmax over one per-sample axis (default the features of a (D,) input or the channels of "
@@ -246,7 +256,7 @@ class Softmax(Layer):
         return g.op("Softmax", [x], axis=_batch_axis(getattr(self, "axis", 0), input_shape))
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         ax = _batch_axis(getattr(self, "axis", 0), x.shape[1:])
         y = x - x.max(axis=ax, keepdims=True)
         np.exp(y, out=y)
@@ -261,6 +271,8 @@ class Softmax(Layer):
 
 
 class LogSoftmax(Layer):
+    """The logarithm of the softmax over one axis, computed stably."""
+
     type = "log_softmax"
     sample_coupling = Coupling.NONE
     description = ("Log of the softmax over one per-sample axis, x - max - log(sum(exp(x - max))): finite "
@@ -279,7 +291,7 @@ class LogSoftmax(Layer):
         return g.op("LogSoftmax", [x], axis=_batch_axis(self.axis, input_shape))
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         ax = _batch_axis(self.axis, x.shape[1:])
         y = x - x.max(axis=ax, keepdims=True)
         y -= np.log(np.exp(y).sum(axis=ax, keepdims=True))
@@ -292,6 +304,8 @@ class LogSoftmax(Layer):
 
 
 class PReLU(Layer):
+    """Leaky relu with a learnable slope, shared or one per channel."""
+
     type = "prelu"
     sample_coupling = Coupling.NONE
     description = ("Parametric ReLU (PyTorch's PReLU): x for x > 0, a * x otherwise, with a learnable slope a, "
@@ -328,7 +342,7 @@ class PReLU(Layer):
         return g.op("PRelu", [x, g.const(slope, "alpha")])
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         a = self._slope(params, x)
         y = np.where(x > 0, x, x * a)
         return y, x

@@ -144,7 +144,7 @@ class Conv2D(AbsorbsAffine, FreshInferOutput, Layer):
         return w.reshape(self.groups, self.filters // self.groups, -1)
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         # in inference nothing is kept for a backward (it rebuilds), and the path is infer's
         return self._forward(params, x, params["b"] if self.use_bias else None, keep=training)
 

@@ -21,6 +21,8 @@ from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, requi
 
 
 class Conv2DTranspose(Layer):
+    """Transposed 2-D convolution: the input gradient of a convolution, as a layer (upsampling)."""
+
     type = "conv2d_transpose"
     sample_coupling = Coupling.NONE
     description = ("2-D transposed convolution over a (C, H, W) input, as PyTorch's ConvTranspose2d: output "
@@ -109,7 +111,7 @@ class Conv2DTranspose(Layer):
                     pads=[ph, pw, ph, pw], output_padding=list(pair(self.output_padding, "output_padding")))
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         n, c, h, w = x.shape
         (ho, wo), g = self._geometry((h, w))
         wmat = params["W"].reshape(c, -1)  # (C_in, F * kh * kw)

@@ -12,6 +12,8 @@ from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, Shape
 
 
 class Dense(AbsorbsAffine, FreshInferOutput, Layer):
+    """Fully connected layer ``y = x W + b`` on the last axis; absorbs a following batch norm for inference."""
+
     type = "dense"
     sample_coupling = Coupling.NONE
     description = ("Fully connected layer y = x W + b on the last axis, as PyTorch's Linear: a (D,) input gives "
@@ -54,7 +56,7 @@ class Dense(AbsorbsAffine, FreshInferOutput, Layer):
         return 2 * int(np.prod(input_shape)) * self.units
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         y = x @ params["W"]
         if self.use_bias:
             y += params["b"]

@@ -11,6 +11,8 @@ from layerkit.nn.layer import Coupling, Example, Layer, Params, require_rank, Sh
 
 
 class Dropout(Layer):
+    """Inverted dropout: in training, zeroes each value with probability ``rate`` and scales the rest."""
+
     type = "dropout"
     description = ("Inverted dropout: in training each value is zeroed with probability `rate` and the "
                    "survivors are scaled by 1 / (1 - rate); identity at inference. Randomness comes only from "
@@ -35,7 +37,7 @@ class Dropout(Layer):
         return x  # inference: the identity, no node at all
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         rate = float(self.rate)
         if not training or rate == 0.0:
             return x, None
@@ -59,6 +61,8 @@ class Dropout(Layer):
 
 
 class Dropout2D(Layer):
+    """Channel dropout: in training, zeroes whole feature maps with probability ``rate``."""
+
     type = "dropout2d"
     description = ("Channel-wise inverted dropout (PyTorch's Dropout2d) for (C, H, W) input: in training each "
                    "whole channel of each sample is zeroed with probability `rate` and the survivors scaled by "
@@ -80,7 +84,7 @@ class Dropout2D(Layer):
         return x  # inference: the identity
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         rate = float(self.rate)
         if not training or rate == 0.0:
             return x, None

@@ -12,6 +12,8 @@ from layerkit.nn.layer import Coupling, Example, Layer, Params, Shape
 
 
 class Add(Layer):
+    """The element-wise sum of two or more inputs of the same shape."""
+
     type = "add"
     sample_coupling = Coupling.NONE
     description = "Element-wise sum of two or more inputs of the same shape (residual connections)."
@@ -36,8 +38,8 @@ class Add(Layer):
         return out
 
     def forward(self, params: Params, xs: list[np.ndarray], training: bool = False,
-                    rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         y = xs[0] + xs[1]
         for x in xs[2:]:
             y += x
@@ -49,6 +51,8 @@ class Add(Layer):
 
 
 class Concat(Layer):
+    """Two or more inputs joined along one axis."""
+
     type = "concat"
     sample_coupling = Coupling.NONE
     description = "Concatenate two or more inputs along a per-sample axis (default 0, the channel axis)."
@@ -83,8 +87,8 @@ class Concat(Layer):
         return g.op("Concat", x, axis=self._axis(len(input_shape[0])) + 1)
 
     def forward(self, params: Params, xs: list[np.ndarray], training: bool = False,
-                    rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         axis = self._axis(xs[0].ndim - 1) + 1
         return np.concatenate(xs, axis=axis), (axis, np.cumsum([x.shape[axis] for x in xs[:-1]]))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -102,6 +102,8 @@ def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape: tuple[i
 
 
 class BatchNorm(AffineInference, InplaceBackward, FreshGradient, InplaceInfer, FreshInferOutput, Layer):
+    """Batch normalisation over the batch (and spatial) axes, per channel, with running statistics."""
+
     type = "batch_norm"
     description = (
         "Batch normalisation per feature of a (D,) input or per channel of a (C, H, W) input. Training uses "
@@ -155,7 +157,7 @@ class BatchNorm(AffineInference, InplaceBackward, FreshGradient, InplaceInfer, F
             return params["gamma"], params["beta"]
         return np.ones(c), np.zeros(c)
 
-    def _running_affine(self, params: Params, state: dict[str, np.ndarray] | None
+    def _running_affine(self, params: Params, state: Mapping[str, np.ndarray] | None
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Inference's per-channel (mean, inv_std, scale): float64 statistics, as forward uses them."""
         gamma, _ = self._gamma_beta(params, len(state["running_mean"]))
@@ -169,8 +171,8 @@ class BatchNorm(AffineInference, InplaceBackward, FreshGradient, InplaceInfer, F
         _, beta = self._gamma_beta(params, len(mean))
         return _affine(x, scale, beta - mean * scale, _stat_axes(x)[1], out=x)
 
-    def inference_affine(self, params: Params, state: dict[str, np.ndarray] | None = None
-                             ) -> tuple[np.ndarray, np.ndarray]:
+    def inference_affine(self, params: Params, state: Mapping[str, np.ndarray] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
         mean, _, scale = self._running_affine(params, state)
         _, beta = self._gamma_beta(params, len(mean))
         return scale, beta - mean * scale
@@ -183,7 +185,7 @@ class BatchNorm(AffineInference, InplaceBackward, FreshGradient, InplaceInfer, F
         return g.op("Add", [y, g.const(np.asarray(shift).reshape(shape), "shift")])
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         _, bshape = _stat_axes(x)
         gamma, beta = self._gamma_beta(params, x.shape[1])
         eps = float(self.epsilon)
@@ -277,6 +279,8 @@ class BatchNorm(AffineInference, InplaceBackward, FreshGradient, InplaceInfer, F
 
 
 class LocalResponseNorm(Layer):
+    """AlexNet's local response normalisation across neighbouring channels."""
+
     type = "local_response_norm"
     sample_coupling = Coupling.NONE
     description = ("AlexNet local response normalisation across channels: "
@@ -336,7 +340,7 @@ class LocalResponseNorm(Layer):
         return g.op("Mul", [x, g.op("Pow", [denom, g.const(-beta, "minus_beta")])])
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         before, after = self.size // 2, (self.size - 1) // 2
         denom = self._channel_sum(x * x, before, after)
         denom *= float(self.alpha)
@@ -360,6 +364,8 @@ class LocalResponseNorm(Layer):
 
 
 class LayerNorm(Layer):
+    """Layer normalisation over each sample's trailing axes."""
+
     type = "layer_norm"
     sample_coupling = Coupling.NONE
     description = ("Layer normalisation (PyTorch's LayerNorm): each sample is normalised over its last "
@@ -418,7 +424,7 @@ class LayerNorm(Layer):
         return g.op("Add", [g.op("Mul", [y, g.const(params["gamma"], "gamma")]), g.const(params["beta"], "beta")])
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         k = self._dims(x.ndim - 1)
         axes = tuple(range(x.ndim - k, x.ndim))
         xhat = x - x.mean(axis=axes, keepdims=True)

@@ -39,6 +39,8 @@ def _pool_schema(kind: str, padding_note: str, **extra) -> dict:
 
 
 class _WindowPool(Layer):
+    """What the windowed 2-D pools share: the window schema, geometry and ONNX export."""
+
     def _window(self, hw: Sequence[int]) -> Window:
         stride = getattr(self, "stride", None) or self.pool_size
         g = window(hw, self.pool_size, stride, self.padding)
@@ -90,6 +92,8 @@ def _ceil_window(g: Window, hw: Sequence[int]) -> Window:
 
 
 class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
+    """2-D max pooling over windows of each channel."""
+
     type = "max_pool2d"
     sample_coupling = Coupling.NONE
     description = ("2-D max pooling; pads with -inf, so padding never wins. Ties send the whole gradient to "
@@ -107,7 +111,7 @@ class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
         return self._onnx_pool(g, "MaxPool", x, input_shape)
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         g = self._window(x.shape[2:])
         xp = pad(x, g, -np.inf)
         y = np.empty((x.shape[0], x.shape[1], g.ho, g.wo), dtype=x.dtype)
@@ -153,6 +157,8 @@ class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
 
 
 class AvgPool2D(FreshInferOutput, _WindowPool):
+    """2-D average pooling over windows of each channel."""
+
     type = "avg_pool2d"
     sample_coupling = Coupling.NONE
     description = ("2-D average pooling. By default padding is excluded from the average (each output divides "
@@ -201,7 +207,7 @@ class AvgPool2D(FreshInferOutput, _WindowPool):
         return self._onnx_pool(g, "AveragePool", x, input_shape, count_include_pad=0)
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         n, c, h, w = x.shape
         g = self._window((h, w))
         xp = pad(x, g)
@@ -228,6 +234,8 @@ class AvgPool2D(FreshInferOutput, _WindowPool):
 
 
 class GlobalAvgPool2D(FreshInferOutput, Layer):
+    """The mean over all spatial positions of each channel: (C, H, W) -> (C,)."""
+
     type = "global_avg_pool2d"
     sample_coupling = Coupling.NONE
     description = "Average over all spatial positions: (C, H, W) -> (C,) (PyTorch's AdaptiveAvgPool2d(1) + flatten)."
@@ -242,7 +250,7 @@ class GlobalAvgPool2D(FreshInferOutput, Layer):
         return int(np.prod(input_shape))
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         return x.mean(axis=(2, 3)), x.shape
 
     def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
@@ -256,6 +264,8 @@ class GlobalAvgPool2D(FreshInferOutput, Layer):
 
 
 class GlobalMaxPool2D(MaxPooling, FreshGradient, Layer):
+    """The maximum over all spatial positions of each channel: (C, H, W) -> (C,)."""
+
     type = "global_max_pool2d"
     sample_coupling = Coupling.NONE
     description = ("Maximum over all spatial positions: (C, H, W) -> (C,). The gradient goes to the first "
@@ -275,7 +285,7 @@ class GlobalMaxPool2D(MaxPooling, FreshGradient, Layer):
         return g.op("Flatten", [g.op("GlobalMaxPool", [x])], axis=1)
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         flat = x.reshape(x.shape[0], x.shape[1], -1)
         idx = flat.argmax(axis=2)  # the first maximum
         y = np.take_along_axis(flat, idx[:, :, None], axis=2)[:, :, 0]

@@ -14,6 +14,8 @@ from layerkit.nn.layer import Coupling, Example, Layer, Params, Shape
 
 
 class Flatten(Layer):
+    """Every sample's values as one flat vector."""
+
     type = "flatten"
     sample_coupling = Coupling.NONE
     description = "Flatten the per-sample shape to (features,), channels-first order."
@@ -27,7 +29,7 @@ class Flatten(Layer):
         return g.op("Flatten", [x], axis=1)
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         return x.reshape(x.shape[0], -1), x.shape
 
     def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
@@ -35,6 +37,8 @@ class Flatten(Layer):
 
 
 class Reshape(Layer):
+    """Every sample's values in a new shape of the same size."""
+
     type = "reshape"
     sample_coupling = Coupling.NONE
     description = "Reshape each sample (row-major order); one dimension may be -1 and is inferred."
@@ -66,7 +70,7 @@ class Reshape(Layer):
         return tuple(shape)
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         return x.reshape(x.shape[0], *self.shape), x.shape
 
     def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:

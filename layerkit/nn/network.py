@@ -24,6 +24,7 @@ from layerkit.parallel import threads
 
 if TYPE_CHECKING:  # the model runs a graph that modelfile built; it never imports that tier
     from layerkit.modelfile.shapes import Graph, Node
+    from layerkit.nn.losses import Loss
 
 
 class Network:
@@ -125,7 +126,7 @@ class Network:
                 dvalues[s] = d if dvalues[s] is None else dvalues[s] + d
         return grads
 
-    def loss_and_gradients(self, loss, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
+    def loss_and_gradients(self, loss: Loss, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
                            share: float = 1.0) -> tuple[float, np.ndarray, dict[str, dict[str, np.ndarray]]]:
         """One training pass over a batch: (mean loss, output, parameter gradients).
 
