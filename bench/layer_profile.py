@@ -3,10 +3,10 @@
     python bench/layer_profile.py models/alexnet_mnist.json --batch 128 --steps 20
     python bench/layer_profile.py models/alexnet_mnist.json --batch 256 --infer
 
-Drives a chain-shaped model exactly as the trainer does (same Model, loss and optimizer
+Drives a chain-shaped model exactly as the trainer does (same Network, loss and optimizer
 objects) but times every node separately with perf_counter; the figures are
 medians over the steps after a warm-up, in milliseconds per batch. ``--infer`` times
-``Model.infer`` (what ``predict`` runs) node by node instead: batch norms folded into
+``Network.infer`` (what ``predict`` runs) node by node instead: batch norms folded into
 the layer before them show as 0, layers that overwrite their input are marked in place.
 ``bench/torch_profile.py`` gives PyTorch's table for the same net.
 """
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from layerkit.nn.plan import BackwardCall, InferCall
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -51,16 +53,17 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         xb = data.x_train[step * batch:(step + 1) * batch]
         yb = data.y_train[step * batch:(step + 1) * batch]
         values, caches = [xb], []
-        for i, node in enumerate(nodes):
-            if model.pool_first[i]:  # runs after the pool (Model.forward), timed there
+        records = model.plan.nodes  # the planner's records, which Network.forward/backward follow
+        for rec in records:
+            if rec.runs_after_pool:  # runs after the pool (Network.forward), timed there
                 values.append(values[-1])
                 caches.append(None)
                 continue
             t0 = time.perf_counter()
-            y, cache = node.layer.forward(model.params[node.name], values[-1], True, rng, model.state[node.name])
-            fwd[node.name].append(time.perf_counter() - t0)
-            if i and model.pool_first[i - 1]:
-                act = nodes[i - 1]
+            y, cache = rec.layer.forward(model.params[rec.name], values[-1], True, rng, model.state[rec.name])
+            fwd[rec.name].append(time.perf_counter() - t0)
+            if rec.then is not None:
+                act = records[rec.then]
                 t0 = time.perf_counter()
                 y, act_cache = act.layer.forward(model.params[act.name], y, True, rng, model.state[act.name])
                 fwd[act.name].append(time.perf_counter() - t0)
@@ -72,39 +75,39 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         dy = loss.backward(lcache)
         extra["loss"].append(time.perf_counter() - t0)
         grads = {}
-        for i in range(len(nodes) - 1, -1, -1):
-            node, call = nodes[i], model.backward_plan[i]  # the method Model.backward calls
+        for rec in reversed(records):
+            i, call = rec.index, rec.backward  # the method Network.backward calls
             t0 = time.perf_counter()
-            if model.pool_first[i]:  # its backward ran in the pool's node
-                grads[node.name] = {}
+            if rec.runs_after_pool:  # its backward ran in the pool's node
+                grads[rec.name] = {}
                 continue
-            if i and model.pool_first[i - 1] and call != "skip":
-                act = nodes[i - 1]
+            if rec.then is not None and call is not BackwardCall.SKIP:
+                act = records[rec.then]
                 pool_cache, act_cache = caches[i]
-                dy, _ = getattr(act.layer, model.backward_plan[i - 1])(model.params[act.name], act_cache, dy)
+                dy, _ = getattr(act.layer, act.backward.value)(model.params[act.name], act_cache, dy)
                 bwd[act.name].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                dy, grads[node.name] = node.layer.backward(model.params[node.name], pool_cache, dy)
-            elif call == "skip":
-                grads[node.name] = {}
-            elif call == "backward_params":
-                grads[node.name] = node.layer.backward_params(model.params[node.name], caches[i], dy)
+                dy, grads[rec.name] = rec.layer.backward(model.params[rec.name], pool_cache, dy)
+            elif call is BackwardCall.SKIP:
+                grads[rec.name] = {}
+            elif call is BackwardCall.BACKWARD_PARAMS:
+                grads[rec.name] = rec.layer.backward_params(model.params[rec.name], caches[i], dy)
             else:
-                dy, grads[node.name] = getattr(node.layer, call)(model.params[node.name], caches[i], dy)
-            bwd[node.name].append(time.perf_counter() - t0)
+                dy, grads[rec.name] = getattr(rec.layer, call.value)(model.params[rec.name], caches[i], dy)
+            bwd[rec.name].append(time.perf_counter() - t0)
             caches[i] = None
         t0 = time.perf_counter()
         opt.step([grads[n][t] for n, t in keys])
         extra["optimizer"].append(time.perf_counter() - t0)
     med = lambda xs: 1e3 * float(np.median(xs[3:]))
-    rows = [(f"{n.name} ({n.layer.type}{', after the pool' if moved else ''})", med(fwd[n.name]),
-             med(bwd[n.name]) if bwd[n.name] else 0.0) for n, moved in zip(nodes, model.pool_first)]
+    rows = [(f"{r.name} ({r.layer.type}{', after the pool' if r.runs_after_pool else ''})", med(fwd[r.name]),
+             med(bwd[r.name]) if bwd[r.name] else 0.0) for r in model.plan.nodes]
     rows += [(name, med(times), 0.0) for name, times in extra.items()]
     return rows
 
 
 def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None) -> list[tuple[str, float, float]]:
-    """``Model.infer`` node by node, following its inference plan; ms per batch."""
+    """``Network.infer`` node by node, following its inference plan; ms per batch."""
     from layerkit.modelfile.build import build_model
     from layerkit.parallel.malloc import tune_malloc
     from layerkit.training.runs import prepare_data
@@ -121,30 +124,34 @@ def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None)
     for step in range(steps + 3):
         plan = model.inference_plan()
         values = [data.x_train[step * batch:(step + 1) * batch]]
-        for i, (node, (alias, params, inplace)) in enumerate(zip(model.nodes, plan)):
+        for rec in plan.nodes:
+            params = model.params[rec.name] if rec.infer_params is None else rec.infer_params
             t0 = time.perf_counter()
-            if alias >= 0:
-                y = values[alias]
-            elif inplace:
-                y = node.layer.infer_inplace(params, values[-1], model.state[node.name])
+            if rec.infer is InferCall.ALIAS:
+                y = values[rec.alias]
+            elif rec.infer is InferCall.INFER_INPLACE:
+                y = rec.layer.infer_inplace(params, values[-1], model.state[rec.name])
             else:
-                y = node.layer.infer(params, values[-1], model.state[node.name])
-            if not model.pool_first[i]:
-                times[node.name].append(time.perf_counter() - t0)
-            if i and model.pool_first[i - 1]:  # as Model.infer: the activation on the pooled output
-                act = model.nodes[i - 1]
+                y = rec.layer.infer(params, values[-1], model.state[rec.name])
+            if not rec.runs_after_pool:
+                times[rec.name].append(time.perf_counter() - t0)
+            if rec.then is not None:  # as Network.infer: the activation on the pooled output
+                act = plan.nodes[rec.then]
                 t0 = time.perf_counter()
-                run = act.layer.infer_inplace if node.layer.infer_fresh else act.layer.infer
+                run = act.layer.infer_inplace if rec.then_infer is InferCall.INFER_INPLACE else act.layer.infer
                 y = run(model.params[act.name], y, model.state[act.name])
                 times[act.name].append(time.perf_counter() - t0)
             values.append(y)
     med = lambda xs: 1e3 * float(np.median(xs[3:]))
 
-    def how(alias, inplace, moved):
-        return " after the pool" if moved else " folded" if alias >= 0 else " in place" if inplace else ""
+    def how(rec) -> str:
+        if rec.runs_after_pool:
+            return " after the pool"
+        if rec.infer is InferCall.ALIAS:
+            return " folded"
+        return " in place" if rec.infer is InferCall.INFER_INPLACE else ""
 
-    return [(f"{n.name} ({n.layer.type}){how(alias, inplace, moved)}", med(times[n.name]), 0.0)
-            for n, (alias, _, inplace), moved in zip(model.nodes, plan, model.pool_first)]
+    return [(f"{r.name} ({r.layer.type}){how(r)}", med(times[r.name]), 0.0) for r in plan.nodes]
 
 
 def main() -> None:
@@ -157,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = (profile_infer if args.infer else profile)(args.model, args.batch, args.steps, args.data_dir)
     total = sum(f + b for _, f, b in rows)
-    print(f"| layer | forward ms | backward ms | share |\n|---|---:|---:|---:|")
+    print("| layer | forward ms | backward ms | share |\n|---|---:|---:|---:|")
     for name, f, b in rows:
         print(f"| {name} | {f:.2f} | {b:.2f} | {100 * (f + b) / total:.0f}% |")
     print(f"| **total** | | | {total:.1f} ms/batch = {args.batch / total * 1e3:,.0f} img/s |")

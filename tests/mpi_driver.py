@@ -27,7 +27,7 @@ class InterruptAt:
 
 
 def fault(kind: str, rank: int) -> None:
-    from layerkit.nn.model import Model
+    from layerkit.nn.network import Network as Model
 
     backward, calls = Model.backward, [0]
 

@@ -22,7 +22,7 @@ def test_import_contracts_hold():
 def test_layer_modules_stay_light(module):
     # a layer is importable without the model-file, training or schema machinery
     code = (f"import sys, {module}; heavy = [m for m in ('jsonschema', 'layerkit.modelfile.spec', "
-            "'layerkit.nn.model', 'layerkit.training.trainer') if m in sys.modules]; print(heavy)")
+            "'layerkit.nn.network', 'layerkit.training.trainer') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
 

@@ -10,7 +10,7 @@ import pytest
 
 from layerkit.data.augment import augmenter, random_shift
 from layerkit.errors import LayerkitError
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 from layerkit.training.runs import WEIGHTS, train
 from layerkit.modelfile.spec import spec_from_dict
 

@@ -1,4 +1,4 @@
-"""Model.backward's plan (parameter-only and in-place calls, skipped layers) never changes a number.
+"""The backward calls the plan chooses (parameter-only and in-place calls, skipped layers) never change a number.
 
 The reference here calls nothing but ``Layer.backward`` on every node and adds up every
 gradient; the layers' own speed paths are checked one by one by the conformance suite.
@@ -48,6 +48,11 @@ POOLED = {
 }
 
 
+def calls(model) -> dict[str, str]:
+    """Per node, the name of the Layer method backward calls."""
+    return {name: call.value for name, call in model.plan.backward_calls().items()}
+
+
 def reference_forward(model, x, rng):
     """Every node's plain forward in file order: no activation moved after a pool."""
     values, caches = {RESERVED_INPUT: x}, []
@@ -94,14 +99,15 @@ def test_planned_backward_equals_plain_backward(spec, shape):
 
 
 def test_plan_uses_the_speed_paths_where_they_are_safe():
-    plan = dict(zip([n.name for n in build_model(MLP).nodes], build_model(MLP).backward_plan))
+    plan = calls(build_model(MLP))
     # fc1 reads the flattened data: parameters only; flatten's gradient nobody needs
     assert plan == {"flatten_0": "skip", "fc1": "backward_params", "relu_2": "backward", "fc2": "backward"}
     model = build_model(BRANCHED)
-    plan = dict(zip([n.name for n in model.nodes], model.backward_plan))
-    # "a"'s gradient is the sum of two contributions (a new array), "sum"'s comes from the fresh
-    # relu "r"; the last dense layer's dy is the caller's, so it is never written into
-    assert plan["a"] == "backward_inplace" and plan["sum"] == "backward_inplace"
+    plan = calls(model)
+    # "a"'s gradient is the sum of two contributions (a new array); "sum"'s comes from the fresh
+    # relu "r", but add has no in-place path; the last dense layer's dy is the caller's, so it is
+    # never written into
+    assert plan["a"] == "backward_inplace" and plan["sum"] == "backward"
     assert plan["out"] == "backward" and plan["conv"] == "backward_params"
     # "bn" and "b" get add's dx, which is the dy it was handed, shared by both
     assert plan["bn"] == "backward" and plan["b"] == "backward"
@@ -109,9 +115,9 @@ def test_plan_uses_the_speed_paths_where_they_are_safe():
 
 def test_relu_before_a_max_pool_runs_after_it():
     model = build_model(POOLED)
-    moved = [node.name for node, moved in zip(model.nodes, model.pool_first) if moved]
+    moved = [rec.name for rec in model.plan.nodes if rec.runs_after_pool]
     assert moved == ["relu_1", "relu_4", "relu_6"]
-    plan = dict(zip([n.name for n in model.nodes], model.backward_plan))
+    plan = calls(model)
     # each relu gets the dy its pool would have had, each pool the relu's input gradient: relu_4's
     # comes from pool3 through relu_6 (a new array), relu_1's and relu_6's are conv2's and dense's
     assert [plan[name] for name in ("relu_1", "relu_4", "relu_6")] == ["backward", "backward_inplace", "backward"]
@@ -130,4 +136,4 @@ def test_relu_before_a_max_pool_runs_after_it():
         ],
         "loss": {"type": "softmax_cross_entropy"},
     }
-    assert not any(build_model(twice).pool_first)
+    assert not any(rec.runs_after_pool for rec in build_model(twice).plan.nodes)

@@ -238,7 +238,7 @@ def test_gradient_check_compares_the_path_training_runs():
             "layers": [{"name": "first", "type": "wrong_backward_params"}, {"name": "second", "type": "test_affine"}],
             "loss": {"type": "mse"}}
     model = build_model(spec, registry=registry)
-    assert model.backward_plan == ["backward_params", "backward"]
+    assert [rec.backward.value for rec in model.plan.nodes] == ["backward_params", "backward"]
     report = check_model(model, whole_model=False, registry=registry)
     rows = {r.label: r for r in report.rows}
     assert rows["first.W"].status == "fail" and rows["first.W"].via == "backward_params"

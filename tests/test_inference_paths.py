@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from layerkit.nn.plan import InferCall
 from layerkit.modelfile.build import build_model
 from layerkit.nn.layer import Example, Layer, ParamSpec
 from layerkit.testing import run_layer_test
@@ -29,16 +30,15 @@ def test_predict_folds_batch_norm_and_matches_forward():
     _trained_statistics(model, rng)
     x = rng.standard_normal((7, 1, 12, 12)).astype(np.float32)
     plan = model.inference_plan()
-    folded = [node.name for node, moved, (alias, _, _) in zip(model.nodes, model.pool_first, plan)
-              if alias >= 0 and not moved]
+    folded = [rec.name for rec in plan.nodes if rec.infer is InferCall.ALIAS and not rec.runs_after_pool]
     # every batch norm here follows a conv or dense layer that feeds only it
     assert folded == ["bn1", "bn2", "bn3"]
     # the relu before pool1 runs after it (on the pooled output, in place), its own step an alias
-    moved = [node.name for node, moved in zip(model.nodes, model.pool_first) if moved]
-    assert moved == ["relu_5"] and plan[5][0] == 5
+    moved = [rec.name for rec in plan.nodes if rec.runs_after_pool]
+    assert moved == ["relu_5"] and plan.nodes[5].alias == 5
     # relu after a folded conv or dense output overwrites it; dropout returns its input
     # unchanged in inference (no infer_fresh), so the dense layer after it cannot write there
-    inplace = [node.layer.type for node, (_, _, own) in zip(model.nodes, plan) if own]
+    inplace = [rec.layer.type for rec in plan.nodes if rec.infer is InferCall.INFER_INPLACE]
     assert inplace == ["relu", "relu"]
     reference, _ = model.forward(x, training=False)
     out = model.predict(x, batch_size=3)
@@ -65,9 +65,9 @@ def test_no_fold_when_the_conv_output_has_another_reader():
     rng = np.random.default_rng(1)
     _trained_statistics(model, rng)
     plan = model.inference_plan()
-    assert all(alias < 0 for alias, _, _ in plan)
+    assert all(rec.infer is not InferCall.ALIAS and rec.infer_params is None for rec in plan.nodes)
     # the conv's output has two readers: neither may overwrite it
-    assert not any(inplace for _, _, inplace in plan)
+    assert not any(rec.infer is InferCall.INFER_INPLACE for rec in plan.nodes)
     x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(x), model.forward(x, training=False)[0])
 
@@ -176,6 +176,6 @@ def test_predict_leaves_the_callers_array_alone():
     model = build_model(spec)
     x = np.random.default_rng(3).standard_normal((6, 4)).astype(np.float32)
     before = x.copy()
-    assert not any(inplace for _, _, inplace in model.inference_plan())
+    assert not any(rec.infer is InferCall.INFER_INPLACE for rec in model.inference_plan().nodes)
     np.testing.assert_array_equal(model.predict(x), model.forward(before, training=False)[0])
     np.testing.assert_array_equal(x, before)

@@ -8,7 +8,7 @@ from _core_layers import core_registry, flat_model
 
 from layerkit.modelfile.build import build_model
 from layerkit.errors import CheckpointError
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,15 @@ def test_load_npz_refuses_pickled_object_arrays(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError):
         load_npz(tmp_path / "junk.npz")
+
+
+def test_the_old_runtime_module_still_imports_with_a_warning():
+    import importlib
+    import sys
+
+    from layerkit.nn.network import Network
+
+    sys.modules.pop("layerkit.nn.model", None)
+    with pytest.warns(DeprecationWarning, match="layerkit.nn.network.Network"):
+        old = importlib.import_module("layerkit.nn.model")
+    assert old.Model is Network and old.load_npz is load_npz

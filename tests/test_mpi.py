@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 from layerkit.parallel import threads as parallel
 from layerkit.parallel.processes import set_processes
 from layerkit.training.runs import HISTORY_JSON, WEIGHTS, train

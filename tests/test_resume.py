@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from layerkit.errors import CheckpointError
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 from layerkit.plugins.manager import reset_registry
 from layerkit.training.runs import CHECKPOINT, HISTORY_CSV, HISTORY_JSON, METRICS, MODEL_FILE, WEIGHTS, RunDir, train
 from layerkit.training.trainer import TrainingInterrupted

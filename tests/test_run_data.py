@@ -14,7 +14,7 @@ from layerkit.data.builtin import IDX_FILES
 from layerkit.data.idx import write_idx
 from layerkit.data.record import DataRecord
 from layerkit.errors import CheckpointError, DataError
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 from layerkit.training.runs import CHECKPOINT, HISTORY_JSON, METRICS, WEIGHTS, RunDir, train
 from layerkit.training.trainer import TrainingInterrupted
 

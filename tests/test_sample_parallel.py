@@ -15,7 +15,7 @@ from layerkit.parallel import threads as parallel
 from layerkit.modelfile.build import build_model
 from layerkit.errors import TrainingError
 from layerkit.nn.losses import Loss, SoftmaxCrossEntropy
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 from layerkit.training.runs import HISTORY_JSON, WEIGHTS, train
 from layerkit.parallel.processes import SampleParallel, plan_shards
 from layerkit.modelfile.spec import read_model_file, spec_from_dict
@@ -71,7 +71,7 @@ class Shares:
 @pytest.fixture
 def forced(monkeypatch, threads):
     """Sample-parallel on 2 processes, with a record of what the main process computed."""
-    from layerkit.nn.model import Model
+    from layerkit.nn.network import Network as Model
 
     # the tiny test nets are below the cost rule; the rule itself is tested separately
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
@@ -220,7 +220,7 @@ def test_interrupted_and_resumed_is_bit_identical(forced, tmp_path, norm):
 def test_worker_exception_is_a_training_error(forced, tmp_path, monkeypatch, norm):
     # in the middle of a step: with batch norm the main process is waiting for this worker
     # at a batch_sum then, and must be released rather than hang
-    from layerkit.nn.model import Model
+    from layerkit.nn.network import Network as Model
 
     parent, backward = os.getpid(), Model.backward
 

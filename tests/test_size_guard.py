@@ -7,7 +7,7 @@ from _core_layers import core_registry, flat_model
 
 from layerkit.modelfile.build import SizeLimits, build_graph_from, build_model, format_bytes, parse_bytes
 from layerkit.errors import SizeLimitError
-from layerkit.nn.model import Model
+from layerkit.nn.network import Network as Model
 
 
 @pytest.fixture(scope="module")

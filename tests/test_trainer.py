@@ -9,7 +9,7 @@ import layerkit.plugins.manager
 from layerkit.modelfile.build import build_model
 from layerkit.data import load_data
 from layerkit.errors import LayerkitError, TrainingError
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 from layerkit.plugins.manager import reset_registry
 from layerkit.training.runs import CHECKPOINT, num_outputs, train
 from layerkit.modelfile.spec import spec_from_dict

@@ -24,7 +24,7 @@ from layerkit.errors import DataError, LayerkitError
 from layerkit.fileio import save_npz_atomic, write_text_atomic
 from layerkit.modelfile.build import build_model
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 from layerkit.training.trainer import Callback, Trainer, build_callbacks, build_loss, evaluate
 
 MODEL_FILE = "model.json"

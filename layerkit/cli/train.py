@@ -153,7 +153,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
 
     from layerkit.errors import LayerkitError, everywhere as UserError
     from layerkit.modelfile.build import build_model
-    from layerkit.nn.model import load_npz
+    from layerkit.nn.network import load_npz
     from layerkit.training.runs import MODEL_FILE, WEIGHTS, RunDir, apply_overrides, load_run_data, prepare_data
     from layerkit.modelfile.spec import read_model_file, spec_from_dict
     from layerkit.training.trainer import build_loss, evaluate as run_eval

@@ -118,7 +118,7 @@ def missing_mappings(model) -> list[str]:
 
 
 def to_onnx(model, preprocessing=None, loss=None, *, name: str | None = None, opset: int = OPSET):
-    """The ``onnx.ModelProto`` of a built :class:`layerkit.nn.model.Model` (float32 weights)."""
+    """The ``onnx.ModelProto`` of a built :class:`layerkit.nn.network.Network` (float32 weights)."""
     onnx = _onnx()
     missing = missing_mappings(model)
     if missing:

@@ -135,7 +135,7 @@ def _failed(layer_name: str, tensor: str, shape, message: str, layer_type: str,
                         message=message, layer_type=layer_type, via=via)
 
 
-#: the Layer methods a model's backward may call for a layer (``Model.backward_plan``)
+#: the Layer methods a model's backward may call for a layer (``NodeRecord.backward`` in ``Network.plan``)
 PATHS = ("backward", "backward_params", "backward_inplace")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from layerkit.gradcheck.numerics import (out_of_memory, ABS_FLOOR, EPS, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, GradCheckError, TensorResult, Worst,
                                          diagnose, is_kink, relative_error, status_of)
-from layerkit.nn.model import Model
+from layerkit.nn.network import Network as Model
 from layerkit.plugins import registry_or_global
 
 LOSS_ROW = "(loss)"

@@ -58,7 +58,7 @@ class TensorResult:
     scope: str = "layer"  # "layer": in isolation; "model": end-to-end loss gradient
     layer_type: str = ""
     #: the Layer method whose gradient was checked: the one training calls for this layer
-    #: (``backward``, ``backward_params`` or ``backward_inplace``; see ``Model.backward_plan``)
+    #: (``backward``, ``backward_params`` or ``backward_inplace``; see ``Network.plan``)
     via: str = "backward"
 
     @property

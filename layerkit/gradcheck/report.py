@@ -11,6 +11,7 @@ from layerkit.gradcheck.layers import check_layer, random_input, random_params
 from layerkit.gradcheck.model import check_end_to_end
 from layerkit.gradcheck.numerics import (PASS_TOL, WARN_TOL, KINK_TOL, ABS_FLOOR, STATUS_ORDER, TensorResult)
 from layerkit.nn.layer import RESERVED_INPUT
+from layerkit.nn.plan import BackwardCall
 from layerkit.parallel import blas
 
 # -- whole model ------------------------------------------------------------------
@@ -129,7 +130,8 @@ def _check_model(model, x, y, *, batch_size, samples, seed, whole_model, step, d
             inp = random_input(node.input_shape, batch_size, layer_rng, multi)
             params = random_params(node.param_specs, layer_rng)
         # the method training calls for this node, so what is checked is what trains
-        via = m64.backward_plan[index] if m64.backward_plan[index] != "skip" else "backward"
+        call = m64.plan.nodes[index].backward
+        via = "backward" if call is BackwardCall.SKIP else call.value
         rows += check_layer(node.layer, params, inp, state=m64.state[node.name], samples=samples,
                             seed=int(layer_rng.integers(2**31)), step=step, name=node.name, via=via)
     report = GradCheckReport(m64.graph.spec.name, rows, {

@@ -24,18 +24,39 @@ Three paths, chosen from the shapes alone (so forward, infer and backward agree)
 
 from __future__ import annotations
 
+from typing import Any, Callable, Literal, NamedTuple, Sequence
+
 import numpy as np
 
 from layerkit import hookimpl
 from layerkit.parallel import threads as parallel
 from layerkit.errors import ShapeError
 from layerkit.nn.initializers import INITIALIZERS
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
-from layerkit.kernels.windows import (Window, chunk_size, col2im_add, col2im_wide_add, flat, im2col, im2col_wide, image_rows,
-                                      int_or_pair_schema, pad, pad_flat, unpad, window)
+from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput
+from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
+from layerkit.kernels.windows import (Flat, Window, chunk_size, col2im_add, col2im_wide_add, flat, im2col, im2col_wide,
+                                      image_rows, int_or_pair_schema, pad, pad_flat, unpad, window)
 
 
-class Conv2D(Layer):
+class ConvCache(NamedTuple):
+    """What :meth:`Conv2D.backward` needs from a forward: the path taken and its buffers."""
+
+    #: the algorithm forward used (see the module docstring), which backward mirrors
+    path: Literal["batch", "wide", "strided"]
+    #: the padded input (flat for the stride-1 paths), or None where the columns were kept
+    source: np.ndarray | None
+    #: the im2col columns, or None: backward rebuilds them from ``source`` chunk by chunk
+    cols: np.ndarray | None
+    #: the input's (height, width)
+    hw: tuple[int, int]
+    window: Window
+    #: samples per batch GEMM (the "batch" path only)
+    chunk: int = 0
+
+
+class Conv2D(AbsorbsAffine, FreshInferOutput, Layer):
+    """2-D convolution (see the module docstring for the three algorithms it picks from)."""
+
     type = "conv2d"
     sample_coupling = Coupling.NONE
     description = ("2-D convolution over a (C, H, W) input: stride, padding ('same'/'valid'/explicit), "
@@ -78,10 +99,10 @@ class Conv2D(Layer):
     )
 
     # -- static ----------------------------------------------------------------
-    def _window(self, hw):
+    def _window(self, hw: Sequence[int]) -> Window:
         return window(hw, self.kernel_size, self.stride, self.padding, self.dilation)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         c, h, w = input_shape
         if c % self.groups:
@@ -91,7 +112,7 @@ class Conv2D(Layer):
         g = self._window((h, w))
         return (self.filters, g.ho, g.wo)
 
-    def param_specs(self, input_shape):
+    def param_specs(self, input_shape: Shape) -> dict[str, ParamSpec]:
         c = input_shape[0]
         g = self._window(input_shape[1:])
         fan_in = c // self.groups * g.kh * g.kw
@@ -102,13 +123,13 @@ class Conv2D(Layer):
             specs["b"] = ParamSpec((self.filters,), "zeros")
         return specs
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         c = input_shape[0]
         g = self._window(input_shape[1:])
         outputs = self.filters * g.ho * g.wo
         return 2 * outputs * (c // self.groups) * g.kh * g.kw + (outputs if self.use_bias else 0)
 
-    def workspace_bytes(self, input_shape, batch_size):
+    def workspace_bytes(self, input_shape: Shape, batch_size: int) -> int:
         """Float32 scratch for a batch beyond the outputs: im2col columns and the padded copy, one
         sample's at least per worker thread (chunks are cache-sized but never under one sample)."""
         c, h, w = input_shape
@@ -118,26 +139,26 @@ class Conv2D(Layer):
         return cols * min(batch_size, parallel.num_threads()) + c * max(f.size, f.rows * g.wo) * 4 * batch_size
 
     # -- compute ----------------------------------------------------------------
-    def _weights(self, params):
+    def _weights(self, params: Params) -> np.ndarray:
         w = params["W"]
         return w.reshape(self.groups, self.filters // self.groups, -1)
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         # in inference nothing is kept for a backward (it rebuilds), and the path is infer's
         return self._forward(params, x, params["b"] if self.use_bias else None, keep=training)
 
-    infer_fresh = True
-
-    def infer(self, params, x, state=None):
+    def infer(self, params: Params, x: np.ndarray, state: dict[str, np.ndarray] | None = None) -> np.ndarray:
         # no columns kept for a backward; the bias may come from a folded batch norm
         return self._forward(params, x, params.get("b"), keep=False)[0]
 
-    def fold_affine(self, params, scale, shift):
+    def fold_affine(self, params: Params, scale: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray] | None:
         w = params["W"] * scale.reshape(-1, 1, 1, 1)
         b = shift + params["b"] * scale if "b" in params else shift.copy()
         return {"W": w.astype(params["W"].dtype, copy=False), "b": b.astype(params["W"].dtype, copy=False)}
 
-    def _forward(self, params, x, b, keep):
+    def _forward(self, params: Params, x: np.ndarray, b: np.ndarray | None, keep: bool
+                 ) -> tuple[np.ndarray, ConvCache]:
         n, c, h, w = x.shape
         g = self._window((h, w))
         w3 = self._weights(params)
@@ -147,40 +168,41 @@ class Conv2D(Layer):
             f = flat(g, h, w)
             xf = pad_flat(x, g, f)
             y, cols = _conv_batch(xf, w3, g, f, nb, bias)
-            return y, ("batch", None if keep and cols is not None else xf, cols if keep else None, (h, w), g, nb)
+            return y, ConvCache("batch", None if keep and cols is not None else xf, cols if keep else None,
+                                (h, w), g, nb)
         if _wide_ok(g):
             f = flat(g, h, w)
             xf = pad_flat(x, g, f)
             y, cols = _conv_wide(xf, w3, g, f, bias, keep)
-            return y, ("wide", None if cols is not None else xf, cols, (h, w), g)
+            return y, ConvCache("wide", None if cols is not None else xf, cols, (h, w), g)
         xp = pad(x, g)
         y, cols = _conv_strided(xp, w3, g, keep)
         if bias is not None:
             y += bias
-        return y, ("strided", xp, cols, (h, w), g)
+        return y, ConvCache("strided", xp, cols, (h, w), g)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         return self._backward(params, cache, dy, need_dx=True)
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         w = self._window(input_shape[1:])  # 'same' resolved to explicit (possibly uneven) pads
         inputs = [x, g.const(params["W"], "W")] + ([g.const(params["b"], "b")] if self.use_bias else [])
         return g.op("Conv", inputs, kernel_shape=[w.kh, w.kw], strides=[w.sh, w.sw], dilations=[w.dh, w.dw],
                     pads=[w.pad_top, w.pad_left, w.pad_bottom, w.pad_right], group=int(self.groups))
 
-    def backward_params(self, params, cache, dy):
+    def backward_params(self, params: Params, cache: Any, dy: np.ndarray) -> dict[str, np.ndarray]:
         """Only the parameter gradients: the model calls this when the input is the data."""
         return self._backward(params, cache, dy, need_dx=False)[1]
 
-    def _backward(self, params, cache, dy, need_dx):
-        path, xsrc, cols, (h, w), g = cache[:5]
+    def _backward(self, params: Params, cache: ConvCache, dy: np.ndarray, need_dx: bool
+                  ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         w3 = self._weights(params)
-        if path == "batch":
-            dx, dw = _backward_batch(w3, xsrc, cols, (h, w), g, dy, cache[5], need_dx)
-        elif path == "wide":
-            dx, dw = _backward_wide(params["W"], w3, xsrc, cols, (h, w), g, dy, need_dx)
+        if cache.path == "batch":
+            dx, dw = _backward_batch(w3, cache.source, cache.cols, cache.hw, cache.window, dy, cache.chunk, need_dx)
+        elif cache.path == "wide":
+            dx, dw = _backward_wide(params["W"], w3, cache.source, cache.cols, cache.hw, cache.window, dy, need_dx)
         else:
-            dx, dw = _backward_strided(w3, xsrc, cols, (h, w), g, dy, need_dx)
+            dx, dw = _backward_strided(w3, cache.source, cache.cols, cache.hw, cache.window, dy, need_dx)
         grads = {"W": dw.reshape(params["W"].shape)}
         if self.use_bias:
             grads["b"] = dy.sum(axis=(0, 2, 3))
@@ -225,7 +247,7 @@ def _batch_chunk(g: Window, n: int, c: int, f: int, itemsize: int, whole: bool) 
     return 0 if whole or fits < BATCH_GEMM_MIN_CHUNK else fits
 
 
-def _im2col_batch(xf, g, f, out):
+def _im2col_batch(xf: np.ndarray, g: Window, f: Flat, out: np.ndarray) -> np.ndarray:
     """Fill ``out`` (C, kh, kw, n, Ho*Wf) from the flat padded batch ``xf`` (n, C, f.size)."""
     run = g.ho * f.wf
     xt = xf.transpose(1, 0, 2)
@@ -236,7 +258,8 @@ def _im2col_batch(xf, g, f, out):
     return out
 
 
-def _conv_batch(xf, w3, g, f, nb, bias=None):
+def _conv_batch(xf: np.ndarray, w3: np.ndarray, g: Window, f: Flat, nb: int, bias: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
     """Stride-1 convolution as one GEMM per ``nb`` samples over channel-major columns; returns y
     and, when one chunk held the whole batch, its columns."""
     n, c = xf.shape[:2]
@@ -256,7 +279,8 @@ def _conv_batch(xf, w3, g, f, nb, bias=None):
     return y, (buf if nb == n else None)
 
 
-def _stride1_sizes(w3, hw, g, dy):
+def _stride1_sizes(w3: np.ndarray, hw: tuple[int, int], g: Window, dy: np.ndarray
+                   ) -> tuple[int, int, int, int, int, int, Flat, int]:
     """A stride-1 backward's sizes: (n, F, groups, F/groups, K per group, C, flat layout, Ho*Wf)."""
     n, f = dy.shape[:2]
     groups, fg, k = w3.shape
@@ -264,7 +288,8 @@ def _stride1_sizes(w3, hw, g, dy):
     return n, f, groups, fg, k, k // (g.kh * g.kw) * groups, fl, g.ho * fl.wf
 
 
-def _backward_batch(w3, xf, cols, hw, g, dy, nb, need_dx=True):
+def _backward_batch(w3: np.ndarray, xf: np.ndarray | None, cols: np.ndarray | None, hw: tuple[int, int], g: Window,
+                    dy: np.ndarray, nb: int, need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """Backward of :func:`_conv_batch`: from its columns, or rebuilt from ``xf`` chunk by chunk."""
     n, f, groups, fg, k, c, fl, run = _stride1_sizes(w3, hw, g, dy)
     dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
@@ -288,7 +313,8 @@ def _backward_batch(w3, xf, cols, hw, g, dy, nb, need_dx=True):
     return dx, dwt.transpose(0, 2, 1)
 
 
-def _conv_wide(xf, w3, g, f, bias=None, keep=True):
+def _conv_wide(xf: np.ndarray, w3: np.ndarray, g: Window, f: Flat, bias: np.ndarray | None = None,
+               keep: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Stride-1 convolution of the flat padded batch ``xf`` (N, C, f.size) on the wide grid.
 
     Returns the cropped (N, F, Ho, Wo) result and the columns when ``keep`` and the whole
@@ -303,7 +329,7 @@ def _conv_wide(xf, w3, g, f, bias=None, keep=True):
     nb = chunk_size(c * g.kh * g.kw * run * xf.itemsize, n)
     kept = []
 
-    def work(a, b):
+    def work(a: int, b: int) -> None:
         # scratch per task: each worker thread fills its own
         buf = np.empty((min(nb, b - a), c, g.kh, g.kw, run), dtype=xf.dtype)
         yw = np.empty((len(buf), groups, fg, run), dtype=xf.dtype)
@@ -324,7 +350,8 @@ def _conv_wide(xf, w3, g, f, bias=None, keep=True):
     return y, (kept[0] if kept else None)
 
 
-def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
+def _backward_wide(w: np.ndarray, w3: np.ndarray, xf: np.ndarray | None, cols: np.ndarray | None, hw: tuple[int, int],
+                   g: Window, dy: np.ndarray, need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     h, wd = hw
     n, f, groups, fg, k, c, fl, run = _stride1_sizes(w3, hw, g, dy)
     # dx either as a stride-1 convolution of dy with the rotated kernel (copies F*kh*kw values
@@ -359,7 +386,7 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
     dyw4 = dyw.reshape(n, groups, fg, run)
     nb = n if cols is not None else chunk_size(c * g.kh * g.kw * run * dy.itemsize, n)
 
-    def work(a, b):
+    def work(a: int, b: int) -> np.ndarray:
         part = np.zeros((groups, k, fg), dtype=dy.dtype)
         buf = None if cols is not None else np.empty((min(nb, b - a), c, g.kh, g.kw, run), dtype=dy.dtype)
         for n0 in range(a, b, nb):
@@ -378,7 +405,7 @@ def _backward_wide(w, w3, xf, cols, hw, g, dy, need_dx=True):
     return dx, dwt.transpose(0, 2, 1)
 
 
-def _conv_strided(xp, w3, g, keep=True):
+def _conv_strided(xp: np.ndarray, w3: np.ndarray, g: Window, keep: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """General convolution of the padded batch: (N, F, Ho, Wo) and kept columns (or None)."""
     n, c = xp.shape[:2]
     groups, fg, k = w3.shape
@@ -388,7 +415,7 @@ def _conv_strided(xp, w3, g, keep=True):
     nb = chunk_size(c * g.kh * g.kw * cells * xp.itemsize, n)
     kept = []
 
-    def work(a, b):
+    def work(a: int, b: int) -> None:
         buf = np.empty((min(nb, b - a), c, g.kh, g.kw, g.ho, g.wo), dtype=xp.dtype)
         for n0 in range(a, b, nb):
             m = min(b, n0 + nb) - n0
@@ -402,7 +429,8 @@ def _conv_strided(xp, w3, g, keep=True):
     return y, (kept[0] if kept else None)
 
 
-def _backward_strided(w3, xp, cols, hw, g, dy, need_dx=True):
+def _backward_strided(w3: np.ndarray, xp: np.ndarray | None, cols: np.ndarray | None, hw: tuple[int, int], g: Window,
+                      dy: np.ndarray, need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     n, c = xp.shape[:2]
     groups, fg, k = w3.shape
     cells = g.ho * g.wo
@@ -411,7 +439,7 @@ def _backward_strided(w3, xp, cols, hw, g, dy, need_dx=True):
     dxp = np.zeros(xp.shape, dtype=dy.dtype) if need_dx else None
     nb = n if cols is not None else chunk_size(c * g.kh * g.kw * cells * dy.itemsize, n)
 
-    def work(a, b):
+    def work(a: int, b: int) -> np.ndarray:
         part = np.zeros((groups, k, fg), dtype=dy.dtype)
         buf = None if cols is not None else np.empty((min(nb, b - a), c, g.kh, g.kw, g.ho, g.wo), dtype=dy.dtype)
         for n0 in range(a, b, nb):
@@ -429,7 +457,8 @@ def _backward_strided(w3, xp, cols, hw, g, dy, need_dx=True):
     return (unpad(dxp, g, *hw) if need_dx else None), dwt.transpose(0, 2, 1)
 
 
-def _ordered_sum(work, n, nb, col_bytes, shape, dtype):
+def _ordered_sum(work: Callable[[int, int], np.ndarray], n: int, nb: int, col_bytes: int, shape: tuple[int, ...],
+                 dtype: np.dtype) -> np.ndarray:
     """Run ``work(a, b) -> partial`` over fixed sample ranges and add the partials in range order.
 
     The ranges (``parallel.REDUCE_PARTS`` of them) do not depend on the thread count,
@@ -443,5 +472,5 @@ def _ordered_sum(work, n, nb, col_bytes, shape, dtype):
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     register(Conv2D)

@@ -9,16 +9,20 @@ is the convolution itself: im2col of the padded dy, then ``W cols`` for dx and `
 
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.kernels.windows import col2im_add, im2col, int_or_pair_schema, pad, pair, unpad, window
+from layerkit.kernels.windows import Window, col2im_add, im2col, int_or_pair_schema, pad, pair, unpad, window
 from layerkit.nn.initializers import INITIALIZERS
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
 
 
 class Conv2DTranspose(Layer):
+    """Transposed 2-D convolution: the input gradient of a convolution, as a layer (upsampling)."""
+
     type = "conv2d_transpose"
     sample_coupling = Coupling.NONE
     description = ("2-D transposed convolution over a (C, H, W) input, as PyTorch's ConvTranspose2d: output "
@@ -53,7 +57,7 @@ class Conv2DTranspose(Layer):
     )
 
     # -- static ----------------------------------------------------------------
-    def _geometry(self, hw):
+    def _geometry(self, hw: Sequence[int]) -> tuple[tuple[int, int], Window]:
         """(output (H', W'), the window of the matching convolution over the output)."""
         h, w = hw
         (kh, kw), (sh, sw) = pair(self.kernel_size, "kernel_size"), pair(self.stride, "stride")
@@ -69,12 +73,12 @@ class Conv2DTranspose(Layer):
         g = window((ho, wo), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
         return (ho, wo), g
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         (ho, wo), _ = self._geometry(input_shape[1:])
         return (self.filters, ho, wo)
 
-    def param_specs(self, input_shape):
+    def param_specs(self, input_shape: Shape) -> dict[str, ParamSpec]:
         c = input_shape[0]
         kh, kw = pair(self.kernel_size, "kernel_size")
         # fans as PyTorch computes them for this weight: dim 1 (filters) times the kernel is the fan-in
@@ -84,21 +88,21 @@ class Conv2DTranspose(Layer):
             specs["b"] = ParamSpec((self.filters,), "zeros")
         return specs
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         c, h, w = input_shape
         kh, kw = pair(self.kernel_size, "kernel_size")
         (ho, wo), _ = self._geometry((h, w))
         return 2 * c * self.filters * kh * kw * h * w + (self.filters * ho * wo if self.use_bias else 0)
 
     # -- compute ----------------------------------------------------------------
-    def workspace_bytes(self, input_shape, batch_size):
+    def workspace_bytes(self, input_shape: Shape, batch_size: int) -> int:
         """Float32 scratch for a batch: the (F, kh, kw, H, W) columns of every sample and the padded output."""
         c, h, w = input_shape
         (ho, wo), g = self._geometry((h, w))
         hp, wp = g.padded_hw(ho, wo)
         return (self.filters * g.kh * g.kw * h * w + self.filters * hp * wp) * 4 * batch_size
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         # ONNX's ConvTranspose is PyTorch's: the same weight layout, padding and output_padding
         (kh, kw), (sh, sw) = pair(self.kernel_size, "kernel_size"), pair(self.stride, "stride")
         (ph, pw), (dh, dw) = pair(self.padding, "padding"), pair(self.dilation, "dilation")
@@ -106,7 +110,8 @@ class Conv2DTranspose(Layer):
         return g.op("ConvTranspose", inputs, kernel_shape=[kh, kw], strides=[sh, sw], dilations=[dh, dw],
                     pads=[ph, pw, ph, pw], output_padding=list(pair(self.output_padding, "output_padding")))
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         n, c, h, w = x.shape
         (ho, wo), g = self._geometry((h, w))
         wmat = params["W"].reshape(c, -1)  # (C_in, F * kh * kw)
@@ -118,14 +123,15 @@ class Conv2DTranspose(Layer):
             y += params["b"].reshape(-1, 1, 1)
         return y, x
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         return self._backward(params, cache, dy, True)
 
-    def backward_params(self, params, cache, dy):
+    def backward_params(self, params: Params, cache: Any, dy: np.ndarray) -> dict[str, np.ndarray]:
         """Only the parameter gradients: the model calls this when the input is the data."""
         return self._backward(params, cache, dy, False)[1]
 
-    def _backward(self, params, x, dy, need_dx):
+    def _backward(self, params: Params, x: np.ndarray, dy: np.ndarray, need_dx: bool
+                  ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         n, c, h, w = x.shape
         (ho, wo), g = self._geometry((h, w))
         cols = im2col(pad(dy, g), g, np.empty((n, self.filters, g.kh, g.kw, h, w), dtype=dy.dtype))
@@ -140,5 +146,5 @@ class Conv2DTranspose(Layer):
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     register(Conv2DTranspose)

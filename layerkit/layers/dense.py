@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from layerkit import hookimpl
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
+from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput
+from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, Shape
 
 
-class Dense(Layer):
+class Dense(AbsorbsAffine, FreshInferOutput, Layer):
+    """Fully connected layer ``y = x W + b`` on the last axis; absorbs a following batch norm for inference."""
+
     type = "dense"
     sample_coupling = Coupling.NONE
     description = ("Fully connected layer y = x W + b on the last axis, as PyTorch's Linear: a (D,) input gives "
@@ -33,52 +38,52 @@ class Dense(Layer):
         Example({"units": 3}, (2, 2, 5), "on the last axis of a 3-d input"),
     )
 
-    def output_shape(self, input_shape):
-        # fold_affine folds a per-channel map into W only when the channels are the units, i.e.
-        # for a flat input; the builder asks this once per node, before any inference
-        self._flat_input = len(input_shape) == 1
+    #: fold_affine scales the units, the last axis: the fold pass folds only where that is
+    #: the channel axis, i.e. for a flat input
+    affine_axis = -1
+
+    def output_shape(self, input_shape: Shape) -> Shape:
         return (*input_shape[:-1], self.units)
 
-    def param_specs(self, input_shape):
+    def param_specs(self, input_shape: Shape) -> dict[str, ParamSpec]:
         d = input_shape[-1]
         specs = {"W": ParamSpec((d, self.units), self.init, fan_in=d, fan_out=self.units, decay=True)}
         if self.use_bias:
             specs["b"] = ParamSpec((self.units,), "zeros")
         return specs
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return 2 * int(np.prod(input_shape)) * self.units
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         y = x @ params["W"]
         if self.use_bias:
             y += params["b"]
         return y, x
 
-    infer_fresh = True
-
-    def infer(self, params, x, state=None):
+    def infer(self, params: Params, x: np.ndarray, state: dict[str, np.ndarray] | None = None) -> np.ndarray:
         # the bias may come from a folded batch norm even when use_bias is false
         y = x @ params["W"]
         if "b" in params:
             y += params["b"]
         return y
 
-    def fold_affine(self, params, scale, shift):
-        if not getattr(self, "_flat_input", False):
-            return None  # on a (..., D) input, axis 1 of the output is not the units
+    def fold_affine(self, params: Params, scale: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray] | None:
+        if np.shape(scale) != (self.units,):
+            return None  # channels that are not the units: cannot be folded into W
         w = params["W"] * scale
         b = shift + params["b"] * scale if "b" in params else shift.copy()
         return {"W": w.astype(params["W"].dtype, copy=False), "b": b.astype(params["W"].dtype, copy=False)}
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         return dy @ params["W"].T, self.backward_params(params, cache, dy)
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         y = g.op("MatMul", [x, g.const(params["W"], "W")])
         return g.op("Add", [y, g.const(params["b"], "b")]) if self.use_bias else y
 
-    def backward_params(self, params, cache, dy):
+    def backward_params(self, params: Params, cache: Any, dy: np.ndarray) -> dict[str, np.ndarray]:
         """Only the parameter gradients: the model calls this when the input is the data."""
         x = cache
         if x.ndim > 2:  # every leading position is one more row of the same product
@@ -90,5 +95,5 @@ class Dense(Layer):
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     register(Dense)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from layerkit import hookimpl
-from layerkit.nn.layer import Coupling, Example, Layer, require_rank
+from layerkit.nn.layer import Coupling, Example, Layer, Params, require_rank, Shape
 
 
 class Dropout(Layer):
+    """Inverted dropout: in training, zeroes each value with probability ``rate`` and scales the rest."""
+
     type = "dropout"
     description = ("Inverted dropout: in training each value is zeroed with probability `rate` and the "
                    "survivors are scaled by 1 / (1 - rate); identity at inference. Randomness comes only from "
@@ -26,13 +30,14 @@ class Dropout(Layer):
     # each value's mask depends only on the generator: sample-parallel shards get one each
     sample_coupling = Coupling.NONE
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return 2 * int(np.prod(input_shape))
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return x  # inference: the identity, no node at all
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         rate = float(self.rate)
         if not training or rate == 0.0:
             return x, None
@@ -46,7 +51,7 @@ class Dropout(Layer):
         y *= scale
         return y, (keep, scale)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         if cache is None:
             return dy, {}
         keep, scale = cache
@@ -56,6 +61,8 @@ class Dropout(Layer):
 
 
 class Dropout2D(Layer):
+    """Channel dropout: in training, zeroes whole feature maps with probability ``rate``."""
+
     type = "dropout2d"
     description = ("Channel-wise inverted dropout (PyTorch's Dropout2d) for (C, H, W) input: in training each "
                    "whole channel of each sample is zeroed with probability `rate` and the survivors scaled by "
@@ -66,17 +73,18 @@ class Dropout2D(Layer):
     uses_rng = True
     sample_coupling = Coupling.NONE
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         return tuple(input_shape)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return 2 * int(np.prod(input_shape))
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return x  # inference: the identity
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         rate = float(self.rate)
         if not training or rate == 0.0:
             return x, None
@@ -87,13 +95,13 @@ class Dropout2D(Layer):
         mask *= 1.0 / (1.0 - rate)
         return x * mask, mask
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         if cache is None:
             return dy, {}
         return dy * cache, {}
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     register(Dropout)
     register(Dropout2D)

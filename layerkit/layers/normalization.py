@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping
+
 import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
+from layerkit.nn.capabilities import (AffineInference, FreshGradient, FreshInferOutput, InplaceBackward,
+                                       InplaceInfer)
+from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
 from layerkit.parallel.collectives import batch_sum, splitting
 from layerkit.layers.activations import over_chunks
 
@@ -51,7 +55,7 @@ def _channel_sums(a: np.ndarray, b: np.ndarray | None = None, shift: np.ndarray 
 
     # each (sample, channel) row total is computed whole by one thread, and the float64 sum
     # over samples below is the same single pass as without threads: identical results
-    def work(slices, step):
+    def work(slices: list[slice], step: int) -> None:
         tmp = None if k3 is None else np.empty((step, *b3.shape[1:]), dtype=a.dtype)
         for sl in slices:
             bs = b3[sl] if b3 is not None else None
@@ -78,7 +82,7 @@ def _whole_batch(a: np.ndarray, b: np.ndarray, count: int) -> tuple[np.ndarray, 
     return summed[:c], summed[c:2 * c], int(round(summed[-1]))
 
 
-def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape, out: np.ndarray | None = None
+def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape: tuple[int, ...], out: np.ndarray | None = None
             ) -> np.ndarray:
     """x * scale + shift per channel, in x's dtype, in two passes over one new array (or ``out``)."""
     scale, shift = scale.astype(x.dtype).reshape(bshape), shift.astype(x.dtype).reshape(bshape)
@@ -88,7 +92,7 @@ def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape, out: np
         return y
     y = np.empty_like(x) if out is None else out
 
-    def work(slices, step):
+    def work(slices: list[slice], step: int) -> None:
         for sl in slices:
             np.multiply(x[sl], scale, out=y[sl])
             y[sl] += shift
@@ -97,7 +101,9 @@ def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape, out: np
     return y
 
 
-class BatchNorm(Layer):
+class BatchNorm(AffineInference, InplaceBackward, FreshGradient, InplaceInfer, FreshInferOutput, Layer):
+    """Batch normalisation over the batch (and spatial) axes, per channel, with running statistics."""
+
     type = "batch_norm"
     description = (
         "Batch normalisation per feature of a (D,) input or per channel of a (C, H, W) input. Training uses "
@@ -129,56 +135,57 @@ class BatchNorm(Layer):
     # batch may be split over processes
     sample_coupling = Coupling.BATCH_SUMS
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, (1, 3), "features, or channels x height x width")
         return tuple(input_shape)
 
-    def param_specs(self, input_shape):
+    def param_specs(self, input_shape: Shape) -> dict[str, ParamSpec]:
         if not getattr(self, "affine", True):
             return {}
         c = input_shape[0]
         return {"gamma": ParamSpec((c,), "ones"), "beta": ParamSpec((c,), "zeros")}
 
-    def state_specs(self, input_shape):
+    def state_specs(self, input_shape: Shape) -> dict[str, ParamSpec]:
         c = input_shape[0]
         return {"running_mean": ParamSpec((c,), "zeros"), "running_var": ParamSpec((c,), "ones")}
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return 8 * int(np.prod(input_shape))
 
-    def _gamma_beta(self, params, c):
+    def _gamma_beta(self, params: Params, c: int) -> tuple[np.ndarray, np.ndarray]:
         if getattr(self, "affine", True):
             return params["gamma"], params["beta"]
         return np.ones(c), np.zeros(c)
 
-    def _running_affine(self, params, state):
+    def _running_affine(self, params: Params, state: Mapping[str, np.ndarray] | None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Inference's per-channel (mean, inv_std, scale): float64 statistics, as forward uses them."""
         gamma, _ = self._gamma_beta(params, len(state["running_mean"]))
         mean = state["running_mean"].astype(np.float64)
         inv_std = 1 / np.sqrt(state["running_var"].astype(np.float64) + float(self.epsilon))
         return mean, inv_std, gamma * inv_std
 
-    infer_fresh = True
-
-    def infer_inplace(self, params, x, state=None):
+    def infer_inplace(self, params: Params, x: np.ndarray, state: dict[str, np.ndarray] | None = None) -> np.ndarray:
         # predict, where the batch norm could not be folded: scale and shift the model's own array
         mean, _, scale = self._running_affine(params, state)
         _, beta = self._gamma_beta(params, len(mean))
         return _affine(x, scale, beta - mean * scale, _stat_axes(x)[1], out=x)
 
-    def inference_affine(self, params, state=None):
+    def inference_affine(self, params: Params, state: Mapping[str, np.ndarray] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
         mean, _, scale = self._running_affine(params, state)
         _, beta = self._gamma_beta(params, len(mean))
         return scale, beta - mean * scale
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         # inference form: the per-channel scale and shift the inference pass uses
         scale, shift = self.inference_affine(params, state)
         shape = (-1, 1, 1) if len(input_shape) == 3 else (-1,)
         y = g.op("Mul", [x, g.const(np.asarray(scale).reshape(shape), "scale")])
         return g.op("Add", [y, g.const(np.asarray(shift).reshape(shape), "shift")])
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         _, bshape = _stat_axes(x)
         gamma, beta = self._gamma_beta(params, x.shape[1])
         eps = float(self.epsilon)
@@ -221,15 +228,13 @@ class BatchNorm(Layer):
         # x rather than xhat: the previous layer's output is alive anyway, so the cache costs nothing
         return y, (True, (x, mean, inv_std, scale))
 
-    fresh_dx = True
-
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         return self._backward(cache, dy, None)
 
-    def backward_inplace(self, params, cache, dy):
+    def backward_inplace(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return self._backward(cache, dy, dy)
 
-    def _backward(self, cache, dy, out):
+    def _backward(self, cache: Any, dy: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         training, (x, mean, inv_std, scale) = cache
         axes, bshape = _stat_axes(dy)
         # sums about the mean rounded to the data's dtype: xhat is never materialised, and
@@ -258,7 +263,7 @@ class BatchNorm(Layer):
             out = np.empty_like(dy)
         # chunk by chunk, so k*(x - shift) + c0 lives in a cache-sized temporary
 
-        def work(slices, step):
+        def work(slices: list[slice], step: int) -> None:
             tmp = np.empty((step, *dy.shape[1:]), dtype=dy.dtype)
             for sl in slices:
                 t = tmp[:sl.stop - sl.start]
@@ -274,6 +279,8 @@ class BatchNorm(Layer):
 
 
 class LocalResponseNorm(Layer):
+    """AlexNet's local response normalisation across neighbouring channels."""
+
     type = "local_response_norm"
     sample_coupling = Coupling.NONE
     description = ("AlexNet local response normalisation across channels: "
@@ -296,11 +303,11 @@ class LocalResponseNorm(Layer):
         Example({"size": 2, "alpha": 0.5, "beta": 0.6, "k": 1.0}, (3,), "even window on flat features"),
     )
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, (1, 3), "channels, or channels x height x width")
         return tuple(input_shape)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return (self.size + 6) * int(np.prod(input_shape))
 
     def _channel_sum(self, a: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -313,7 +320,7 @@ class LocalResponseNorm(Layer):
             out += padded[:, o:o + c]
         return out
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         size, alpha, beta, k = int(self.size), float(self.alpha), float(self.beta), float(self.k)
         if size % 2 and len(input_shape) == 3:
             # ONNX's LRN divides alpha by size (PyTorch's and Caffe's convention); this layer does not
@@ -332,7 +339,8 @@ class LocalResponseNorm(Layer):
         denom = g.op("Add", [g.op("Mul", [total, g.const(alpha, "alpha")]), g.const(k, "k")])
         return g.op("Mul", [x, g.op("Pow", [denom, g.const(-beta, "minus_beta")])])
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         before, after = self.size // 2, (self.size - 1) // 2
         denom = self._channel_sum(x * x, before, after)
         denom *= float(self.alpha)
@@ -341,7 +349,7 @@ class LocalResponseNorm(Layer):
         y = x * factor
         return y, (x, y, denom, factor)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         x, y, denom, factor = cache
         before, after = self.size // 2, (self.size - 1) // 2
         # d y_i / d x_j = [i == j] factor_i - 2 alpha beta x_j y_i / denom_i for j in window(i);
@@ -356,6 +364,8 @@ class LocalResponseNorm(Layer):
 
 
 class LayerNorm(Layer):
+    """Layer normalisation over each sample's trailing axes."""
+
     type = "layer_norm"
     sample_coupling = Coupling.NONE
     description = ("Layer normalisation (PyTorch's LayerNorm): each sample is normalised over its last "
@@ -386,22 +396,22 @@ class LayerNorm(Layer):
         k = self.normalized_dims
         return rank if k is None else k
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         if self._dims(len(input_shape)) > len(input_shape):
             raise ShapeError(f"normalized_dims {self.normalized_dims} is more than the input's "
                              f"{len(input_shape)} axes {tuple(input_shape)}")
         return tuple(input_shape)
 
-    def param_specs(self, input_shape):
+    def param_specs(self, input_shape: Shape) -> dict[str, ParamSpec]:
         if not self.elementwise_affine:
             return {}
         shape = tuple(input_shape[len(input_shape) - self._dims(len(input_shape)):])
         return {"gamma": ParamSpec(shape, "ones"), "beta": ParamSpec(shape, "zeros")}
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return 8 * int(np.prod(input_shape))
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         # op by op as forward computes it (two-pass, centred variance), over the last k axes
         k = self._dims(len(input_shape))
         axes = list(range(len(input_shape) + 1 - k, len(input_shape) + 1))
@@ -413,7 +423,8 @@ class LayerNorm(Layer):
             return y
         return g.op("Add", [g.op("Mul", [y, g.const(params["gamma"], "gamma")]), g.const(params["beta"], "beta")])
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         k = self._dims(x.ndim - 1)
         axes = tuple(range(x.ndim - k, x.ndim))
         xhat = x - x.mean(axis=axes, keepdims=True)
@@ -426,7 +437,7 @@ class LayerNorm(Layer):
         y += params["beta"]
         return y, (xhat, inv_std, axes)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         xhat, inv_std, axes = cache
         lead = tuple(range(dy.ndim - len(axes)))
         grads = {}
@@ -442,7 +453,7 @@ class LayerNorm(Layer):
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     register(BatchNorm)
     register(LayerNorm)
     register(LocalResponseNorm)

@@ -8,11 +8,14 @@ window order) whose input equals the maximum and writes ``dy`` only there.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.nn.layer import Coupling, Example, Layer, require_rank
+from layerkit.nn.capabilities import FreshGradient, FreshInferOutput, MaxPooling
+from layerkit.nn.layer import Coupling, Example, Layer, Params, require_rank, Shape
 from layerkit.kernels.windows import Window, int_or_pair_schema, pad, pair, unpad, window
 from layerkit.layers.activations import over_chunks
 
@@ -36,7 +39,9 @@ def _pool_schema(kind: str, padding_note: str, **extra) -> dict:
 
 
 class _WindowPool(Layer):
-    def _window(self, hw):
+    """What the windowed 2-D pools share: the window schema, geometry and ONNX export."""
+
+    def _window(self, hw: Sequence[int]) -> Window:
         stride = getattr(self, "stride", None) or self.pool_size
         g = window(hw, self.pool_size, stride, self.padding)
         if max(g.pad_top, g.pad_bottom) >= g.kh or max(g.pad_left, g.pad_right) >= g.kw:
@@ -47,16 +52,16 @@ class _WindowPool(Layer):
             g = _ceil_window(g, hw)
         return g
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         g = self._window(input_shape[1:])
         return (input_shape[0], g.ho, g.wo)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         g = self._window(input_shape[1:])
         return input_shape[0] * g.ho * g.wo * g.kh * g.kw
 
-    def _onnx_pool(self, g, op, x, input_shape, **attrs):
+    def _onnx_pool(self, g: Any, op: str, x: str, input_shape: Shape, **attrs: Any) -> str:
         # ONNX pools with floor-mode output sizes and leaves padding out of max and (with
         # count_include_pad=0) of the average: the same rules as here; ceil_mode's overhang is
         # already part of the window's bottom/right padding
@@ -65,16 +70,17 @@ class _WindowPool(Layer):
                     pads=[w.pad_top, w.pad_left, w.pad_bottom, w.pad_right], **attrs)
 
     @staticmethod
-    def _grad_buffer(shape, g, dtype, overlap):
+    def _grad_buffer(shape: tuple[int, ...], g: Window, dtype: np.dtype, overlap: bool) -> np.ndarray:
         # when the windows tile the input exactly every element is written once, so no zero fill
         tiles = not overlap and not g.padded and shape[2] == g.ho * g.kh and shape[3] == g.wo * g.kw
         return np.empty(shape, dtype=dtype) if tiles else np.zeros(shape, dtype=dtype)
 
-def _ceil_window(g: Window, hw) -> Window:
+def _ceil_window(g: Window, hw: Sequence[int]) -> Window:
     """PyTorch's ceil_mode: one more output row/column where a partial window fits, its overhang
     past the padded input added as extra bottom/right padding."""
     h, w = hw
-    ho, wo = -(-(h + g.pad_top + g.pad_bottom - g.kh) // g.sh) + 1, -(-(w + g.pad_left + g.pad_right - g.kw) // g.sw) + 1
+    ho = -(-(h + g.pad_top + g.pad_bottom - g.kh) // g.sh) + 1
+    wo = -(-(w + g.pad_left + g.pad_right - g.kw) // g.sw) + 1
     # the last window must start inside the input or its top/left padding
     if (ho - 1) * g.sh >= h + g.pad_top:
         ho -= 1
@@ -85,13 +91,14 @@ def _ceil_window(g: Window, hw) -> Window:
     return g._replace(pad_bottom=g.pad_bottom + extra_h, pad_right=g.pad_right + extra_w, ho=ho, wo=wo)
 
 
-class MaxPool2D(_WindowPool):
+class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
+    """2-D max pooling over windows of each channel."""
+
     type = "max_pool2d"
     sample_coupling = Coupling.NONE
     description = ("2-D max pooling; pads with -inf, so padding never wins. Ties send the whole gradient to "
                    "the first maximum of the window (row-major).")
     params_schema = _pool_schema("pooling", "padding is -inf and never selected")
-    infer_fresh = True
     examples = (
         Example({"pool_size": 2}, (2, 4, 6), "non-overlapping"),
         Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 5), "overlapping with padding"),
@@ -99,19 +106,18 @@ class MaxPool2D(_WindowPool):
         Example({"pool_size": 2, "ceil_mode": True}, (2, 5, 5), "ceil_mode keeps the partial last window"),
     )
     has_kinks = True
-    fresh_dx = True
-    pools_max = True
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return self._onnx_pool(g, "MaxPool", x, input_shape)
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         g = self._window(x.shape[2:])
         xp = pad(x, g, -np.inf)
         y = np.empty((x.shape[0], x.shape[1], g.ho, g.wo), dtype=x.dtype)
         # np.maximum over strided views beats a reshape + max over two axes by ~30x; sample
         # chunks keep the input lines every offset touches in cache for the next offset
-        def work(slices, step):
+        def work(slices: list[slice], step: int) -> None:
             for sl in slices:
                 xc, yc = xp[sl], y[sl]
                 offsets = g.offsets()
@@ -124,12 +130,12 @@ class MaxPool2D(_WindowPool):
         # xp is the input itself unless padded, so the cache adds no memory in the common case
         return y, (x.shape, g, xp, y)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         (n, c, h, w), g, xp, y = cache
         overlap = g.sh < g.kh or g.sw < g.kw
         dxp = self._grad_buffer(xp.shape, g, dy.dtype, overlap)
 
-        def work(slices, step):
+        def work(slices: list[slice], step: int) -> None:
             taken_buf = np.empty((step, *y.shape[1:]), dtype=bool)
             hit_buf = np.empty_like(taken_buf)
             for sl in slices:
@@ -150,7 +156,9 @@ class MaxPool2D(_WindowPool):
         return unpad(dxp, g, h, w), {}
 
 
-class AvgPool2D(_WindowPool):
+class AvgPool2D(FreshInferOutput, _WindowPool):
+    """2-D average pooling over windows of each channel."""
+
     type = "avg_pool2d"
     sample_coupling = Coupling.NONE
     description = ("2-D average pooling. By default padding is excluded from the average (each output divides "
@@ -164,7 +172,6 @@ class AvgPool2D(_WindowPool):
         count_include_pad={"type": "boolean", "default": False,
                            "description": "count the zero padding in each window's divisor (PyTorch's default "
                                           "is true; layerkit's false, see the description)"})
-    infer_fresh = True
     examples = (
         Example({"pool_size": 2}, (2, 4, 4), "non-overlapping"),
         Example({"pool_size": 3, "stride": 2, "padding": 1}, (2, 5, 6), "overlapping with padding"),
@@ -172,7 +179,7 @@ class AvgPool2D(_WindowPool):
                 (2, 6, 5), "PyTorch's divisor, ceil_mode"),
     )
 
-    def _inverse_count(self, g, h, w, dtype):
+    def _inverse_count(self, g: Window, h: int, w: int, dtype: np.dtype) -> float | np.ndarray:
         """1 / (pixels counted per window): a Python float, or an (Ho, Wo) array with padding."""
         if not g.padded:
             return 1.0 / (g.kh * g.kw)
@@ -188,7 +195,7 @@ class AvgPool2D(_WindowPool):
         count = sum(counted[rows, cols] for _, _, rows, cols in g.offsets())
         return (1.0 / count).astype(dtype)
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         w = self._window(input_shape[1:])
         ph, pw = pair(self.padding, "padding")
         if getattr(self, "count_include_pad", False) and (ph or pw):
@@ -199,7 +206,8 @@ class AvgPool2D(_WindowPool):
                         pads=[0, 0, w.pad_bottom - ph, w.pad_right - pw])
         return self._onnx_pool(g, "AveragePool", x, input_shape, count_include_pad=0)
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         n, c, h, w = x.shape
         g = self._window((h, w))
         xp = pad(x, g)
@@ -212,7 +220,7 @@ class AvgPool2D(_WindowPool):
         y *= inv
         return y, (x.shape, g, inv)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         (n, c, h, w), g, inv = cache
         overlap = g.sh < g.kh or g.sw < g.kw
         share = dy * inv
@@ -225,35 +233,39 @@ class AvgPool2D(_WindowPool):
         return unpad(dxp, g, h, w), {}
 
 
-class GlobalAvgPool2D(Layer):
+class GlobalAvgPool2D(FreshInferOutput, Layer):
+    """The mean over all spatial positions of each channel: (C, H, W) -> (C,)."""
+
     type = "global_avg_pool2d"
     sample_coupling = Coupling.NONE
     description = "Average over all spatial positions: (C, H, W) -> (C,) (PyTorch's AdaptiveAvgPool2d(1) + flatten)."
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
-    infer_fresh = True
     examples = (Example({}, (3, 4, 5)),)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         return (input_shape[0],)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return int(np.prod(input_shape))
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         return x.mean(axis=(2, 3)), x.shape
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         n, c, h, w = cache
         dx = np.empty(cache, dtype=dy.dtype)
         dx[...] = (dy * (1.0 / (h * w)))[:, :, None, None]
         return dx, {}
 
 
-class GlobalMaxPool2D(Layer):
+class GlobalMaxPool2D(MaxPooling, FreshGradient, Layer):
+    """The maximum over all spatial positions of each channel: (C, H, W) -> (C,)."""
+
     type = "global_max_pool2d"
     sample_coupling = Coupling.NONE
     description = ("Maximum over all spatial positions: (C, H, W) -> (C,). The gradient goes to the first "
@@ -261,26 +273,25 @@ class GlobalMaxPool2D(Layer):
     params_schema = {"type": "object", "properties": {}, "additionalProperties": False}
     examples = (Example({}, (3, 4, 5)),)
     has_kinks = True
-    pools_max = True
-    fresh_dx = True
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Shape) -> Shape:
         require_rank(input_shape, 3, "(channels, height, width)")
         return (input_shape[0],)
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Shape) -> int:
         return int(np.prod(input_shape))
 
-    def to_onnx(self, g, x, input_shape, params, state):
+    def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         return g.op("Flatten", [g.op("GlobalMaxPool", [x])], axis=1)
 
-    def forward(self, params, x, training=False, rng=None, state=None):
+    def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
         flat = x.reshape(x.shape[0], x.shape[1], -1)
         idx = flat.argmax(axis=2)  # the first maximum
         y = np.take_along_axis(flat, idx[:, :, None], axis=2)[:, :, 0]
         return y, (x.shape, idx)
 
-    def backward(self, params, cache, dy):
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         shape, idx = cache
         dx = np.zeros((shape[0], shape[1], shape[2] * shape[3]), dtype=dy.dtype)
         np.put_along_axis(dx, idx[:, :, None], dy[:, :, None], axis=2)
@@ -288,6 +299,6 @@ class GlobalMaxPool2D(Layer):
 
 
 @hookimpl
-def layerkit_register_layers(register):
+def layerkit_register_layers(register: Callable[[type[Layer]], None]) -> None:
     for cls in (MaxPool2D, AvgPool2D, GlobalAvgPool2D, GlobalMaxPool2D):
         register(cls)

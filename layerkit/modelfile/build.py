@@ -10,7 +10,7 @@ import numpy as np
 
 from layerkit.errors import Problem, SizeLimitError
 from layerkit.modelfile.shapes import Graph, build_graph
-from layerkit.nn.model import Model
+from layerkit.nn.network import Network as Model
 from layerkit.plugins import registry_or_global
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.spec import ModelSpec, load_spec, spec_from_dict

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from layerkit.errors import ShapeError
+from layerkit.nn.capabilities import DEFAULTS as CAPABILITY_DEFAULTS
 
 Shape = tuple[int, ...]
 Params = Mapping[str, np.ndarray]
@@ -98,7 +99,7 @@ _DEPRECATED = {
 }
 
 
-def migrate_declarations(cls: type) -> None:
+def migrate_declarations(cls: type[Any]) -> None:
     """Map a subclass's deprecated declarations onto the current ones and normalise the coupling.
 
     Runs when the class is defined, so every caller only ever reads the current names.
@@ -125,12 +126,15 @@ def migrate_declarations(cls: type) -> None:
 def overrides(obj: Any, member: str, base: type | None = None) -> bool:
     """Whether ``obj`` (a layer or loss, or its class) replaces ``base``'s implementation of ``member``.
 
-    How callers tell an optional speed path a layer really provides from the default that
-    falls back on ``backward``; ``base`` is :class:`Layer` unless given.
+    How callers tell an optional path a layer really provides from the default that falls back
+    on ``backward`` / ``forward``; ``base`` is :class:`Layer` unless given. For a capability method
+    (``backward_inplace``, ``infer_inplace``, ``inference_affine``, ``fold_affine``; see
+    :mod:`layerkit.nn.capabilities`), the mixin's fallback does not count either.
     """
     cls = obj if isinstance(obj, type) else type(obj)
     base = Layer if base is None else base
-    return getattr(cls, member, None) is not getattr(base, member, None)
+    value = getattr(cls, member, None)
+    return value is not getattr(base, member, None) and value is not CAPABILITY_DEFAULTS.get(member)
 
 
 class Layer:
@@ -145,15 +149,15 @@ class Layer:
     the conformance suite checks every claim): :attr:`has_kinks`, :attr:`uses_rng`,
     :attr:`sample_coupling`.
 
-    **Optional speed paths** (the defaults fall back on ``backward``; an override must give
-    the same numbers, bit for bit, which the conformance suite checks):
-    :meth:`backward_params`, :meth:`backward_inplace`, :attr:`fresh_dx`, and
-    :attr:`commutes_with_max` / :attr:`pools_max` (the model pools before an activation).
+    **Optional paths** (the defaults fall back on ``backward`` / ``forward``; an override must
+    give the same numbers, bit for bit, which the conformance suite checks):
+    :meth:`backward_params` (parameter gradients only), :meth:`infer` (the inference output
+    alone), and :meth:`to_onnx` (export).
 
-    **Optional inference paths** (``predict`` and evaluation; the defaults fall back on
-    ``forward`` and claim nothing): :meth:`infer` (bit for bit the inference ``forward``),
-    :meth:`inference_affine` and :meth:`fold_affine` (batch norm folded into the conv or dense
-    layer before it, equal to float32 rounding); the conformance suite checks each.
+    Rewrites for particular pairs of layers (an activation after a max pool, batch norm folded
+    into a convolution, in-place backward and inference) are not members of this class: a layer
+    opts in to them through the capability mixins of :mod:`layerkit.nn.capabilities`, and the
+    planner's passes (:mod:`layerkit.nn.passes`) apply them.
 
     Gradients are those of the loss the trainer minimises, the **batch mean** of the
     per-sample losses: ``backward`` receives ``dy = d(mean loss)/d(y)`` (already divided by
@@ -190,32 +194,12 @@ class Layer:
     #: ``OTHER`` (the default: anything else; such a model trains in one process).
     sample_coupling: ClassVar[Coupling | str] = Coupling.OTHER
 
-    # -- optional speed paths --------------------------------------------------------
-    #: a promise that every input gradient :meth:`backward` returns is a new array that
-    #: shares no memory with ``dy``, the input, the parameters or the cache (and that
-    #: :meth:`backward_inplace` returns either such an array or the ``dy`` it was given).
-    #: It lets the model hand the next layer down that gradient for :meth:`backward_inplace`.
-    fresh_dx: ClassVar[bool] = False
-    #: a promise that :meth:`infer` returns a new array that shares no memory with its input
-    #: or the parameters, so the next layer may run :meth:`infer_inplace` on it
-    infer_fresh: ClassVar[bool] = False
-    #: a promise that this single-input, element-wise layer commutes with taking a maximum,
-    #: exactly: a max pool (:attr:`pools_max`) over its output gives, bit for bit, the output
-    #: and input gradient of the same pool over its input followed by this layer (relu: the
-    #: maximum of relu(x) is relu of the maximum of x, and where that maximum is not positive
-    #: both give a zero gradient). When the pool is its only reader, the model runs the pool
-    #: first and this layer on the pooled output, a quarter of the elements for a 2x2 pool.
-    commutes_with_max: ClassVar[bool] = False
-    #: a promise that the output is, per sample and channel, the maximum over windows of the
-    #: input, and that backward sends each output's gradient to entries of its window that
-    #: equal that maximum (max pooling); see :attr:`commutes_with_max`
-    pools_max: ClassVar[bool] = False
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         migrate_declarations(cls)
 
     def __init__(self, **config: Any) -> None:
+        """Keep the hyper-parameters (defaults filled in) as attributes; nothing changes them later."""
         self.config = dict(config)
         for key, value in config.items():
             setattr(self, key, value)
@@ -266,25 +250,15 @@ class Layer:
     def backward_params(self, params: Params, cache: Any, dy: np.ndarray) -> dict[str, np.ndarray]:
         """Only the parameter gradients of :meth:`backward`, skipping the input gradient.
 
-        The model calls it for a layer whose input gradient nobody reads (a first layer fed
+        The network calls it for a layer whose input gradient nobody reads (a first layer fed
         by the data). Override it when that saves work (dense, conv); the result must equal
         ``backward(...)[1]`` bit for bit.
         """
         return self.backward(params, cache, dy)[1]
 
-    def backward_inplace(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
-        """:meth:`backward`, but allowed to overwrite ``dy`` (and return it as ``dx``).
-
-        The model calls it only with a ``dy`` nobody else holds (made by a layer with
-        :attr:`fresh_dx`, or a sum of several gradients). Override it when writing into
-        ``dy`` saves a new array (relu, batch norm); the result must equal
-        :meth:`backward`'s on a copy of ``dy``, bit for bit.
-        """
-        return self.backward(params, cache, dy)
-
-    # -- optional inference paths ----------------------------------------------------
-    # Model.infer (predict, evaluation) runs these instead of forward; the conformance
-    # suite (layerkit.testing.contract) checks them against forward's inference mode.
+    # -- optional inference path ------------------------------------------------------
+    # Network.infer (predict, evaluation) runs it instead of forward; the conformance
+    # suite (layerkit.testing.contract) checks it against forward's inference mode.
     def infer(self, params: Params, x: Any, state: dict[str, np.ndarray] | None = None) -> Any:
         """The inference output alone: ``forward(params, x, training=False, state=state)[0]``.
 
@@ -292,30 +266,6 @@ class Layer:
         (conv keeps no columns); the result must equal forward's inference output bit for bit.
         """
         return self.forward(params, x, False, None, state)[0]
-
-    def infer_inplace(self, params: Params, x: np.ndarray, state: dict[str, np.ndarray] | None = None) -> Any:
-        """:meth:`infer`, but allowed to overwrite ``x`` (and return it).
-
-        The model calls it only with an ``x`` nobody else holds: made by a layer with
-        :attr:`infer_fresh` (or by another ``infer_inplace``), with this layer its last reader.
-        Override it when writing into ``x`` saves a new array (relu, batch norm); the result
-        must equal :meth:`infer`'s bit for bit, and be ``x`` itself or a new array.
-        """
-        return self.infer(params, x, state)
-
-    def inference_affine(self, params: Params, state: dict[str, np.ndarray] | None = None
-                         ) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(scale, shift)`` per channel (axis 1) when the inference output is ``x * scale + shift``
-        (batch norm), else None. The model then folds the layer into the one before it (see
-        :meth:`fold_affine`); the suite checks the claim against ``infer`` to float32 rounding."""
-        return None
-
-    def fold_affine(self, params: Params, scale: np.ndarray, shift: np.ndarray) -> dict[str, np.ndarray] | None:
-        """Parameters with which :meth:`infer` returns ``infer(params, x) * scale + shift`` per output
-        channel, or None when the layer cannot absorb that (the default). Conv and dense do, so
-        inference runs conv + batch norm as one convolution. May add tensors ``params`` lacks
-        (a bias where ``use_bias`` is false); only ``infer`` ever sees them."""
-        return None
 
     # -- optional: export ---------------------------------------------------------------
     def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
@@ -333,9 +283,6 @@ class Layer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"
 
-
-#: the members :func:`overrides` is asked about: a layer's optional speed paths
-SPEED_PATHS = ("backward_params", "backward_inplace", "infer", "infer_inplace", "inference_affine", "fold_affine")
 
 
 def require_rank(input_shape: Sequence[int], rank: int | tuple[int, ...], what: str) -> None:

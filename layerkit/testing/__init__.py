@@ -70,7 +70,7 @@ def check_layer_metadata(layer_cls) -> None:
     assert coupling in tuple(Coupling), (
         f"layer {name!r}: sample_coupling = {coupling!r} is not one of {[c.value for c in Coupling]}")
     for flag in ("has_kinks", "uses_rng", "fresh_dx", "infer_fresh", "commutes_with_max", "pools_max"):
-        value = getattr(layer_cls, flag)
+        value = getattr(layer_cls, flag, False)
         assert isinstance(value, (bool, np.bool_)), f"layer {name!r}: {flag} must be True or False, not {value!r}"
 
 
@@ -192,7 +192,7 @@ def run_layer_test(layer_type_or_class, config: Mapping[str, Any], input_shape, 
 
     state = {k: v.astype(np.float32) for k, v in initial_state(sspecs).items()}
     check_speed_paths(layer, params, x, state, multi=multi, where=where, seed=seed)
-    if layer.commutes_with_max or layer.pools_max:
+    if getattr(layer, "commutes_with_max", False) or getattr(layer, "pools_max", False):
         check_max_commute(layer, in_shape, where=where, seed=seed)
     # four samples: each half then has two, so per-half statistics differ from the whole's
     x4 = random_input(in_shape, max(batch_size, 4), np.random.default_rng([seed, 4]), multi)

@@ -82,7 +82,7 @@ def check_speed_paths(layer, params, x, state, *, multi: bool, where: str, seed:
         assert np.array_equal(dy, dy_before), (
             f"{where}: backward ({mode}) modified dy in place; only backward_inplace may")
         dxs, grads = _list(dx, multi), dict(grads or {})
-        if layer.fresh_dx:
+        if getattr(layer, "fresh_dx", False):
             _check_fresh(dxs, dy, run, params, cache, where, "backward", mode)
         if overrides(layer, "backward_params"):
             _, cache = run.forward(training)
@@ -102,7 +102,7 @@ def check_speed_paths(layer, params, x, state, *, multi: bool, where: str, seed:
                     f"{where}: backward_inplace ({mode}) gives a different {tname} gradient than backward on "
                     f"a copy of dy ({_differs(a, b)}); it must equal backward's bit for bit")
             _same_param_grads(f"{where}: backward_inplace ({mode})", grads2, grads)
-            if layer.fresh_dx:
+            if getattr(layer, "fresh_dx", False):
                 _check_fresh(dxs2, owned, run, params, cache, where, "backward_inplace", mode, may_be_dy=True)
 
 
@@ -202,7 +202,7 @@ def check_inference_paths(layer, params, x, state, y, *, where: str, seed: int =
     assert np.asarray(inferred).dtype == np.asarray(y).dtype and np.array_equal(inferred, y), (
         f"{where}: infer differs from forward's inference output ({_differs(inferred, y)})")
     inputs = list(x) if isinstance(x, list) else [x]
-    if layer.infer_fresh:
+    if getattr(layer, "infer_fresh", False):
         assert not any(np.shares_memory(inferred, a) for a in [*inputs, *params.values()]), (
             f"{where}: declares infer_fresh, but infer's output shares memory with its input or a parameter")
     if overrides(layer, "infer_inplace"):
@@ -216,7 +216,7 @@ def check_inference_paths(layer, params, x, state, y, *, where: str, seed: int =
         assert not any(np.shares_memory(got, p) for p in params.values()), (
             f"{where}: infer_inplace returned an array that shares memory with a parameter")
     bshape = (1, -1) + (1,) * (np.ndim(y) - 2)
-    affine = layer.inference_affine(params, state)
+    affine = layer.inference_affine(params, state) if overrides(layer, "inference_affine") else None
     if affine is not None:
         scale, shift = (np.asarray(a, dtype=np.float32).reshape(bshape) for a in affine)
         assert _near(y, x * scale + shift), (
@@ -227,7 +227,7 @@ def check_inference_paths(layer, params, x, state, y, *, where: str, seed: int =
     scale = rng.uniform(0.5, 2.0, channels).astype(np.float32)
     shift = rng.standard_normal(channels).astype(np.float32)
     p_before = {k: v.copy() for k, v in params.items()}
-    folded = layer.fold_affine(params, scale, shift)
+    folded = layer.fold_affine(params, scale, shift) if overrides(layer, "fold_affine") else None
     for tname in params:
         assert np.array_equal(params[tname], p_before[tname]), f"{where}: fold_affine modified parameter {tname!r}"
     if folded is not None:
@@ -328,7 +328,7 @@ def check_max_commute(layer, in_shape, *, where: str, seed: int = 0) -> None:
 
     rng = np.random.default_rng([seed, 11])
     pairs = []
-    if layer.commutes_with_max:
+    if getattr(layer, "commutes_with_max", False):
         assert layer.arity == 1, f"{where}: commutes_with_max is for single-input layers"
         assert tuple(layer.output_shape(COMMUTE_SHAPE)) == COMMUTE_SHAPE, (
             f"{where}: declares commutes_with_max, but is not element-wise (output shape "
@@ -338,7 +338,7 @@ def check_max_commute(layer, in_shape, *, where: str, seed: int = 0) -> None:
         for config in MAX_POOLS:
             pool = MaxPool2D(**fill_defaults(MaxPool2D.params_schema, config))
             pairs.append((layer, params, state, pool, COMMUTE_SHAPE, f"commutes_with_max (with max_pool2d {config})"))
-    if layer.pools_max:
+    if getattr(layer, "pools_max", False):
         pairs.append((ReLU(), {}, {}, layer, tuple(in_shape), "pools_max (after relu)"))
     for act, params, state, pool, shape, claim in pairs:
         x = (rng.integers(-3, 4, (4, *shape)) * 0.5).astype(np.float32)

@@ -154,7 +154,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """Write the PNGs for a run directory; returns their paths."""
     from layerkit.modelfile.build import build_model
     from layerkit.training.runs import MODEL_FILE, WEIGHTS, CHECKPOINT, RunDir
-    from layerkit.nn.model import load_npz
+    from layerkit.nn.network import load_npz
     from layerkit.modelfile.spec import spec_from_dict
 
     _pyplot()  # fail early, before reading anything, when matplotlib is missing

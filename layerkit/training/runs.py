@@ -33,7 +33,7 @@ from layerkit.data.record import FILE_NAME as DATA_RECORD, DataRecord
 from layerkit.errors import (CheckFailed, CheckpointError, DataError, LayerkitError, ModelFileError, Problem,
                              TrainingError, everywhere)
 from layerkit.fileio import save_npz_atomic, why, write_text_atomic
-from layerkit.nn.model import load_npz
+from layerkit.nn.network import load_npz
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
 from layerkit.parallel.collectives import Collectives
 from layerkit.training.distributed import Launch, follow

@@ -31,7 +31,7 @@ from layerkit.data.augment import augmenter
 from layerkit.errors import CheckpointError, LayerkitError, TrainingError, everywhere
 from layerkit.parallel.malloc import tune_malloc
 from layerkit.nn.layer import Coupling
-from layerkit.nn.model import Model
+from layerkit.nn.network import Network as Model
 from layerkit.nn.optimizers import Optimizer
 from layerkit.parallel.collectives import SINGLE, Collectives
 from layerkit.training.steps import make_step, plan
