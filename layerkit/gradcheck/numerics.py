@@ -112,7 +112,8 @@ def is_kink(forward: float, backward: float, atol: float) -> bool:
     return abs(forward - backward) > KINK_TOL * (abs(forward) + abs(backward)) + 4 * atol + ABS_FLOOR
 
 
-def diagnose(analytic: float, sweep: list[tuple[float, float, float]]) -> str:
+def diagnose(analytic: float, sweep: list[tuple[float, float, float]], method: str = "backward") -> str:
+    """What the error-vs-step sweep says; ``method`` is the layer method that gave the gradient."""
     errors = [e for _, _, e in sweep]
     best_step, _, best = min(sweep, key=lambda s: s[2])
     if best < PASS_TOL:
@@ -123,7 +124,7 @@ def diagnose(analytic: float, sweep: list[tuple[float, float, float]]) -> str:
     if spread < 10:
         middle = numerics[len(numerics) // 2]
         ratio = f"; analytic/numeric = {analytic / middle:.4g}" if middle != 0 else ""
-        return f"wrong at every step size: a bug in backward{ratio}"
+        return f"wrong at every step size: a bug in {method}{ratio}"
     return "error changes with the step size: an undeclared kink or badly conditioned input"
 
 

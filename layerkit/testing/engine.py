@@ -147,7 +147,7 @@ class Subject:
         """Call the layer's code; an exception from it is a broken claim of ``member``."""
         try:
             return fn(*args)
-        except (Broken, ContractError, MemoryError, KeyboardInterrupt):
+        except (Broken, ContractError, MemoryError, KeyboardInterrupt, threading.BrokenBarrierError):
             raise
         except Exception as exc:
             raise Broken(member, f"raised {type(exc).__name__}: {exc}") from exc
