@@ -4,7 +4,6 @@ names the method training calls when that method is the wrong one."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -61,8 +60,7 @@ def check_grads(capsys, *argv) -> tuple[int, str]:
 
 def pytest_cases(path: Path):
     """What the pytest plugin parametrises over for the layers of this file."""
-    return [c for c in check_cases(registry=load_registry(default_plugins=(), entry_points=False,
-                                                           plugin_files=[path]))]
+    return check_cases(registry=load_registry(default_plugins=(), entry_points=False, plugin_files=[path]))
 
 
 @pytest.mark.parametrize("extra", ["", WRONG_INPLACE, WRONG_PARAMS], ids=["right", "inplace", "params"])

@@ -10,7 +10,7 @@ import numpy as np
 from layerkit.gradcheck.layers import check_layer, random_input, random_params
 from layerkit.gradcheck.model import check_end_to_end
 from layerkit.gradcheck.numerics import (PASS_TOL, WARN_TOL, KINK_TOL, ABS_FLOOR, STATUS_ORDER, TensorResult,
-                                         _jsonable)
+                                         jsonable)
 from layerkit.nn.layer import RESERVED_INPUT
 from layerkit.parallel import blas
 
@@ -29,7 +29,7 @@ class CheckResult:
     numbers: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
 @dataclass

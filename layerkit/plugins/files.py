@@ -118,7 +118,8 @@ class FileContext:
             if isinstance(exc, PluginFileError):
                 raise
             raise PluginFileError(problems=[self.problem(f"{member}: {exc}",
-                                                         _frame_line(exc, self.filename) or _line_of(fallback))])
+                                                         _frame_line(exc, self.filename) or _line_of(fallback))]
+                                  ) from None
         except Exception as exc:
             raise PluginFileError(problems=[self.raised(exc, member, fallback)]) from None
 

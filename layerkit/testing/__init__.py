@@ -102,7 +102,9 @@ class LayerCase:
 
 def _plugin_names(registry: Any, plugin: str) -> set[str]:
     """A plugin is named by its entry-point name or its distribution (pip) name."""
-    norm = lambda s: (s or "").replace("_", "-").lower()
+    def norm(text: str | None) -> str:
+        return (text or "").replace("_", "-").lower()
+
     return {name for name, info in registry.plugins.items()
             if norm(name) == norm(plugin) or norm(info.distribution) == norm(plugin)}
 
@@ -165,7 +167,9 @@ class CheckCase:
     def id(self) -> str:
         if self.problem:
             return f"{self.layer_type}-problem"
-        return f"{self.layer_type}-{self.check}" if self.index is None else f"{self.layer_type}-{self.index}-{self.check}"
+        if self.index is None:
+            return f"{self.layer_type}-{self.check}"
+        return f"{self.layer_type}-{self.index}-{self.check}"
 
     def run(self, registry: Any = None) -> Any:
         """Run the check; raises :class:`ContractError` when the claim does not hold."""

@@ -40,11 +40,12 @@ class TwoHalvesReducer:
         self.slots[me] = np.array(values, dtype=np.float64).ravel()
         self.barrier.wait()
         try:
-            sizes = [len(part) for part in self.slots]
+            parts = [np.zeros(0) if part is None else part for part in self.slots]
+            sizes = [len(part) for part in parts]
             if len(set(sizes)) > 1:
                 raise threading.BrokenBarrierError(f"the halves passed {sizes} values to the same batch_sum call")
-            total = self.slots[0].copy()
-            for part in self.slots[1:]:
+            total = parts[0].copy()
+            for part in parts[1:]:
                 total = total + part
         finally:
             self.barrier.wait()
@@ -73,6 +74,7 @@ class TwoHalvesReducer:
         real = [e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)]
         if real:
             raise real[0]
-        if any(errors):
-            raise errors[0]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
         return results

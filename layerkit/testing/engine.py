@@ -119,7 +119,7 @@ class Subject:
     gradient-check rows (its type by default).
     """
 
-    def __init__(self, layer_cls: type, config: Mapping[str, Any] | None = None, input_shape: Any = None, *,
+    def __init__(self, layer_cls: Any, config: Mapping[str, Any] | None = None, input_shape: Any = None, *,
                  index: int | None = None, label: str | None = None, batch_size: int = 2, seed: int = 0,
                  samples: int = 32) -> None:
         self.cls, self.config, self.input_shape, self.index = layer_cls, config, input_shape, index
@@ -703,7 +703,7 @@ def _max_claim(claim: str) -> Callable[[Subject], None]:
         for act, params, state, pool, shape, what in _max_pairs(s, claim):
             x = (rng.integers(-3, 4, (4, *shape)) * 0.5).astype(np.float32)
             for mode, training in _MODES:
-                def fwd(lay: Any, p: dict, v: np.ndarray) -> tuple:
+                def fwd(lay: Any, p: dict, v: np.ndarray, training: bool = training, state: dict = state) -> tuple:
                     return s.forward(p, v, training, {k: np.array(a) for k, a in state.items()}, layer=lay)
 
                 a, a_cache = fwd(act, params, x)

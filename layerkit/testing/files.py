@@ -58,7 +58,7 @@ def check_layer_file(path: str, class_name: str | None = None, *, input_shape: S
     checks (what ``--plugin`` runs before a command).
     """
     _, ctx, defined = plugin_object(path)
-    classes = _registered_classes(path) or defined
+    classes: list[Any] = _registered_classes(path) or defined
     if not classes:
         if not gradients:
             return GradCheckReport(model=str(path), rows=[])
@@ -87,6 +87,7 @@ def check_layer_file(path: str, class_name: str | None = None, *, input_shape: S
                                   results)
             if problem is not None:
                 problems.append(problem)
+        cases: list[tuple[int | None, dict[str, Any], Any]]
         if input_shape is not None or config is not None:
             cases = [(None, dict(config or {}), input_shape)]
         else:
