@@ -404,3 +404,32 @@ def test_every_check_holds_under_python_O():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "missed []", done.stdout + done.stderr
+
+
+CAPABILITY_MEMBERS = ("backward_inplace", "fresh_dx", "infer_inplace", "infer_fresh", "commutes_with_max",
+                      "pools_max", "inference_affine", "fold_affine")
+
+
+def test_the_engine_does_not_need_the_capabilities_on_layer(monkeypatch):
+    """Capabilities are mixins (layerkit.nn.capabilities): the engine asks the layer, not the Layer base."""
+    for name in CAPABILITY_MEMBERS:
+        monkeypatch.delattr(Layer, name)
+    plain = type("plain_square", (Layer,), {"type": "plain_square", "description": "x squared",
+                                            "examples": (Example({}, (5,)),), "sample_coupling": Coupling.NONE,
+                                            "forward": Square.forward, "backward": Square.backward})
+    subject = Subject(plain, {}, (5,), batch_size=4)
+    names = {c.name for c in yield_checks(plain, subject)}
+    assert not names & {"backward_inplace_equals_backward", "fresh_dx", "infer_fresh", "commutes_with_max",
+                        "pools_max", "infer_inplace_equals_infer", "fold_affine_matches_infer"}
+    check_layer_metadata(plain)
+    run_layer_test(plain, {}, (5,), batch_size=4)
+    inplace = type("inplace_square", (plain,), {"type": "inplace_square", "fresh_dx": True,
+                                                "backward_inplace": RightInplace.backward_inplace})
+    names = {c.name for c in yield_checks(inplace, Subject(inplace, {}, (5,)))}
+    assert {"backward_inplace_equals_backward", "fresh_dx"} <= names
+    run_layer_test(inplace, {}, (5,), batch_size=4)
+    wrong = type("wrong_inplace_square", (plain,), {"type": "wrong_inplace_square",
+                                                    "backward_inplace": WrongInplace.backward_inplace})
+    with pytest.raises(ContractError) as caught:
+        run_layer_test(wrong, {}, (5,), batch_size=4)
+    assert caught.value.check == "backward_inplace_equals_backward"
