@@ -7,7 +7,7 @@ problem) with ``error.exit_code``; anything else escaping is a bug in layerkit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 
 def format_path(path: Sequence[str | int]) -> str:
@@ -88,6 +88,39 @@ class CheckFailed(LayerkitError):
     """A check (gradient check, evaluation threshold) ran and failed."""
 
     exit_code = 1
+
+
+class ContractError(LayerkitError, AssertionError):
+    """A layer breaks a claim of the layer contract: one named check of :mod:`layerkit.testing` failed.
+
+    The one error the check engine raises for a failed claim. It names the ``layer`` (its ``type``),
+    the ``example`` it ran on (config and input shape, empty for a check of the class alone), the
+    ``check`` (a stable name such as ``backward_inplace_equals_backward``), the contract ``member``
+    at fault (the method or declaration, e.g. ``backward_inplace``, ``fresh_dx``) and the
+    ``numbers`` that show it (e.g. ``{"max_difference": 0.5}``). ``detail`` is the explanation
+    alone; ``str(error)`` is one line with all of them (more lines follow for a gradient check).
+
+    It is also an :class:`AssertionError`, so that pytest reports it as a failed test and code
+    written for the first release (``pytest.raises(AssertionError)``) keeps working; it is
+    raised explicitly, never by an ``assert``, so every check holds under ``python -O``.
+    Exit status 1: a check ran and failed.
+    """
+
+    exit_code = 1
+
+    def __init__(self, detail: str, *, check: str = "", layer: str = "", example: str = "", member: str = "",
+                 numbers: Mapping[str, Any] | None = None, results: Sequence[Any] = ()) -> None:
+        self.detail, self.check, self.layer, self.example, self.member = detail, check, layer, example, member
+        self.numbers = dict(numbers or {})
+        #: the gradient-check rows, for ``gradients_match_finite_differences``
+        self.results = list(results)
+        where = f"layer {layer!r}" if layer else "layer"
+        if example:
+            where += f" ({example})"
+        head = f"{where}: check {check} failed" if check else where
+        if member:
+            head += f" [{member}]"
+        super().__init__(f"{head}: {detail}")
 
 
 def everywhere(error: BaseException) -> BaseException:

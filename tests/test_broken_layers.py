@@ -12,6 +12,7 @@ from layerkit.gradcheck.layers import check_layer, check_layer_config
 from layerkit.gradcheck.report import check_model
 from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
 from layerkit.plugins.manager import load_registry
+from layerkit.errors import ContractError
 from layerkit.testing import run_layer_test
 
 
@@ -261,10 +262,13 @@ def test_batch_norm_state_left_alone(registry):
 
 
 def test_run_layer_test_names_layer_and_tensor(registry):
-    with pytest.raises(AssertionError, match=r"broken_transposed_w.*'W'"):
+    with pytest.raises(ContractError, match=r"broken_transposed_w.*'W'") as caught:
         run_layer_test("broken_transposed_w", {"units": 4}, (4,), registry=registry)
-    with pytest.raises(AssertionError, match=r"broken_missing_bias.*no gradient for parameter.*'b'"):
+    assert caught.value.check == "gradients_match_finite_differences" and caught.value.numbers["max_rel_error"] > 1e-4
+    assert [r.tensor for r in caught.value.results if r.status == "fail"] == ["W"]
+    with pytest.raises(ContractError, match=r"broken_missing_bias.*no gradient for parameter.*'b'") as caught:
         run_layer_test("broken_missing_bias", {"units": 4}, (4,), registry=registry)
+    assert caught.value.check == "backward_gradient_shapes" and caught.value.member == "backward"
     run_layer_test("good_dense", {"units": 4}, (4,), registry=registry)
 
 
@@ -356,7 +360,8 @@ class CentredButClaimsPerSample(GoodDense):
 
 
 def test_false_per_sample_claim_caught():
-    # sample-parallel training would silently train a different model with this layer
+    # sample-parallel training would silently train a different model with this layer; ContractError is
+    # also an AssertionError, so the first release's pytest.raises(AssertionError) still catches it
     with pytest.raises(AssertionError, match="declares sample_coupling = NONE"):
         run_layer_test(CentredButClaimsPerSample, {"units": 3}, (4,), batch_size=4)
     # the same maths without the claim is a correct layer

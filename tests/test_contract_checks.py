@@ -1,7 +1,8 @@
-"""Every contract check of the conformance suite can fail: one deliberately wrong layer each.
+"""Every check of the engine can fail: one deliberately wrong layer per check name.
 
-Each layer below has a correct ``backward`` (the gradient check passes) and breaks exactly one
-other promise; run_layer_test must name the layer and the contract member it breaks.
+Each layer below breaks exactly one promise (most with a correct ``backward``, so the gradient check
+passes); the engine must raise ContractError naming the layer, the check and the contract member.
+BROKEN lists one for every name in CHECKS, so a new check without a failing example fails here.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from layerkit.layers.pooling import AvgPool2D
 from layerkit.nn.layer import Coupling, Example, Layer
 from layerkit.parallel.collectives import batch_sum, splitting
 from layerkit.plugins.manager import load_registry
-from layerkit.testing import run_layer_test
+from layerkit.errors import ContractError
+from layerkit.nn.layer import ParamSpec
+from layerkit.testing import check_layer_metadata, run_layer_test
 from layerkit.testing import contract
+from layerkit.testing.engine import CHECKS, Subject, yield_checks
 
 from test_broken_layers import GoodDense
 
@@ -180,7 +184,7 @@ def run(cls, config=None, shape=None):
     (AvgClaimsMax, "pools_max", "changes the training output"),
 ], ids=lambda v: v.type if isinstance(v, type) else None)
 def test_each_broken_promise_is_caught_naming_layer_and_member(cls, member, detail):
-    with pytest.raises(AssertionError) as caught:
+    with pytest.raises(ContractError) as caught:
         run(cls)
     message = str(caught.value).splitlines()[0]
     assert f"layer {cls.type!r}" in message and member in message and detail in message, message
@@ -203,7 +207,7 @@ def test_halves_that_call_batch_sum_differently_are_reported(monkeypatch):
                 batch_sum(np.zeros(1))
             return super().backward(params, cache, dy)
 
-    with pytest.raises(AssertionError, match="'uneven_centre'.*did not make the same batch_sum calls"):
+    with pytest.raises(ContractError, match="'uneven_centre'.*did not make the same batch_sum calls"):
         run(Uneven)
     assert not splitting()  # the reducer is gone again: later batch_sum calls are a batch's own
 
@@ -244,3 +248,188 @@ def test_gradient_check_compares_the_path_training_runs():
     assert rows["first.W"].status == "fail" and rows["first.W"].via == "backward_params"
     assert rows["first.b"].status == "pass" and rows["first.input"].via == "backward"
     assert rows["second.W"].status == "pass"
+
+
+# -- one deliberately wrong layer per check name ---------------------------------------------------
+
+def _variant(base: type, name: str, **members) -> type:
+    """A subclass of ``base`` with ``type = name`` and ``members`` replaced (one broken promise)."""
+    return type(name, (base,), {"type": name, **members})
+
+
+class Scale(Layer):
+    """y = x * s per feature, with correct inference paths (each inference variant lies once)."""
+
+    type = "test_scale"
+    description = "per-feature scale"
+    examples = (Example({}, (3,)),)
+    sample_coupling = Coupling.NONE
+
+    def param_specs(self, input_shape):
+        return {"s": ParamSpec(tuple(input_shape), "ones")}
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        return x * params["s"], x
+
+    def backward(self, params, cache, dy):
+        return dy * params["s"], {"s": (dy * cache).sum(axis=0)}
+
+    def inference_affine(self, params, state=None):
+        return params["s"], np.zeros_like(params["s"])
+
+    def fold_affine(self, params, scale, shift):
+        return None if np.any(shift) else {"s": params["s"] * scale}
+
+
+def _inplace_wrong(self, params, x, state=None):
+    return np.multiply(x, params["s"] * 1.001, out=x)
+
+
+#: check name -> a layer that breaks exactly that claim
+BROKEN = {
+    "type_name": _variant(Square, "BadName"),
+    "method_signatures": _variant(Square, "bad_signature", forward=lambda self, x: (x * x, x)),
+    "params_schema_valid": _variant(Square, "bad_schema", params_schema={"type": 5}),
+    "declarations": _variant(Square, "bad_flag", has_kinks="yes"),
+    "metadata": _variant(Square, "no_description", description=""),
+    "schema_closed_and_defaults": _variant(Square, "open_schema", params_schema={"type": "object"}),
+    "config_validates": _variant(Square, "typo_example", examples=(Example({"unit": 3}, (5,)),)),
+    "size_estimates": _variant(Square, "negative_flops", flops=lambda self, shape: -1),
+    "tensors_initialize": _variant(Square, "tuple_specs", param_specs=lambda self, shape: {"w": (3,)}),
+    "output_shape_matches_forward": _variant(Square, "wrong_output_shape", output_shape=lambda self, s: (4,)),
+    "forward_output_finite": _variant(Square, "infinite_output", forward=lambda self, p, x, training=False, rng=None,
+                                      state=None: (np.where(x > 0, x, np.inf).astype(x.dtype), x)),
+    "float32_stays_float32": _variant(Square, "float64_output", forward=lambda self, p, x, training=False, rng=None,
+                                      state=None: ((x * x).astype(np.float64), x)),
+    "forward_leaves_input_unchanged": _variant(Square, "forward_writes_x", forward=lambda self, p, x, training=False,
+                                               rng=None, state=None: (np.multiply(x, x, out=x).copy(), x)),
+    "backward_gradient_shapes": _variant(Square, "short_dx", backward=lambda self, p, cache, dy:
+                                         ((2 * cache * dy)[:, :1], {})),
+    "backward_leaves_dy_unchanged": _variant(Square, "backward_writes_dy", backward=lambda self, p, cache, dy:
+                                             (np.multiply(dy, 2 * cache, out=dy), {})),
+    "gradients_match_finite_differences": _variant(Square, "half_gradient", backward=lambda self, p, cache, dy:
+                                                   (cache * dy, {})),
+    "split_batch_equals_whole": PerHalfCentre,
+    "infer_equals_forward": _variant(Scale, "infer_off", infer=lambda self, p, x, state=None: x * p["s"] + 1e-3),
+    "backward_params_equals_backward": WrongParamsOnly,
+    "backward_inplace_equals_backward": WrongInplace,
+    "fresh_dx": Identity,
+    "infer_fresh": _variant(Identity, "infer_not_fresh", fresh_dx=False, infer_fresh=True,
+                            forward=lambda self, p, x, training=False, rng=None, state=None: (x, None),
+                            backward=lambda self, p, cache, dy: (dy.copy(), {})),
+    "infer_inplace_equals_infer": _variant(Scale, "infer_inplace_off", infer_inplace=_inplace_wrong),
+    "inference_affine_matches_infer": _variant(Scale, "affine_off", inference_affine=lambda self, p, state=None:
+                                               (p["s"], np.full_like(p["s"], 0.5))),
+    "fold_affine_matches_infer": _variant(Scale, "fold_off", fold_affine=lambda self, p, scale, shift:
+                                          {"s": p["s"] * scale + shift}),
+    "commutes_with_max": NegateClaimsMax,
+    "pools_max": AvgClaimsMax,
+}
+
+
+def test_every_check_has_a_broken_layer():
+    assert set(BROKEN) == set(CHECKS)
+
+
+def broken_subject(name: str) -> Subject:
+    cls = BROKEN[name]
+    example = cls.examples[0] if CHECKS[name].scope == "example" else None
+    return Subject(cls, None if example is None else example.config, None if example is None else example.input_shape,
+                   index=0, batch_size=4)
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_each_check_fails_on_its_broken_layer(name):
+    subject = broken_subject(name)
+    check = CHECKS[name]
+    applicable = [c.name for c in yield_checks(subject.cls, None if check.scope == "layer" else subject)]
+    assert name in applicable  # a capability check runs where the capability is declared
+    with pytest.raises(ContractError) as caught:
+        check.run(subject)
+    error = caught.value
+    assert error.check == name and error.layer == subject.name and error.member
+    assert f"check {name} failed" in str(error) and f"layer {subject.name!r}" in str(error)
+    assert isinstance(error, AssertionError) and error.exit_code == 1
+
+
+@pytest.mark.parametrize("name", ["backward_leaves_dy_unchanged", "float32_stays_float32", "metadata",
+                                  "gradients_match_finite_differences"])
+def test_the_public_runners_stop_at_the_broken_check(name):
+    subject = broken_subject(name)
+    with pytest.raises(ContractError) as caught:
+        if CHECKS[name].scope == "layer":
+            check_layer_metadata(subject.cls)
+        else:
+            run_layer_test(subject.cls, subject.config, subject.input_shape, batch_size=4)
+    assert caught.value.check == name
+
+
+def test_capability_checks_run_only_where_declared():
+    names = {c.name for c in yield_checks(Square, Square.examples[0])}
+    assert "backward_inplace_equals_backward" not in names and "fresh_dx" not in names
+    assert {"backward_inplace_equals_backward", "fresh_dx"} <= {c.name for c in yield_checks(
+        RightInplace, RightInplace.examples[0])}
+
+
+def test_contract_error_carries_the_numbers():
+    with pytest.raises(ContractError) as caught:
+        CHECKS["backward_params_equals_backward"].run(broken_subject("backward_params_equals_backward"))
+    error = caught.value
+    assert error.member == "backward_params" and error.numbers["max_difference"] > 0
+    assert "examples[0]" in error.example and "input shape" in error.example
+
+
+def test_every_check_holds_under_python_O():
+    """Checks are raised, not asserted: with ``python -O`` each broken layer still fails its check."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "assert False, 'asserts are on'\n"  # stripped by -O: proves the flag took effect
+        "from layerkit.errors import ContractError\n"
+        "from test_contract_checks import BROKEN, CHECKS, broken_subject\n"
+        "missed = []\n"
+        "for name in BROKEN:\n"
+        "    try:\n"
+        "        CHECKS[name].run(broken_subject(name))\n"
+        "        missed.append(name)\n"
+        "    except ContractError as e:\n"
+        "        if e.check != name: missed.append(name)\n"
+        "print('missed', missed)\n"
+    )
+    tests_dir = str(Path(__file__).resolve().parent)
+    done = subprocess.run([sys.executable, "-O", "-c", script, tests_dir], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "missed []", done.stdout + done.stderr
+
+
+CAPABILITY_MEMBERS = ("backward_inplace", "fresh_dx", "infer_inplace", "infer_fresh", "commutes_with_max",
+                      "pools_max", "inference_affine", "fold_affine")
+
+
+def test_the_engine_does_not_need_the_capabilities_on_layer(monkeypatch):
+    """Capabilities are mixins (layerkit.nn.capabilities): the engine asks the layer, not the Layer base."""
+    for name in CAPABILITY_MEMBERS:
+        monkeypatch.delattr(Layer, name)
+    plain = type("plain_square", (Layer,), {"type": "plain_square", "description": "x squared",
+                                            "examples": (Example({}, (5,)),), "sample_coupling": Coupling.NONE,
+                                            "forward": Square.forward, "backward": Square.backward})
+    subject = Subject(plain, {}, (5,), batch_size=4)
+    names = {c.name for c in yield_checks(plain, subject)}
+    assert not names & {"backward_inplace_equals_backward", "fresh_dx", "infer_fresh", "commutes_with_max",
+                        "pools_max", "infer_inplace_equals_infer", "fold_affine_matches_infer"}
+    check_layer_metadata(plain)
+    run_layer_test(plain, {}, (5,), batch_size=4)
+    inplace = type("inplace_square", (plain,), {"type": "inplace_square", "fresh_dx": True,
+                                                "backward_inplace": RightInplace.backward_inplace})
+    names = {c.name for c in yield_checks(inplace, Subject(inplace, {}, (5,)))}
+    assert {"backward_inplace_equals_backward", "fresh_dx"} <= names
+    run_layer_test(inplace, {}, (5,), batch_size=4)
+    wrong = type("wrong_inplace_square", (plain,), {"type": "wrong_inplace_square",
+                                                    "backward_inplace": WrongInplace.backward_inplace})
+    with pytest.raises(ContractError) as caught:
+        run_layer_test(wrong, {}, (5,), batch_size=4)
+    assert caught.value.check == "backward_inplace_equals_backward"

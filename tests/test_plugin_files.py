@@ -25,6 +25,7 @@ from layerkit.nn.layer import Example, Layer
 
 class Square(Layer):
     type = "square"
+    description = "x squared"
     examples = (Example({}, (4,)),)
 
     def forward(self, params, x, training=False, rng=None, state=None):
@@ -99,19 +100,19 @@ def test_wrong_backward_fails_the_check(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("name, head, body, where, says", [
-    ("syntax", HEAD.replace("return x * x, x", "return x * x, x)"), "2 * cache * dy, {}", ":10:",
+    ("syntax", HEAD.replace("return x * x, x", "return x * x, x)"), "2 * cache * dy, {}", ":11:",
      "syntax error"),
     ("import", "import torchh\n" + HEAD, "2 * cache * dy, {}", ":1:", "import failed: No module named 'torchh'"),
     ("missing method", HEAD, None, ":5:", "missing method `backward`"),
     ("wrong return shape", HEAD.replace("return x * x, x", "return (x * x)[:, :2], x"), "2 * cache * dy, {}",
-     ":9:", "Square.forward: returned an output of shape 2x2"),
-    ("backward returns three things", HEAD, "2 * cache * dy, {}, None", ":12:",
+     ":10:", "Square.forward: returned an output of shape 2x2"),
+    ("backward returns three things", HEAD, "2 * cache * dy, {}, None", ":13:",
      "Square.backward: must return (input gradient, {parameter: gradient}), returned a tuple of 3"),
-    ("backward returns one thing", HEAD, "2 * cache * dy", ":12:", "Square.backward: must return"),
-    ("raises", HEAD, "2 * cach * dy, {}", ":13:", "Square.backward raised NameError"),
+    ("backward returns one thing", HEAD, "2 * cache * dy", ":13:", "Square.backward: must return"),
+    ("raises", HEAD, "2 * cach * dy, {}", ":14:", "Square.backward raised NameError"),
     ("no type", HEAD.replace('type = "square"', ""), "2 * cache * dy, {}", ":5:", "set the class attribute `type`"),
     ("bad signature", HEAD.replace("def forward(self, params, x,", "def forward(self, x,"), "2 * cache * dy, {}",
-     ":9:", "Square.forward: cannot be called as forward(self, params, x"),
+     ":10:", "Square.forward: cannot be called as forward(self, params, x"),
 ])
 def test_bad_file_is_one_line_with_file_and_line(capsys, tmp_path, name, head, body, where, says):
     path = square_file(tmp_path, body, head)
@@ -214,7 +215,7 @@ def test_contract_checked_before_the_command(capsys, write_model, tmp_path):
     """A model that does not even use the broken layer still gets the file's problem, with its line."""
     path = square_file(tmp_path, "2 * cache * dy, {}, None")
     rc, _, err = run(capsys, "validate", write_model(__import__("conftest").tiny_model()), "--plugin", path)
-    assert rc == 2 and f"{path}:12: Square.backward: must return" in one_error(err)
+    assert rc == 2 and f"{path}:13: Square.backward: must return" in one_error(err)
 
 
 def test_error_during_training_names_the_line(capsys, write_model, tmp_path):

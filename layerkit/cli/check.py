@@ -16,7 +16,8 @@ from layerkit.cli import app
 def check_grads(
     model: str = typer.Argument(..., metavar="MODEL",
                                 help="Model file (JSON), or a layer file FILE.py (every layer class it defines, "
-                                     "on its examples) or FILE.py:CLASS.", show_default=False),
+                                     "on its examples, through every check of the conformance suite) or "
+                                     "FILE.py:CLASS.", show_default=False),
     samples: int = typer.Option(32, "--samples", min=1, help="Coordinates checked per tensor (all of them "
                                                             "when the tensor is no bigger)."),
     seed: int = typer.Option(0, "--seed", help="Seed for inputs, parameters, projections and sampling."),
@@ -33,9 +34,11 @@ def check_grads(
 ) -> None:
     """Check every layer's backward pass (and the model's loss gradient) against finite differences.
 
-    A layer file (FILE.py, FILE.py:CLASS) is checked on its own: each layer class it defines, on each
-    of its examples, or on --input-shape. Exit status: 0 all checks pass (warnings allowed),
-    1 a gradient is wrong, 2 bad input (a model file, or a layer file that breaks the layer contract).
+    A layer file (FILE.py, FILE.py:CLASS) is checked on its own, by the same named checks as the pytest
+    plugin: each layer class it defines, on each of its examples, or on --input-shape. Exit status:
+    0 all checks pass (warnings allowed), 1 a gradient is wrong or a check fails (the text names the
+    check and the method: backward_params, backward_inplace, infer ...), 2 bad input (a model file, or a
+    layer file that cannot be loaded or run).
     """
     from layerkit.testing.files import split_target
 

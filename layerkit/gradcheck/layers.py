@@ -86,7 +86,7 @@ def _sweep(diff: Callable[[float], tuple[float, float, float]], analytic: float)
 
 def _compare_tensor(probe: _LayerProbe, array: np.ndarray, analytic: np.ndarray, *, layer_name: str,
                     tensor: str, samples: int, rng: np.random.Generator, step: float, kinks: bool,
-                    layer_type: str) -> TensorResult:
+                    layer_type: str, method: str = "backward") -> TensorResult:
     flat = array.reshape(-1)  # a view: the arrays here are fresh C-contiguous copies
     grad = np.asarray(analytic, dtype=np.float64).reshape(-1)
     candidates, exhaustive = _candidates(flat.size, samples, rng)
@@ -118,7 +118,7 @@ def _compare_tensor(probe: _LayerProbe, array: np.ndarray, analytic: np.ndarray,
     worst = Worst(index, float(grad[worst_i]), worst_num, worst_err)
     if result.status != "pass":
         worst.sweep = _sweep(lambda h: probe.differences(flat, worst_i, h), worst.analytic)
-        worst.diagnosis = diagnose(worst.analytic, worst.sweep)
+        worst.diagnosis = diagnose(worst.analytic, worst.sweep, method)
         if result.status == "fail" and min(e for _, _, e in worst.sweep) < PASS_TOL:
             result.status = "warn"  # the gradient is right; the default step is not
         if undeclared_kink:
@@ -210,7 +210,7 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
         try:
             row = _compare_tensor(probe, arr, analytic, layer_name=layer_name, tensor=tname,
                                   samples=samples, rng=rng, step=step, kinks=layer.has_kinks,
-                                  layer_type=layer_type)
+                                  layer_type=layer_type, method=method)
             row.via = method
             results.append(row)
         except MemoryError:
@@ -249,7 +249,7 @@ def check_layer_config(layer_cls: type[Layer], config: Mapping[str, Any], input_
                        name: str | None = None) -> list[TensorResult]:
     """Check a layer class from a config and a per-sample input shape (random input and parameters).
 
-    ``config`` must already have its defaults filled (see :func:`layerkit.testing.fill_defaults`).
+    ``config`` must already have its defaults filled (see :func:`layerkit.modelfile.spec.fill_defaults`).
     """
     layer = layer_cls(**dict(config))
     rng = np.random.default_rng([seed, 7])

@@ -70,15 +70,15 @@ class TensorResult:
         return f"{self.layer}.{self.tensor}"
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Tuples to lists, and non-finite floats to strings: strict JSON has no NaN."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else str(float(value))
     if isinstance(value, np.integer):
@@ -112,7 +112,8 @@ def is_kink(forward: float, backward: float, atol: float) -> bool:
     return abs(forward - backward) > KINK_TOL * (abs(forward) + abs(backward)) + 4 * atol + ABS_FLOOR
 
 
-def diagnose(analytic: float, sweep: list[tuple[float, float, float]]) -> str:
+def diagnose(analytic: float, sweep: list[tuple[float, float, float]], method: str = "backward") -> str:
+    """What the error-vs-step sweep says; ``method`` is the layer method that gave the gradient."""
     errors = [e for _, _, e in sweep]
     best_step, _, best = min(sweep, key=lambda s: s[2])
     if best < PASS_TOL:
@@ -123,7 +124,7 @@ def diagnose(analytic: float, sweep: list[tuple[float, float, float]]) -> str:
     if spread < 10:
         middle = numerics[len(numerics) // 2]
         ratio = f"; analytic/numeric = {analytic / middle:.4g}" if middle != 0 else ""
-        return f"wrong at every step size: a bug in backward{ratio}"
+        return f"wrong at every step size: a bug in {method}{ratio}"
     return "error changes with the step size: an undeclared kink or badly conditioned input"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skipped": "cyan"}
@@ -38,8 +39,11 @@ def _table(rows, what: str) -> Table:
 
 
 def describe(r) -> list[str]:
-    """Plain-text lines explaining one failed or warned check."""
+    """Plain-text lines explaining one failed or warned check; they name the method whose gradient
+    was checked (the one training calls) when it is not ``backward``."""
     scope = "end to end" if r.scope == "model" else "in isolation"
+    if getattr(r, "via", "backward") != "backward":
+        scope += f", through {r.via}"
     lines = [f"{r.label} ({scope}): {r.status.upper()}" + (f": {r.message}" if r.message else "")]
     w = r.worst
     if w is not None:
@@ -67,7 +71,13 @@ def render_report(report, console: Console | None = None) -> None:
         if r.status in ("fail", "warn"):
             for line in describe(r):
                 console.print(line, markup=False, highlight=False)
+    if report.checks:
+        failed = [c for c in report.checks if c.status == "fail"]
+        console.print(f"[bold]Contract checks:[/] {len(report.checks) - len(failed)} of {len(report.checks)} pass")
+        for c in failed:
+            where = f"{c.layer} ({c.example})" if c.example else c.layer
+            console.print(f"{where}: check {c.check} failed [{c.member}]: {c.message}", markup=False, highlight=False)
     if report.blame:
         console.print(f"blame: {report.blame}", markup=False, highlight=False)
     style = "bold green" if report.ok else "bold red"
-    console.print(f"[{style}]{report.verdict()}[/]")
+    console.print(f"[{style}]{escape(report.verdict())}[/]")

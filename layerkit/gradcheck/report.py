@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from layerkit.gradcheck.layers import check_layer, random_input, random_params
 from layerkit.gradcheck.model import check_end_to_end
-from layerkit.gradcheck.numerics import (PASS_TOL, WARN_TOL, KINK_TOL, ABS_FLOOR, STATUS_ORDER, TensorResult)
+from layerkit.gradcheck.numerics import (PASS_TOL, WARN_TOL, KINK_TOL, ABS_FLOOR, STATUS_ORDER, TensorResult,
+                                         jsonable)
 from layerkit.nn.layer import RESERVED_INPUT
 from layerkit.nn.plan import BackwardCall
 from layerkit.parallel import blas
@@ -17,11 +18,35 @@ from layerkit.parallel import blas
 # -- whole model ------------------------------------------------------------------
 
 @dataclass
+class CheckResult:
+    """The outcome of one named contract check (:mod:`layerkit.testing.engine`) in a layer file's report."""
+
+    layer: str
+    example: str
+    check: str
+    member: str
+    status: str  # pass | fail
+    message: str = ""
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable(asdict(self))
+
+
+@dataclass
 class GradCheckReport:
+    """What ``check-grads`` found: one row per gradient tensor, and (for a layer file) one result per
+    contract check; ``blame`` says where to look when the end-to-end check fails."""
+
     model: str
     rows: list[TensorResult]
     settings: dict[str, Any] = field(default_factory=dict)
     blame: str = ""
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def failed_checks(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == "fail"]
 
     @property
     def layer_rows(self) -> list[TensorResult]:
@@ -37,7 +62,7 @@ class GradCheckReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.failed_checks
 
     @property
     def kinks(self) -> int:
@@ -54,11 +79,18 @@ class GradCheckReport:
             extra.append(f"{counts['skipped']} tensor(s) not checkable (only kinks)")
         if self.kinks:
             extra.append(f"{self.kinks} kink coordinate(s) skipped")
+        if self.checks:
+            extra.insert(0, f"{len(self.checks) - len(self.failed_checks)} of {len(self.checks)} contract "
+                            f"checks pass")
         tail = f" ({'; '.join(extra)})" if extra else ""
         if self.ok:
             return f"PASS: {len(self.rows)} gradient checks agree, {worst}{tail}"
+        if not self.failures:
+            names = ", ".join(f"{c.layer}: {c.check} [{c.member}]" for c in self.failed_checks[:6])
+            more = " ..." if len(self.failed_checks) > 6 else ""
+            return f"FAIL: {len(self.failed_checks)} contract check(s) failed: {names}{more}{tail}"
         names = ", ".join(f"{r.label}" + (" (end to end)" if r.scope == "model" else "")
-                          for r in self.failures[:6])
+                          + (f" (through {r.via})" if r.via != "backward" else "") for r in self.failures[:6])
         more = " ..." if len(self.failures) > 6 else ""
         return f"FAIL: {counts['fail']} of {len(self.rows)} gradient checks wrong: {names}{more}{tail}"
 
@@ -72,6 +104,7 @@ class GradCheckReport:
             "thresholds": {"pass": PASS_TOL, "warn": WARN_TOL, "kink": KINK_TOL, "abs_floor": ABS_FLOOR},
             "layers": [r.to_dict() for r in self.layer_rows],
             "whole_model": [r.to_dict() for r in self.model_rows],
+            "checks": [c.to_dict() for c in self.checks],
         }
 
     def render(self, console=None) -> None:

@@ -23,27 +23,17 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import jsonschema
-
 from layerkit import hookimpl
 from layerkit.errors import LayerkitError, Problem
+from layerkit.plugins.layer_checks import SIGNATURES, load_time_findings
+
+__all__ = ["SIGNATURES", "ENV", "HOOK_NAMES", "PluginFileError", "FileContext", "load_plugin_file", "plugin_object",
+           "plugin_files", "set_cli_plugin_files", "defined_layer_classes", "layer_contract_problems",
+           "locate_exception"]
 
 ENV = "LAYERKIT_PLUGINS"
 HOOK_NAMES = ("layerkit_register_layers", "layerkit_register_losses", "layerkit_register_optimizers",
               "layerkit_register_datasets")
-_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-#: the signatures a layer's methods are called with (self excluded), for the messages
-SIGNATURES = {
-    "forward": "forward(self, params, x, training=False, rng=None, state=None) -> (output, cache)",
-    "backward": "backward(self, params, cache, dy) -> (input gradient, {parameter name: gradient})",
-    "output_shape": "output_shape(self, input_shape) -> per-sample output shape",
-    "param_specs": "param_specs(self, input_shape) -> {name: ParamSpec}",
-    "state_specs": "state_specs(self, input_shape) -> {name: ParamSpec}",
-}
-_CALLS = {  # positional arguments the framework passes (self excluded)
-    "forward": 5, "backward": 3, "output_shape": 1, "param_specs": 1, "state_specs": 1, "flops": 1,
-}
 
 
 class PluginFileError(LayerkitError):
@@ -128,7 +118,8 @@ class FileContext:
             if isinstance(exc, PluginFileError):
                 raise
             raise PluginFileError(problems=[self.problem(f"{member}: {exc}",
-                                                         _frame_line(exc, self.filename) or _line_of(fallback))])
+                                                         _frame_line(exc, self.filename) or _line_of(fallback))]
+                                  ) from None
         except Exception as exc:
             raise PluginFileError(problems=[self.raised(exc, member, fallback)]) from None
 
@@ -233,75 +224,10 @@ def defined_layer_classes(module: types.ModuleType) -> list[type]:
     return sorted(found, key=lambda c: _line_of(c) or 0)
 
 
-def _accepts(fn: Callable, positional: int) -> bool:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return True
-    try:
-        sig.bind(None, *([None] * positional))  # self + the arguments
-        return True
-    except TypeError:
-        return False
-
-
 def layer_contract_problems(cls: type, ctx: FileContext) -> list[Problem]:
-    """What a layer class defined in a plugin file gets wrong, statically, with the lines."""
-    from layerkit.nn.layer import Layer
-
-    problems: list[Problem] = []
-    name = cls.__name__
-    type_name = getattr(cls, "type", "")
-    if not type_name:
-        problems.append(ctx.at(cls, f"class {name}: set the class attribute `type`, the name model files use "
-                                    f"(e.g. type = {_snake(name)!r})"))
-    elif not isinstance(type_name, str) or not _TYPE_NAME.match(type_name):
-        problems.append(ctx.at(cls, f"class {name}: `type` {type_name!r} must be a snake_case name such as "
-                                    f"{_snake(name)!r}"))
-    for member in ("forward", "backward"):
-        fn = getattr(cls, member, None)
-        if fn is None or fn is getattr(Layer, member):
-            problems.append(ctx.at(cls, f"class {name}: missing method `{member}`; the contract is "
-                                        f"{SIGNATURES[member]}"))
-        elif not callable(fn):
-            problems.append(ctx.at(cls, f"class {name}: `{member}` is not a method; the contract is "
-                                        f"{SIGNATURES[member]}"))
-        elif not _accepts(fn, _CALLS[member]):
-            problems.append(ctx.at(fn, f"{name}.{member}: cannot be called as {SIGNATURES[member]}; "
-                                       f"it is defined as {member}{_signature(fn)}"))
-    for member in ("output_shape", "param_specs", "state_specs", "flops"):
-        fn = getattr(cls, member, None)
-        if fn is not None and fn is not getattr(Layer, member) and callable(fn) and not _accepts(fn, 1):
-            problems.append(ctx.at(fn, f"{name}.{member}: must take (self, input_shape); it is defined as "
-                                       f"{member}{_signature(fn)}"))
-    schema = getattr(cls, "params_schema", None)
-    if not isinstance(schema, dict):
-        problems.append(ctx.at(cls, f"class {name}: `params_schema` must be a JSON Schema object (a dict)"))
-    else:
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            problems.append(ctx.at(cls, f"class {name}: `params_schema` is not a valid JSON Schema: {exc.message}"))
-    arity = getattr(cls, "arity", 1)
-    if arity is not None and (not isinstance(arity, int) or isinstance(arity, bool) or arity < 1):
-        problems.append(ctx.at(cls, f"class {name}: `arity` must be a positive int or None, got {arity!r}"))
-    from layerkit.nn.layer import Example
-    examples = getattr(cls, "examples", ())
-    if not isinstance(examples, (list, tuple)) or not all(isinstance(e, Example) for e in examples):
-        problems.append(ctx.at(cls, f"class {name}: `examples` must be a tuple of "
-                                    f"layerkit.nn.layer.Example(config, input_shape)"))
-    return problems
-
-
-def _signature(fn: Callable) -> str:
-    try:
-        return str(inspect.signature(fn))
-    except (TypeError, ValueError):
-        return "(...)"
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    """What a layer class defined in a plugin file gets wrong, statically, with the lines: the findings
+    of the check engine's load-time static checks (:mod:`layerkit.plugins.layer_checks`)."""
+    return [ctx.at(obj, message) for obj, message in load_time_findings(cls)]
 
 
 class _AutoRegister:
