@@ -17,7 +17,7 @@ from layerkit.errors import TrainingError
 from layerkit.nn.losses import Loss, SoftmaxCrossEntropy
 from layerkit.nn.model import load_npz
 from layerkit.training.runs import HISTORY_JSON, WEIGHTS, train
-from layerkit.parallel.processes import SampleParallel, plan_shards
+from layerkit.training.sample_parallel import SampleParallel, plan_shards
 from layerkit.modelfile.spec import read_model_file, spec_from_dict
 from layerkit.training.trainer import TrainingInterrupted
 

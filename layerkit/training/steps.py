@@ -4,7 +4,7 @@ One call, three ways of computing it (:func:`make_step` picks):
 
 - :class:`LocalStep`: the whole batch in this process.
 - :class:`ForkedStep`: the batch split over forked processes on this machine
-  (``layerkit.parallel.processes``).
+  (``layerkit.training.sample_parallel``).
 - :class:`DistributedStep`: the batch split over MPI ranks (``layerkit.parallel.mpi``),
   each rank's share computed in its process or split again over forked processes.
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from layerkit.parallel import collectives
 from layerkit.parallel.collectives import Collectives
-from layerkit.parallel.processes import SampleParallel, plan_shards, share_gradients
+from layerkit.training.sample_parallel import SampleParallel, plan_shards, share_gradients
 
 StepResult = tuple[float, int, list[np.ndarray], bool]  # mean loss, correct, gradients, stop
 
