@@ -168,7 +168,7 @@ def test_conv2d_matches_loops(config, path, monkeypatch):
 @pytest.mark.parametrize("stride", [2, 1])
 def test_conv2d_chunked_path_matches_single_chunk(monkeypatch, stride):
     """Big layers run in batch chunks and rebuild columns in backward; results must not change."""
-    from layerkit.kernels import windows as _windows
+    from layerkit.parallel.chunks import chunk_size
 
     monkeypatch.setattr(conv_module, "_batch_chunk", CONV_PATHS["per-sample"])
     rng = np.random.default_rng(2)
@@ -185,7 +185,7 @@ def test_conv2d_chunked_path_matches_single_chunk(monkeypatch, stride):
     np.testing.assert_allclose(y1, y2, rtol=1e-12)
     np.testing.assert_allclose(dx1, dx2, rtol=1e-12)
     np.testing.assert_allclose(g1["W"], g2["W"], rtol=1e-12)
-    assert _windows.chunk_size(10, 64) == 64
+    assert chunk_size(10, 64) == 64
 
 
 def test_conv2d_shapes_params_and_flops():

@@ -8,7 +8,7 @@ from layerkit import hookimpl
 from layerkit.errors import ShapeError
 from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, require_rank
 from layerkit.parallel.collectives import batch_sum, splitting
-from layerkit.layers.activations import over_chunks
+from layerkit.parallel.chunks import over_chunks
 
 
 def _stat_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
