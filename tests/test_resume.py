@@ -57,7 +57,8 @@ def test_interrupted_and_resumed_is_bit_identical(straight, tmp_path, stop_at, c
     with pytest.raises(TrainingInterrupted) as info:
         train(MODEL, out=out, callbacks=[InterruptAt(*stop_at)], log=logs.append)
     assert info.value.saved
-    assert any(f"layerkit fit --resume {out}" in line for line in logs)
+    # a Python caller is told how to ask for the resumed run (the CLI names its --resume flag)
+    assert any(f"train(RunRequest(resume={str(out)!r}))" in line for line in logs)
     assert not (out / WEIGHTS).exists()
     train(resume=out, log=logs.append)
     (w1, h1), (w2, h2) = final(straight), final(out)
