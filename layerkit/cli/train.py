@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -32,7 +31,8 @@ ALLOW_OTHER_DATA = typer.Option(False, "--allow-other-data",
 #: how a run's messages name what the user can change: this command's flags
 FIT_TERMS = Terms(out="--out", resume="--resume {path}", resume_command="layerkit fit --resume {path}",
                   data_dir="--data-dir", dataset="--dataset", set_dataset="set training.dataset or pass --dataset",
-                  allow_other_data="--allow-other-data", model_or_resume="give a model file to train, or --resume RUN_DIR")
+                  allow_other_data="--allow-other-data",
+                  model_or_resume="give a model file to train, or --resume RUN_DIR")
 
 
 def _console(stderr: bool = False):

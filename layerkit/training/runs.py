@@ -284,8 +284,8 @@ def load_run_data(run: RunDir, spec: ModelSpec, model, *, data_dir: str | Path |
     differences = record.differences(record_of(spec, data))
     if differences and not allow_other_data:
         raise DataError(f"{run / DATA_RECORD}: not the data this run was trained on: {'; '.join(differences)}. "
-                        f"Leave out {terms.data_dir}/{terms.dataset} to use the recorded data, restore the files, or pass "
-                        f"{terms.allow_other_data} to go ahead anyway")
+                        f"Leave out {terms.data_dir}/{terms.dataset} to use the recorded data, restore the files, "
+                        f"or pass {terms.allow_other_data} to go ahead anyway")
     if differences:
         log(f"note: other data than the run was trained on ({terms.allow_other_data}): {'; '.join(differences)}")
     return data

@@ -43,7 +43,8 @@ from layerkit.nn.losses import Loss
 from layerkit.nn.model import Model
 from layerkit.parallel import collectives
 from layerkit.parallel import threads as parallel
-from layerkit.parallel.processes import BARRIER_TIMEOUT_S, MAX_REDUCE, ForkedWorkers, available, bounds, processes, setting
+from layerkit.parallel.processes import (BARRIER_TIMEOUT_S, MAX_REDUCE, ForkedWorkers, available, bounds, processes,
+                                         setting)
 
 #: ``f(batch, rng) -> batch``: the training images' augmentation
 Augment = Callable[[np.ndarray, "np.random.Generator | None"], np.ndarray]
