@@ -45,7 +45,8 @@ def apply_overrides(model: Any, overrides: dict[str, Any]) -> Any:
         if value is None:
             continue
         if key == "optimizer":
-            old = training.get("optimizer") if isinstance(training.get("optimizer"), dict) else {}
+            previous = training.get("optimizer")
+            old: dict[str, Any] = previous if isinstance(previous, dict) else {}
             # another optimizer's parameters (momentum, betas) would not validate; its defaults apply
             training["optimizer"] = dict(old) if old.get("type") == value else {"type": value}
         elif key == "lr":
@@ -55,9 +56,10 @@ def apply_overrides(model: Any, overrides: dict[str, Any]) -> Any:
         elif key == "schedule":
             training["schedule"] = {"type": value}
         elif key == "callbacks":
-            old = training.get("callbacks") if isinstance(training.get("callbacks"), list) else []
-            have = {c.get("type") for c in old if isinstance(c, dict)}
-            training["callbacks"] = old + [{"type": name} for name in value if name not in have]
+            given = training.get("callbacks")
+            listed: list[Any] = given if isinstance(given, list) else []
+            have = {c.get("type") for c in listed if isinstance(c, dict)}
+            training["callbacks"] = listed + [{"type": name} for name in value if name not in have]
         else:
             target, parts = training, key.split(".")
             for part in parts[:-1]:

@@ -46,7 +46,8 @@ def _parse_classes(text: Optional[str]) -> Optional[list[int]]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of class ids", param_hint="--classes")
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of class ids",
+                                 param_hint="--classes") from None
 
 
 @app.command()
@@ -151,7 +152,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
     """
     import numpy as np
 
-    from layerkit.errors import LayerkitError, everywhere as UserError
+    from layerkit.errors import everywhere as UserError
     from layerkit.modelfile.build import build_model
     from layerkit.nn.model import load_npz
     from layerkit.training.runs import MODEL_FILE, WEIGHTS, RunDir, load_run_data, prepare_data

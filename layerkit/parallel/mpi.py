@@ -51,8 +51,9 @@ def world() -> Collectives:
             try:
                 from mpi4py import MPI
             except ImportError:
-                raise everywhere(LayerkitError(f"started by an MPI launcher with {size} processes, but mpi4py is not installed: "
-                                    f"pip install 'layerkit[mpi]' (or run layerkit without mpiexec)")) from None
+                raise everywhere(LayerkitError(
+                    f"started by an MPI launcher with {size} processes, but mpi4py is not installed: "
+                    f"pip install 'layerkit[mpi]' (or run layerkit without mpiexec)")) from None
             _world = MpiCollectives(MPI.COMM_WORLD)
             _share_cores(cores_per_rank(_world.local_size))
     return _world

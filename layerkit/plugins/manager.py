@@ -155,7 +155,7 @@ def _call_hooks(pm: pluggy.PluginManager, kind: str, registry: Registry) -> None
                 info.errors.append(message)
                 registry.problems.append(LoadProblem(name, message))
                 continue
-            registry.add(kind, obj.name if kind == "dataset" else obj.type, obj, name)
+            registry.add(kind, getattr(obj, "name" if kind == "dataset" else "type"), obj, name)
 
 
 def _describe(obj: object) -> str:

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no run locks
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 MODEL_FILE = "model.json"
 CHECKPOINT = "checkpoint.npz"
@@ -348,22 +348,25 @@ def _model_dict(request: RunRequest) -> tuple[Any, str]:
     """The requested model as a dict, and its name for messages."""
     if isinstance(request.model, dict):
         return request.model, request.source or "<model>"
+    if request.model is None:
+        raise everywhere(LayerkitError(request.terms.model_or_resume))
     raw, source = read_model_file(request.model)
     return raw, request.source or source
 
 
-def _train(raw: dict, source: str, run: RunDir | None, request: RunRequest,
+def _train(raw: Any, source: str, resumed: RunDir | None, request: RunRequest,
            launch: Launch) -> tuple[RunDir, TrainResult]:
-    resuming = run is not None
+    """Build the model, load the data and train: a new run, or the run ``resumed`` (locked by the caller)."""
+    resuming = resumed is not None
     registry, log = request.registry, request.log
     spec = spec_from_dict(raw, source=Path(source).name, registry=registry)
     model = build_model(spec, registry=registry)
     loss = build_loss(spec, registry)
-    run_path = run.path if run is not None else Path(request.out or default_out(spec.name))
+    run_path = resumed.path if resumed is not None else Path(request.out or default_out(spec.name))
     # loggers from training.callbacks; built before anything is written, so a missing extra costs nothing
     callbacks = [*request.callbacks, *build_callbacks(spec.training.get("callbacks"), run_path, registry)]
-    if resuming:
-        data = load_run_data(run, spec, model, data_dir=request.data_dir, allow_other_data=request.allow_other_data,
+    if resumed is not None:
+        data = load_run_data(resumed, spec, model, data_dir=request.data_dir, allow_other_data=request.allow_other_data,
                              registry=registry, log=log, terms=request.terms)
     else:
         data = prepare_data(spec, model, request.data_dir, registry, terms=request.terms)
@@ -372,14 +375,12 @@ def _train(raw: dict, source: str, run: RunDir | None, request: RunRequest,
         log(f"note: {data.notice}")
     log(f"data: {describe_counts(data.counts())} from {data.source}")
 
-    new_run = run is None
-    if new_run:
-        run = RunDir.create(run_path, raw, request.terms)
+    run = resumed if resumed is not None else RunDir.create(run_path, raw, request.terms)
     try:
         return _fit(run, spec, model, loss, data, resuming, dataclasses.replace(request, callbacks=callbacks),
                     launch)
     finally:
-        if new_run:
+        if resumed is None:
             run.unlock()
 
 
@@ -390,7 +391,8 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
 
     def save(arrays: dict[str, np.ndarray]) -> None:
         run.save_checkpoint(arrays)
-        run.write_history(trainer.state.history)
+        if trainer is not None:  # always: the trainer calls it
+            run.write_history(trainer.state.history)
 
     trainer = Trainer(model, loss, data, spec.training, callbacks=request.callbacks, save_checkpoint=save,
                       registry=request.registry, collectives=launch.comm)
@@ -402,7 +404,7 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
             return run, trainer.result()
         log(f"resuming {run.path} at epoch {trainer.state.epoch + 1}, batch {trainer.state.step + 1}")
     # written before any epoch, so that an interrupted run resumes on the same data
-    if not (run / PREPROCESSING).exists():
+    if data.preprocessing is not None and not (run / PREPROCESSING).exists():
         data.preprocessing.save(run / PREPROCESSING)
     if not (run / DATA_RECORD).exists():
         record_of(spec, data).save(run / DATA_RECORD)

@@ -27,7 +27,7 @@ from layerkit.parallel import collectives
 from layerkit.parallel.collectives import Collectives
 from layerkit.training.sample_parallel import SampleParallel, plan_shards, share_gradients
 
-StepResult = tuple[float, int, list[np.ndarray], bool]  # mean loss, correct, gradients, stop
+StepResult = tuple[float, float, list[np.ndarray], bool]  # mean loss, correct (fractional for reconstructions), gradients, stop
 
 
 def _bounds(n: int, parts: int) -> list[int]:
@@ -89,7 +89,7 @@ class DistributedStep(Step):
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._flat = np.empty(int(self._offsets[-1]), dtype=model.dtype)  # the gradients, fused for one all-reduce
         self._views = [self._flat[a:b].reshape(model.params[n][t].shape)
-                       for a, b, (n, t) in zip(self._offsets, self._offsets[1:], keys)]
+                       for a, b, (n, t) in zip(self._offsets, self._offsets[1:], keys, strict=False)]
 
     def __call__(self, idx, rng, stop=False) -> StepResult:
         comm, n = self.comm, len(idx)
@@ -99,7 +99,7 @@ class DistributedStep(Step):
             # whole batch from the same stream, so they still agree without exchanging gradients
             loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), n, seed, 0,
                                                     self.augment, self.random, self.keys)
-            for view, g in zip(self._views, grads):
+            for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
         else:
             bounds = _bounds(n, comm.size)
@@ -111,7 +111,7 @@ class DistributedStep(Step):
                 with collectives.reducing(comm):
                     loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, mine, n, seed, first,
                                                             self.augment, self.random, self.keys)
-            for view, g in zip(self._views, grads):
+            for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
             comm.allreduce_sum(self._flat)
         totals = np.array([loss_sum, hits, float(stop)], dtype=np.float64)

@@ -160,7 +160,7 @@ def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int =
     total, correct, preds = 0.0, 0.0, np.full(len(x), -1, dtype=np.int64)
     classes = np.asarray(y).ndim == 1
     # the batches' forward passes run over the thread pool; the loss is cheap and runs here
-    for i, out in zip(range(0, len(x), batch_size), model.infer_batches(x, batch_size)):
+    for i, out in zip(range(0, len(x), batch_size), model.infer_batches(x, batch_size), strict=False):
         yb = y[i:i + batch_size]
         value, _ = loss.forward(out, yb)
         total += float(value) * len(yb)
