@@ -27,7 +27,8 @@ from layerkit.parallel import collectives
 from layerkit.parallel.collectives import Collectives
 from layerkit.training.sample_parallel import SampleParallel, plan_shards, share_gradients
 
-StepResult = tuple[float, float, list[np.ndarray], bool]  # mean loss, correct (fractional for reconstructions), gradients, stop
+#: mean loss, correct predictions (fractional for reconstructions), gradients, stop
+StepResult = tuple[float, float, list[np.ndarray], bool]
 
 
 def _bounds(n: int, parts: int) -> list[int]:
