@@ -17,6 +17,10 @@ element-wise pass computes exactly what the whole-batch pass would; where a chun
 a sum (a weight gradient), its size is part of the summation order and so of the result's
 rounding. Which chunks run on the thread pool is ``layerkit.parallel.threads``' business.
 The measurements behind the budget are in docs/performance.md.
+
+Two other byte counts in the parallel tier are not chunk sizes and do not derive from the
+budget: the thread pool's threshold (``threads.MIN_PARALLEL_BYTES``: how big a whole pass must
+be to pay for handing it to threads) and the largest MPI message (``mpi.MAX_MESSAGE_BYTES``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from layerkit.parallel.collectives import SINGLE, Collectives
 
 # the number of processes mpiexec started, as each launcher tells its processes
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE", "MPI_WORLD_SIZE")
-CHUNK_BYTES = 1 << 28  # broadcasts go in pieces: MPI counts are 32-bit in older implementations
+MAX_MESSAGE_BYTES = 1 << 28  # broadcasts go in pieces: MPI counts are 32-bit in older implementations
 
 
 def launched_size() -> int:
@@ -125,8 +125,8 @@ class MpiCollectives(Collectives):
             buf = (np.ascontiguousarray(arrays[key]).reshape(shape) if self.rank == 0
                    else np.empty(shape, dtype=np.dtype(dtype)))
             flat = buf.reshape(-1).view(np.uint8)
-            for start in range(0, flat.size, CHUNK_BYTES):
-                self.comm.Bcast(flat[start:start + CHUNK_BYTES], root=0)
+            for start in range(0, flat.size, MAX_MESSAGE_BYTES):
+                self.comm.Bcast(flat[start:start + MAX_MESSAGE_BYTES], root=0)
             out[key] = buf
         return out
 
