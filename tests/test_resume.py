@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from layerkit.errors import CheckpointError
+from layerkit.cli.train import FIT_TERMS
+from layerkit.errors import CheckpointError, LayerkitError
 from layerkit.nn.model import load_npz
 from layerkit.plugins.manager import reset_registry
-from layerkit.training.runs import CHECKPOINT, HISTORY_CSV, HISTORY_JSON, METRICS, MODEL_FILE, WEIGHTS, RunDir, train
+from layerkit.training.runs import (CHECKPOINT, HISTORY_CSV, HISTORY_JSON, METRICS, MODEL_FILE, WEIGHTS, RunDir,
+                                    RunRequest, train)
 from layerkit.training.trainer import TrainingInterrupted
 
 from train_support import InterruptAt, builtin_registry, hermetic, mlp_model  # noqa: F401 (hermetic is a fixture)
@@ -81,6 +83,19 @@ def test_resuming_a_finished_run_changes_nothing(straight, tmp_path):
 def test_out_directory_with_a_run_is_refused(straight):
     with pytest.raises(CheckpointError, match="already holds a run"):
         train(MODEL, out=straight)
+
+
+def test_messages_name_the_request_or_the_command_line(straight):
+    # training speaks of RunRequest's fields; layerkit fit hands it its flags to name instead
+    with pytest.raises(CheckpointError, match=r"continue it with resume='.*' or choose another out directory"):
+        train(RunRequest(model=MODEL, out=straight))
+    with pytest.raises(CheckpointError, match=r"continue it with --resume \S+ or choose another --out$"):
+        train(RunRequest(model=MODEL, out=straight, terms=FIT_TERMS))
+
+
+def test_a_request_needs_a_model_or_a_run():
+    with pytest.raises(LayerkitError, match="give a model to train, or resume=RUN_DIR"):
+        train(RunRequest())
 
 
 def test_resume_needs_a_run_directory(tmp_path):
