@@ -53,7 +53,8 @@ def child(net: str, images: int, repeats: int) -> None:
     from layerkit.modelfile.build import build_model
     from layerkit.modelfile.spec import read_model_file, spec_from_dict
     from layerkit.parallel.mpi import world
-    from layerkit.training.runs import apply_overrides, prepare_data
+    from layerkit.cli.overrides import apply_overrides
+    from layerkit.training.runs import prepare_data
     from layerkit.training.trainer import Callback, Trainer, build_loss
 
     comm = world()

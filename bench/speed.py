@@ -79,7 +79,8 @@ def _data_dir(arg: str | None) -> str | None:
 
 def _load_spec_and_data(model_file: Path, images: int, batch: int, epochs: int, data_dir: str | None):
     from layerkit.modelfile.build import build_model
-    from layerkit.training.runs import apply_overrides, prepare_data
+    from layerkit.cli.overrides import apply_overrides
+    from layerkit.training.runs import prepare_data
     from layerkit.modelfile.spec import read_model_file, spec_from_dict
 
     raw, source = read_model_file(model_file)

@@ -1,12 +1,19 @@
 """The folder tree is the architecture: import-linter's contracts (pyproject.toml) hold."""
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10 (import-linter brings tomli there)
+    import tomli as tomllib
+
 import pytest
 
-from layerkit.plugins.manager import DEFAULT_PLUGINS
+from layerkit.default_plugins import DEFAULT_PLUGINS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +32,77 @@ def test_layer_modules_stay_light(module):
             "'layerkit.nn.network', 'layerkit.training.trainer') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def _tiers() -> list[str]:
+    """The layers contract's packages, top first."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in config["contracts"] if c["type"] == "layers"]
+    return layers
+
+
+def _height(module: str, tiers: list[str]) -> int | None:
+    """How high ``module``'s tier stands (the bottom tier is 1), or None outside every tier (the root)."""
+    for i, tier in enumerate(tiers):
+        if module == tier or module.startswith(tier + "."):
+            return len(tiers) - i
+    return None
+
+
+# a whole string that is a layerkit module path, maybe with an entry point's ":attr"
+_MODULE_NAME = re.compile(r"^(layerkit(?:\.\w+)+)(?::[\w.]+)?$")
+
+
+def upward_names(source: str, module: str, tiers: list[str]) -> list[str]:
+    """The string constants in ``source`` (the code of ``module``) that name a module of a higher tier.
+
+    What ``importlib.import_module``, ``__import__``, pluggy or entry-point strings would load
+    behind import-linter's back: it only sees import statements.
+    """
+    own = _height(module, tiers)
+    if own is None:
+        return []
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            match = _MODULE_NAME.match(node.value)
+            if match and (_height(match.group(1), tiers) or 0) > own:
+                found.append(f"{module}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_tier_names_a_higher_tier_by_string():
+    tiers = _tiers()
+    found = [hit for p in sorted((ROOT / "layerkit").rglob("*.py"))
+             for hit in upward_names(p.read_text(encoding="utf-8"), _module_name(p), tiers)]
+    assert not found, "\n".join(found)
+
+
+def test_string_check_catches_an_upward_name():
+    tiers = _tiers()
+    wrong = ('import importlib\n'
+             'importlib.import_module("layerkit.training.tensorboard")\n'
+             '__import__("layerkit.data.builtin")\n'
+             'ENTRY = "layerkit.cli:main"\n')
+    assert len(upward_names(wrong, "layerkit.plugins.manager", tiers)) == 3
+    # naming a lower tier, or prose that mentions a module, is fine
+    fine = 'import importlib\nimportlib.import_module("layerkit.layers.dense")\nDOC = "see layerkit.cli for more"\n'
+    assert upward_names(fine, "layerkit.plugins.manager", tiers) == []
+    # the top tier may name anything
+    assert upward_names(wrong, "layerkit.cli.train", tiers) == []
+
+
+def test_default_plugin_list_is_only_data():
+    # it names every tier, so it must not import any: it is read, never run into
+    tree = ast.parse((ROOT / "layerkit" / "default_plugins.py").read_text(encoding="utf-8"))
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+               and not (isinstance(node, ast.ImportFrom) and node.module == "__future__")]
+    assert imports == []
 
 
 def _private_imports(path: Path) -> list[str]:

@@ -13,7 +13,8 @@ import pytest
 from layerkit.modelfile.build import build_model
 from layerkit.gradcheck.layers import check_layer_config
 from layerkit.gradcheck.report import check_model
-from layerkit.plugins.manager import DEFAULT_PLUGINS, load_registry
+from layerkit.default_plugins import DEFAULT_PLUGINS
+from layerkit.plugins.manager import load_registry
 from layerkit.testing import conformance_cases
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "plugins" / "layerkit-activations"

@@ -114,3 +114,38 @@ def test_a_forked_child_starts_without_the_parents_pool():
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         parallel.set_num_threads(None)
+
+
+@pytest.mark.parametrize("shape", [(64, 3, 16, 16), (3, 5), (1, 200_000), (0, 4)])
+def test_sample_chunks_cover_the_batch_within_the_budget(shape):
+    from layerkit.parallel.chunks import PASS_CHUNK_BYTES, sample_chunks
+
+    x = np.zeros(shape, np.float32)
+    slices, step = sample_chunks(x)
+    covered = [i for sl in slices for i in range(sl.start, sl.stop)]
+    assert covered == list(range(shape[0]))  # every sample once, in order
+    per_sample = x[:1].nbytes
+    assert all(sl.stop - sl.start <= step for sl in slices) and 1 <= step <= max(shape[0], 1)
+    assert step == 1 or step * per_sample <= PASS_CHUNK_BYTES  # one sample may exceed it, never two
+
+
+def test_chunked_pass_equals_the_whole_pass():
+    from layerkit.parallel.chunks import over_chunks
+
+    x = np.random.default_rng(0).standard_normal((200, 8, 32, 32)).astype(np.float32)  # 6.5 MB: several chunks
+    y = np.empty_like(x)
+    calls = []
+
+    def work(slices, step):
+        calls.append(len(slices))
+        for sl in slices:
+            np.maximum(x[sl], 0, out=y[sl])
+
+    parallel.set_num_threads(2)
+    try:
+        over_chunks(x, work)
+    finally:
+        parallel.set_num_threads(None)
+    assert sum(calls) > 1
+    assert np.array_equal(y, np.maximum(x, 0))
+

@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from layerkit.errors import CheckpointError
+from layerkit.cli.train import FIT_TERMS
+from layerkit.errors import CheckpointError, LayerkitError
 from layerkit.nn.network import load_npz
 from layerkit.plugins.manager import reset_registry
-from layerkit.training.runs import CHECKPOINT, HISTORY_CSV, HISTORY_JSON, METRICS, MODEL_FILE, WEIGHTS, RunDir, train
+from layerkit.training.runs import (CHECKPOINT, HISTORY_CSV, HISTORY_JSON, METRICS, MODEL_FILE, WEIGHTS, RunDir,
+                                    RunRequest, train)
 from layerkit.training.trainer import TrainingInterrupted
 
 from train_support import InterruptAt, builtin_registry, hermetic, mlp_model  # noqa: F401 (hermetic is a fixture)
@@ -57,7 +59,8 @@ def test_interrupted_and_resumed_is_bit_identical(straight, tmp_path, stop_at, c
     with pytest.raises(TrainingInterrupted) as info:
         train(MODEL, out=out, callbacks=[InterruptAt(*stop_at)], log=logs.append)
     assert info.value.saved
-    assert any(f"layerkit fit --resume {out}" in line for line in logs)
+    # a Python caller is told how to ask for the resumed run (the CLI names its --resume flag)
+    assert any(f"train(RunRequest(resume={str(out)!r}))" in line for line in logs)
     assert not (out / WEIGHTS).exists()
     train(resume=out, log=logs.append)
     (w1, h1), (w2, h2) = final(straight), final(out)
@@ -80,6 +83,19 @@ def test_resuming_a_finished_run_changes_nothing(straight, tmp_path):
 def test_out_directory_with_a_run_is_refused(straight):
     with pytest.raises(CheckpointError, match="already holds a run"):
         train(MODEL, out=straight)
+
+
+def test_messages_name_the_request_or_the_command_line(straight):
+    # training speaks of RunRequest's fields; layerkit fit hands it its flags to name instead
+    with pytest.raises(CheckpointError, match=r"continue it with resume='.*' or choose another out directory"):
+        train(RunRequest(model=MODEL, out=straight))
+    with pytest.raises(CheckpointError, match=r"continue it with --resume \S+ or choose another --out$"):
+        train(RunRequest(model=MODEL, out=straight, terms=FIT_TERMS))
+
+
+def test_a_request_needs_a_model_or_a_run():
+    with pytest.raises(LayerkitError, match="give a model to train, or resume=RUN_DIR"):
+        train(RunRequest())
 
 
 def test_resume_needs_a_run_directory(tmp_path):

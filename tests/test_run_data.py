@@ -15,6 +15,7 @@ from layerkit.data.idx import write_idx
 from layerkit.data.record import DataRecord
 from layerkit.errors import CheckpointError, DataError
 from layerkit.nn.network import load_npz
+from layerkit.cli.train import FIT_TERMS
 from layerkit.training.runs import CHECKPOINT, HISTORY_JSON, METRICS, WEIGHTS, RunDir, train
 from layerkit.training.trainer import TrainingInterrupted
 
@@ -80,7 +81,7 @@ def test_printed_resume_command_alone_continues_on_the_same_data(straight, data_
     logs = []
     monkeypatch.chdir(data_root)  # a relative --data-dir: the record holds the absolute location
     with pytest.raises(TrainingInterrupted):
-        train(MODEL, out=out, data_dir="mine", callbacks=[InterruptAt(1, 1)], log=logs.append)
+        train(MODEL, out=out, data_dir="mine", callbacks=[InterruptAt(1, 1)], log=logs.append, terms=FIT_TERMS)
     command = next(line for line in logs if "Resume with: " in line).split("Resume with: ")[1]
     # somewhere else, with other MNIST files where a new run would look first
     monkeypatch.chdir(tmp_path)

@@ -17,7 +17,7 @@ from layerkit.errors import TrainingError
 from layerkit.nn.losses import Loss, SoftmaxCrossEntropy
 from layerkit.nn.network import load_npz
 from layerkit.training.runs import HISTORY_JSON, WEIGHTS, train
-from layerkit.parallel.processes import SampleParallel, plan_shards
+from layerkit.training.sample_parallel import SampleParallel, shard_count
 from layerkit.modelfile.spec import read_model_file, spec_from_dict
 from layerkit.training.trainer import TrainingInterrupted
 
@@ -102,36 +102,36 @@ def zoo(name):
 def test_cost_rule_picks_convnets_not_mlps(monkeypatch):
     monkeypatch.delenv("LAYERKIT_SAMPLE_PARALLEL", raising=False)
     lenet, loss, batch = zoo("lenet5")
-    assert plan_shards(lenet, loss, batch, threads=2) == 2
-    assert plan_shards(lenet, loss, batch, threads=4) == 4
-    assert plan_shards(lenet, loss, batch, threads=1) == 1
-    assert plan_shards(lenet, loss, 8, threads=2) == 1  # shards of 4 samples: not worth a worker
+    assert shard_count(lenet, loss, batch, threads=2) == 2
+    assert shard_count(lenet, loss, batch, threads=4) == 4
+    assert shard_count(lenet, loss, batch, threads=1) == 1
+    assert shard_count(lenet, loss, 8, threads=2) == 1  # shards of 4 samples: not worth a worker
     small, loss, batch = zoo("cnn2_3class")  # 4.1 MFLOP a batch: break-even, measured
-    assert plan_shards(small, loss, batch, threads=2) == 1
+    assert shard_count(small, loss, batch, threads=2) == 1
     cnn2, loss, batch = zoo("cnn2")
-    assert plan_shards(cnn2, loss, batch, threads=2) == 2
+    assert shard_count(cnn2, loss, batch, threads=2) == 2
     softmax, loss, batch = zoo("softmax_regression")  # all the work is in the weights
-    assert plan_shards(softmax, loss, batch, threads=2) == 1
+    assert shard_count(softmax, loss, batch, threads=2) == 1
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
-    assert plan_shards(softmax, loss, batch, threads=2) == 2
+    assert shard_count(softmax, loss, batch, threads=2) == 2
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "0")
-    assert plan_shards(lenet, loss, 64, threads=2) == 1
+    assert shard_count(lenet, loss, 64, threads=2) == 1
 
 
 def test_batch_norm_and_dropout_split_unflagged_layers_never(monkeypatch):
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
     for name in ("alexnet_mnist", "mlp", "resnet_mini"):  # batch norm and/or dropout
         model, loss, batch = zoo(name)
-        assert plan_shards(model, loss, batch, threads=2) == 2, name
+        assert shard_count(model, loss, batch, threads=2) == 2, name
 
     class BatchLoss(Loss):
         type = "batch_coupled"  # sample_coupling left at OTHER: e.g. a loss over pairs in the batch
 
     lenet, _, batch = zoo("lenet5")
-    assert plan_shards(lenet, BatchLoss(), batch, threads=2) == 1
+    assert shard_count(lenet, BatchLoss(), batch, threads=2) == 1
     # a layer that says nothing about samples (a third-party one, say) keeps the batch whole
     monkeypatch.setattr(type(lenet.nodes[1].layer), "sample_coupling", "other")
-    assert plan_shards(lenet, SoftmaxCrossEntropy(), batch, threads=2) == 1
+    assert shard_count(lenet, SoftmaxCrossEntropy(), batch, threads=2) == 1
 
 
 def whole_batch(model, loss, x, y):
@@ -255,7 +255,7 @@ def test_no_process_shared_semaphores_means_one_process(monkeypatch):
 
     monkeypatch.setattr(sp, "_available", False)
     lenet, loss, batch = zoo("lenet5")
-    assert plan_shards(lenet, loss, batch, threads=2) == 1
+    assert shard_count(lenet, loss, batch, threads=2) == 1
 
 
 def test_processes_setting_and_its_old_name(monkeypatch):
@@ -269,7 +269,7 @@ def test_processes_setting_and_its_old_name(monkeypatch):
         monkeypatch.setenv("LAYERKIT_PROCESSES", "5")
         assert processes() == 5
         lenet, loss, batch = zoo("lenet5")
-        assert plan_shards(lenet, loss, batch) == 5
+        assert shard_count(lenet, loss, batch) == 5
     finally:
         parallel.set_num_threads(None)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,8 +11,10 @@ import typer
 
 from layerkit.errors import LayerkitError, everywhere
 from layerkit.training.progress import ProgressDisplay, pct as _pct
+from layerkit.training.runs import Terms
 from layerkit.training.trainer import TrainingInterrupted
 from layerkit.cli import app
+from layerkit.cli.overrides import apply_overrides, parse_sets
 
 data_app = typer.Typer(help="Datasets: list the installed loaders, download MNIST / Fashion-MNIST.",
                        no_args_is_help=True)
@@ -27,6 +28,12 @@ ALLOW_OTHER_DATA = typer.Option(False, "--allow-other-data",
                                 help="With a run directory: use the data given even where it differs from "
                                      "the data the run was trained on (its data.json).")
 
+#: how a run's messages name what the user can change: this command's flags
+FIT_TERMS = Terms(out="--out", resume="--resume {path}", resume_command="layerkit fit --resume {path}",
+                  data_dir="--data-dir", dataset="--dataset", set_dataset="set training.dataset or pass --dataset",
+                  allow_other_data="--allow-other-data",
+                  model_or_resume="give a model file to train, or --resume RUN_DIR")
+
 
 def _console(stderr: bool = False):
     from rich.console import Console
@@ -39,20 +46,8 @@ def _parse_classes(text: Optional[str]) -> Optional[list[int]]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of class ids", param_hint="--classes")
-
-
-def _parse_sets(items: List[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        try:
-            out[key.removeprefix("training.")] = json.loads(value)
-        except ValueError:
-            out[key.removeprefix("training.")] = value  # a bare word: a string
-    return out
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of class ids",
+                                 param_hint="--classes") from None
 
 
 @app.command()
@@ -95,28 +90,34 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
 
     Uses the cores it may: convnets train sample-parallel, each batch split over LAYERKIT_PROCESSES processes (LAYERKIT_SAMPLE_PARALLEL=0: one process), other nets on LAYERKIT_NUM_THREADS threads. Under mpiexec -n K, data-parallel over K MPI ranks (docs/distributed.md).
     """  # noqa: E501 (one line: the help text reflows it)
-    from layerkit.training.runs import train
+    from layerkit.modelfile.spec import read_model_file
+    from layerkit.training.runs import RunRequest, train
 
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
                  "weight_decay": weight_decay, "schedule": schedule, "dataset": dataset,
                  "data.train_limit": train_limit, "data.test_limit": test_limit,
                  "data.validation_split": validation_split, "data.classes": _parse_classes(classes),
                  "data.normalize": normalize, "data.augment.shift": augment_shift,
-                 "callbacks": list(callback) or None, **_parse_sets(set_)}
+                 "callbacks": list(callback) or None, **parse_sets(set_)}
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and given:
         raise LayerkitError(f"--resume continues a run exactly as it was started; it cannot be combined with "
                             f"{', '.join('--' + g.split('.')[-1].replace('_', '-') for g in given)}")
+    if resume is None and model is None:
+        raise everywhere(LayerkitError(FIT_TERMS.model_or_resume))
     from layerkit.parallel.mpi import world
 
     console = _console()
     log = (lambda msg: _console(stderr=True).print(msg, markup=False, soft_wrap=True))
     lead = world().rank == 0  # under mpiexec, rank 0 alone prints; the others only their own errors
+    raw, source = (None, None) if model is None else read_model_file(model)
+    request = RunRequest(model=None if raw is None else apply_overrides(raw, overrides), source=source, out=out,
+                         resume=resume, data_dir=data_dir, allow_other_data=allow_other_data,
+                         check_grads=check_grads, callbacks=[ProgressDisplay(console, quiet)] if lead else [],
+                         log=log if lead else (lambda _msg: None), console=console if lead else None,
+                         terms=FIT_TERMS)
     try:
-        run, result = train(model, overrides=overrides, out=out, resume=resume,
-                            data_dir=data_dir, allow_other_data=allow_other_data, check_grads=check_grads,
-                            callbacks=[ProgressDisplay(console, quiet)] if lead else [],
-                            log=log if lead else (lambda _msg: None), console=console if lead else None)
+        run, result = train(request)
     except TrainingInterrupted as stop:
         code = typer.Exit(130)
         if getattr(stop, "everywhere", False):  # every MPI rank stopped after the same batch
@@ -151,10 +152,10 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
     """
     import numpy as np
 
-    from layerkit.errors import LayerkitError, everywhere as UserError
+    from layerkit.errors import everywhere as UserError
     from layerkit.modelfile.build import build_model
     from layerkit.nn.network import load_npz
-    from layerkit.training.runs import MODEL_FILE, WEIGHTS, RunDir, apply_overrides, load_run_data, prepare_data
+    from layerkit.training.runs import MODEL_FILE, WEIGHTS, RunDir, load_run_data, prepare_data
     from layerkit.modelfile.spec import read_model_file, spec_from_dict
     from layerkit.training.trainer import build_loss, evaluate as run_eval
 
@@ -179,9 +180,9 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
     notes = []
     if run is not None:
         data = load_run_data(run, spec, net, data_dir=data_dir, allow_other_data=allow_other_data,
-                             log=notes.append)
+                             log=notes.append, terms=FIT_TERMS)
     else:
-        data = prepare_data(spec, net, data_dir)
+        data = prepare_data(spec, net, data_dir, terms=FIT_TERMS)
     if data.notice:
         notes.append(f"note: {data.notice}")
     if not as_json:

@@ -27,19 +27,6 @@ def pair(value, what: str) -> tuple[int, int]:
     return int(value), int(value)
 
 
-def int_or_pair_schema(minimum: int, description: str, default=None) -> dict:
-    schema = {
-        "oneOf": [
-            {"type": "integer", "minimum": minimum},
-            {"type": "array", "items": {"type": "integer", "minimum": minimum}, "minItems": 2, "maxItems": 2},
-        ],
-        "description": description,
-    }
-    if default is not None:
-        schema["default"] = default
-    return schema
-
-
 class Window(NamedTuple):
     """Resolved geometry of a 2-D sliding window over one (H, W) input."""
 
@@ -143,15 +130,6 @@ def col2im_add(dcols: np.ndarray, g: Window, dxp: np.ndarray) -> np.ndarray:
     for i, j, rows, cols in g.offsets():
         dxp[:, :, rows, cols] += dcols[:, :, i, j]
     return dxp
-
-
-def chunk_size(per_sample_bytes: int, n: int, budget: int = 1 << 20) -> int:
-    """Samples per chunk so a column buffer stays cache-sized (large layers are memory bound).
-
-    1 MiB keeps the buffer inside a 2 MiB per-core L2 next to the GEMM's packed
-    panels; measured on the AlexNet-style 3x3 layers, it beat 4 MiB by 5-10%.
-    """
-    return max(1, min(n, budget // max(per_sample_bytes, 1)))
 
 
 # -- stride-1 "wide" layout ---------------------------------------------------------------------------

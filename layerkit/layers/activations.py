@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from layerkit import hookimpl
-from layerkit.parallel import threads as parallel
+from layerkit.parallel.chunks import over_chunks
 from layerkit.errors import ShapeError
 from layerkit.nn.capabilities import (CommutesWithMax, FreshGradient, FreshInferOutput, InplaceBackward,
                                        InplaceInfer)
@@ -22,32 +22,6 @@ from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, Shape
 
 _NO_PARAMS = {"type": "object", "properties": {}, "additionalProperties": False}
 _EXAMPLES = (Example({}, (7,), "flat features"), Example({}, (2, 3, 3), "feature maps"))
-
-
-def sample_chunks(x: np.ndarray, budget: int = 1 << 18) -> tuple[list[slice], int]:
-    """Slices over the batch axis of about ``budget`` bytes each.
-
-    Memory-bound element-wise layers that make a temporary (a mask, a product) work
-    chunk by chunk, so the temporary is reused from cache instead of being a second
-    full-size array that goes out to memory and comes back.
-    """
-    n = x.shape[0] if x.ndim else 1
-    per = max(x.nbytes // max(n, 1), 1)
-    step = max(1, budget // per)
-    return [slice(i, min(n, i + step)) for i in range(0, n, step)], step
-
-
-def over_chunks(x: np.ndarray, work: Callable[[list[slice], int], None], nbytes: int | None = None) -> None:
-    """Call ``work(chunk_slices, step)`` for groups of ``sample_chunks(x)``, on the pool when big.
-
-    Each call gets a contiguous run of whole chunks and must only write those samples;
-    ``step`` sizes its own scratch buffers (one set per worker thread).
-    """
-    slices, step = sample_chunks(x)
-    n = x.shape[0]
-    nbytes = x.nbytes if nbytes is None else nbytes
-    groups = parallel.split(n, step, nbytes, "pass")
-    parallel.run(work, [([sl for sl in slices if a <= sl.start < b], step) for a, b in groups], nbytes, "pass")
 
 
 class ReLU(CommutesWithMax, InplaceBackward, FreshGradient, InplaceInfer, FreshInferOutput, Layer):

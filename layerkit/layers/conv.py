@@ -34,8 +34,10 @@ from layerkit.errors import ShapeError
 from layerkit.nn.initializers import INITIALIZERS
 from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput
 from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
-from layerkit.kernels.windows import (Flat, Window, chunk_size, col2im_add, col2im_wide_add, flat, im2col, im2col_wide,
-                                      image_rows, int_or_pair_schema, pad, pad_flat, unpad, window)
+from layerkit.kernels.windows import (Flat, Window, col2im_add, col2im_wide_add, flat, im2col, im2col_wide, image_rows,
+                                      pad, pad_flat, unpad, window)
+from layerkit.nn.paramschema import int_or_pair_schema
+from layerkit.parallel.chunks import CHUNK_BYTES, chunk_size
 
 
 class ConvCache(NamedTuple):
@@ -228,8 +230,8 @@ def _wide_ok(g: Window) -> bool:
 # 3.4 -> 2.5 ms, conv1's weight gradient 1.2 -> 1.0 ms; docs/performance.md.
 
 BATCH_GEMM_MAX_FILTERS = 16  # more filters: the transposing copy of the output costs more than the GEMM saves
-BATCH_GEMM_MAX_BYTES = 6 << 20  # columns of a whole batch in one GEMM; larger ones stream from memory and lose
-BATCH_GEMM_CHUNK_BYTES = 3 << 20  # columns per GEMM when the batch is split (inference only)
+BATCH_GEMM_MAX_BYTES = 6 * CHUNK_BYTES  # columns of a whole batch in one GEMM; larger ones stream from memory and lose
+BATCH_GEMM_CHUNK_BYTES = 3 * CHUNK_BYTES  # columns per GEMM when the batch is split (inference only)
 BATCH_GEMM_MIN_CHUNK = 16  # samples per GEMM at least, else the per-sample path
 
 

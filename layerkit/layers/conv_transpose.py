@@ -15,7 +15,8 @@ import numpy as np
 
 from layerkit import hookimpl
 from layerkit.errors import ShapeError
-from layerkit.kernels.windows import Window, col2im_add, im2col, int_or_pair_schema, pad, pair, unpad, window
+from layerkit.kernels.windows import Window, col2im_add, im2col, pad, pair, unpad, window
+from layerkit.nn.paramschema import int_or_pair_schema
 from layerkit.nn.initializers import INITIALIZERS
 from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
 

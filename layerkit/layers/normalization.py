@@ -12,7 +12,7 @@ from layerkit.nn.capabilities import (AffineInference, FreshGradient, FreshInfer
                                        InplaceInfer)
 from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
 from layerkit.parallel.collectives import batch_sum, splitting
-from layerkit.layers.activations import over_chunks
+from layerkit.parallel.chunks import over_chunks
 
 
 def _stat_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -16,8 +16,9 @@ from layerkit import hookimpl
 from layerkit.errors import ShapeError
 from layerkit.nn.capabilities import FreshGradient, FreshInferOutput, MaxPooling
 from layerkit.nn.layer import Coupling, Example, Layer, Params, require_rank, Shape
-from layerkit.kernels.windows import Window, int_or_pair_schema, pad, pair, unpad, window
-from layerkit.layers.activations import over_chunks
+from layerkit.kernels.windows import Window, pad, pair, unpad, window
+from layerkit.nn.paramschema import int_or_pair_schema
+from layerkit.parallel.chunks import over_chunks
 
 
 def _pool_schema(kind: str, padding_note: str, **extra) -> dict:

@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jsonschema
 from jsonschema.exceptions import best_match
@@ -247,11 +247,12 @@ def _non_finite(value: Any, path: tuple, source: str, out: list[Problem]) -> Non
 
 # -- typed sections ----------------------------------------------------------------
 
-def fill_defaults(schema: dict, config: dict) -> dict:
+def fill_defaults(schema: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` with every missing property that has a ``default`` in ``schema`` filled in, at
     every depth: objects that are present get their own defaults filled the same way (an
     ``early_stopping: {}`` gets its monitor, patience and min_delta). The schema is the one place
-    defaults are written; nothing else restates them. ``config`` itself is not modified."""
+    defaults are written; nothing else restates them. ``config`` itself is not modified. The one
+    ``fill_defaults``: ``layerkit.testing`` fills a layer's ``params_schema`` defaults with it too."""
     out = dict(config)
     for key, sub in schema.get("properties", {}).items():
         if not isinstance(sub, dict):

@@ -25,7 +25,7 @@ from layerkit.parallel.collectives import SINGLE, Collectives
 
 # the number of processes mpiexec started, as each launcher tells its processes
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE", "MPI_WORLD_SIZE")
-CHUNK_BYTES = 1 << 28  # broadcasts go in pieces: MPI counts are 32-bit in older implementations
+MAX_MESSAGE_BYTES = 1 << 28  # broadcasts go in pieces: MPI counts are 32-bit in older implementations
 
 
 def launched_size() -> int:
@@ -51,8 +51,9 @@ def world() -> Collectives:
             try:
                 from mpi4py import MPI
             except ImportError:
-                raise everywhere(LayerkitError(f"started by an MPI launcher with {size} processes, but mpi4py is not installed: "
-                                    f"pip install 'layerkit[mpi]' (or run layerkit without mpiexec)")) from None
+                raise everywhere(LayerkitError(
+                    f"started by an MPI launcher with {size} processes, but mpi4py is not installed: "
+                    f"pip install 'layerkit[mpi]' (or run layerkit without mpiexec)")) from None
             _world = MpiCollectives(MPI.COMM_WORLD)
             _share_cores(cores_per_rank(_world.local_size))
     return _world
@@ -124,8 +125,8 @@ class MpiCollectives(Collectives):
             buf = (np.ascontiguousarray(arrays[key]).reshape(shape) if self.rank == 0
                    else np.empty(shape, dtype=np.dtype(dtype)))
             flat = buf.reshape(-1).view(np.uint8)
-            for start in range(0, flat.size, CHUNK_BYTES):
-                self.comm.Bcast(flat[start:start + CHUNK_BYTES], root=0)
+            for start in range(0, flat.size, MAX_MESSAGE_BYTES):
+                self.comm.Bcast(flat[start:start + MAX_MESSAGE_BYTES], root=0)
             out[key] = buf
         return out
 

@@ -1,44 +1,31 @@
-"""Sample-parallel training steps: one batch split over forked worker processes.
+"""Forked worker processes as a group: the machinery under sample-parallel training.
 
-Why processes and not the thread pool of ``parallel``: a small net's step is a few
-hundred numpy calls of 10-50 us each, and every one of them hands the GIL over.
-Two threads each running whole LeNet-style steps reached 1.07x one thread on this
-2-core machine (17,000 voluntary context switches in 120 steps), two processes
-1.97x. So for models whose layers can be split over samples (``sample_coupling``
-``NONE``, or ``BATCH_SUMS``, below) ``Trainer.fit`` splits each batch into
-one contiguous shard per thread: the main process computes shard 0 and forked
-workers the others, each with the whole forward, loss and backward of its shard. Workers read the
-parameters from shared memory (the main process copies them in before each
-step) and write their gradients to shared memory; the main process adds them to
-its own in shard order and runs the optimizer as usual.
+Why processes and not the thread pool of ``parallel.threads``: a small net's step is a few
+hundred numpy calls of 10-50 us each, and every one of them hands the GIL over, so two
+threads running whole steps gain little where two processes nearly double the throughput
+(docs/performance.md has the measurements). What runs in the workers is the training
+tier's business (``layerkit.training.sample_parallel``); this module only knows forked
+processes, pipes, shared memory and one process-shared barrier:
 
-Layers that need whole-batch statistics (batch norm) declare ``BATCH_SUMS`` and
-get them through :func:`batch_sum`: every shard writes its partial sums to shared
-memory, waits at a barrier and adds all partials in shard order, so each shard
-normalises with the statistics of the whole batch, exactly as one process would.
-Random layers (dropout) and augmentation draw from one generator per shard,
-seeded from the trainer's generator at every step.
-
-The split only depends on the batch and the shard count, and the gradients are
-summed in a fixed order, so a run is bit-identical to itself for the same thread
-count. A different thread count gives a different split and so differs in
-rounding, like any change of summation order.
-
-Only where it pays: the parameter copy and the gradient sums cost a pass over the
-parameters per step, so a net must do enough compute per parameter
-(``MIN_FLOPS_PER_PARAM``) and per batch (``MIN_BATCH_FLOPS``). LeNet-style convnets
-qualify; MLPs, whose work is all in their weights, keep OpenBLAS's threads instead.
-Linux only (it needs ``fork``); ``LAYERKIT_SAMPLE_PARALLEL=0`` turns it off and
-``=1`` skips the cost rule (the tests use that). ``LAYERKIT_PROCESSES`` is the number of
-processes a batch is split over (default: ``LAYERKIT_NUM_THREADS``, its old name, else
-the usable cores).
+- :class:`ForkedWorkers` forks ``shards - 1`` workers; the caller sends each one a message
+  (bytes), the worker answers with bytes from :meth:`ForkedWorkers.serve`, or with the
+  traceback of what it raised;
+- :class:`ShardGroup` is one process of the group as a member of the collectives interface
+  (``layerkit.parallel.collectives``): ``batch_sum`` through a shared float64 exchange and
+  the barrier, summed in shard order, and passed on to the MPI ranks around it when there are
+  several.
 
 Workers die with their parent: each one closes its copies of the other pipe ends, asks
 the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``) and checks that the
 parent it was forked from is still there; the main process watches the workers and
-breaks the batch-norm barrier as soon as one of them dies, so nobody waits for a dead
-process. The shared blocks are anonymous mappings and the barrier's semaphores are
-unlinked at creation: nothing is left in /dev/shm whatever ends the run.
+breaks the barrier as soon as one of them dies, so nobody waits for a dead process.
+The shared blocks are anonymous mappings and the barrier's semaphores are unlinked at
+creation: nothing is left in /dev/shm whatever ends the run.
+
+Linux only (it needs ``fork``); ``LAYERKIT_SAMPLE_PARALLEL=0`` turns sample-parallel
+training off and ``=1`` skips its cost rule (:func:`setting`). ``LAYERKIT_PROCESSES`` is the
+number of processes a batch is split over (default: ``LAYERKIT_NUM_THREADS``, its old name,
+else the usable cores).
 """
 
 from __future__ import annotations
@@ -47,32 +34,21 @@ import ctypes
 import mmap
 import os
 import signal
-import struct
-import sys
 import threading
 import traceback
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 
-from layerkit.parallel import threads as parallel
 from layerkit.errors import TrainingError
 from layerkit.parallel import collectives
+from layerkit.parallel import threads as parallel
 
-# Cost rule (see the module docstring); measured on this 2-core machine with
-# bench/speed.py's nets and the model zoo, see docs/performance.md.
-MIN_FLOPS_PER_PARAM = 8  # forward FLOPs per sample / parameter count
-# forward FLOPs of one whole batch: cnn2_3class (4.1 MFLOP) measured break-even, cnn2 (5.2) +24%
-MIN_BATCH_FLOPS = 5_000_000
-MIN_SHARD_SAMPLES = 8
-
-_ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
-_REPLY = struct.Struct("<dd")  # loss * samples, correct predictions (fractional for reconstructions)
 MAX_REDUCE = 1 << 14  # float64 values one batch_sum may carry at least (batch norm: 2 per channel + 1)
 BARRIER_TIMEOUT_S = 600.0  # a shard this late at a batch_sum is taken for dead
-# values of layerkit.nn.layer.Coupling (a str enum: equal to these strings); this tier sits below nn
-NONE, BATCH_SUMS = "none", "batch_sums"
+_OK, _FAILED = b"\x00", b"\x01"  # the first byte of a worker's reply
 
 _processes: int | None = None  # set_processes(); None: from the environment
 
@@ -115,7 +91,8 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _setting() -> str:
+def setting() -> str:
+    """``LAYERKIT_SAMPLE_PARALLEL``: ``"off"``, ``"on"`` (no cost rule) or ``"auto"``."""
     value = os.environ.get("LAYERKIT_SAMPLE_PARALLEL", "").strip().lower()
     if value in ("0", "off", "false", "no"):
         return "off"
@@ -147,45 +124,21 @@ def available() -> bool:
     return _available
 
 
-def eligible(model, loss) -> bool:
-    """Whether every layer and the loss can be split over samples."""
-    if loss.sample_coupling != NONE:
-        return False
-    return all(node.layer.sample_coupling == BATCH_SUMS
-               or (node.layer.sample_coupling == NONE and not node.state_specs) for node in model.nodes)
-
-
-def plan_shards(model, loss, batch_size: int, threads: int | None = None) -> int:
-    """Shards per batch for ``Trainer.fit``: 1 means the plain single-process step."""
-    threads = processes() if threads is None else threads
-    setting = _setting()
-    if (threads < 2 or setting == "off" or not sys.platform.startswith("linux") or not eligible(model, loss)
-            or not available()):
-        return 1
-    shards = min(threads, batch_size // MIN_SHARD_SAMPLES)
-    if shards < 2:
-        return 1
-    if setting == "auto":
-        flops = model.graph.flops
-        if flops < MIN_FLOPS_PER_PARAM * max(model.param_count, 1) or flops * batch_size < MIN_BATCH_FLOPS:
-            return 1
-    return shards
-
-
-def _bounds(n: int, shards: int) -> list[int]:
-    return [i * n // shards for i in range(shards + 1)]
+def bounds(n: int, parts: int) -> list[int]:
+    """``parts`` + 1 boundaries that cut ``n`` samples into contiguous, near-equal shares."""
+    return [i * n // parts for i in range(parts + 1)]
 
 
 class ShardGroup(collectives.Collectives):
-    """One forked shard as a member of the group of every share of the batch: the shards of this
-    ``SampleParallel`` and, when it runs inside an MPI rank, those of the other ranks too.
+    """One forked shard as a member of the group of every share of the batch: the shards of one
+    :class:`ForkedWorkers` and, when it runs inside an MPI rank, those of the other ranks too.
 
     Sums go through the shared exchange buffer (float64) and the process-shared barrier; the
     first shard passes this host's sums on to the outer group. Every member must make the same
     calls in the same order.
     """
 
-    def __init__(self, workers: "SampleParallel", shard: int) -> None:
+    def __init__(self, workers: ForkedWorkers, shard: int) -> None:
         self.workers, self.shard = workers, shard
         self.rank = workers.outer.rank * workers.shards + shard
         self.size = workers.outer.size * workers.shards
@@ -193,100 +146,77 @@ class ShardGroup(collectives.Collectives):
 
     def batch_sum(self, values: np.ndarray) -> np.ndarray:
         self._calls += 1
-        return self.workers._exchange(self.shard, values, self._calls)
+        return self.workers.exchange(self.shard, values, self._calls)
 
     def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
         flat = np.ascontiguousarray(array).reshape(-1)
-        step = self.workers._reduce_max
+        step = self.workers.reduce_max
         for start in range(0, max(flat.size, 1), step):
             flat[start:start + step] = self.batch_sum(flat[start:start + step])
         np.copyto(array, flat.reshape(array.shape))
         return array
 
     def barrier(self) -> None:
-        self.workers._barrier.wait(BARRIER_TIMEOUT_S)
+        self.workers.barrier.wait(BARRIER_TIMEOUT_S)
 
 
-def share_gradients(model, loss, x: np.ndarray, y: np.ndarray, idx: np.ndarray, n_total: int, seed: int, stream: int,
-                    augment, random: bool, keys) -> tuple[float, int, list[np.ndarray]]:
-    """Loss times samples, correct predictions and gradients (``keys`` order) of the samples ``idx``
-    of a global batch of ``n_total``; random layers and augmentation draw from the stream
-    ``(seed, stream)``. What every share of a split batch computes, forked or on an MPI rank."""
-    xb, yb = x[idx], y[idx]
-    rng = np.random.default_rng([seed, stream]) if random else None
-    if augment is not None:
-        xb = augment(xb, rng)
-    # the loss averages over the share; the step's gradient is the batch mean
-    value, out, grads = model.loss_and_gradients(loss, xb, yb, rng, share=len(idx) / n_total)
-    hits = loss.correct(out, yb)
-    return value * len(idx), hits, [grads[name][t] for name, t in keys]
+class ForkedWorkers:
+    """``shards - 1`` forked workers next to this process (shard 0), a barrier they all share
+    and, with ``sync``, a ``batch_sum`` exchange of up to ``reduce_max`` float64 values.
 
+    A subclass says what a worker does: :meth:`setup` once after the fork and :meth:`serve`
+    for every message. The main process hands out work with :meth:`send` and collects it with
+    :meth:`receive`; a worker that raised answers with its traceback, which :meth:`receive`
+    raises as a :class:`~layerkit.errors.TrainingError`. Use as ``with workers: ...``.
+    """
 
-class SampleParallel:
-    """Workers for one training run: ``with SampleParallel(...) as sp: sp.step(indices)``."""
-
-    def __init__(self, model, loss, x: np.ndarray, y: np.ndarray, shards: int, augment=None,
+    def __init__(self, shards: int, *, sync: bool, reduce_max: int = MAX_REDUCE,
                  outer: collectives.Collectives = collectives.SINGLE) -> None:
         if shards < 2:
-            raise ValueError("SampleParallel needs at least 2 shards")
-        self.model, self.loss, self.x, self.y, self.shards = model, loss, x, y, shards
-        self.augment = augment  # f(batch, rng) -> batch for the training images, or None
-        self.outer = outer  # the MPI ranks this process is one of, or the group of one
-        self.keys = [(node.name, t) for node in model.nodes for t in model.params[node.name]]
-        tensors = [model.params[n][t] for n, t in self.keys]
-        self._offsets, total = [], 0
-        for t in tensors:
-            self._offsets.append(total)
-            total += -(-t.size // _ALIGN) * _ALIGN
-        self._total = max(total, _ALIGN)
-        self._dtype = model.dtype
-        itemsize = self._dtype.itemsize
-        # anonymous shared mappings: the forked workers see the same pages
-        self._param_block = mmap.mmap(-1, self._total * itemsize)
-        self._grad_blocks = [mmap.mmap(-1, self._total * itemsize) for _ in range(shards - 1)]
-        self._param_views = self._views(self._param_block)
-        self._grad_views = [self._views(b) for b in self._grad_blocks]
-        self._conns: list = []
-        self._procs: list = []
-        self._held_blas = False
-        self._sync = any(node.layer.sample_coupling == BATCH_SUMS for node in model.nodes)
-        self._random = augment is not None or any(node.layer.uses_rng for node in model.nodes)
+            raise ValueError(f"{type(self).__name__} needs at least 2 shards")
+        self.shards, self.sync, self.outer = shards, sync, outer
+        self.reduce_max = max(MAX_REDUCE, reduce_max)
         # batch_sum's exchange: two alternating buffers of one row per shard, so one barrier
-        # per call suffices (a shard can only rewrite a buffer after everybody has read it)
-        # room for a few values per channel of the widest synced layer (batch norm sends 2 + 1)
-        self._reduce_max = max([MAX_REDUCE] + [4 * int(node.output_shape[0]) + 4 for node in model.nodes
-                                               if node.layer.sample_coupling == BATCH_SUMS])
+        # per call suffices (a shard can only rewrite a buffer after everybody has read it);
         # one extra row: the whole group's sums when this group is inside an MPI rank
-        self._reduce_block = mmap.mmap(-1, 2 * (shards + 1) * self._reduce_max * 8)
-        self._reduce_buf = np.frombuffer(self._reduce_block, dtype=np.float64).reshape(2, shards + 1, self._reduce_max)
+        self._reduce_block = mmap.mmap(-1, 2 * (shards + 1) * self.reduce_max * 8)
+        self._reduce_buf = np.frombuffer(self._reduce_block, dtype=np.float64).reshape(2, shards + 1,
+                                                                                      self.reduce_max)
         import multiprocessing
 
         # created before the fork, so every worker shares it
-        self._barrier = multiprocessing.get_context("fork").Barrier(shards)
+        self.barrier = multiprocessing.get_context("fork").Barrier(shards)
         self._parent = os.getpid()
-        self._pending = None  # the main process's end of the pipe of the worker being forked
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        self._held_blas = False
+        self._pending: Any = None  # the main process's end of the pipe of the worker being forked
         self._watcher: threading.Thread | None = None
         self._wake_r = self._wake_w = -1  # wakes the watcher when the workers are closed
 
-    def _views(self, block) -> list[np.ndarray]:
-        flat = np.frombuffer(block, dtype=self._dtype)
-        return [flat[o:o + self.model.params[n][t].size].reshape(self.model.params[n][t].shape)
-                for o, (n, t) in zip(self._offsets, self.keys)]
+    # -- what a worker does (a subclass's part) --------------------------------------
+    def setup(self, shard: int) -> None:
+        """In worker ``shard``, once after the fork (nothing by default)."""
+
+    def serve(self, shard: int, message: bytes) -> bytes:
+        """In worker ``shard``: the reply to one message."""
+        raise NotImplementedError
 
     # -- lifetime ----------------------------------------------------------------
-    def __enter__(self) -> "SampleParallel":
+    def __enter__(self) -> ForkedWorkers:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def start(self) -> None:
+        """Fork the workers (BLAS keeps one thread per process from now on: the shards use the cores)."""
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
         self._held_blas = not parallel.blas_held()
-        parallel.hold_blas()  # one BLAS thread per process: the shards use the cores
+        parallel.hold_blas()
         try:
             with warnings.catch_warnings():
                 # Python 3.12+ warns about fork() in a process with threads (OpenBLAS's);
@@ -302,7 +232,7 @@ class SampleParallel:
                     there.close()
                     self._conns.append(here)
                     self._procs.append(proc)
-            if self._sync:
+            if self.sync:
                 self._wake_r, self._wake_w = os.pipe()
                 self._watcher = threading.Thread(target=self._watch, name="layerkit-shard-watch", daemon=True)
                 self._watcher.start()
@@ -315,10 +245,11 @@ class SampleParallel:
         from multiprocessing.connection import wait
 
         ready = wait([p.sentinel for p in self._procs] + [self._wake_r])
-        if self._wake_r not in ready and self._barrier is not None:
-            self._barrier.abort()
+        if self._wake_r not in ready and self.barrier is not None:
+            self.barrier.abort()
 
     def close(self) -> None:
+        """Stop the workers (asked first, terminated after 2 s) and give BLAS its threads back."""
         if self._watcher is not None:
             os.write(self._wake_w, b"x")
             self._watcher.join()
@@ -342,83 +273,35 @@ class SampleParallel:
             parallel.release_blas()
             self._held_blas = False
 
-    # -- the step ------------------------------------------------------------------
-    def step(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> tuple[float, int, list[np.ndarray]]:
-        """Mean loss, correct predictions and summed gradients (in ``keys`` order) of one batch.
+    def abort(self) -> None:
+        """Break the barrier: no shard waits any longer for one that failed."""
+        if self.barrier is not None:
+            self.barrier.abort()
 
-        ``rng`` (the trainer's generator) seeds the per-shard generators of random layers.
-        """
-        n = len(idx)
-        seed = int(rng.integers(1 << 62)) if self._random and rng is not None else 0
-        loss_sum, hits, grads = self.compute(idx, n, seed)
-        return loss_sum / n, hits, grads
-
-    def compute(self, idx: np.ndarray, n_total: int, seed: int, first: int = 0
-                ) -> tuple[float, int, list[np.ndarray]]:
-        """Loss times samples, correct predictions and gradients of the samples ``idx``, one share of a
-        global batch of ``n_total`` (the gradients are scaled by their share of it).
-
-        Shard ``s`` draws its random numbers from the stream ``(seed, first + s)``: under MPI,
-        ``first`` numbers this rank's shards after those of the ranks before it.
-        """
-        n = len(idx)
-        if self._sync and n < self.shards:
-            # too few samples for every shard to take part in the batch_sum exchanges
-            with parallel.serial(), (collectives.reducing(self.outer) if self.outer.size > 1 else nullcontext()):
-                return share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), n_total, seed, first,
-                                       self.augment, self._random, self.keys)
-        bounds = _bounds(n, min(self.shards, n))
-        used = len(bounds) - 1
-        for view, (name, t) in zip(self._param_views, self.keys):
-            np.copyto(view, self.model.params[name][t])
-        idx = np.asarray(idx, dtype=np.int64)
-        for w in range(1, used):
-            self._send(w, np.concatenate(([n_total, seed, first], idx[bounds[w]:bounds[w + 1]])).astype(np.int64)
-                       .tobytes())
-        broken = False
-        try:
-            with parallel.serial(), self._reducing(0):
-                loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, idx[bounds[0]:bounds[1]],
-                                                        n_total, seed, first, self.augment, self._random, self.keys)
-        except threading.BrokenBarrierError:
-            broken = True  # a worker failed in the middle of the step: its reply says why
-        except BaseException:
-            if self._barrier is not None:
-                self._barrier.abort()
-            raise
-        replies = [self._receive(w) for w in range(1, used)]
-        if broken:
-            raise TrainingError("a sample-parallel step timed out waiting for its workers "
-                                f"({BARRIER_TIMEOUT_S:.0f} s); set LAYERKIT_SAMPLE_PARALLEL=0 to train in one process")
-        for w, (part_loss, part_hits) in enumerate(replies, 1):
-            loss_sum += part_loss
-            hits += part_hits
-            for g, view in zip(grads, self._grad_views[w - 1]):
-                g += view
-        return loss_sum, hits, grads
-
-    def group(self, shard: int) -> "ShardGroup":
+    # -- talking to the workers ---------------------------------------------------------
+    def group(self, shard: int) -> ShardGroup:
         """Shard ``shard``'s member of the collectives group of every share of the batch."""
         return ShardGroup(self, shard)
 
     @contextmanager
-    def _reducing(self, shard: int):
-        """This shard's batch_sum, installed for the duration of one step."""
-        if not self._sync:
+    def reducing(self, shard: int) -> Iterator[None]:
+        """This shard's batch_sum, installed for the duration of one step (without ``sync``: nothing)."""
+        if not self.sync:
             yield
             return
         with collectives.reducing(self.group(shard)):
             yield
 
-    def _exchange(self, shard: int, values: np.ndarray, phase: int) -> np.ndarray:
+    def exchange(self, shard: int, values: np.ndarray, phase: int) -> np.ndarray:
+        """The sum over every shard (and the outer group) of ``values``; all shards call it together."""
         values = np.asarray(values, dtype=np.float64).ravel()
         k = values.size
-        if k > self._reduce_max:
+        if k > self.reduce_max:
             raise TrainingError(f"a batch_sum of {k} values is more than sample-parallel training carries "
-                                f"({self._reduce_max}); set LAYERKIT_SAMPLE_PARALLEL=0")
+                                f"({self.reduce_max}); set LAYERKIT_SAMPLE_PARALLEL=0")
         buf = self._reduce_buf[phase % 2]
         buf[shard, :k] = values
-        self._barrier.wait(BARRIER_TIMEOUT_S)
+        self.barrier.wait(BARRIER_TIMEOUT_S)
         if self.outer.size == 1:
             total = buf[0, :k].copy()
             for row in buf[1:self.shards]:
@@ -431,23 +314,25 @@ class SampleParallel:
             for row in buf[1:self.shards]:
                 total += row[:k]
             buf[self.shards, :k] = self.outer.batch_sum(total)
-        self._barrier.wait(BARRIER_TIMEOUT_S)
+        self.barrier.wait(BARRIER_TIMEOUT_S)
         return buf[self.shards, :k].copy()
 
-    def _send(self, w: int, payload: bytes) -> None:
+    def send(self, w: int, payload: bytes) -> None:
+        """Hand worker ``w`` (1 ..) one message (not empty: an empty message stops it)."""
         try:
             self._conns[w - 1].send_bytes(payload)
         except OSError:
             raise TrainingError(self._lost(w)) from None
 
-    def _receive(self, w: int) -> tuple[float, int]:
+    def receive(self, w: int) -> bytes:
+        """Worker ``w``'s reply to its last message; a :class:`TrainingError` if it failed or died."""
         try:
             reply = self._conns[w - 1].recv_bytes()
         except (EOFError, OSError):
             raise TrainingError(self._lost(w)) from None
-        if len(reply) != _REPLY.size:
-            raise TrainingError(f"sample-parallel worker {w} failed:\n{reply.decode('utf-8', 'replace')}")
-        return _REPLY.unpack(reply)
+        if reply[:1] != _OK:
+            raise TrainingError(f"sample-parallel worker {w} failed:\n{reply[1:].decode('utf-8', 'replace')}")
+        return reply[1:]
 
     def _lost(self, w: int) -> str:
         proc = self._procs[w - 1]
@@ -456,7 +341,7 @@ class SampleParallel:
                 f"set LAYERKIT_SAMPLE_PARALLEL=0 to train in one process")
 
     # -- in the worker --------------------------------------------------------------
-    def _worker_main(self, conn, w: int) -> None:
+    def _worker_main(self, conn: Any, w: int) -> None:
         die_with_parent(self._parent)
         # the copies of the main process's pipe ends: holding them, a worker would never see
         # end-of-file when the main process dies
@@ -466,11 +351,7 @@ class SampleParallel:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         parallel.set_num_threads(1)  # the shards use the cores: serial loops, one BLAS thread
         parallel.hold_blas()
-        for view, (name, t) in zip(self._param_views, self.keys):
-            self.model.params[name][t] = view  # this process's copy of the model reads shared memory
-        # running statistics are the main process's to keep (it sees the same batch statistics)
-        self.model.state = {name: {} for name in self.model.state}
-        grad_views = self._grad_views[w - 1]
+        self.setup(w)
         while True:
             try:
                 msg = conn.recv_bytes()
@@ -479,20 +360,11 @@ class SampleParallel:
             if not msg:
                 return
             try:
-                header = np.frombuffer(msg, dtype=np.int64)
-                with self._reducing(w):
-                    loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, header[3:],
-                                                            int(header[0]), int(header[1]), int(header[2]) + w,
-                                                            self.augment, self._random, self.keys)
-                for view, g in zip(grad_views, grads):
-                    np.copyto(view, g)
-                reply = _REPLY.pack(loss_sum, hits)
+                reply = _OK + self.serve(w, msg)
             except BaseException:
-                if self._barrier is not None:
-                    self._barrier.abort()  # the other shards must not wait for this one
-                reply = traceback.format_exc().encode()
+                self.abort()  # the other shards must not wait for this one
+                reply = _FAILED + traceback.format_exc().encode()
             try:
                 conn.send_bytes(reply)
             except OSError:
                 return
-

@@ -125,7 +125,7 @@ def spans(n: int, step: int, parts: int) -> list[tuple[int, int]]:
     chunks = -(-n // step)
     parts = max(1, min(parts, chunks))
     bounds = [i * chunks // parts for i in range(parts + 1)]
-    return [(b0 * step, min(n, b1 * step)) for b0, b1 in zip(bounds, bounds[1:])]
+    return [(b0 * step, min(n, b1 * step)) for b0, b1 in zip(bounds, bounds[1:], strict=False)]
 
 
 def worth_it(nbytes: int, kind: str) -> bool:

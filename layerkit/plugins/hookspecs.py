@@ -10,7 +10,7 @@ Every hook uses the register-callback style: layerkit calls the hook with a
         register(Swish)
 
 Built-in layers, losses, optimizers and datasets are registered through these
-same hooks (see ``DEFAULT_PLUGINS`` in :mod:`layerkit.plugins.manager`); third-party
+same hooks (see ``DEFAULT_PLUGINS`` in :mod:`layerkit.default_plugins`); third-party
 packages are found through the ``layerkit`` entry-point group. The hooks run
 once, when the registry is first needed; nothing in training calls them.
 """

@@ -1,6 +1,9 @@
 """Loading plugins: the built-in modules and the ``layerkit`` entry-point group.
 
-Built-ins go through exactly the same hooks as third-party packages. A plugin
+Built-ins go through exactly the same hooks as third-party packages. Which modules are
+built in is not this tier's to say: :data:`layerkit.default_plugins.DEFAULT_PLUGINS`, at the
+root of the package, lists them (modules of tiers above this one among them), and they are
+loaded by name like the entry points of installed packages. A plugin
 that fails to import or whose hook raises is recorded with its name and left
 out; every other plugin keeps working. ``LAYERKIT_DISABLE_PLUGINS`` (comma
 separated plugin names) switches plugins off. Plugin *files* (``--plugin FILE.py``,
@@ -20,29 +23,13 @@ from typing import Iterable
 import jsonschema
 import pluggy
 
+from layerkit.default_plugins import DEFAULT_PLUGINS
 from layerkit.plugins import hookspecs
 from layerkit.plugins.registry import KINDS, LoadProblem, PluginInfo, Registry
 
 ENTRY_POINT_GROUP = "layerkit"
 DISABLE_ENV = "LAYERKIT_DISABLE_PLUGINS"
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "layerkit.layers.dense",
-    "layerkit.layers.activations",
-    "layerkit.layers.conv",
-    "layerkit.layers.conv_transpose",
-    "layerkit.layers.pooling",
-    "layerkit.layers.normalization",
-    "layerkit.layers.dropout",
-    "layerkit.layers.reshaping",
-    "layerkit.layers.merging",
-    "layerkit.nn.losses",
-    "layerkit.nn.elementwise_losses",
-    "layerkit.nn.optimizers",
-    "layerkit.data.builtin",
-    "layerkit.training.tensorboard",
-)
 
 HOOKS = {
     "layer": "layerkit_register_layers",
@@ -70,14 +57,15 @@ def _distribution_of(ep: md.EntryPoint) -> tuple[str | None, str | None]:
 
 
 def load_registry(extra_plugins: Iterable[object] = (), *,
-                  default_plugins: Iterable[str] = DEFAULT_PLUGINS,
+                  default_plugins: Iterable[str] | None = None,
                   entry_points: bool = True,
                   disabled: set[str] | None = None,
                   plugin_files: Iterable[str] | None = None) -> Registry:
     """Build a fresh registry. ``extra_plugins`` are plugin objects (modules,
     instances) registered after the built-ins; tests use it. ``plugin_files`` are
     ``.py`` files loaded last (default: ``LAYERKIT_PLUGINS`` and ``--plugin``); a
-    problem in one raises :class:`~layerkit.plugins.files.PluginFileError`."""
+    problem in one raises :class:`~layerkit.plugins.files.PluginFileError`. ``default_plugins``:
+    the modules loaded first (default: :data:`layerkit.default_plugins.DEFAULT_PLUGINS`)."""
     from layerkit.plugins import files
 
     disabled = disabled_plugins() if disabled is None else disabled
@@ -109,7 +97,7 @@ def load_registry(extra_plugins: Iterable[object] = (), *,
 
     import layerkit
 
-    for module in default_plugins:
+    for module in DEFAULT_PLUGINS if default_plugins is None else default_plugins:
         add(module, lambda module=module: importlib.import_module(module),
             "layerkit", layerkit.__version__)
     for i, plugin in enumerate(extra_plugins):
@@ -167,7 +155,7 @@ def _call_hooks(pm: pluggy.PluginManager, kind: str, registry: Registry) -> None
                 info.errors.append(message)
                 registry.problems.append(LoadProblem(name, message))
                 continue
-            registry.add(kind, obj.name if kind == "dataset" else obj.type, obj, name)
+            registry.add(kind, getattr(obj, "name" if kind == "dataset" else "type"), obj, name)
 
 
 def _describe(obj: object) -> str:

@@ -39,7 +39,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
             key = f"{split}_{metric}"
             if any(key in r for r in history):

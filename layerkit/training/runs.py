@@ -15,14 +15,15 @@ A run directory holds:
 
 from __future__ import annotations
 
-import copy
 import csv
+import dataclasses
 import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -40,10 +41,13 @@ from layerkit.training.distributed import Launch, follow
 from layerkit.training.trainer import (Callback, Trainer, TrainingInterrupted, TrainResult, build_callbacks,
                                       build_loss)
 
+if TYPE_CHECKING:
+    from layerkit.plugins.registry import Registry
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no run locks
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 MODEL_FILE = "model.json"
 CHECKPOINT = "checkpoint.npz"
@@ -52,6 +56,74 @@ HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 METRICS = "metrics.json"
 PREPROCESSING = PREPROCESSING_FILE
+
+
+@dataclass(frozen=True)
+class Terms:
+    """How a run's messages name what the caller can change. The defaults name :class:`RunRequest`'s
+    fields, for Python callers; ``layerkit fit`` passes its command-line flags instead
+    (``layerkit.cli.train.FIT_TERMS``). ``{path}`` stands for a run directory."""
+
+    out: str = "out directory"
+    resume: str = "resume={path!r}"
+    resume_command: str = "train(RunRequest(resume={path!r}))"
+    data_dir: str = "data_dir"
+    dataset: str = "dataset"
+    set_dataset: str = "set training.dataset"
+    allow_other_data: str = "allow_other_data=True"
+    model_or_resume: str = "give a model to train, or resume=RUN_DIR"
+
+    def resuming(self, path: str | Path) -> str:
+        """How to continue the run in ``path``, as an option."""
+        return self.resume.format(path=str(path))
+
+    def command(self, path: str | Path) -> str:
+        """How to continue the run in ``path``, as a whole command."""
+        return self.resume_command.format(path=str(path))
+
+
+PYTHON_TERMS = Terms()
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What one training run is asked to do: train ``model`` into the run directory ``out``, or
+    continue the run in ``resume`` on the data recorded in it. Built by ``layerkit fit`` and by
+    Python callers, and taken whole by :func:`train`.
+
+    ``model`` is a model file (path or shipped name) or a model dict, training settings already
+    in it (``layerkit fit`` applies its options to the dict before it asks); ``source`` names it in
+    messages (default: the file's path, or ``<model>``). ``data_dir`` must name the recorded data
+    when resuming unless ``allow_other_data``. ``check_grads``: gradient-check the first batch and
+    stop if it fails. ``callbacks`` are added to the model file's; ``log`` gets the notes a run
+    prints, ``console`` the gradient check's report. ``collectives``: the MPI ranks training
+    together (default: those of ``mpiexec``, or this process alone). ``terms``: how messages name
+    the options (see :class:`Terms`).
+    """
+
+    model: str | Path | dict | None = None
+    source: str | None = None
+    out: str | Path | None = None
+    resume: str | Path | None = None
+    data_dir: str | Path | None = None
+    allow_other_data: bool = False
+    check_grads: bool = False
+    callbacks: Sequence[Callback] = ()
+    log: Callable[[str], None] = _quiet
+    console: Any = None
+    registry: Registry | None = None
+    collectives: Collectives | None = None
+    terms: Terms = PYTHON_TERMS
+
+    def flags(self) -> dict[str, Any]:
+        """What every MPI rank must have been asked alike (besides the model itself)."""
+        return {"model": self.source or (None if isinstance(self.model, dict) else self.model), "out": self.out,
+                "resume": self.resume, "data_dir": self.data_dir, "allow_other_data": self.allow_other_data,
+                "check_grads": self.check_grads}
 
 
 def describe_counts(counts: dict[str, int]) -> str:
@@ -76,20 +148,21 @@ class RunDir:
         return self.path / name
 
     @classmethod
-    def create(cls, path: str | Path, model: dict) -> "RunDir":
+    def create(cls, path: str | Path, model: dict, terms: Terms = PYTHON_TERMS) -> "RunDir":
+        """A new run directory holding ``model`` (locked); refused where a run already is."""
         run = cls(path)
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CheckpointError(f"{run.path}: cannot create the run directory ({why(exc)})") from None
         if not os.access(run.path, os.W_OK | os.X_OK):
-            raise CheckpointError(f"{run.path}: the run directory is not writable; choose another --out "
+            raise CheckpointError(f"{run.path}: the run directory is not writable; choose another {terms.out} "
                                   f"or make it writable (chmod u+w)")
-        run.lock()
+        run.lock(terms)
         try:
             if (run / CHECKPOINT).exists():
-                raise CheckpointError(f"{run.path}: already holds a run; continue it with --resume {run.path} "
-                                      f"or choose another --out")
+                raise CheckpointError(f"{run.path}: already holds a run; continue it with {terms.resuming(run.path)} "
+                                      f"or choose another {terms.out}")
             write_text_atomic(run / MODEL_FILE, json.dumps(model, indent=2) + "\n", "model file")
         except BaseException:
             run.unlock()
@@ -106,7 +179,7 @@ class RunDir:
                 raise CheckpointError(f"{run.path}: not a resumable run (no {name})")
         return run
 
-    def lock(self) -> None:
+    def lock(self, terms: Terms = PYTHON_TERMS) -> None:
         """Take the run's lock, or raise :class:`CheckpointError` if another process holds it."""
         if self._lock_fd is not None or fcntl is None:
             return
@@ -119,7 +192,7 @@ class RunDir:
         except OSError:
             os.close(fd)
             raise CheckpointError(f"{self.path}: another layerkit fit is writing this run right now; wait for it "
-                                  f"to finish, or choose another --out") from None
+                                  f"to finish, or choose another {terms.out}") from None
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -167,45 +240,6 @@ def default_out(name: str, root: str | Path = "runs") -> Path:
     return path
 
 
-# -- overrides -----------------------------------------------------------------------
-
-def apply_overrides(model: dict, overrides: dict[str, Any]) -> dict:
-    """A copy of the model dict with training settings replaced. Keys: ``epochs``,
-    ``batch_size``, ``seed``, ``lr``, ``optimizer``, ``dataset``, ``weight_decay``, ``schedule``,
-    ``data.*`` keys, and dotted paths under ``training`` from ``--set``."""
-    out = copy.deepcopy(model)
-    if not isinstance(out, dict):
-        return out
-    training = out.setdefault("training", {})
-    if not isinstance(training, dict):
-        return out
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "optimizer":
-            old = training.get("optimizer") if isinstance(training.get("optimizer"), dict) else {}
-            # another optimizer's parameters (momentum, betas) would not validate; its defaults apply
-            training["optimizer"] = dict(old) if old.get("type") == value else {"type": value}
-        elif key == "lr":
-            opt = training.setdefault("optimizer", {"type": "sgd"})
-            if isinstance(opt, dict):
-                opt["lr"] = value
-        elif key == "schedule":
-            training["schedule"] = {"type": value}
-        elif key == "callbacks":
-            old = training.get("callbacks") if isinstance(training.get("callbacks"), list) else []
-            have = {c.get("type") for c in old if isinstance(c, dict)}
-            training["callbacks"] = old + [{"type": name} for name in value if name not in have]
-        else:
-            target, parts = training, key.split(".")
-            for part in parts[:-1]:
-                if not isinstance(target.get(part), dict):
-                    target[part] = {}
-                target = target[part]
-            target[parts[-1]] = value
-    return out
-
-
 # -- a whole training run --------------------------------------------------------------
 
 def num_outputs(model) -> int | None:
@@ -214,10 +248,12 @@ def num_outputs(model) -> int | None:
 
 
 def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, registry=None, *,
-                 embedded: bool = False, preprocessing: Preprocessing | None = None) -> DataSplits:
+                 embedded: bool = False, preprocessing: Preprocessing | None = None,
+                 terms: Terms = PYTHON_TERMS) -> DataSplits:
+    """The data ``spec.training`` names, prepared for ``model``."""
     dataset = spec.training.get("dataset")
     if not dataset:
-        raise ModelFileError(problems=[Problem("no dataset given: set training.dataset or pass --dataset",
+        raise ModelFileError(problems=[Problem(f"no dataset given: {terms.set_dataset}",
                                                ("training", "dataset"), spec.source)])
     return load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training["seed"]),
                      input_shape=spec.input_shape, num_outputs=num_outputs(model), registry=registry,
@@ -230,27 +266,28 @@ def record_of(spec: ModelSpec, data: DataSplits) -> DataRecord:
 
 def load_run_data(run: RunDir, spec: ModelSpec, model, *, data_dir: str | Path | None = None,
                   allow_other_data: bool = False, registry=None,
-                  log: Callable[[str], None] = lambda _msg: None) -> DataSplits:
+                  log: Callable[[str], None] = _quiet, terms: Terms = PYTHON_TERMS) -> DataSplits:
     """The data ``run`` was trained on, read from where its ``data.json`` says, with its saved
     preprocessing. Anything that differs from the record (another ``data_dir`` or dataset, a file
     changed since, other limits) is a :class:`DataError` naming it, unless ``allow_other_data``."""
     if not (run / DATA_RECORD).exists():
         log(f"note: {run.path} has no {DATA_RECORD} (made by an older layerkit), so its data cannot be checked; "
             f"it is looked for as for a new run")
-        return prepare_data(spec, model, data_dir, registry)
+        return prepare_data(spec, model, data_dir, registry, terms=terms)
     record = DataRecord.load(run / DATA_RECORD)
     pre = Preprocessing.load(run / PREPROCESSING) if (run / PREPROCESSING).exists() else None
     if data_dir is not None or spec.training.get("dataset") != record.dataset:
-        data = prepare_data(spec, model, data_dir, registry, preprocessing=pre)
+        data = prepare_data(spec, model, data_dir, registry, preprocessing=pre, terms=terms)
     else:
-        data = prepare_data(spec, model, record.location, registry, embedded=record.embedded, preprocessing=pre)
+        data = prepare_data(spec, model, record.location, registry, embedded=record.embedded, preprocessing=pre,
+                            terms=terms)
     differences = record.differences(record_of(spec, data))
     if differences and not allow_other_data:
         raise DataError(f"{run / DATA_RECORD}: not the data this run was trained on: {'; '.join(differences)}. "
-                        f"Leave out --data-dir/--dataset to use the recorded data, restore the files, or pass "
-                        f"--allow-other-data to go ahead anyway")
+                        f"Leave out {terms.data_dir}/{terms.dataset} to use the recorded data, restore the files, "
+                        f"or pass {terms.allow_other_data} to go ahead anyway")
     if differences:
-        log(f"note: other data than the run was trained on (--allow-other-data): {'; '.join(differences)}")
+        log(f"note: other data than the run was trained on ({terms.allow_other_data}): {'; '.join(differences)}")
     return data
 
 
@@ -266,94 +303,99 @@ def check_gradients(trainer: Trainer, console=None, samples: int = 2) -> None:
         raise everywhere(CheckFailed("gradient check failed on the first training batch; not training"))
 
 
-def train(model_source: str | Path | dict | None = None, *, overrides: dict[str, Any] | None = None,
-          out: str | Path | None = None, resume: str | Path | None = None, data_dir: str | Path | None = None,
-          allow_other_data: bool = False, check_grads: bool = False, callbacks: Sequence[Callback] = (),
-          log: Callable[[str], None] = lambda _msg: None, console=None,
-          registry=None, collectives: Collectives | None = None) -> tuple[RunDir, TrainResult]:
-    """Train a model file into a run directory, or continue the run in ``resume`` on the data
-    recorded in it (``data_dir`` there must name the same data unless ``allow_other_data``).
+def train(request: RunRequest | str | Path | dict | None = None, /, **fields: Any) -> tuple[RunDir, TrainResult]:
+    """Carry out one :class:`RunRequest`: train a model into a run directory, or continue the run in
+    ``request.resume``. Returns the run directory and the result. ``train(model, out=...)`` is short
+    for ``train(RunRequest(model=model, out=...))``.
 
     Under ``mpiexec -n K`` (or with ``collectives`` of several ranks) every rank calls this;
     rank 0 writes the run directory and the others return ``(None, result)``, see
     ``layerkit.training.distributed``."""
+    if not isinstance(request, RunRequest):
+        request = RunRequest(model=request, **fields)
+    elif fields:
+        request = dataclasses.replace(request, **fields)
+    collectives = request.collectives
     if collectives is None:
         from layerkit.parallel.mpi import world
         collectives = world()
-    if resume is None and model_source is None:
-        raise everywhere(LayerkitError("give a model file to train, or --resume RUN_DIR"))
+    if request.resume is None and request.model is None:
+        raise everywhere(LayerkitError(request.terms.model_or_resume))
     launch = Launch(collectives)
-    flags = {"model": None if isinstance(model_source, dict) else model_source, "overrides": overrides, "out": out,
-             "resume": resume, "data_dir": data_dir, "allow_other_data": allow_other_data, "check_grads": check_grads}
+    flags = request.flags()
     if collectives.rank > 0:
-        raw = None
-        if resume is None:
-            raw, _ = (model_source, None) if isinstance(model_source, dict) else read_model_file(model_source)
-            raw = apply_overrides(raw, overrides or {})
-        return follow(launch, raw, flags, resuming=resume is not None,
-                      check_grads=check_gradients if check_grads else None,
-                      callbacks=callbacks, registry=registry)
+        raw = None if request.resume is not None else _model_dict(request)[0]
+        return follow(launch, raw, flags, resuming=request.resume is not None,
+                      check_grads=check_gradients if request.check_grads else None,
+                      callbacks=request.callbacks, registry=request.registry)
     run = None
     try:
-        if resume is not None:
-            run = RunDir.open(resume)
-            run.lock()
+        if request.resume is not None:
+            run = RunDir.open(request.resume)
+            run.lock(request.terms)
             raw, source = run.model_dict(), str(run / MODEL_FILE)
             raw = launch.start(raw, flags, compare_model=False)
         else:
-            if isinstance(model_source, dict):
-                raw, source = model_source, "<model>"
-            else:
-                raw, source = read_model_file(model_source)
-            raw = launch.start(apply_overrides(raw, overrides or {}), flags)
-        return _train(raw, source, run, out=out, data_dir=data_dir, allow_other_data=allow_other_data,
-                      check_grads=check_grads, callbacks=callbacks, log=log, console=console, registry=registry,
-                      launch=launch)
+            raw, source = _model_dict(request)
+            raw = launch.start(raw, flags)
+        return _train(raw, source, run, request, launch)
     finally:
         if run is not None:
             run.unlock()
 
 
-def _train(raw: dict, source: str, run: RunDir | None, *, out, data_dir, allow_other_data, check_grads,
-           callbacks, log, console, registry, launch: Launch) -> tuple[RunDir, TrainResult]:
-    resuming = run is not None
+def _model_dict(request: RunRequest) -> tuple[Any, str]:
+    """The requested model as a dict, and its name for messages."""
+    if isinstance(request.model, dict):
+        return request.model, request.source or "<model>"
+    if request.model is None:
+        raise everywhere(LayerkitError(request.terms.model_or_resume))
+    raw, source = read_model_file(request.model)
+    return raw, request.source or source
+
+
+def _train(raw: Any, source: str, resumed: RunDir | None, request: RunRequest,
+           launch: Launch) -> tuple[RunDir, TrainResult]:
+    """Build the model, load the data and train: a new run, or the run ``resumed`` (locked by the caller)."""
+    resuming = resumed is not None
+    registry, log = request.registry, request.log
     spec = spec_from_dict(raw, source=Path(source).name, registry=registry)
     model = build_model(spec, registry=registry)
     loss = build_loss(spec, registry)
-    run_path = run.path if run is not None else Path(out or default_out(spec.name))
+    run_path = resumed.path if resumed is not None else Path(request.out or default_out(spec.name))
     # loggers from training.callbacks; built before anything is written, so a missing extra costs nothing
-    callbacks = [*callbacks, *build_callbacks(spec.training.get("callbacks"), run_path, registry)]
-    if resuming:
-        data = load_run_data(run, spec, model, data_dir=data_dir, allow_other_data=allow_other_data,
-                             registry=registry, log=log)
+    callbacks = [*request.callbacks, *build_callbacks(spec.training.get("callbacks"), run_path, registry)]
+    if resumed is not None:
+        data = load_run_data(resumed, spec, model, data_dir=request.data_dir, allow_other_data=request.allow_other_data,
+                             registry=registry, log=log, terms=request.terms)
     else:
-        data = prepare_data(spec, model, data_dir, registry)
+        data = prepare_data(spec, model, request.data_dir, registry, terms=request.terms)
     data = launch.share_data(data)
     if data.notice:
         log(f"note: {data.notice}")
     log(f"data: {describe_counts(data.counts())} from {data.source}")
 
-    new_run = run is None
-    if new_run:
-        run = RunDir.create(run_path, raw)
+    run = resumed if resumed is not None else RunDir.create(run_path, raw, request.terms)
     try:
-        return _fit(run, spec, model, loss, data, resuming, check_grads=check_grads, callbacks=callbacks,
-                    log=log, console=console, registry=registry, launch=launch)
+        return _fit(run, spec, model, loss, data, resuming, dataclasses.replace(request, callbacks=callbacks),
+                    launch)
     finally:
-        if new_run:
+        if resumed is None:
             run.unlock()
 
 
-def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: bool, *, check_grads, callbacks,
-         log, console, registry, launch: Launch) -> tuple[RunDir, TrainResult]:
+def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: bool, request: RunRequest,
+         launch: Launch) -> tuple[RunDir, TrainResult]:
     trainer: Trainer | None = None
+    log, terms = request.log, request.terms
 
     def save(arrays: dict[str, np.ndarray]) -> None:
         run.save_checkpoint(arrays)
-        run.write_history(trainer.state.history)
+        if trainer is not None:  # always: the trainer calls it
+            run.write_history(trainer.state.history)
 
-    trainer = Trainer(model, loss, data, spec.training, callbacks=callbacks, save_checkpoint=save,
-                      registry=registry, collectives=launch.comm)
+    trainer = Trainer(model, loss, data, spec.training, callbacks=request.callbacks, save_checkpoint=save,
+                      registry=request.registry, collectives=launch.comm)
     if resuming:
         trainer.restore(launch.share_arrays(run.load_checkpoint()), source=str(run / CHECKPOINT))
         if launch.share(trainer.finished and (run / WEIGHTS).is_file() and (run / METRICS).is_file()):
@@ -362,12 +404,12 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
             return run, trainer.result()
         log(f"resuming {run.path} at epoch {trainer.state.epoch + 1}, batch {trainer.state.step + 1}")
     # written before any epoch, so that an interrupted run resumes on the same data
-    if not (run / PREPROCESSING).exists():
+    if data.preprocessing is not None and not (run / PREPROCESSING).exists():
         data.preprocessing.save(run / PREPROCESSING)
     if not (run / DATA_RECORD).exists():
         record_of(spec, data).save(run / DATA_RECORD)
-    if check_grads:
-        check_gradients(trainer, console)
+    if request.check_grads:
+        check_gradients(trainer, request.console)
     if launch.distributed:
         log(f"note: each batch is split over {launch.comm.size} MPI ranks"
             + (f", and each rank's share over {trainer.shards} processes" if trainer.shards > 1 else ""))
@@ -388,13 +430,13 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
         raise TrainingError(f"{exc}; {kept}") from None
     except CheckpointError as exc:
         # a full disk while saving: the previous checkpoint is intact (writes are atomic)
-        kept = (f"the previous checkpoint is intact; continue with: layerkit fit --resume {run.path}"
+        kept = (f"the previous checkpoint is intact; continue with: {terms.command(run.path)}"
                 if (run / CHECKPOINT).is_file() else "no checkpoint was saved yet")
         raise CheckpointError(f"{exc}; {kept}") from None
     except TrainingInterrupted as stop:
         if stop.saved:
             log(f"interrupted in epoch {stop.epoch + 1} after batch {stop.step}; checkpoint saved. "
-                f"Resume with: layerkit fit --resume {run.path}")
+                f"Resume with: {terms.command(run.path)}")
         else:
             log(f"interrupted; the last checkpoint in {run.path} is from the end of epoch "
                 f"{len(trainer.state.history)}")

@@ -4,7 +4,7 @@ One call, three ways of computing it (:func:`make_step` picks):
 
 - :class:`LocalStep`: the whole batch in this process.
 - :class:`ForkedStep`: the batch split over forked processes on this machine
-  (``layerkit.parallel.processes``).
+  (``layerkit.training.sample_parallel``).
 - :class:`DistributedStep`: the batch split over MPI ranks (``layerkit.parallel.mpi``),
   each rank's share computed in its process or split again over forked processes.
 
@@ -25,9 +25,10 @@ import numpy as np
 
 from layerkit.parallel import collectives
 from layerkit.parallel.collectives import Collectives
-from layerkit.parallel.processes import SampleParallel, plan_shards, share_gradients
+from layerkit.training.sample_parallel import SampleParallel, shard_count, share_gradients
 
-StepResult = tuple[float, int, list[np.ndarray], bool]  # mean loss, correct, gradients, stop
+#: mean loss, correct predictions (fractional for reconstructions), gradients, stop
+StepResult = tuple[float, float, list[np.ndarray], bool]
 
 
 def _bounds(n: int, parts: int) -> list[int]:
@@ -89,7 +90,7 @@ class DistributedStep(Step):
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._flat = np.empty(int(self._offsets[-1]), dtype=model.dtype)  # the gradients, fused for one all-reduce
         self._views = [self._flat[a:b].reshape(model.params[n][t].shape)
-                       for a, b, (n, t) in zip(self._offsets, self._offsets[1:], keys)]
+                       for a, b, (n, t) in zip(self._offsets, self._offsets[1:], keys, strict=False)]
 
     def __call__(self, idx, rng, stop=False) -> StepResult:
         comm, n = self.comm, len(idx)
@@ -99,7 +100,7 @@ class DistributedStep(Step):
             # whole batch from the same stream, so they still agree without exchanging gradients
             loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), n, seed, 0,
                                                     self.augment, self.random, self.keys)
-            for view, g in zip(self._views, grads):
+            for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
         else:
             bounds = _bounds(n, comm.size)
@@ -111,7 +112,7 @@ class DistributedStep(Step):
                 with collectives.reducing(comm):
                     loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, mine, n, seed, first,
                                                             self.augment, self.random, self.keys)
-            for view, g in zip(self._views, grads):
+            for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
             comm.allreduce_sum(self._flat)
         totals = np.array([loss_sum, hits, float(stop)], dtype=np.float64)
@@ -146,6 +147,6 @@ def make_step(model, loss, x, y, augment, keys, shards: int, comm: Collectives =
             workers.close()
 
 
-def plan(model, loss, batch_size: int, comm: Collectives = collectives.SINGLE) -> int:
+def shards_for(model, loss, batch_size: int, comm: Collectives = collectives.SINGLE) -> int:
     """Forked processes per rank: the split of one rank's share of a batch (1: none)."""
-    return plan_shards(model, loss, max(1, batch_size // comm.size))
+    return shard_count(model, loss, max(1, batch_size // comm.size))

@@ -34,7 +34,7 @@ from layerkit.nn.layer import Coupling
 from layerkit.nn.network import Network as Model
 from layerkit.nn.optimizers import Optimizer
 from layerkit.parallel.collectives import SINGLE, Collectives
-from layerkit.training.steps import make_step, plan
+from layerkit.training.steps import make_step, shards_for
 from layerkit.nn.schedules import Schedule
 from layerkit.plugins import registry_or_global
 from layerkit.modelfile.spec import fill_training_defaults
@@ -160,7 +160,7 @@ def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int =
     total, correct, preds = 0.0, 0.0, np.full(len(x), -1, dtype=np.int64)
     classes = np.asarray(y).ndim == 1
     # the batches' forward passes run over the thread pool; the loss is cheap and runs here
-    for i, out in zip(range(0, len(x), batch_size), model.infer_batches(x, batch_size)):
+    for i, out in zip(range(0, len(x), batch_size), model.infer_batches(x, batch_size), strict=False):
         yb = y[i:i + batch_size]
         value, _ = loss.forward(out, yb)
         total += float(value) * len(yb)
@@ -212,7 +212,7 @@ class Trainer:
                                 "with training.data.target 'input'; drop one of them")
         #: each rank's share of a batch split over this many forked processes (1: not split),
         #: see ``layerkit.parallel.processes``
-        self.shards = plan(model, loss, self.batch_size, self.comm)
+        self.shards = shards_for(model, loss, self.batch_size, self.comm)
         #: processes one batch is split over, in all (MPI ranks times forked processes)
         self.shares = self.comm.size * self.shards
         #: ``shares`` of the run a checkpoint was saved by (None: before that was recorded)
