@@ -1,11 +1,23 @@
-"""layerkit: neural-network layers as plugins, models as JSON, gradients you can trust."""
+"""layerkit: neural-network layers as plugins, models as JSON, gradients you can trust.
 
-__version__ = "0.1.0"
+A plugin author needs this one import (docs/plugins.md; what is public and stable: docs/stability.md)::
+
+    from layerkit import Coupling, Example, Layer, ParamSpec, hookimpl
+"""
+
+__version__ = "0.2.0"
 
 import pluggy  # noqa: E402
 
 #: marks a plugin's hook functions (``@layerkit.hookimpl``); the specifications are in layerkit.plugins.hookspecs
 hookimpl = pluggy.HookimplMarker("layerkit")
+
+from layerkit._compat import install as _install_old_paths  # noqa: E402
+from layerkit.errors import ContractError, LayerkitError, ShapeError  # noqa: E402
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec  # noqa: E402
+
+# the first release's module paths (layerkit.layer, layerkit.builder, ...) keep working, with a warning
+_install_old_paths()
 
 #: the Python API (layerkit.api), imported on first use so that ``import layerkit`` (and every
 #: layer plugin that imports it for ``hookimpl``) stays light
@@ -25,4 +37,12 @@ def __dir__():
     return sorted(set(globals()) | _API)
 
 
-__all__ = ["__version__", "hookimpl", "load", "load_dataset", "Model", "History", "check_grads"]
+__all__ = [
+    "__version__",
+    # writing a layer plugin
+    "Layer", "Example", "ParamSpec", "Coupling", "hookimpl",
+    # the errors a layer raises
+    "LayerkitError", "ShapeError", "ContractError",
+    # the Python API
+    "load", "load_dataset", "Model", "History", "check_grads",
+]

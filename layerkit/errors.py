@@ -84,6 +84,12 @@ class TrainingError(LayerkitError):
     exit_code = 1
 
 
+class ContractError(LayerkitError):
+    """A layer breaks a claim of the layer contract: names the layer, the example, the contract member and the numbers."""
+
+    exit_code = 1
+
+
 class CheckFailed(LayerkitError):
     """A check (gradient check, evaluation threshold) ran and failed."""
 
