@@ -12,7 +12,7 @@ import pluggy  # noqa: E402
 #: marks a plugin's hook functions (``@layerkit.hookimpl``); the specifications are in layerkit.plugins.hookspecs
 hookimpl = pluggy.HookimplMarker("layerkit")
 
-from layerkit._compat import install as _install_old_paths  # noqa: E402
+from layerkit.compat import install as _install_old_paths  # noqa: E402
 from layerkit.errors import ContractError, LayerkitError, ShapeError  # noqa: E402
 from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec  # noqa: E402
 

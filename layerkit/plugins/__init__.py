@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from layerkit._compat import moved_attributes
+from layerkit.compat import moved_attributes
 
 if TYPE_CHECKING:
     from layerkit.plugins.registry import Registry

@@ -12,7 +12,7 @@ through 0.2.x, resolved to the very same objects, and goes in 0.3.0 at the earli
   ``__init__`` sets ``__getattr__ = moved_attributes(__name__)``, which warns on each use.
 
 Nothing here imports another layerkit module until an old name is asked for, so ``import layerkit``
-stays as light as it was.
+stays as light as it was. This module is internal: only the old paths it serves are public.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Moved:
                 if not (isinstance(home, str) and getattr(sys.modules.get(home), path[0], None) is value):
                     home = module_name
                 return value, f"`from {home} import {path[0]}`" + (f" ({'.'.join(path)})" if path[1:] else "")
-        raise AttributeError(f"{name!r} is in none of {', '.join(self.modules)} (layerkit._compat.MOVED is stale)")
+        raise AttributeError(f"{name!r} is in none of {', '.join(self.modules)} (layerkit.compat.MOVED is stale)")
 
     def resolve(self, name: str) -> Any:
         """The object the old ``name`` now is."""
@@ -145,7 +145,7 @@ def _warn(old: str, use: str, stacklevel: int) -> None:
                   DeprecationWarning, stacklevel=stacklevel + 1)
 
 
-class _OldModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class OldModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Makes the first release's modules on import; asked only for names no real module has."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
@@ -167,13 +167,13 @@ class _OldModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__all__ = list(names)
 
 
-_FINDER = _OldModuleFinder()
+FINDER = OldModuleFinder()
 
 
 def install() -> None:
     """Put the finder at the end of ``sys.meta_path`` (once): real modules are always found first."""
-    if _FINDER not in sys.meta_path:
-        sys.meta_path.append(_FINDER)
+    if FINDER not in sys.meta_path:
+        sys.meta_path.append(FINDER)
 
 
 def moved_attributes(package: str) -> Callable[[str], Any]:
