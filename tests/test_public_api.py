@@ -177,3 +177,10 @@ def test_old_module_attribute_access_needs_the_import(fresh):
     # like any submodule: ``layerkit.builder`` is an attribute only once imported
     with pytest.raises(AttributeError):
         layerkit.builder  # noqa: B018
+
+
+def test_the_stability_page_lists_every_old_module():
+    # the page's two tables of first-release paths are the table layerkit/compat.py serves
+    text = (ROOT / "docs" / "stability.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `(?:from )?(layerkit\.\w+)", text, flags=re.M))
+    assert listed == set(compat.MOVED)
