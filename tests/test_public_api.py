@@ -184,3 +184,13 @@ def test_the_stability_page_lists_every_old_module():
     text = (ROOT / "docs" / "stability.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\| `(?:from )?(layerkit\.\w+)", text, flags=re.M))
     assert listed == set(compat.MOVED)
+
+
+def test_the_first_release_gradcheck_snippet_runs(fresh):
+    # 0.1.0's docs/gradcheck.md, "The same from Python", on a small model
+    with pytest.warns(DeprecationWarning):
+        from layerkit.builder import build_model
+        from layerkit.gradcheck import check_layer, check_layer_config, check_model
+    report = check_model(build_model(str(ROOT / "models" / "softmax_regression.json")))
+    assert report.ok and report.rows and isinstance(report.to_dict(), dict)
+    assert callable(check_layer) and callable(check_layer_config)
