@@ -85,7 +85,8 @@ class TrainingError(LayerkitError):
 
 
 class ContractError(LayerkitError):
-    """A layer breaks a claim of the layer contract: names the layer, the example, the contract member and the numbers."""
+    """A layer breaks a claim of the layer contract; the message names the layer, the example, the
+    contract member and the numbers."""
 
     exit_code = 1
 
