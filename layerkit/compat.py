@@ -162,9 +162,8 @@ class OldModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         # stacklevel 1 is this frame; the import machinery's own frames are skipped, so 2 is the import line
         _warn(module.__name__, moved.use, stacklevel=2)
         names = moved.bindings()
-        module.__dict__.update({name: moved.resolve(name) for name in names})
+        module.__dict__.update({name: moved.resolve(name) for name in names}, __all__=list(names))
         module.__doc__ = f"Deprecated alias of the first release's {module.__name__}: use {moved.use}."
-        module.__all__ = list(names)
 
 
 FINDER = OldModuleFinder()

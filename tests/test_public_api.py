@@ -23,7 +23,11 @@ OLD_NAMES = [(old, name) for old, moved in sorted(compat.MOVED.items()) for name
 
 
 def test_plugin_author_names_are_the_layer_api_objects():
-    from layerkit import Coupling as C, Example as E, Layer as L, ParamSpec as P, hookimpl  # noqa: N817
+    from layerkit import Coupling as C  # noqa: N817
+    from layerkit import Example as E  # noqa: N817
+    from layerkit import Layer as L  # noqa: N817
+    from layerkit import ParamSpec as P  # noqa: N817
+    from layerkit import hookimpl
 
     assert (L, E, P, C) == (Layer, Example, ParamSpec, Coupling)
     assert (layerkit.LayerkitError, layerkit.ShapeError, layerkit.ContractError) == (
@@ -107,7 +111,9 @@ def test_documented_path_warns_and_gives_the_new_object(fresh, old, name, new, n
 
 def test_the_first_release_import_line_works(fresh):
     with pytest.warns(DeprecationWarning, match=re.escape("use `from layerkit import Layer, Example, ParamSpec`")):
-        from layerkit.layer import Example as OldExample, Layer as OldLayer, ParamSpec as OldParamSpec
+        from layerkit.layer import Example as OldExample
+        from layerkit.layer import Layer as OldLayer
+        from layerkit.layer import ParamSpec as OldParamSpec
     assert (OldLayer, OldExample, OldParamSpec) == (Layer, Example, ParamSpec)
 
 
