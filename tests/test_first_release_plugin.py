@@ -44,7 +44,9 @@ def run(site: Path, *args: str, cwd: Path | None = None) -> subprocess.Completed
                # layerkit-activations, installed next to it, registers a "swish" too: the README's plugin
                # would clash with it (as documented), so it is switched off the first release's way
                LAYERKIT_DISABLE_PLUGINS="activations")
-    env.pop("PYTHONWARNINGS", None)
+    env["XDG_CACHE_HOME"] = str(site / "cache")  # the embedded MNIST sample, whatever the machine has cached
+    for name in ("PYTHONWARNINGS", "LAYERKIT_DATA_DIR", "LAYERKIT_PLUGINS"):
+        env.pop(name, None)
     done = subprocess.run([sys.executable, "-W", "error", "-W", "always::DeprecationWarning", *args],
                           capture_output=True, text=True, env=env, cwd=cwd or site, timeout=300)
     assert done.returncode == 0, f"{args}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"

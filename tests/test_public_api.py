@@ -44,6 +44,12 @@ def test_every_root_name_is_importable(name):
     assert getattr(layerkit, name) is not None
 
 
+def test_star_import_gives_every_root_name():
+    namespace: dict = {}
+    exec("from layerkit import *", namespace)  # noqa: S102
+    assert set(layerkit.__all__) <= set(namespace) and namespace["Layer"] is Layer
+
+
 def test_all_lists_the_root_names():
     public = {n for n in dir(layerkit) if not n.startswith("_") and not isinstance(getattr(layerkit, n), type(re))}
     assert public | {"__version__"} == set(layerkit.__all__)
