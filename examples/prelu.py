@@ -10,7 +10,7 @@ plugins claiming one name make it unusable.
 
 import numpy as np
 
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec
+from layerkit import Coupling, Example, Layer, ParamSpec
 
 
 class PReLU(Layer):

@@ -1,1 +1,6 @@
 """Gradient checking: numerics, per-layer checks, whole-model checks, rendering."""
+
+from layerkit.compat import moved_attributes
+
+#: the first release's module of this name: its names still work here, with a DeprecationWarning
+__getattr__ = moved_attributes(__name__)

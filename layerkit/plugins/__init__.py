@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from layerkit.compat import moved_attributes
+
 if TYPE_CHECKING:
     from layerkit.plugins.registry import Registry
 
@@ -18,3 +20,7 @@ def registry_or_global(registry: Registry | None = None) -> Registry:
     from layerkit.plugins.manager import get_registry
 
     return get_registry()
+
+
+#: the first release's module of this name: its names still work here, with a DeprecationWarning
+__getattr__ = moved_attributes(__name__)

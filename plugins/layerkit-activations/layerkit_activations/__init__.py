@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 import layerkit
-from layerkit.nn.layer import Coupling, Example, Layer
+from layerkit import Coupling, Example, Layer
 
 __version__ = "0.1.0"
 
