@@ -96,11 +96,15 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         t0 = time.perf_counter()
         opt.step([grads[n][t] for n, t in keys])
         extra["optimizer"].append(time.perf_counter() - t0)
-    med = lambda xs: 1e3 * float(np.median(xs[3:]))
-    rows = [(f"{n.name} ({n.layer.type}{', after the pool' if moved else ''})", med(fwd[n.name]),
-             med(bwd[n.name]) if bwd[n.name] else 0.0) for n, moved in zip(nodes, model.pool_first)]
-    rows += [(name, med(times), 0.0) for name, times in extra.items()]
+    rows = [(f"{n.name} ({n.layer.type}{', after the pool' if moved else ''})", _median_ms(fwd[n.name]),
+             _median_ms(bwd[n.name]) if bwd[n.name] else 0.0) for n, moved in zip(nodes, model.pool_first, strict=True)]
+    rows += [(name, _median_ms(times), 0.0) for name, times in extra.items()]
     return rows
+
+
+def _median_ms(seconds: list[float]) -> float:
+    """The median in milliseconds, leaving out the three warm-up steps."""
+    return 1e3 * float(np.median(seconds[3:]))
 
 
 def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None) -> list[tuple[str, float, float]]:
@@ -121,7 +125,7 @@ def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None)
     for step in range(steps + 3):
         plan = model.inference_plan()
         values = [data.x_train[step * batch:(step + 1) * batch]]
-        for i, (node, (alias, params, inplace)) in enumerate(zip(model.nodes, plan)):
+        for i, (node, (alias, params, inplace)) in enumerate(zip(model.nodes, plan, strict=True)):
             t0 = time.perf_counter()
             if alias >= 0:
                 y = values[alias]
@@ -138,13 +142,12 @@ def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None)
                 y = run(model.params[act.name], y, model.state[act.name])
                 times[act.name].append(time.perf_counter() - t0)
             values.append(y)
-    med = lambda xs: 1e3 * float(np.median(xs[3:]))
 
     def how(alias, inplace, moved):
         return " after the pool" if moved else " folded" if alias >= 0 else " in place" if inplace else ""
 
-    return [(f"{n.name} ({n.layer.type}){how(alias, inplace, moved)}", med(times[n.name]), 0.0)
-            for n, (alias, _, inplace), moved in zip(model.nodes, plan, model.pool_first)]
+    return [(f"{n.name} ({n.layer.type}){how(alias, inplace, moved)}", _median_ms(times[n.name]), 0.0)
+            for n, (alias, _, inplace), moved in zip(model.nodes, plan, model.pool_first, strict=True)]
 
 
 def main() -> None:
@@ -157,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = (profile_infer if args.infer else profile)(args.model, args.batch, args.steps, args.data_dir)
     total = sum(f + b for _, f, b in rows)
-    print(f"| layer | forward ms | backward ms | share |\n|---|---:|---:|---:|")
+    print("| layer | forward ms | backward ms | share |\n|---|---:|---:|---:|")
     for name, f, b in rows:
         print(f"| {name} | {f:.2f} | {b:.2f} | {100 * (f + b) / total:.0f}% |")
     print(f"| **total** | | | {total:.1f} ms/batch = {args.batch / total * 1e3:,.0f} img/s |")

@@ -113,7 +113,11 @@ def test_exported_graph_takes_raw_uint8_images_and_names_its_outputs():
     (graph_input,) = proto.graph.input
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
-    with pytest.raises(Exception):  # float input to a uint8 graph is refused, not misread
+    (probs_of_raw,) = _run(proto, {"input": raw})[1:]
+    assert probs_of_raw.shape == (4, 10)
+    # float input to a uint8 graph is refused by onnxruntime's type check, not misread (nor failing elsewhere)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                       match=r"Unexpected input data type.*expected: \(tensor\(uint8\)\)"):
         _run(proto, {"input": raw.astype(np.float32)})
 
 

@@ -127,6 +127,7 @@ GOOD = Preprocessing.fit(RNG.random((20, 2, 3, 3)).astype(np.float32), "standard
     (lambda d: d.update(class_names=[1, 2]), "class_names"),
     (lambda d: d.update(format=99), "format"),
     (lambda d: d.update(stat_shape=[5, 1, 1], mean=[0.0] * 5, std=[1.0] * 5), "stat_shape"),
+    (lambda d: d.update(stat_shape=[2]), "stat_shape"),  # per channel, but would broadcast over the width
 ])
 def test_tampered_records_are_refused_naming_file_and_field(change, field, tmp_path):
     data = json.loads(json.dumps(GOOD))

@@ -21,7 +21,7 @@ import numpy as np
 from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE
 from layerkit.data.preprocess import Preprocessing, check_numeric, to_model_layout
 from layerkit.errors import DataError, LayerkitError
-from layerkit.fileio import save_npz_atomic, write_text_atomic
+from layerkit.fileio import write_text_atomic
 from layerkit.modelfile.build import build_model
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
 from layerkit.nn.model import load_npz

@@ -8,6 +8,7 @@ pickled numpy array needs. Anything else in the stream (``os.system``,
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import math
@@ -147,14 +148,21 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def _not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError) -> DataError:
+    """The error for undecodable CSV bytes, naming the byte and its offset in the file."""
+    # the utf-8-sig codec counts from after the byte-order mark; the file's offset counts it
+    start = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+    return DataError(f"{path}: not UTF-8 text (byte 0x{data[start]:02x} at offset {start}); "
+                     f"save it as UTF-8 (or plain ASCII) CSV")
+
+
 def read_csv_text(path: Path) -> str:
     """A CSV file's text: UTF-8 with or without a byte-order mark, any line ending."""
     data = read_bytes(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                        f"save it as UTF-8 (or plain ASCII) CSV") from None
+        raise _not_utf8(path, data, exc) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -168,10 +176,10 @@ def csv_has_labels(path: Path) -> bool:
     try:
         return head.decode("utf-8-sig", errors="strict").startswith("label,")
     except UnicodeDecodeError as exc:
-        if exc.start >= len(head) - 3:  # a multi-byte character cut by the 64-byte read
-            return head[:exc.start].decode("utf-8-sig").startswith("label,")
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{head[exc.start]:02x} at offset {exc.start}); "
-                        f"save it as UTF-8 (or plain ASCII) CSV") from None
+        bom = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
+        if bom + exc.start >= len(head) - 3:  # a multi-byte character cut by the 64-byte read
+            return head[:bom + exc.start].decode("utf-8-sig").startswith("label,")
+        raise _not_utf8(path, head, exc) from None
 
 
 def read_label_csv(path: Path, width: int = 784) -> tuple[np.ndarray, np.ndarray]:

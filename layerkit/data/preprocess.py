@@ -229,7 +229,8 @@ class Preprocessing:
                     raise bad(key, f"expected {n} finite numbers")
             if any(v <= 0 for v in std):
                 raise bad("std", "standard deviations must be positive")
-            if len(stat_shape) > len(shape) or any(s not in (1, d) for s, d in zip(stat_shape, shape)):
+            # one statistic per axis of the input: numpy would align a shorter shape from the right
+            if len(stat_shape) != len(shape) or any(s not in (1, d) for s, d in zip(stat_shape, shape, strict=True)):
                 raise bad("stat_shape", f"{stat_shape} does not broadcast over the input shape {shape}")
         elif (stat_shape, mean, std) != (None, None, None):
             raise bad("mean", "statistics are only stored with normalize 'standardize'")

@@ -192,7 +192,8 @@ def layer_to_onnx(layer, input_shapes: Sequence[Sequence[int]], params: dict, st
     out_shape = layer.output_shape(tuple(input_shapes[0]) if single else [tuple(s) for s in input_shapes])
     graph = onnx.helper.make_graph(
         g.nodes, layer.type,
-        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", *s]) for n, s in zip(names, input_shapes)],
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", *s])
+         for n, s in zip(names, input_shapes, strict=True)],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", *out_shape])],
         initializer=g.initializers)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
