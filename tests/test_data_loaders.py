@@ -46,6 +46,16 @@ def write_idx_set(directory, n_train=30, n_test=10, gz=True):
     return arrays
 
 
+def test_an_idx_file_gone_after_the_search_is_named(tmp_path):
+    from layerkit.data.builtin import Mnist
+
+    write_idx_set(tmp_path / "mnist")
+    found = Mnist().find(tmp_path / "mnist")
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()  # removed between find() and read()
+    with pytest.raises(DataError, match=r"mnist: no t10k-labels-idx1-ubyte file \(nor t10k-labels-idx1-ubyte.gz\)"):
+        Mnist().read(found)
+
+
 def test_builtin_datasets_are_registered(registry):
     assert {"mnist", "fashion_mnist", "mnist_npz", "mnist_pkl", "kaggle_digits", "cifar10", "npz"} \
         <= set(registry.names("dataset"))

@@ -14,7 +14,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -41,14 +41,14 @@ class History:
     epochs: list[dict] = field(default_factory=list)
 
     @property
-    def history(self) -> dict[str, list[float]]:
-        """Per key, the values of every epoch (Keras's ``history.history``)."""
+    def history(self) -> dict[str, list[float | None]]:
+        """Per key, the values of every epoch (Keras's ``history.history``); None for an epoch without it."""
         keys: list[str] = []
         for record in self.epochs:
             keys += [k for k in record if k not in keys]
         return {k: [r.get(k) for r in self.epochs] for k in keys if k != "epoch"}
 
-    def __getitem__(self, key: str) -> list[float]:
+    def __getitem__(self, key: str) -> list[float | None]:
         return self.history[key]
 
     def __len__(self) -> int:
@@ -255,8 +255,10 @@ def layer_table(graph, title: str | None = None):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"),
-                            ("output shape", "left"), ("params", "right"), ("FLOPs", "right")):
+    columns: list[tuple[str, Literal["left", "right"]]] = [
+        ("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"), ("output shape", "left"),
+        ("params", "right"), ("FLOPs", "right")]
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     table.add_row("", "input", "", "", str(graph.input_shape), "", "")
     for node in graph.nodes:

@@ -49,7 +49,12 @@ class IdxDataset(Dataset):
         return None
 
     def read(self, found):
-        paths = [idx_path(found, stem) for stem in IDX_FILES]
+        paths = []
+        for stem in IDX_FILES:  # find() saw all four; one may have gone since
+            path = idx_path(found, stem)
+            if path is None:
+                raise DataError(f"{found}: no {stem} file (nor {stem}.gz)")
+            paths.append(path)
         x_train, y_train = read_idx(paths[0], 3), read_idx(paths[1], 1)
         x_test, y_test = read_idx(paths[2], 3), read_idx(paths[3], 1)
         for images, labels, ip, lp in ((x_train, y_train, paths[0], paths[1]), (x_test, y_test, paths[2], paths[3])):

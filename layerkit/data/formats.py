@@ -24,7 +24,7 @@ from layerkit.data.idx import read_bytes
 try:  # numpy 2 renamed numpy.core to numpy._core
     from numpy._core.multiarray import _reconstruct as _RECONSTRUCT
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct as _RECONSTRUCT
+    from numpy.core.multiarray import _reconstruct as _RECONSTRUCT  # type: ignore[no-redef]
 
 
 def _latin1_encode(text, encoding="latin1"):
