@@ -34,6 +34,8 @@ from layerkit.fileio import file_mode
 
 @dataclass(frozen=True)
 class Source:
+    """Where a downloadable dataset's files are published, and the SHA-256 each must have."""
+
     url_base: str
     sha256: dict[str, str]  # file name -> SHA-256 of the gunzipped contents
     #: file name -> SHA-256 of the file as published at ``url_base`` (pooch checks it)

@@ -15,6 +15,7 @@ import math
 import pickle
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,14 +82,17 @@ ALLOWED_GLOBALS = {
 
 
 class SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
+    """An unpickler that builds numpy arrays and plain containers and refuses every other global,
+    so a data file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays (and tuples, "
                                          f"lists and dicts of them) are allowed") from None
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refusing a persistent id: only numpy arrays are allowed")
 
 

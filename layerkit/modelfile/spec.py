@@ -38,6 +38,9 @@ DEFAULT_LOSS = "softmax_cross_entropy"
 
 @dataclass
 class LayerSpec:
+    """One entry of a model file's ``layers``, validated: position, name, type, the names it reads
+    and its hyper-parameters with the defaults filled in."""
+
     index: int
     name: str
     type: str
@@ -46,11 +49,15 @@ class LayerSpec:
 
     @property
     def label(self) -> str:
+        """``'conv1' (conv2d)``: how messages name the layer."""
         return f"{self.name!r} ({self.type})"
 
 
 @dataclass
 class ModelSpec:
+    """A model file, validated against the schema and the installed plugins: the layers, the output,
+    the loss and the training section with its defaults filled in (``raw`` keeps the file as read)."""
+
     name: str
     input_shape: tuple[int, ...]
     layers: list[LayerSpec]
@@ -61,6 +68,7 @@ class ModelSpec:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerSpec:
+        """The layer called ``name`` (KeyError if none)."""
         for layer in self.layers:
             if layer.name == name:
                 return layer

@@ -16,6 +16,8 @@ from layerkit.nn.layer import RESERVED_INPUT
 
 
 class Wired(Protocol):
+    """What the wiring checks read of a layer entry (a :class:`~layerkit.modelfile.spec.LayerSpec` has it)."""
+
     index: int
     name: str
     type: str
