@@ -4,7 +4,6 @@ with an underscore has a docstring (read from the source with ast, so nothing is
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
