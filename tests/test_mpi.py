@@ -1,8 +1,8 @@
 """Data-parallel training over MPI ranks (`mpiexec -n 2`): the same training as one process,
 resumable bit for bit, and no rank left hanging when another one fails.
 
-Needs the `mpi` extra (mpi4py and an MPI with `mpiexec`); each launch costs ~2 s, so each
-test launches once and checks several things."""
+Needs the `mpi` extra (mpi4py and an MPI with `mpiexec`); starting MPI ranks dominates these
+tests' time, so each test launches once and checks several things."""
 
 from __future__ import annotations
 
@@ -137,8 +137,9 @@ def test_two_ranks_train_as_one_process_and_resume_bit_identically(tmp_path, mon
     # the logged losses too: every epoch, summed over all 4 shares (a rank's workers left out would halve them)
     assert [r["epoch"] for r in h_x2] == [r["epoch"] for r in h_forked4] == [1, 2]
     assert [r["train_loss"] for r in h_x2] == pytest.approx([r["train_loss"] for r in h_forked4], rel=1e-4)
-    # against one process: float32 rounding of another summation order (measured 5e-7 on
-    # 2026-11-30; a missing share or an unsynchronised batch norm is off by 1e-2 and more)
+    # against one process: float32 rounding of another summation order stays far below the bound
+    # (docs/performance.md has the measured value); a missing share or an unsynchronised batch norm
+    # is off by 1e-2 and more
     print(f"max relative difference, 2 ranks vs one process: {max_rel_diff(w_quiet, w_one):.2e}")
     assert max_rel_diff(w_quiet, w_one) < 1e-4
     assert h_quiet[-1]["train_loss"] == pytest.approx(h_one[-1]["train_loss"], rel=1e-4)
