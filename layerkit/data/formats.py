@@ -15,7 +15,7 @@ import math
 import pickle
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct as _RECONSTRUCT  # type: ignore[no-redef]
 
 
-def _latin1_encode(text, encoding="latin1"):
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """Protocol-2 pickles written by Python 3 carry an array's raw bytes as
     ``_codecs.encode(text, "latin1")``; only that exact use is allowed."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -36,7 +36,7 @@ def _latin1_encode(text, encoding="latin1"):
     return text.encode("latin1")
 
 
-def _reconstruct(subtype, shape, typecode):
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> Any:
     """numpy pickles an array as an empty one plus ``__setstate__``; only that empty start is allowed,
     so a pickle cannot make numpy allocate an array of any size it names."""
     if subtype is not np.ndarray or not isinstance(shape, tuple) or math.prod(_dims(shape)) != 0:
@@ -44,7 +44,7 @@ def _reconstruct(subtype, shape, typecode):
     return _RECONSTRUCT(subtype, shape, typecode)
 
 
-def _frombuffer(buffer, dtype, shape, order):
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     """Protocol 5 pickles an array as its raw bytes plus dtype, shape and order; the sizes must agree."""
     if isinstance(buffer, pickle.PickleBuffer):
         buffer = buffer.raw()
@@ -56,7 +56,7 @@ def _frombuffer(buffer, dtype, shape, order):
     return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
 
 
-def _dtype(*args):
+def _dtype(*args: Any) -> np.dtype:
     dtype = np.dtype(*args[:1])  # align/copy flags do not change what is read
     if dtype.hasobject:
         raise pickle.UnpicklingError("refusing an object array (only numbers are allowed)")
@@ -96,7 +96,7 @@ class SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing a persistent id: only numpy arrays are allowed")
 
 
-def safe_unpickle(path: str | Path, encoding: str = "latin1"):
+def safe_unpickle(path: str | Path, encoding: str = "latin1") -> Any:
     """Unpickle a (possibly gzipped) file that may only contain numpy arrays and plain containers."""
     data = read_bytes(path)
     try:
@@ -110,7 +110,7 @@ def safe_unpickle(path: str | Path, encoding: str = "latin1"):
         raise DataError(f"{path}: not enough memory to unpickle it") from None
 
 
-def _array(value, source: str, what: str) -> np.ndarray:
+def _array(value: Any, source: str, what: str) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         try:
             value = np.asarray(value)
@@ -121,7 +121,7 @@ def _array(value, source: str, what: str) -> np.ndarray:
     return value
 
 
-def read_nielsen_pickle(path: Path):
+def read_nielsen_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Nielsen's ``mnist.pkl.gz``: ``(train, validation, test)``, each ``(x (N,784) float, y (N,))``.
     Training and validation are joined: ``training.data.validation_split`` makes the held-out part."""
     obj = safe_unpickle(path)
@@ -208,7 +208,8 @@ def read_label_csv(path: Path, width: int = 784) -> tuple[np.ndarray, np.ndarray
     return pixels.astype(np.uint8), table[:, 0]
 
 
-def read_npz_splits(path: Path, keys=("x_train", "y_train", "x_test", "y_test")) -> tuple[np.ndarray, ...]:
+def read_npz_splits(path: Path, keys: Sequence[str] = ("x_train", "y_train", "x_test", "y_test")
+                    ) -> tuple[np.ndarray, ...]:
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in keys if k not in data.files]

@@ -16,10 +16,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerkit.errors import DataError
 from layerkit.fileio import read_json_record, record_path, write_text_atomic
+
+if TYPE_CHECKING:
+    from layerkit.data import DataSplits
 
 FORMAT = 1
 FILE_NAME = "data.json"
@@ -60,7 +63,7 @@ class DataRecord:
         return self.location is None
 
     @classmethod
-    def of(cls, dataset: str, splits, options: dict | None, seed: int) -> "DataRecord":
+    def of(cls, dataset: str, splits: DataSplits, options: dict | None, seed: int) -> "DataRecord":
         """The record of ``splits`` (a :class:`~layerkit.data.DataSplits`) just loaded."""
         options = options or {}
         files = splits.fingerprint

@@ -84,7 +84,7 @@ def parse_json(text: str, source: str) -> Any:
     """Strict JSON: no NaN/Infinity, no duplicate keys (both are silent surprises otherwise)."""
     duplicates: list[str] = []
 
-    def pairs(items):
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         seen = {}
         for key, value in items:
             if key in seen:
@@ -92,7 +92,7 @@ def parse_json(text: str, source: str) -> Any:
             seen[key] = value
         return seen
 
-    def constant(name):
+    def constant(name: str) -> Any:
         raise ValueError(name)
 
     try:
