@@ -99,11 +99,15 @@ def profile(model_file: str, batch: int, steps: int, data_dir: str | None) -> li
         t0 = time.perf_counter()
         opt.step([grads[n][t] for n, t in keys])
         extra["optimizer"].append(time.perf_counter() - t0)
-    med = lambda xs: 1e3 * float(np.median(xs[3:]))
-    rows = [(f"{r.name} ({r.layer.type}{', after the pool' if r.runs_after_pool else ''})", med(fwd[r.name]),
-             med(bwd[r.name]) if bwd[r.name] else 0.0) for r in model.plan.nodes]
-    rows += [(name, med(times), 0.0) for name, times in extra.items()]
+    rows = [(f"{r.name} ({r.layer.type}{', after the pool' if r.runs_after_pool else ''})", _median_ms(fwd[r.name]),
+             _median_ms(bwd[r.name]) if bwd[r.name] else 0.0) for r in model.plan.nodes]
+    rows += [(name, _median_ms(times), 0.0) for name, times in extra.items()]
     return rows
+
+
+def _median_ms(seconds: list[float]) -> float:
+    """The median in milliseconds, leaving out the three warm-up steps."""
+    return 1e3 * float(np.median(seconds[3:]))
 
 
 def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None) -> list[tuple[str, float, float]]:
@@ -142,7 +146,6 @@ def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None)
                 y = run(model.params[act.name], y, model.state[act.name])
                 times[act.name].append(time.perf_counter() - t0)
             values.append(y)
-    med = lambda xs: 1e3 * float(np.median(xs[3:]))
 
     def how(rec) -> str:
         if rec.runs_after_pool:
@@ -151,7 +154,7 @@ def profile_infer(model_file: str, batch: int, steps: int, data_dir: str | None)
             return " folded"
         return " in place" if rec.infer is InferCall.INFER_INPLACE else ""
 
-    return [(f"{r.name} ({r.layer.type}){how(r)}", med(times[r.name]), 0.0) for r in plan.nodes]
+    return [(f"{r.name} ({r.layer.type}){how(r)}", _median_ms(times[r.name]), 0.0) for r in plan.nodes]
 
 
 def main() -> None:

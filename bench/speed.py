@@ -397,7 +397,7 @@ def main() -> int:
 
     matmul = run_child(["--child", "matmul", *common], args.threads)
     rows, results, infer = [], {}, {}
-    for net, (model_file, batch, sizes) in NETS.items():
+    for net, (_, batch, sizes) in NETS.items():
         images = sizes[size]
         lk, th = pair("train", net, images)
         lk_rate, th_rate = rate(lk), rate(th)
@@ -448,7 +448,8 @@ def main() -> int:
     mm = matmul.get("gflops")
     print(f"\n{'CPU time of the measured process' if CLOCK == 'cpu_seconds' else 'wall time'}: "
           f"median of {repeats} timed epochs (inference: passes) after one warm-up{_rounds(args.rounds)}, each "
-          f"framework x net in its own process; training FLOPs = 3 x Graph.flops; {MATMUL_N}x{MATMUL_N} float32 numpy matmul "
+          f"framework x net in its own process; training FLOPs = 3 x Graph.flops; "
+          f"{MATMUL_N}x{MATMUL_N} float32 numpy matmul "
           f"{fmt(mm, '.1f')} GFLOP/s, same threads.")
     if grads.returncode != 0:
         print(f"note: check-grads exited with {grads.returncode}: {grads.stderr.strip()[-300:]}", file=sys.stderr)

@@ -6,7 +6,6 @@ benchmark compares like with like: every built-in layer of a sequential net
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch

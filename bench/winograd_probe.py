@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -61,12 +62,13 @@ def output_transform(m, n, h, w):
     return y
 
 
-def median_ms(fn, repeats):
-    fn()
+def median_ms(fn: Callable[..., object], repeats: int, *args: object) -> float:
+    """``fn(*args)``'s median wall time in milliseconds over ``repeats`` calls, after one warm-up call."""
+    fn(*args)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        fn(*args)
         times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 
@@ -87,13 +89,13 @@ def main() -> None:
         conv.filters, conv.kernel_size, conv.stride, conv.padding = f, 3, 1, "same"
         conv.dilation, conv.groups, conv.use_bias = 1, 1, False
         params = {"W": w}
-        im2col_ms = median_ms(lambda: conv.infer(params, x), args.repeats)
+        im2col_ms = median_ms(conv.infer, args.repeats, params, x)
         u = weights(w)
         v = input_transform(x)
         mm = np.matmul(u, v)
-        t_in = median_ms(lambda: input_transform(x), args.repeats)
-        t_gemm = median_ms(lambda: np.matmul(u, v), args.repeats)
-        t_out = median_ms(lambda: output_transform(mm, args.batch, hw, hw), args.repeats)
+        t_in = median_ms(input_transform, args.repeats, x)
+        t_gemm = median_ms(np.matmul, args.repeats, u, v)
+        t_out = median_ms(output_transform, args.repeats, mm, args.batch, hw, hw)
         diff = float(np.abs(output_transform(mm, args.batch, hw, hw) - conv.infer(params, x)).max())
         print(f"| {c} -> {f}, {hw}x{hw} | {im2col_ms:.1f} | {t_in:.1f} / {t_gemm:.1f} / {t_out:.1f} / "
               f"**{t_in + t_gemm + t_out:.1f}** | {diff:.1e} |")

@@ -46,7 +46,7 @@ def why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None], what: str = "file") -> None:
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object], what: str = "file") -> None:
     """Create ``path`` through ``write(f)`` on a temporary file, then rename it into place."""
     path = Path(path)
     tmp = None
@@ -70,14 +70,16 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None], what: str
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, what: str = "file") -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring)."""
     write_atomic(path, lambda f: f.write(data), what)
 
 
 def write_text_atomic(path: str | Path, text: str, what: str = "file") -> None:
+    """Write ``text`` to ``path`` as UTF-8, atomically (see the module docstring)."""
     write_atomic(path, lambda f: f.write(text.encode("utf-8")), what)
 
 
-def save_npz_atomic(path: str | Path, arrays: dict, what: str = "weights file") -> None:
+def save_npz_atomic(path: str | Path, arrays: dict[str, Any], what: str = "weights file") -> None:
     """Write an uncompressed ``.npz`` atomically (see the module docstring)."""
     import numpy as np
 
@@ -100,13 +102,13 @@ def read_json_record(path: Path, what: str, limit: int = 16 << 20, missing: str 
     bytes; a :class:`DataError` naming the file for a missing, unreadable or damaged one."""
     try:
         with open(path, "rb") as f:
-            text = f.read(limit)
+            data = f.read(limit)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file{missing}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({why(exc)})") from None
     try:
-        text = text.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; the {what} is damaged") from None
     try:

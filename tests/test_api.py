@@ -40,7 +40,7 @@ def test_load_takes_a_path_a_shipped_name_or_a_dict(hermetic, tmp_path):  # noqa
     by_path = layerkit.load(MODELS_DIR / "cnn1.json")
     by_name = layerkit.load("cnn1")
     assert by_path.name == by_name.name == "cnn1" and by_path.param_count == 13_610
-    for a, b in zip(by_path.weights().values(), by_name.weights().values()):
+    for a, b in zip(by_path.weights().values(), by_name.weights().values(), strict=True):
         assert np.array_equal(a, b)  # the same seed, the same fresh weights
     assert layerkit.load(mlp_model()).input_shape == (1, 28, 28)
     with pytest.raises(LayerkitError, match="nope: no such file, nor a shipped model"):

@@ -32,7 +32,7 @@ def test_every_image_is_a_shift_of_itself_within_the_limit():
     y = random_shift(x, 2, np.random.default_rng(1))
     assert y.shape == x.shape and y.dtype == np.float32
     seen = set()
-    for image, out in zip(x, y):
+    for image, out in zip(x, y, strict=True):
         matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
                    if np.array_equal(out, shifted(image, dy, dx))]
         assert len(matches) == 1

@@ -44,7 +44,7 @@ def test_arrays_images_and_csv_give_the_api_answers(saved, tmp_path, capsys):
     assert [r["input"] for r in out[:7]] == [f"x.npy[{i}]" for i in range(6)] + ["x.npz[0]"]
     assert len(out) == 6 + 2 + 1 + 6
     expected = np.concatenate([want, want[:2], want[:1], want])
-    for record, row in zip(out, expected):
+    for record, row in zip(out, expected, strict=True):
         assert record["class"] == int(row.argmax()) and record["name"] == f"digit{record['class']}"
         assert [t["class"] for t in record["top"]] == list(np.argsort(-row, kind="stable")[:3])
         assert all(abs(t["probability"] - row[t["class"]]) <= 1e-6 for t in record["top"])

@@ -28,7 +28,7 @@ def server(tmp_path):
     arrays = (rng.integers(0, 256, (6, 28, 28)), np.arange(6) % 10, rng.integers(0, 256, (3, 28, 28)),
               np.arange(3))
     sums = {}
-    for stem, array in zip(IDX_FILES, arrays):
+    for stem, array in zip(IDX_FILES, arrays, strict=True):
         write_idx(root / f"{stem}.gz", array)
         raw = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape) \
             + np.asarray(array, dtype=np.uint8).tobytes()

@@ -41,9 +41,19 @@ def labels(n, k=10):
 def write_idx_set(directory, n_train=30, n_test=10, gz=True):
     directory.mkdir(parents=True, exist_ok=True)
     arrays = (images(n_train), labels(n_train), images(n_test), labels(n_test))
-    for stem, array in zip(IDX_FILES, arrays):
+    for stem, array in zip(IDX_FILES, arrays, strict=True):
         write_idx(directory / (stem + (".gz" if gz else "")), array)
     return arrays
+
+
+def test_an_idx_file_gone_after_the_search_is_named(tmp_path):
+    from layerkit.data.builtin import Mnist
+
+    write_idx_set(tmp_path / "mnist")
+    found = Mnist().find(tmp_path / "mnist")
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()  # removed between find() and read()
+    with pytest.raises(DataError, match=r"mnist: no t10k-labels-idx1-ubyte file \(nor t10k-labels-idx1-ubyte.gz\)"):
+        Mnist().read(found)
 
 
 def test_builtin_datasets_are_registered(registry):
@@ -158,7 +168,7 @@ def test_restricted_unpickling_refuses_arbitrary_classes(tmp_path):
 def test_kaggle_csv_holds_out_a_test_split(tmp_path, registry):
     x, y = images(40).reshape(40, 784), labels(40)
     rows = ["label," + ",".join(f"pixel{i}" for i in range(784))]
-    rows += [",".join(map(str, [int(lab), *px])) for lab, px in zip(y, x)]
+    rows += [",".join(map(str, [int(lab), *px])) for lab, px in zip(y, x, strict=True)]
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
     data = load_data("kaggle_digits", data_dir=tmp_path, registry=registry)
     assert len(data.x_train) == 36 and len(data.x_test) == 4

@@ -50,7 +50,8 @@ def test_normalisations():
 
 
 def test_image_shape_must_fit_the_model():
-    with pytest.raises(DataError, match=r"fake.npz: training images are \(60, 28, 28\).*model's input \(N, 3, 32, 32\)"):
+    with pytest.raises(DataError,
+                       match=r"fake.npz: training images are \(60, 28, 28\).*model's input \(N, 3, 32, 32\)"):
         prepare(raw(), input_shape=(3, 32, 32))
     flat = prepare(raw(), input_shape=(784,))  # same size: reshaped for a flat input
     assert flat.x_train.shape == (60, 784)

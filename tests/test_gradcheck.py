@@ -132,7 +132,7 @@ def test_inputs_and_parameters_not_modified():
     x = rng.standard_normal((2, 4))
     before = (x.copy(), params["W"].copy(), params["b"].copy())
     check_layer(dense, params, x)
-    assert all(np.array_equal(a, b) for a, b in zip(before, (x, params["W"], params["b"])))
+    assert all(np.array_equal(a, b) for a, b in zip(before, (x, params["W"], params["b"]), strict=True))
 
 
 @pytest.mark.parametrize("name", ["mlp.json", "resnet_mini.json", "lenet5.json"])

@@ -142,8 +142,9 @@ def test_memory_bombs_are_refused_before_allocation(tmp_path):
     one_line_error(*results[0], "conv.json", "scratch (im2col columns)", "--max-memory")
     one_line_error(*results[1], "conv.json", "scratch (im2col columns)")
     one_line_error(*results[2], "data.npz", "[1000000000]", "which no training sample has")
-    one_line_error(*results[3], "train-images-idx3-ubyte", "the header promises (2147483648, 2147483648, 4) = "
-                                                           "18,446,744,073,709,551,616 bytes", "LAYERKIT_MAX_DATA_BYTES")
+    one_line_error(*results[3], "train-images-idx3-ubyte",
+                   "the header promises (2147483648, 2147483648, 4) = 18,446,744,073,709,551,616 bytes",
+                   "LAYERKIT_MAX_DATA_BYTES")
     one_line_error(*results[4], "mnist.pkl.gz", "unpacks to more than", "LAYERKIT_MAX_DATA_BYTES")
     one_line_error(*results[5], "mnist.pkl", "refusing numpy _reconstruct other than an empty ndarray")
     one_line_error(*results[6], "/dev/zero", "larger than 16 MiB")
@@ -196,13 +197,30 @@ def test_csv_with_bom_and_crlf_loads(tmp_path):
     np.testing.assert_allclose(data.x_train.reshape(20, 784), x / 255, rtol=1e-6)
 
 
-def test_non_utf8_csv_is_refused_naming_the_file(tmp_path, capsys):
+def labelled_csv_with_latin1_row() -> bytes:
+    """A labelled test.csv whose header is plain ASCII (so it is read as a test split) and whose
+    third data row holds a Latin-1 byte, well past the header the label sniffing reads."""
+    text, _ = kaggle_csv(5)
+    lines = text.encode("ascii").split(b"\n")
+    lines[3] = lines[3].replace(b",", b",\xe9", 1)
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("test_csv, offset", [
+    (b"\xef\xbb\xbfl\xe9bel,pixel0\n1,2\n", "offset 4"),  # the header (after a BOM) is Latin-1
+    (labelled_csv_with_latin1_row(), None),  # a data row is Latin-1: found when the rows are read
+], ids=["header", "data-row"])
+def test_non_utf8_csv_is_refused_naming_the_file(tmp_path, capsys, test_csv, offset):
     text, _ = kaggle_csv()
     (tmp_path / "train.csv").write_text(text)
-    (tmp_path / "test.csv").write_bytes(b"pixel0,pixel1\n\xe9\xff,1\n")  # Latin-1 text: not UTF-8
-    (tmp_path / "test.csv").write_bytes(b"\xef\xbb\xbfl\xe9bel,pixel0\n1,2\n")
+    (tmp_path / "test.csv").write_bytes(test_csv)
     rc = main(["fit", str(model_file(tmp_path)), "--dataset", "kaggle_digits", "--data-dir", str(tmp_path)])
-    one_line_error(rc, capsys.readouterr().err, "test.csv: not UTF-8", "save it as UTF-8")
+    err = capsys.readouterr().err
+    one_line_error(rc, err, "test.csv: not UTF-8", "byte 0xe9", "save it as UTF-8")
+    if offset is None:  # the row's byte, not one the 64-byte header sniffing saw
+        offset = f"offset {test_csv.index(bytes([0xE9]))}"
+        assert test_csv.index(bytes([0xE9])) > 64
+    assert offset in err, err
 
 
 def test_channels_last_images_are_transposed_not_reshaped(tmp_path):

@@ -78,7 +78,8 @@ def test_cifar_nets_train_on_the_cifar_format(tmp_path, name, capsys):
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 1
 
 
-# lab_alexnet_kaggle is alexnet_mnist's net, which tests/test_cli_check.py checks already (5 s here)
+# lab_alexnet_kaggle is alexnet_mnist's net, which tests/test_cli_check.py checks already: checking the
+# largest net twice would only add time
 @pytest.mark.parametrize("name", [n for n in zoo.names() if n.startswith("lab_") and n != "lab_alexnet_kaggle"])
 def test_lab_nets_check_grads(name, capsys):
     assert main(["check-grads", name, "--samples", "3"]) == 0, capsys.readouterr().out

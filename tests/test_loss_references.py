@@ -91,8 +91,8 @@ def test_softmax_cross_entropy_options(config, kind):
     ref = ce_reference(target, config.get("class_weights"), config.get("ignore_index"),
                        config.get("label_smoothing", 0.0), config.get("reduction", "mean"))
     check(loss, out, target, ref)
-    assert (loss.sample_coupling == "none") == (config.get("reduction", "mean") == "mean" and "ignore_index" not in config
-                                                and "class_weights" not in config)
+    assert (loss.sample_coupling == "none") == (config.get("reduction", "mean") == "mean"
+                                                and "ignore_index" not in config and "class_weights" not in config)
 
 
 @pytest.mark.parametrize("config", [{}, {"class_weights": [1.0, 3.0, 0.5]}, {"ignore_index": 2},

@@ -131,7 +131,7 @@ def test_state_dict_round_trip_continues_identically(cls, hyper):
             opt.step([g * (step + 1) for g in grads()])
         return w, b
 
-    for a, b in zip(run(False), run(True)):
+    for a, b in zip(run(False), run(True), strict=True):
         assert np.array_equal(a, b)
 
 

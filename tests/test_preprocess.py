@@ -108,6 +108,16 @@ def test_non_real_inputs_are_refused(array, word):
         pre.apply(array, "x.npy")
 
 
+def test_statistics_are_those_standardizing_applies():
+    x = RNG.random((20, 2, 3, 3)).astype(np.float32)
+    pre = Preprocessing.fit(x, "standardize")
+    mean, inv = pre.statistics()
+    assert mean.shape == inv.shape == (2, 1, 1) and mean.dtype == inv.dtype == np.float32
+    np.testing.assert_array_equal(pre.transform(x), (x - mean) * inv)
+    with pytest.raises(DataError, match="no statistics"):
+        Preprocessing.fit(x, "unit").statistics()
+
+
 def test_non_finite_inputs_are_refused():
     pre = Preprocessing.fit(np.zeros((2, 4), np.float32))
     with pytest.raises(DataError, match="NaN or infinite"):
@@ -127,6 +137,7 @@ GOOD = Preprocessing.fit(RNG.random((20, 2, 3, 3)).astype(np.float32), "standard
     (lambda d: d.update(class_names=[1, 2]), "class_names"),
     (lambda d: d.update(format=99), "format"),
     (lambda d: d.update(stat_shape=[5, 1, 1], mean=[0.0] * 5, std=[1.0] * 5), "stat_shape"),
+    (lambda d: d.update(stat_shape=[2]), "stat_shape"),  # per channel, but would broadcast over the width
 ])
 def test_tampered_records_are_refused_naming_file_and_field(change, field, tmp_path):
     data = json.loads(json.dumps(GOOD))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -38,7 +39,7 @@ def test_cosine_from_base_towards_min():
     assert s.lr(0) == pytest.approx(0.1)
     assert s.lr(5) == pytest.approx(0.001 + 0.099 * 0.5)
     values = [s.lr(e) for e in range(10)]
-    assert all(a > b for a, b in zip(values, values[1:]))
+    assert all(a > b for a, b in itertools.pairwise(values))
     assert values[-1] > 0.001
 
 

@@ -105,7 +105,8 @@ def test_unknown_loss_and_optimizer_are_named(registry):
     lines = problems(data, registry)
     assert lines[0] == "m.json: loss.type: unknown loss type 'mse' (installed loss plugins: none)"
     assert lines[1] == "m.json: training.epochs: 0 is less than the minimum of 1"
-    assert lines[2] == "m.json: training.optimizer.type: unknown optimizer type 'sgd' (installed optimizer plugins: none)"
+    assert lines[2] == ("m.json: training.optimizer.type: unknown optimizer type 'sgd' "
+                        "(installed optimizer plugins: none)")
 
 
 def test_graph_problems_come_with_schema_problems(registry):

@@ -59,14 +59,16 @@ def test_cross_entropy(config):
 def test_cross_entropy_probability_rows_with_weights():
     rows = RNG.dirichlet(np.ones(4), size=7)
     assert_same(run(SoftmaxCrossEntropy(class_weights=W, label_smoothing=0.1), OUT, rows),
-                torch_loss_and_grad(lambda z: F.cross_entropy(z, torch.tensor(rows), weight=torch.tensor(W, dtype=torch.float64),
+                torch_loss_and_grad(lambda z: F.cross_entropy(z, torch.tensor(rows),
+                                                              weight=torch.tensor(W, dtype=torch.float64),
                                                               label_smoothing=0.1), OUT))
 
 
 @pytest.mark.parametrize("config", [{}, {"p": 2, "margin": 0.7, "class_weights": W}, {"reduction": "sum"}])
 def test_multi_margin(config):
     kwargs = {"p": config.get("p", 1), "margin": config.get("margin", 1.0),
-              "weight": torch.tensor(config["class_weights"], dtype=torch.float64) if "class_weights" in config else None,
+              "weight": (torch.tensor(config["class_weights"], dtype=torch.float64)
+                         if "class_weights" in config else None),
               "reduction": config.get("reduction", "mean")}
     assert_same(run(MulticlassHinge(**config), OUT, IDS),
                 torch_loss_and_grad(lambda z: F.multi_margin_loss(z, torch.tensor(IDS), **kwargs), OUT))
@@ -87,7 +89,8 @@ def test_elementwise(reduction):
          lambda z: F.binary_cross_entropy(z, t, weight=torch.tensor(W, dtype=torch.float64), reduction=reduction)),
         (BinaryCrossEntropyWithLogits(weight=W, pos_weight=[2.0, 0.5, 1.0, 3.0], reduction=reduction), OUT,
          lambda z: F.binary_cross_entropy_with_logits(z, t, weight=torch.tensor(W, dtype=torch.float64),
-                                                      pos_weight=torch.tensor([2.0, 0.5, 1.0, 3.0], dtype=torch.float64),
+                                                      pos_weight=torch.tensor([2.0, 0.5, 1.0, 3.0],
+                                                                              dtype=torch.float64),
                                                       reduction=reduction)),
     ]
     for loss, out, fn in cases:
@@ -123,14 +126,14 @@ def test_optimizer_steps(name, ours, theirs, clip):
     topt = tcls(tw, **theirs)
     for gs in grads:
         opt.step([g.copy() for g in gs])
-        for t, g in zip(tw, gs):
+        for t, g in zip(tw, gs, strict=True):
             t.grad = torch.tensor(g)
         if clip and "value" in clip:
             torch.nn.utils.clip_grad_value_(tw, clip["value"])
         if clip and "max_norm" in clip:
             torch.nn.utils.clip_grad_norm_(tw, clip["max_norm"])
         topt.step()
-    for w, t in zip(ws, tw):
+    for w, t in zip(ws, tw, strict=True):
         np.testing.assert_allclose(w, t.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
@@ -168,8 +171,8 @@ def test_prelu_and_softmax_axes():
                                lambda xt, p: F.prelu(xt, p["alpha"]))
     np.testing.assert_allclose(grads["alpha"], pts["alpha"].grad.numpy(), rtol=1e-11)
     for axis, dim in ((0, 1), (-1, 3), (1, 2)):
-        compare_layer(make(Softmax, axis=axis), {}, x, lambda xt, p: F.softmax(xt, dim=dim))
-        compare_layer(make(LogSoftmax, axis=axis), {}, x, lambda xt, p: F.log_softmax(xt, dim=dim))
+        compare_layer(make(Softmax, axis=axis), {}, x, lambda xt, p, dim=dim: F.softmax(xt, dim=dim))
+        compare_layer(make(LogSoftmax, axis=axis), {}, x, lambda xt, p, dim=dim: F.log_softmax(xt, dim=dim))
 
 
 def test_sigmoid_float32_tail():
@@ -229,7 +232,9 @@ def test_pooling(k, s, p, ceil):
                   lambda xt, _: F.max_pool2d(xt, k, s, p, ceil_mode=ceil))
     for include in (False, True):
         compare_layer(make(AvgPool2D, pool_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=include),
-                      {}, x, lambda xt, _: F.avg_pool2d(xt, k, s, p, ceil_mode=ceil, count_include_pad=include))
+                      {}, x,
+                      lambda xt, _, include=include: F.avg_pool2d(xt, k, s, p, ceil_mode=ceil,
+                                                                  count_include_pad=include))
     compare_layer(make(GlobalMaxPool2D), {}, x, lambda xt, _: F.adaptive_max_pool2d(xt, 1).flatten(1))
 
 
@@ -277,7 +282,7 @@ def test_torch_reference_translates_the_new_layers(tmp_path):
     ae = build_model(spec_from_dict(json.loads(ae_file.read_text())))
     tnet = torch_sequential(ae_file).double()
     convs = [m for m in tnet if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    for module, node in zip(convs, [n for n in ae.nodes if n.param_specs]):
+    for module, node in zip(convs, [n for n in ae.nodes if n.param_specs], strict=True):
         module.weight.data = torch.tensor(ae.params[node.name]["W"].astype(np.float64))
         module.bias.data = torch.tensor(ae.params[node.name]["b"].astype(np.float64))
     x = RNG.uniform(0, 1, (2, 1, 28, 28))

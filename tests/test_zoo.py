@@ -6,7 +6,6 @@ import json
 import re
 
 import jsonschema
-import pytest
 
 from conftest import ROOT
 from layerkit.cli import main

@@ -38,7 +38,7 @@ TRAIN_ROWS, TEST_ROWS = 42_000, 28_000
 def load_mnist(source: Path) -> tuple[np.ndarray, np.ndarray]:
     """All 70,000 images (N, 784) uint8 and labels, training set first."""
     arrays = {}
-    for key, stem in zip(("x_train", "y_train", "x_test", "y_test"), IDX_FILES):
+    for key, stem in zip(("x_train", "y_train", "x_test", "y_test"), IDX_FILES, strict=True):
         path = idx_path(source, stem)
         if path is None:
             raise SystemExit(f"{source}: no {stem} (.gz) file; pass --source DIR with the four MNIST IDX files")

@@ -14,18 +14,26 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
 from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE
 from layerkit.data.preprocess import Preprocessing, check_numeric, to_model_layout
 from layerkit.errors import DataError, LayerkitError
-from layerkit.fileio import save_npz_atomic, write_text_atomic
+from layerkit.fileio import write_text_atomic
 from layerkit.modelfile.build import build_model
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
 from layerkit.nn.network import load_npz
 from layerkit.training.trainer import Callback, Trainer, build_callbacks, build_loss, evaluate
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from layerkit.gradcheck.report import GradCheckReport
+    from layerkit.modelfile.shapes import Graph
+    from layerkit.nn.network import Network
+    from layerkit.plugins.registry import Registry
 
 MODEL_FILE = "model.json"
 WEIGHTS = "weights.npz"
@@ -41,14 +49,14 @@ class History:
     epochs: list[dict] = field(default_factory=list)
 
     @property
-    def history(self) -> dict[str, list[float]]:
-        """Per key, the values of every epoch (Keras's ``history.history``)."""
+    def history(self) -> dict[str, list[float | None]]:
+        """Per key, the values of every epoch (Keras's ``history.history``); None for an epoch without it."""
         keys: list[str] = []
         for record in self.epochs:
             keys += [k for k in record if k not in keys]
         return {k: [r.get(k) for r in self.epochs] for k in keys if k != "epoch"}
 
-    def __getitem__(self, key: str) -> list[float]:
+    def __getitem__(self, key: str) -> list[float | None]:
         return self.history[key]
 
     def __len__(self) -> int:
@@ -63,8 +71,8 @@ class History:
 class Model:
     """A network with its weights and preprocessing. Build one with :func:`load`."""
 
-    def __init__(self, spec: ModelSpec, net, preprocessing: Preprocessing | None = None, *,
-                 source: str = "<model>", registry=None) -> None:
+    def __init__(self, spec: ModelSpec, net: Network, preprocessing: Preprocessing | None = None, *,
+                 source: str = "<model>", registry: Registry | None = None) -> None:
         self.spec = spec
         self.net = net
         self.preprocessing = preprocessing
@@ -95,7 +103,7 @@ class Model:
     def param_count(self) -> int:
         return self.net.param_count
 
-    def summary(self, file=None) -> None:
+    def summary(self, file: IO[str] | None = None) -> None:
         """Print the layer table: output shapes, parameters, FLOPs (what ``layerkit summary`` prints)."""
         from rich.console import Console
 
@@ -250,13 +258,15 @@ class Model:
         return self.net.weights_dict()
 
 
-def layer_table(graph, title: str | None = None):
+def layer_table(graph: Graph, title: str | None = None) -> Table:
     """The rich table of ``layerkit summary`` and :meth:`Model.summary`: one row per layer."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"),
-                            ("output shape", "left"), ("params", "right"), ("FLOPs", "right")):
+    columns: list[tuple[str, Literal["left", "right"]]] = [
+        ("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"), ("output shape", "left"),
+        ("params", "right"), ("FLOPs", "right")]
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     table.add_row("", "input", "", "", str(graph.input_shape), "", "")
     for node in graph.nodes:
@@ -267,7 +277,7 @@ def layer_table(graph, title: str | None = None):
     return table
 
 
-def load(source: str | Path | dict, *, seed: int | None = None, registry=None) -> Model:
+def load(source: str | Path | dict, *, seed: int | None = None, registry: Registry | None = None) -> Model:
     """A :class:`Model` from a model file path, a shipped model's name (``"lenet5"``), a model dict,
     or a folder written by ``layerkit fit`` or :meth:`Model.save` (weights and preprocessing included).
     A model file starts from fresh weights (``seed``, default ``training.seed``)."""
@@ -282,7 +292,7 @@ def load(source: str | Path | dict, *, seed: int | None = None, registry=None) -
     return Model(spec, build_model(spec, seed=seed, registry=registry), source=name, registry=registry)
 
 
-def _load_dir(path: Path, registry=None) -> Model:
+def _load_dir(path: Path, registry: Registry | None = None) -> Model:
     model_file = path / MODEL_FILE
     if not model_file.is_file():
         raise LayerkitError(f"{path}: not a saved model or run directory (no {MODEL_FILE})")
@@ -309,7 +319,7 @@ def _load_dir(path: Path, registry=None) -> Model:
     return model
 
 
-def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *, registry=None
+def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *, registry: Registry | None = None
                  ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """``(x_train, y_train), (x_test, y_test)`` of a registered dataset as stored: raw values (``uint8``
     images for MNIST), labels as int64. Looked for as ``layerkit fit`` does (``data_dir``,
@@ -323,7 +333,7 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *, reg
 
 
 def check_grads(model: Model | str | Path | dict, *, batch_size: int = 2, samples: int = 32, seed: int = 0,
-                whole_model: bool = True, verbose: bool = True):
+                whole_model: bool = True, verbose: bool = True) -> GradCheckReport:
     """Check every layer's gradients (and the whole model's loss gradient) against central differences,
     in float64. Prints the report unless ``verbose=False``; returns it (``report.ok``, ``report.to_dict()``)."""
     from layerkit.gradcheck.report import check_model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 
@@ -18,6 +18,9 @@ from layerkit.plugins.registry import KINDS
 from layerkit.modelfile.schema import MODEL_SCHEMA, builtin_schema, composed_schema, params_schema_of
 from layerkit.cli import app
 from layerkit.cli.catalog import describe_param
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _DEFAULTS = SizeLimits()
 
@@ -38,7 +41,7 @@ def _limits(max_params: int, max_memory: Optional[str], batch_size: Optional[int
     return SizeLimits(max_params=max_params, max_activation_bytes=memory, batch_size=batch_size)
 
 
-def _console():
+def _console() -> Console:
     from rich.console import Console
     # a pipe or a test capture has no width; rich would otherwise squeeze tables to 80 columns
     return Console(width=None if sys.stdout.isatty() else 160, highlight=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -36,8 +35,7 @@ def models(ctx: typer.Context,
     from layerkit.modelfile.build import build_graph_from
 
     rows = []
-    for name in zoo.names():
-        path = zoo.shipped(name)
+    for name, path in sorted(zoo.files().items()):
         raw = json.loads(path.read_text(encoding="utf-8"))
         graph = build_graph_from(path)
         rows.append({"name": name, "task": _task(raw), "parameters": graph.param_count,

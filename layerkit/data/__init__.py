@@ -16,13 +16,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
 from layerkit.errors import DataError
 from layerkit.plugins import registry_or_global
 from layerkit.data.preprocess import Preprocessing, check_numeric, to_model_layout
+
+if TYPE_CHECKING:
+    from layerkit.plugins.registry import Registry
 
 DATA_DIR_ENV = "LAYERKIT_DATA_DIR"
 
@@ -170,7 +173,7 @@ class Dataset:
 
 # -- preparation -----------------------------------------------------------------
 
-def _check_images(x, source: str, split: str) -> np.ndarray:
+def _check_images(x: Any, source: str, split: str) -> np.ndarray:
     x = check_numeric(x, source, f"{split} images")
     if x.ndim < 2:
         raise DataError(f"{source}: {split} images have shape {x.shape}; expected (N, H, W), (N, C, H, W), "
@@ -197,7 +200,8 @@ def _check_labels(y: np.ndarray, n: int, source: str, split: str) -> np.ndarray:
     return y
 
 
-def _select_classes(x, y, classes: Sequence[int], source: str, split: str):
+def _select_classes(x: np.ndarray, y: np.ndarray, classes: Sequence[int], source: str, split: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
     # sorted lookup, not a table indexed by label: a class id of 10**9 must not allocate 8 GB
     wanted = np.asarray(classes, dtype=np.int64)
     order = np.argsort(wanted, kind="stable")
@@ -301,7 +305,8 @@ def _as_nchw(x: np.ndarray, source: str) -> np.ndarray:
 
 def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | None = None, seed: int = 0,
               input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
-              registry=None, embedded: bool = False, preprocessing: Preprocessing | None = None) -> DataSplits:
+              registry: Registry | None = None, embedded: bool = False,
+              preprocessing: Preprocessing | None = None) -> DataSplits:
     """Find, read and prepare the registered dataset ``name``. ``data_dir`` wins over
     ``options['data_dir']``; ``embedded`` reads the dataset's embedded sample whatever else is
     installed; ``preprocessing`` (a saved model's) is applied instead of fitting a new one."""

@@ -7,6 +7,8 @@ zero filled. One gather over the padded batch, no loop over samples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -25,7 +27,7 @@ def random_shift(x: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndar
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def augmenter(options: dict | None):
+def augmenter(options: dict | None) -> Callable[[np.ndarray, np.random.Generator], np.ndarray] | None:
     """``f(batch, rng) -> batch`` for the model file's ``training.data.augment``, or None."""
     shift = int((options or {}).get("shift", 0))
     if shift <= 0:

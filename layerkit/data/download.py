@@ -26,14 +26,19 @@ import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from layerkit.errors import DataError, RegistryError
 from layerkit.data import cache_dir
 from layerkit.fileio import file_mode
 
+#: ``progress(file name, bytes done, total bytes or None)``
+Progress = Callable[[str, int, int | None], None]
+
 @dataclass(frozen=True)
 class Source:
+    """Where a downloadable dataset's files are published, and the SHA-256 each must have."""
+
     url_base: str
     sha256: dict[str, str]  # file name -> SHA-256 of the gunzipped contents
     #: file name -> SHA-256 of the file as published at ``url_base`` (pooch checks it)
@@ -96,7 +101,7 @@ RETRIES = 2
 
 def download(name: str, dest: str | Path | None = None, url_base: str | None = None,
              sha256: dict[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT,
-             report: Callable[[str], None] | None = None, progress=None) -> Path:
+             report: Callable[[str], None] | None = None, progress: Progress | None = None) -> Path:
     """Download dataset ``name`` into ``dest`` (default: ``$LAYERKIT_DATA_DIR/NAME`` or the cache),
     skipping files already there and valid; all of it within ``timeout`` seconds. ``progress``
     is an optional ``progress(file, done_bytes, total_bytes_or_None)`` callback. Returns the directory."""
@@ -133,7 +138,7 @@ def download(name: str, dest: str | Path | None = None, url_base: str | None = N
 
 
 def _fetch_verified(url: str, target: Path, want: str, file_sum: str | None, deadline: float, timeout: float,
-                    progress) -> None:
+                    progress: Progress | None) -> None:
     import pooch
     import requests
 
@@ -184,7 +189,7 @@ class _Downloader:
     It reads whatever the server has sent so far (``read1``), so a server that trickles bytes
     still meets the deadline; a silent one meets the read timeout, which is the time left."""
 
-    def __init__(self, deadline: float, timeout: float, progress) -> None:
+    def __init__(self, deadline: float, timeout: float, progress: Progress | None) -> None:
         self.deadline, self.timeout, self.progress = deadline, timeout, progress
 
     def _left(self, url: str) -> float:
@@ -194,9 +199,10 @@ class _Downloader:
                             f"raise --timeout, or use a mirror with --url-base")
         return left
 
-    def __call__(self, url: str, output_file, pooch_instance=None) -> None:
-        close = not hasattr(output_file, "write")
-        out = open(output_file, "w+b") if close else output_file
+    def __call__(self, url: str, output_file: str | Path | BinaryIO, pooch_instance: object = None) -> None:
+        # pooch passes a path or an open file
+        close = isinstance(output_file, (str, os.PathLike))
+        out = open(output_file, "w+b") if isinstance(output_file, (str, os.PathLike)) else output_file
         try:
             if url.startswith("file://"):
                 self._copy_local(url, out)
@@ -206,7 +212,7 @@ class _Downloader:
             if close:
                 out.close()
 
-    def _copy_local(self, url: str, out) -> None:
+    def _copy_local(self, url: str, out: BinaryIO) -> None:
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
         try:
             with open(path, "rb") as f:
@@ -217,7 +223,7 @@ class _Downloader:
         except OSError as exc:
             raise DataError(f"{url}: download failed: {exc.strerror or exc}") from None
 
-    def _http(self, url: str, out) -> None:
+    def _http(self, url: str, out: BinaryIO) -> None:
         import requests
 
         left = self._left(url)
@@ -230,7 +236,7 @@ class _Downloader:
             raw = response.raw
             self._pump(url, lambda: raw.read1(CHUNK, decode_content=True), out, total)
 
-    def _pump(self, url: str, read, out, total) -> None:
+    def _pump(self, url: str, read: Callable[[], bytes], out: BinaryIO, total: int | None) -> None:
         done = 0
         name = url.rsplit("/", 1)[-1]
         while True:

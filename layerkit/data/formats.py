@@ -8,12 +8,14 @@ pickled numpy array needs. Anything else in the stream (``os.system``,
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import math
 import pickle
 import zlib
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -23,10 +25,10 @@ from layerkit.data.idx import read_bytes
 try:  # numpy 2 renamed numpy.core to numpy._core
     from numpy._core.multiarray import _reconstruct as _RECONSTRUCT
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct as _RECONSTRUCT
+    from numpy.core.multiarray import _reconstruct as _RECONSTRUCT  # type: ignore[no-redef]
 
 
-def _latin1_encode(text, encoding="latin1"):
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """Protocol-2 pickles written by Python 3 carry an array's raw bytes as
     ``_codecs.encode(text, "latin1")``; only that exact use is allowed."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -34,7 +36,7 @@ def _latin1_encode(text, encoding="latin1"):
     return text.encode("latin1")
 
 
-def _reconstruct(subtype, shape, typecode):
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> Any:
     """numpy pickles an array as an empty one plus ``__setstate__``; only that empty start is allowed,
     so a pickle cannot make numpy allocate an array of any size it names."""
     if subtype is not np.ndarray or not isinstance(shape, tuple) or math.prod(_dims(shape)) != 0:
@@ -42,7 +44,7 @@ def _reconstruct(subtype, shape, typecode):
     return _RECONSTRUCT(subtype, shape, typecode)
 
 
-def _frombuffer(buffer, dtype, shape, order):
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     """Protocol 5 pickles an array as its raw bytes plus dtype, shape and order; the sizes must agree."""
     if isinstance(buffer, pickle.PickleBuffer):
         buffer = buffer.raw()
@@ -54,7 +56,7 @@ def _frombuffer(buffer, dtype, shape, order):
     return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
 
 
-def _dtype(*args):
+def _dtype(*args: Any) -> np.dtype:
     dtype = np.dtype(*args[:1])  # align/copy flags do not change what is read
     if dtype.hasobject:
         raise pickle.UnpicklingError("refusing an object array (only numbers are allowed)")
@@ -80,18 +82,21 @@ ALLOWED_GLOBALS = {
 
 
 class SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
+    """An unpickler that builds numpy arrays and plain containers and refuses every other global,
+    so a data file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays (and tuples, "
                                          f"lists and dicts of them) are allowed") from None
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refusing a persistent id: only numpy arrays are allowed")
 
 
-def safe_unpickle(path: str | Path, encoding: str = "latin1"):
+def safe_unpickle(path: str | Path, encoding: str = "latin1") -> Any:
     """Unpickle a (possibly gzipped) file that may only contain numpy arrays and plain containers."""
     data = read_bytes(path)
     try:
@@ -105,7 +110,7 @@ def safe_unpickle(path: str | Path, encoding: str = "latin1"):
         raise DataError(f"{path}: not enough memory to unpickle it") from None
 
 
-def _array(value, source: str, what: str) -> np.ndarray:
+def _array(value: Any, source: str, what: str) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         try:
             value = np.asarray(value)
@@ -116,7 +121,7 @@ def _array(value, source: str, what: str) -> np.ndarray:
     return value
 
 
-def read_nielsen_pickle(path: Path):
+def read_nielsen_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Nielsen's ``mnist.pkl.gz``: ``(train, validation, test)``, each ``(x (N,784) float, y (N,))``.
     Training and validation are joined: ``training.data.validation_split`` makes the held-out part."""
     obj = safe_unpickle(path)
@@ -147,14 +152,21 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def _not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError) -> DataError:
+    """The error for undecodable CSV bytes, naming the byte and its offset in the file."""
+    # the utf-8-sig codec counts from after the byte-order mark; the file's offset counts it
+    start = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+    return DataError(f"{path}: not UTF-8 text (byte 0x{data[start]:02x} at offset {start}); "
+                     f"save it as UTF-8 (or plain ASCII) CSV")
+
+
 def read_csv_text(path: Path) -> str:
     """A CSV file's text: UTF-8 with or without a byte-order mark, any line ending."""
     data = read_bytes(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                        f"save it as UTF-8 (or plain ASCII) CSV") from None
+        raise _not_utf8(path, data, exc) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -168,10 +180,10 @@ def csv_has_labels(path: Path) -> bool:
     try:
         return head.decode("utf-8-sig", errors="strict").startswith("label,")
     except UnicodeDecodeError as exc:
-        if exc.start >= len(head) - 3:  # a multi-byte character cut by the 64-byte read
-            return head[:exc.start].decode("utf-8-sig").startswith("label,")
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{head[exc.start]:02x} at offset {exc.start}); "
-                        f"save it as UTF-8 (or plain ASCII) CSV") from None
+        bom = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
+        if bom + exc.start >= len(head) - 3:  # a multi-byte character cut by the 64-byte read
+            return head[:bom + exc.start].decode("utf-8-sig").startswith("label,")
+        raise _not_utf8(path, head, exc) from None
 
 
 def read_label_csv(path: Path, width: int = 784) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +208,8 @@ def read_label_csv(path: Path, width: int = 784) -> tuple[np.ndarray, np.ndarray
     return pixels.astype(np.uint8), table[:, 0]
 
 
-def read_npz_splits(path: Path, keys=("x_train", "y_train", "x_test", "y_test")) -> tuple[np.ndarray, ...]:
+def read_npz_splits(path: Path, keys: Sequence[str] = ("x_train", "y_train", "x_test", "y_test")
+                    ) -> tuple[np.ndarray, ...]:
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in keys if k not in data.files]

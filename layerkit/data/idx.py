@@ -12,19 +12,21 @@ header promising more is refused before anything is allocated.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from types import TracebackType
+from typing import Literal
 
 import numpy as np
 
 from layerkit.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
-IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+IDX_TYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 MAX_DATA_ENV = "LAYERKIT_MAX_DATA_BYTES"
 CHUNK = 1 << 20
@@ -54,12 +56,12 @@ def max_data_bytes() -> int:
     return limit
 
 
-def _too_big(path, what: str, limit: int) -> DataError:
+def _too_big(path: str | Path, what: str, limit: int) -> DataError:
     return DataError(f"{path}: {what}, more than the {limit:,} bytes a data file may hold here; if the file is "
                      f"right, set {MAX_DATA_ENV} (bytes) higher on a machine with the memory for it")
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -81,11 +83,12 @@ class _reading:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def __enter__(self) -> BinaryIO:
+    def __enter__(self) -> io.BufferedIOBase:
         self.f = _open(self.path)
         return self.f
 
-    def __exit__(self, kind, exc, tb) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         raw = getattr(self.f, "fileobj", None)
         self.f.close()
         if raw is not None:
@@ -168,7 +171,7 @@ def read_idx(path: str | Path, ndim: int | None = None, limit: int | None = None
         except MemoryError:
             raise DataError(f"{source}: not enough memory for the {shape} array its header promises "
                             f"({need:,} bytes)") from None
-        view, have = memoryview(out), 0
+        view, have = out.data, 0
         while have < need:
             got = f.readinto(view[have:have + CHUNK])
             if not got:

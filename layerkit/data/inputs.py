@@ -180,7 +180,7 @@ def read_image(path: Path, input_shape: Sequence[int], *, resize: bool = False) 
                 if not resize:
                     raise DataError(f"{path}: image is {image.size[0]}x{image.size[1]} pixels, the model takes "
                                     f"{width}x{height} (pass --resize to stretch it)")
-                image = image.resize((width, height), Image.LANCZOS)
+                image = image.resize((width, height), Image.Resampling.LANCZOS)
             pixels = np.asarray(image, dtype=np.uint8)
     except DataError:
         raise

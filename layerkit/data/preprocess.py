@@ -168,10 +168,17 @@ class Preprocessing:
             scaled *= np.float32(INTEGER_SCALE)
         return scaled
 
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, 1 / std)`` as float32 arrays of ``stat_shape``: what standardizing subtracts and
+        multiplies by (the ONNX export uses the same arrays)."""
+        if self.stat_shape is None or self.mean is None or self.std is None:
+            raise DataError("the preprocessing has no statistics: it was not fitted with normalize 'standardize'")
+        mean = np.asarray(self.mean, dtype=np.float64).reshape(self.stat_shape).astype(np.float32)
+        inv = (1.0 / np.asarray(self.std, dtype=np.float64).reshape(self.stat_shape)).astype(np.float32)
+        return mean, inv
+
     def _standardize(self, x: np.ndarray) -> None:
-        shape = self.stat_shape
-        mean = np.asarray(self.mean, dtype=np.float64).reshape(shape).astype(np.float32)
-        inv = (1.0 / np.asarray(self.std, dtype=np.float64).reshape(shape)).astype(np.float32)
+        mean, inv = self.statistics()
         x -= mean
         x *= inv
 
@@ -229,7 +236,8 @@ class Preprocessing:
                     raise bad(key, f"expected {n} finite numbers")
             if any(v <= 0 for v in std):
                 raise bad("std", "standard deviations must be positive")
-            if len(stat_shape) > len(shape) or any(s not in (1, d) for s, d in zip(stat_shape, shape)):
+            # one statistic per axis of the input: numpy would align a shorter shape from the right
+            if len(stat_shape) != len(shape) or any(s not in (1, d) for s, d in zip(stat_shape, shape, strict=True)):
                 raise bad("stat_shape", f"{stat_shape} does not broadcast over the input shape {shape}")
         elif (stat_shape, mean, std) != (None, None, None):
             raise bad("mean", "statistics are only stored with normalize 'standardize'")

@@ -16,10 +16,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerkit.errors import DataError
 from layerkit.fileio import read_json_record, record_path, write_text_atomic
+
+if TYPE_CHECKING:
+    from layerkit.data import DataSplits
 
 FORMAT = 1
 FILE_NAME = "data.json"
@@ -44,6 +47,8 @@ def file_fingerprint(path: str | Path, name: str | None = None) -> dict[str, Any
 
 @dataclass
 class DataRecord:
+    """The data a run was trained on, as its ``data.json`` stores it (see the module docstring)."""
+
     dataset: str
     location: str | None  # absolute; None: the dataset's embedded sample
     source: str
@@ -54,10 +59,11 @@ class DataRecord:
 
     @property
     def embedded(self) -> bool:
+        """Whether the run used the dataset's embedded sample rather than files on disk."""
         return self.location is None
 
     @classmethod
-    def of(cls, dataset: str, splits, options: dict | None, seed: int) -> "DataRecord":
+    def of(cls, dataset: str, splits: DataSplits, options: dict | None, seed: int) -> "DataRecord":
         """The record of ``splits`` (a :class:`~layerkit.data.DataSplits`) just loaded."""
         options = options or {}
         files = splits.fingerprint
@@ -68,7 +74,8 @@ class DataRecord:
                    seed=int(seed), samples=splits.counts())
 
     def describe(self) -> str:
-        return "the embedded sample" if self.embedded else self.location
+        """Where the data came from, for messages: the location or "the embedded sample"."""
+        return "the embedded sample" if self.location is None else self.location
 
     def differences(self, now: "DataRecord") -> list[str]:
         """What differs between this record (the run's) and ``now`` (the data just read), one
@@ -81,12 +88,14 @@ class DataRecord:
         then_files = {Path(f["path"]).name: f for f in self.files}
         now_files = {Path(f["path"]).name: f for f in now.files}
         for name in sorted(set(then_files) | set(now_files)):
-            a, b = then_files.get(name), now_files.get(name)
-            if a is None:
-                out.append(f"{b['path']} was not read then")
-            elif b is None:
-                out.append(f"{a['path']} is not read now")
-            elif (a["size"], a["sha256"]) != (b["size"], b["sha256"]):
+            if name not in then_files:
+                out.append(f"{now_files[name]['path']} was not read then")
+                continue
+            if name not in now_files:
+                out.append(f"{then_files[name]['path']} is not read now")
+                continue
+            a, b = then_files[name], now_files[name]
+            if (a["size"], a["sha256"]) != (b["size"], b["sha256"]):
                 out.append(f"{b['path']} changed ({a['size']:,} bytes, SHA-256 {a['sha256'][:12]}... then; "
                            f"{b['size']:,} bytes, {b['sha256'][:12]}... now)")
         for key in sorted(set(self.options) | set(now.options)):

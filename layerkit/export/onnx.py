@@ -22,11 +22,19 @@ softmax for ``softmax_cross_entropy``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from layerkit.errors import LayerkitError
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+    from layerkit.data.preprocess import Preprocessing
+    from layerkit.nn.layer import Layer
+    from layerkit.nn.losses import Loss
+    from layerkit.nn.network import Network
 
 OPSET = 17
 #: runtimes released since 2022 read IR version 8 (onnxruntime >= 1.10)
@@ -37,7 +45,7 @@ class ExportError(LayerkitError):
     """The model cannot be exported (a layer without an ONNX mapping, onnx not installed)."""
 
 
-def _onnx():
+def _onnx() -> Any:
     try:
         import onnx
     except ImportError:
@@ -66,9 +74,9 @@ class OnnxGraph:
         self._used.add(name)
         return name
 
-    def const(self, value: Any, hint: str = "const", dtype=np.float32) -> str:
+    def const(self, value: Any, hint: str = "const", dtype: type = np.float32) -> str:
         """A constant tensor (float32 unless ``dtype`` says otherwise)."""
-        array = np.asarray(value, dtype=dtype)
+        array: np.ndarray = np.asarray(value, dtype=dtype)
         name = self.name(hint)
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
         return name
@@ -87,11 +95,11 @@ class OnnxGraph:
         return names[0] if outputs == 1 else names
 
 
-def _input_dtype(pre) -> str:
+def _input_dtype(pre: Preprocessing | None) -> str:
     return "uint8" if pre is not None and np.dtype(pre.raw_dtype).kind in "iub" else "float32"
 
 
-def _preprocess(g: OnnxGraph, x: str, pre) -> str:
+def _preprocess(g: OnnxGraph, x: str, pre: Preprocessing | None) -> str:
     """Cast, scale and standardize exactly as ``Preprocessing.transform`` does, in float32."""
     if pre is None:
         return x
@@ -102,22 +110,21 @@ def _preprocess(g: OnnxGraph, x: str, pre) -> str:
             from layerkit.data.preprocess import INTEGER_SCALE
             x = g.op("Mul", [x, g.const(np.float32(INTEGER_SCALE), "scale")], "scaled")
     if pre.normalize == "standardize":
-        shape = tuple(pre.stat_shape)
-        mean = np.asarray(pre.mean, dtype=np.float64).reshape(shape).astype(np.float32)
-        inv = (1.0 / np.asarray(pre.std, dtype=np.float64).reshape(shape)).astype(np.float32)
+        mean, inv = pre.statistics()
         x = g.op("Sub", [x, g.const(mean, "mean")], "centred")
         x = g.op("Mul", [x, g.const(inv, "inv_std")], "standardized")
     return x
 
 
-def missing_mappings(model) -> list[str]:
+def missing_mappings(model: Model) -> list[str]:
     """The model's layers whose class has no ``to_onnx``, as ``'name' (type)``."""
     from layerkit.nn.layer import overrides
 
     return [node.spec.label for node in model.nodes if not overrides(node.layer, "to_onnx")]
 
 
-def to_onnx(model, preprocessing=None, loss=None, *, name: str | None = None, opset: int = OPSET):
+def to_onnx(model: Network, preprocessing: Preprocessing | None = None, loss: Loss | None = None, *,
+            name: str | None = None, opset: int = OPSET) -> ModelProto:
     """The ``onnx.ModelProto`` of a built :class:`layerkit.nn.network.Network` (float32 weights)."""
     onnx = _onnx()
     missing = missing_mappings(model)
@@ -167,7 +174,8 @@ def to_onnx(model, preprocessing=None, loss=None, *, name: str | None = None, op
     return proto
 
 
-def save_onnx(proto, path: str | Path) -> Path:
+def save_onnx(proto: ModelProto, path: str | Path) -> Path:
+    """Write ``proto`` to ``path`` atomically; returns the path."""
     from layerkit.fileio import write_bytes_atomic
 
     path = Path(path)
@@ -175,8 +183,8 @@ def save_onnx(proto, path: str | Path) -> Path:
     return path
 
 
-def layer_to_onnx(layer, input_shapes: Sequence[Sequence[int]], params: dict, state: dict, *,
-                  opset: int = OPSET):
+def layer_to_onnx(layer: Layer, input_shapes: Sequence[Sequence[int]], params: dict, state: dict, *,
+                  opset: int = OPSET) -> ModelProto:
     """A graph of one layer alone: float32 inputs ``x0, x1, ...`` (batch first) and output ``y``.
     What the export tests run for every registered layer and example (plugin authors can too)."""
     onnx = _onnx()
@@ -192,7 +200,8 @@ def layer_to_onnx(layer, input_shapes: Sequence[Sequence[int]], params: dict, st
     out_shape = layer.output_shape(tuple(input_shapes[0]) if single else [tuple(s) for s in input_shapes])
     graph = onnx.helper.make_graph(
         g.nodes, layer.type,
-        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", *s]) for n, s in zip(names, input_shapes)],
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", *s])
+         for n, s in zip(names, input_shapes, strict=True)],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", *out_shape])],
         initializer=g.initializers)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
@@ -202,6 +211,6 @@ def layer_to_onnx(layer, input_shapes: Sequence[Sequence[int]], params: dict, st
     return proto
 
 
-def input_description(model, preprocessing) -> str:
+def input_description(model: Model, preprocessing: Preprocessing | None) -> str:
     """``uint8 N x 1 x 28 x 28``: what the exported graph takes."""
     return " x ".join(["N", *map(str, model.graph.input_shape)]).join([f"{_input_dtype(preprocessing)} ", ""])

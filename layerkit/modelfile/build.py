@@ -102,7 +102,7 @@ def build_graph_from(source: str | Path | dict | ModelSpec, registry: Registry |
     return graph
 
 
-def build_model(source: str | Path | dict | ModelSpec, seed: int | None = None, dtype=np.float32,
+def build_model(source: str | Path | dict | ModelSpec, seed: int | None = None, dtype: type = np.float32,
                 registry: Registry | None = None, limits: SizeLimits | None = None) -> Model:
     """Validate, infer shapes, check size limits, then allocate parameters."""
     graph = build_graph_from(source, registry, limits)

@@ -3,13 +3,16 @@ shape it carries. Plain strings, so no graphviz install is needed to produce the
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 from layerkit.modelfile.shapes import Graph
 from layerkit.modelfile.topology import RESERVED_INPUT
 
 FORMATS = ("dot", "mermaid")
 
 
-def _shape(shape) -> str:
+def _shape(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
 
@@ -20,7 +23,7 @@ def _ids(graph: Graph) -> dict[str, str]:
     return ids
 
 
-def _edges(graph: Graph):
+def _edges(graph: Graph) -> Iterator[tuple[str, str, Any]]:
     shapes = {RESERVED_INPUT: graph.input_shape, **{n.name: n.output_shape for n in graph.nodes}}
     for node in graph.nodes:
         for ref in node.inputs:

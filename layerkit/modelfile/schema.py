@@ -12,7 +12,10 @@ model names in ``$schema`` (a test keeps the two equal).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from layerkit.plugins.registry import Registry
 
 FORMAT_VERSION = 1
 SCHEMA_ID = "https://layerkit.dev/schemas/model.schema.json"
@@ -196,7 +199,7 @@ def typed_schema(type_name: str, cls: Any, common: dict) -> dict:
     return schema
 
 
-def composed_schema(registry) -> dict[str, Any]:
+def composed_schema(registry: Registry) -> dict[str, Any]:
     """The full schema: static part plus every registered type's parameters."""
     schema = copy.deepcopy(MODEL_SCHEMA)
     defs: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from layerkit.errors import GraphError, LayerkitError, Problem, ShapeError
@@ -25,6 +26,9 @@ FLOAT32_BYTES = 4
 
 @dataclass
 class Node:
+    """One layer of a built graph: its spec, the layer object, and the shapes, parameters and
+    costs shape inference found for it."""
+
     spec: LayerSpec
     layer: Layer
     input_shape: Any  # one shape, or a list of shapes for multi-input layers
@@ -37,22 +41,26 @@ class Node:
 
     @property
     def name(self) -> str:
+        """The layer's name in the model file."""
         return self.spec.name
 
     @property
     def inputs(self) -> list[str]:
+        """The names this layer reads (``"input"`` for the model input)."""
         return self.spec.inputs
 
     @property
     def param_count(self) -> int:
+        """The number of trainable values."""
         return sum(_size(p.shape) for p in self.param_specs.values())
 
     @property
     def state_count(self) -> int:
+        """The number of non-trainable state values (batch-norm statistics)."""
         return sum(_size(p.shape) for p in self.state_specs.values())
 
 
-def _size(shape) -> int:
+def _size(shape: Sequence[int]) -> int:
     n = 1
     for d in shape:
         n *= int(d)
@@ -61,6 +69,9 @@ def _size(shape) -> int:
 
 @dataclass
 class Graph:
+    """A model file checked and shape-inferred: its nodes in topological order, no weights yet.
+    What ``layerkit summary`` and ``check`` read, and what the runtime model is built from."""
+
     spec: ModelSpec
     nodes: list[Node]  # topological order, the output node last
     input_shape: Shape
@@ -70,13 +81,16 @@ class Graph:
 
     @property
     def output(self) -> Node:
+        """The output node (the last one)."""
         return self.nodes[-1]
 
     def node(self, name: str) -> Node:
+        """The node called ``name`` (KeyError if none)."""
         return self._by_name[name]
 
     @property
     def param_count(self) -> int:
+        """The number of trainable values in the whole graph."""
         return sum(n.param_count for n in self.nodes)
 
     @property

@@ -38,6 +38,9 @@ DEFAULT_LOSS = "softmax_cross_entropy"
 
 @dataclass
 class LayerSpec:
+    """One entry of a model file's ``layers``, validated: position, name, type, the names it reads
+    and its hyper-parameters with the defaults filled in."""
+
     index: int
     name: str
     type: str
@@ -46,11 +49,15 @@ class LayerSpec:
 
     @property
     def label(self) -> str:
+        """``'conv1' (conv2d)``: how messages name the layer."""
         return f"{self.name!r} ({self.type})"
 
 
 @dataclass
 class ModelSpec:
+    """A model file, validated against the schema and the installed plugins: the layers, the output,
+    the loss and the training section with its defaults filled in (``raw`` keeps the file as read)."""
+
     name: str
     input_shape: tuple[int, ...]
     layers: list[LayerSpec]
@@ -61,6 +68,7 @@ class ModelSpec:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerSpec:
+        """The layer called ``name`` (KeyError if none)."""
         for layer in self.layers:
             if layer.name == name:
                 return layer
@@ -76,7 +84,7 @@ def parse_json(text: str, source: str) -> Any:
     """Strict JSON: no NaN/Infinity, no duplicate keys (both are silent surprises otherwise)."""
     duplicates: list[str] = []
 
-    def pairs(items):
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         seen = {}
         for key, value in items:
             if key in seen:
@@ -84,7 +92,7 @@ def parse_json(text: str, source: str) -> Any:
             seen[key] = value
         return seen
 
-    def constant(name):
+    def constant(name: str) -> Any:
         raise ValueError(name)
 
     try:
@@ -122,7 +130,7 @@ MAX_MODEL_FILE_BYTES = 16 << 20
 
 def _too_deep(data: Any) -> tuple | None:
     """The JSON path of the first value nested deeper than MAX_DEPTH, or None (iterative: no recursion)."""
-    stack = [(data, ())]
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
         if len(path) > MAX_DEPTH:
@@ -297,9 +305,9 @@ def spec_from_dict(data: Any, source: str = "<model>", registry: Registry | None
     loss = _loss(data, registry, source, problems)
     training = _training(data, registry, source, problems)
 
-    output = data.get("output") if isinstance(data.get("output"), str) else None
-    if layers:
-        output = output or layers[-1].name
+    # the schema requires a layer: with none, a problem was reported and nothing below is built
+    named = data.get("output")
+    output = named if isinstance(named, str) and named else layers[-1].name if layers else ""
     if layers and wired:
         graph_problems += wiring_problems(layers, output, source)
     if problems or graph_problems:
@@ -322,7 +330,8 @@ def _layers(data: dict, registry: Registry, source: str, problems: list[Problem]
             graph_problems: list[Problem]) -> tuple[list[LayerSpec], bool]:
     """The layer specs, and whether every layer's name and inputs were readable
     (only then can the wiring be checked)."""
-    raw_layers = data.get("layers") if isinstance(data.get("layers"), list) else []
+    given = data.get("layers")
+    raw_layers = given if isinstance(given, list) else []
     layers: list[LayerSpec] = []
     seen: dict[str, int] = {}
     wired = bool(raw_layers)
@@ -333,7 +342,8 @@ def _layers(data: dict, registry: Registry, source: str, problems: list[Problem]
         base = ("layers", index)
         config, found = _check_typed(raw, "layer", registry, base, source, LAYER_COMMON_KEYS)
         problems += found
-        type_name = raw.get("type") if isinstance(raw.get("type"), str) else "layer"
+        given_type = raw.get("type")
+        type_name = given_type if isinstance(given_type, str) else "layer"
         name = raw.get("name")
         if not isinstance(name, str):
             wired &= name is None
@@ -376,8 +386,8 @@ def _loss(data: dict, registry: Registry, source: str, problems: list[Problem]) 
 
 
 def _training(data: dict, registry: Registry, source: str, problems: list[Problem]) -> dict:
-    training = data.get("training") if isinstance(data.get("training"), dict) else {}
-    training = fill_training_defaults(training)
+    given = data.get("training")
+    training = fill_training_defaults(given if isinstance(given, dict) else {})
     if isinstance(training.get("optimizer"), dict):
         params, found = _check_typed(training["optimizer"], "optimizer", registry,
                                      ("training", "optimizer"), source, {})

@@ -8,13 +8,16 @@ without importing the graph builder.
 from __future__ import annotations
 
 import difflib
-from typing import Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from layerkit.errors import Problem
 from layerkit.nn.layer import RESERVED_INPUT
 
 
 class Wired(Protocol):
+    """What the wiring checks read of a layer entry (a :class:`~layerkit.modelfile.spec.LayerSpec` has it)."""
+
     index: int
     name: str
     type: str
@@ -71,7 +74,7 @@ def wiring_problems(layers: Sequence[Wired], output: str, source: str) -> list[P
     return problems
 
 
-def ancestors(name: str, by_name: dict[str, Wired]) -> set[str]:
+def ancestors(name: str, by_name: Mapping[str, Wired]) -> set[str]:
     """Every layer ``name`` reads from, directly or not (unknown names skipped)."""
     seen: set[str] = set()
     stack = [r for r in by_name[name].inputs if r in by_name]
