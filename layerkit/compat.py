@@ -116,8 +116,9 @@ MOVED: dict[str, Moved] = {
                                      "M_TRIM_THRESHOLD M_MMAP_THRESHOLD MMAP_THRESHOLD TRIM_THRESHOLD tune_malloc"),
     "layerkit.trainer": _moved("layerkit.training.trainer", "CHECKPOINT_FORMAT EVAL_BATCH LOWER_IS_BETTER "
                                "TrainingInterrupted Callback TrainState TrainResult build_loss evaluate Trainer"),
-    "layerkit.runs": _moved(("layerkit.training.runs", "layerkit.cli.overrides"), "MODEL_FILE CHECKPOINT WEIGHTS HISTORY_JSON HISTORY_CSV "
-                            "METRICS write_text_atomic RunDir default_out apply_overrides num_outputs prepare_data "
+    "layerkit.runs": _moved(("layerkit.training.runs", "layerkit.cli.overrides"),
+                            "MODEL_FILE CHECKPOINT WEIGHTS HISTORY_JSON HISTORY_CSV METRICS write_text_atomic RunDir "
+                            "default_out apply_overrides num_outputs prepare_data "
                             "check_gradients train"),
     "layerkit.plot": _moved("layerkit.training.plot",
                             "MAX_IMAGES PlotUnavailable plot_curves weight_images plot_weights plot_run"),

@@ -126,5 +126,5 @@ class ContractError(LayerkitError, AssertionError):
 def everywhere(error: BaseException) -> BaseException:
     """Mark ``error`` as raised by every MPI rank at the same point (from values the ranks agreed
     on): rank 0 reports it and the others end quietly with the same exit code, no MPI abort."""
-    error.everywhere = True
+    error.everywhere = True  # type: ignore[attr-defined]
     return error

@@ -68,9 +68,9 @@ def reference_backward(model, caches, dout):
     """Every node's plain backward, every gradient summed: no plan, no shortcut."""
     dvalues = {model.nodes[-1].name: dout}
     grads = {}
-    for node, cache in zip(reversed(model.nodes), reversed(caches)):
+    for node, cache in zip(reversed(model.nodes), reversed(caches), strict=True):
         dx, grads[node.name] = node.layer.backward(model.params[node.name], cache, dvalues.pop(node.name))
-        for name, d in zip(node.inputs, [dx] if node.layer.arity == 1 else dx):
+        for name, d in zip(node.inputs, [dx] if node.layer.arity == 1 else dx, strict=True):
             dvalues[name] = d if name not in dvalues else dvalues[name] + d
     assert set(dvalues) == {RESERVED_INPUT}
     return grads

@@ -63,7 +63,7 @@ def test_init_is_deterministic_and_keyed_by_name(registry):
     first = build_model(residual(), registry=registry, seed=3)
     again = build_model(residual(), registry=registry, seed=3)
     other = build_model(residual(), registry=registry, seed=4)
-    for (_, _, a), (_, _, b) in zip(first.parameters(), again.parameters()):
+    for (_, _, a), (_, _, b) in zip(first.parameters(), again.parameters(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first.params["a"]["W"], other.params["a"]["W"])
     # an extra layer in front does not change the others' initial weights
@@ -82,7 +82,7 @@ def test_weights_round_trip(registry, tmp_path):
     model.save_weights(path)
     fresh = build_model(residual(), registry=registry, seed=2)
     fresh.load_weights(path)
-    for (_, _, a), (_, _, b) in zip(model.parameters(), fresh.parameters()):
+    for (_, _, a), (_, _, b) in zip(model.parameters(), fresh.parameters(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert [p.name for p in path.parent.iterdir()] == ["weights.npz"]  # no temp file left
 

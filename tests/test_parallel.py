@@ -1,5 +1,6 @@
 """layerkit.parallel.threads: training results do not depend on LAYERKIT_NUM_THREADS."""
 
+import itertools
 import threading
 
 import numpy as np
@@ -63,7 +64,7 @@ def test_spans_keep_chunk_boundaries():
             spans = parallel.spans(n, step, parts)
             assert spans[0][0] == 0 and spans[-1][1] == n
             assert all(a % step == 0 for a, _ in spans)
-            assert all(b0 == a1 for (_, b0), (a1, _) in zip(spans, spans[1:]))
+            assert all(b0 == a1 for (_, b0), (a1, _) in itertools.pairwise(spans))
 
 
 def test_small_passes_stay_off_the_pool():

@@ -16,7 +16,7 @@ from layerkit.data.record import DataRecord
 from layerkit.errors import CheckpointError, DataError
 from layerkit.nn.network import load_npz
 from layerkit.cli.train import FIT_TERMS
-from layerkit.training.runs import CHECKPOINT, HISTORY_JSON, METRICS, WEIGHTS, RunDir, train
+from layerkit.training.runs import HISTORY_JSON, METRICS, WEIGHTS, RunDir, train
 from layerkit.training.trainer import TrainingInterrupted
 
 from train_support import InterruptAt, hermetic, mlp_model  # noqa: F401 (hermetic is a fixture)
@@ -33,7 +33,7 @@ def write_mnist(directory, seed, n_train=300, n_test=80):
     directory.mkdir(parents=True, exist_ok=True)
     arrays = (rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), np.arange(n_train) % 10,
               rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), np.arange(n_test) % 10)
-    for stem, array in zip(IDX_FILES, arrays):
+    for stem, array in zip(IDX_FILES, arrays, strict=True):
         write_idx(directory / (stem + ".gz"), array)
     return directory
 

@@ -162,7 +162,7 @@ def test_step_adds_up_to_the_whole_batch(shards, norm):
             model.state = before
             ref_value, ref_hits, ref_grads = whole_batch(model, loss, x[idx], y[idx])
             assert value == pytest.approx(ref_value, rel=1e-5) and hits == ref_hits
-            for g, r in zip(grads, ref_grads):
+            for g, r in zip(grads, ref_grads, strict=True):
                 assert g.dtype == np.float32
                 np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
             # running statistics: the whole batch's, kept by the main process

@@ -9,6 +9,7 @@ message and exit code (2 bad input, 1 failed check), never a traceback.
 from __future__ import annotations
 
 import sys
+from typing import Any, cast
 
 import typer
 
@@ -59,11 +60,13 @@ def _run(argv: list[str] | None, rank: int = 0, held: list[str] | None = None) -
     Rank 0 prints every error; another rank keeps (in ``held``) only what happened to it
     alone, prefixed with its rank: an error every rank raises at the same point is rank 0's
     to report."""
+    kept: list[str] = [] if held is None else held
+
     def say(line: str, shared: bool = False) -> None:
         if rank == 0:
             print(line, file=sys.stderr)
         elif not shared:
-            held.append(f"[rank {rank}] {line}")
+            kept.append(f"[rank {rank}] {line}")
 
     try:
         rc = app(args=argv, prog_name="layerkit", standalone_mode=False)
@@ -145,7 +148,7 @@ def _main_rank(argv: list[str] | None) -> int:
             time.sleep(RANK_GRACE_S)  # rank 0 ends the job first if it failed the same way
         for line in held:
             print(line, file=sys.stderr)
-    comm.abort(code)
+    cast(Any, comm).abort(code)  # an MPI world (size > 1) has abort; the group of one does not
     return code
 
 
@@ -188,7 +191,7 @@ def _with_plugin_option(callback):
         "plugin", pyinspect.Parameter.KEYWORD_ONLY, annotation=Optional[List[Path]],
         default=typer.Option(None, "--plugin", metavar="FILE.py", help=PLUGIN_HELP, show_default=False))
     signature = pyinspect.signature(callback)
-    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), option])
+    cast(Any, wrapper).__signature__ = signature.replace(parameters=[*signature.parameters.values(), option])
     wrapper.__annotations__ = {**getattr(callback, "__annotations__", {}), "plugin": Optional[List[Path]]}
     return wrapper
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from layerkit.errors import LayerkitError, everywhere
 from layerkit.training.progress import ProgressDisplay, pct as _pct
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 from layerkit.training.runs import Terms
 from layerkit.training.trainer import TrainingInterrupted
 from layerkit.cli import app
@@ -108,7 +111,10 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
     from layerkit.parallel.mpi import world
 
     console = _console()
-    log = (lambda msg: _console(stderr=True).print(msg, markup=False, soft_wrap=True))
+
+    def log(msg: str) -> None:
+        _console(stderr=True).print(msg, markup=False, soft_wrap=True)
+
     lead = world().rank == 0  # under mpiexec, rank 0 alone prints; the others only their own errors
     raw, source = (None, None) if model is None else read_model_file(model)
     request = RunRequest(model=None if raw is None else apply_overrides(raw, overrides), source=source, out=out,
@@ -152,12 +158,14 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
     """
     import numpy as np
 
-    from layerkit.errors import everywhere as UserError
     from layerkit.modelfile.build import build_model
     from layerkit.nn.network import load_npz
     from layerkit.training.runs import MODEL_FILE, WEIGHTS, RunDir, load_run_data, prepare_data
     from layerkit.modelfile.spec import read_model_file, spec_from_dict
     from layerkit.training.trainer import build_loss, evaluate as run_eval
+
+    def UserError(message: str) -> BaseException:  # noqa: N802 - reads like the exception it makes
+        return everywhere(LayerkitError(message))
 
     run = None
     if model.is_dir():
@@ -177,7 +185,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
     if "meta" in arrays:  # a checkpoint: its model tensors are under model/
         arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     net.set_weights(arrays, source=str(weights))
-    notes = []
+    notes: list[str] = []
     if run is not None:
         data = load_run_data(run, spec, net, data_dir=data_dir, allow_other_data=allow_other_data,
                              log=notes.append, terms=FIT_TERMS)
@@ -277,7 +285,7 @@ class _DownloadBar:
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), console=console, transient=True)
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
         self.progress.start()
 
     def __call__(self, name: str, done: int, total: int | None) -> None:

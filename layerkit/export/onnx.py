@@ -116,7 +116,7 @@ def _preprocess(g: OnnxGraph, x: str, pre: Preprocessing | None) -> str:
     return x
 
 
-def missing_mappings(model: Model) -> list[str]:
+def missing_mappings(model: Network) -> list[str]:
     """The model's layers whose class has no ``to_onnx``, as ``'name' (type)``."""
     from layerkit.nn.layer import overrides
 
@@ -211,6 +211,6 @@ def layer_to_onnx(layer: Layer, input_shapes: Sequence[Sequence[int]], params: d
     return proto
 
 
-def input_description(model: Model, preprocessing: Preprocessing | None) -> str:
+def input_description(model: Network, preprocessing: Preprocessing | None) -> str:
     """``uint8 N x 1 x 28 x 28``: what the exported graph takes."""
     return " x ".join(["N", *map(str, model.graph.input_shape)]).join([f"{_input_dtype(preprocessing)} ", ""])

@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from layerkit.gradcheck.numerics import (out_of_memory, PASS_TOL, NOISE_ULPS, SWEEP_STEPS, KINK_BUDGET, EPS, Worst, TensorResult, relative_error, status_of, is_kink, diagnose, as_f64)
+from layerkit.gradcheck.numerics import (EPS, KINK_BUDGET, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, TensorResult, Worst,
+                                         as_f64, diagnose, is_kink, out_of_memory, relative_error, status_of)
 from layerkit.nn.layer import Layer
 
 
@@ -191,7 +192,7 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
 
     results = []
     targets: list[tuple[str, np.ndarray, Any]] = []
-    for i, (tname, arr) in enumerate(zip(input_names, inputs)):
+    for i, (tname, arr) in enumerate(zip(input_names, inputs, strict=True)):
         targets.append((tname, arr, dxs[i] if i < len(dxs) else None))
     for pname, arr in p64.items():
         targets.append((pname, arr, grads.pop(pname, None)))

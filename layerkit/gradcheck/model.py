@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from layerkit.gradcheck.numerics import (out_of_memory, ABS_FLOOR, EPS, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, GradCheckError, TensorResult, Worst,
-                                         diagnose, is_kink, relative_error, status_of)
-from layerkit.nn.network import Network as Model
+from layerkit.gradcheck.numerics import (ABS_FLOOR, EPS, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, GradCheckError,
+                                         TensorResult, Worst, diagnose, is_kink, out_of_memory, relative_error,
+                                         status_of)
+from layerkit.nn.network import Network
 from layerkit.plugins import registry_or_global
 
 LOSS_ROW = "(loss)"
@@ -26,7 +27,7 @@ STEP_TOL = 1e-7
 NUDGE = 1e-4
 
 
-def _loss_object(model: Model, registry) -> tuple[Any, str]:
+def _loss_object(model: Network, registry) -> tuple[Any, str]:
     registry = registry_or_global(registry)
     spec = dict(model.graph.spec.loss)
     kind = spec.pop("type")
@@ -55,7 +56,7 @@ def _make_target(loss, kind: str, out: np.ndarray, rng: np.random.Generator) -> 
 
 
 class _EndToEnd:
-    def __init__(self, model: Model, x: np.ndarray, target, loss, forward_seed: int) -> None:
+    def __init__(self, model: Network, x: np.ndarray, target, loss, forward_seed: int) -> None:
         self.model, self.x, self.target, self.loss = model, x, target, loss
         self.forward_seed = forward_seed
         # running statistics are restored before every forward so they never drift
@@ -193,7 +194,7 @@ def _check_loss(loss, kind: str, out: np.ndarray, target, step: float, rng: np.r
                         status_of(worst.rel_error), worst=worst, scope="model", layer_type=kind)
 
 
-def _blame(model: Model, end_rows: list[TensorResult], layer_rows: list[TensorResult]) -> str:
+def _blame(model: Network, end_rows: list[TensorResult], layer_rows: list[TensorResult]) -> str:
     failed = [r for r in end_rows if r.status == "fail"]
     if not failed:
         return ""
@@ -225,7 +226,7 @@ def _crashed(what: str, exc: Exception) -> TensorResult:
                         message=f"{what} raised {type(exc).__name__}: {exc}")
 
 
-def check_end_to_end(model: Model, x: np.ndarray, y, layer_rows: list[TensorResult], *, seed: int, step: float,
+def check_end_to_end(model: Network, x: np.ndarray, y, layer_rows: list[TensorResult], *, seed: int, step: float,
                      directions: int, registry=None) -> tuple[list[TensorResult], str]:
     rng = np.random.default_rng([seed, 99])
     loss, kind = _loss_object(model, registry)

@@ -257,7 +257,9 @@ class BatchNorm(AffineInference, InplaceBackward, FreshGradient, InplaceInfer, F
         # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale*dy + k*(x - shift) + c0 per channel
         k = -scale * inv_std * dgamma / m
         c0 = -scale * dbeta / m - k * offset
-        cast = lambda v: v.astype(dy.dtype).reshape(bshape)
+        def cast(v: np.ndarray) -> np.ndarray:
+            return v.astype(dy.dtype).reshape(bshape)
+
         scale, k, c0, shift = cast(scale), cast(k), cast(c0), shift.reshape(bshape)
         if out is None:
             out = np.empty_like(dy)

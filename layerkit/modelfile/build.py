@@ -10,7 +10,7 @@ import numpy as np
 
 from layerkit.errors import Problem, SizeLimitError
 from layerkit.modelfile.shapes import Graph, build_graph
-from layerkit.nn.network import Network as Model
+from layerkit.nn.network import Network
 from layerkit.plugins import registry_or_global
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.spec import ModelSpec, load_spec, spec_from_dict
@@ -103,9 +103,9 @@ def build_graph_from(source: str | Path | dict | ModelSpec, registry: Registry |
 
 
 def build_model(source: str | Path | dict | ModelSpec, seed: int | None = None, dtype: type = np.float32,
-                registry: Registry | None = None, limits: SizeLimits | None = None) -> Model:
+                registry: Registry | None = None, limits: SizeLimits | None = None) -> Network:
     """Validate, infer shapes, check size limits, then allocate parameters."""
     graph = build_graph_from(source, registry, limits)
     if seed is None:
         seed = int(graph.spec.training["seed"])
-    return Model.initialize(graph, seed=seed, dtype=dtype)
+    return Network.initialize(graph, seed=seed, dtype=dtype)

@@ -51,6 +51,10 @@ class _Elementwise(Loss):
     """Subclasses implement ``_terms(output, target) -> (values, d values / d output)``."""
 
     default_reduction: ClassVar[str] = "mean"
+    reduction: str
+
+    def _terms(self, output: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
     def __init__(self, **config):
         super().__init__(**config)
@@ -131,6 +135,7 @@ class L1(_Elementwise):
 
 
 class Huber(_Elementwise):
+    delta: float
     type = "huber"
     description = ("Huber loss (PyTorch's HuberLoss): 0.5 d^2 for |d| <= delta, delta (|d| - 0.5 delta) beyond, "
                    "d = output - target. Equals delta * smooth_l1 with beta = delta.")
@@ -147,6 +152,7 @@ class Huber(_Elementwise):
 
 
 class SmoothL1(_Elementwise):
+    beta: float
     type = "smooth_l1"
     description = ("Smooth L1 loss (PyTorch's SmoothL1Loss): 0.5 d^2 / beta for |d| < beta, |d| - 0.5 beta "
                    "beyond; beta = 0 is l1.")

@@ -29,7 +29,7 @@ class Loss:
     #: batch can be computed apart and their gradients added (``layerkit.parallel.processes``);
     #: the default ``Coupling.OTHER`` keeps training in one process; a loss whose options couple
     #: the samples (a sum, a weighted mean) sets it per instance
-    sample_coupling: ClassVar[Coupling | str] = Coupling.OTHER
+    sample_coupling: Coupling | str = Coupling.OTHER
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -119,6 +119,10 @@ def reduction_schema(default: str = "mean", batchmean: bool = False) -> dict:
 class _ClassLoss(Loss):
     """Shared handling of class weights, ignore_index and the reduction for losses over class scores."""
 
+    # hyper-parameters, set from the config (schema defaults filled in)
+    reduction: str
+    ignore_index: int | None
+
     #: PyTorch divides a weighted mean by the summed weight of the targets (CrossEntropy, NLL), not
     #: by N; MultiMarginLoss does not
     weighted_mean_normalises: ClassVar[bool] = True
@@ -155,6 +159,7 @@ class _ClassLoss(Loss):
 
 
 class SoftmaxCrossEntropy(_ClassLoss):
+    label_smoothing: float
     type = "softmax_cross_entropy"
     description = ("Softmax followed by cross-entropy (PyTorch's CrossEntropyLoss), fused and computed with "
                    "log-sum-exp so large logits cannot overflow. Targets: class ids (N,) or probability rows "
@@ -296,6 +301,9 @@ class NLLLoss(_ClassLoss):
 
 
 class MulticlassHinge(_ClassLoss):
+    margin: float
+    p: int
+    average_over_classes: bool
     type = "multiclass_hinge"
     description = ("Multiclass SVM (hinge) loss on class scores, PyTorch's MultiMarginLoss: per sample "
                    "sum over j != y of max(0, margin - x_y + x_j)^p, times the target's class weight, divided "

@@ -89,7 +89,7 @@ class Optimizer:
         if self.clip_norm is not None or self.clip_value is not None:
             self._clip(grads)
         wd = 0.0 if self.decoupled_decay else self.weight_decay
-        for i, (w, g, tmp) in enumerate(zip(self.params, grads, self._tmp)):
+        for i, (w, g, tmp) in enumerate(zip(self.params, grads, self._tmp, strict=True)):
             if wd and self.decay[i]:
                 axpy(wd, w, g)
             self._update(i, w, g, tmp, lr)
@@ -101,7 +101,7 @@ class Optimizer:
     def state_dict(self) -> dict[str, np.ndarray]:
         out = {"t": np.array(self.t, dtype=np.int64)}
         for slot, buffers in self.state.items():
-            for name, buf in zip(self.names, buffers):
+            for name, buf in zip(self.names, buffers, strict=True):
                 out[f"{slot}/{name}"] = buf
         return out
 

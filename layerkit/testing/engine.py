@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -611,7 +611,7 @@ def _infer_inplace_equals_infer(s: Subject) -> None:
     if isinstance(x, list):
         raise Broken("infer_inplace", "infer_inplace is for single-input layers")
     mine = x.copy()
-    got = s.call("infer_inplace", s.layer.infer_inplace, params, mine, state)
+    got = s.call("infer_inplace", cast(Any, s.layer).infer_inplace, params, mine, state)
     if not _equal(got, y):
         text, numbers = _difference(got, y)
         raise Broken("infer_inplace", f"infer_inplace differs from infer ({text})", numbers)
@@ -629,7 +629,7 @@ def _near(a: Any, b: Any) -> bool:
 
 def _inference_affine_matches_infer(s: Subject) -> None:
     params, x, state, y = _inference_output(s)
-    affine = s.call("inference_affine", s.layer.inference_affine, params, state)
+    affine = s.call("inference_affine", cast(Any, s.layer).inference_affine, params, state)
     if affine is None:
         return
     bshape = (1, -1) + (1,) * (np.ndim(y) - 2)
@@ -650,7 +650,7 @@ def _fold_affine_matches_infer(s: Subject) -> None:
     scale = rng.uniform(0.5, 2.0, channels).astype(np.float32)
     shift = rng.standard_normal(channels).astype(np.float32)
     p_before = {k: v.copy() for k, v in params.items()}
-    folded = s.call("fold_affine", s.layer.fold_affine, params, scale, shift)
+    folded = s.call("fold_affine", cast(Any, s.layer).fold_affine, params, scale, shift)
     for tname in params:
         if not np.array_equal(params[tname], p_before[tname]):
             raise Broken("fold_affine", f"fold_affine modified parameter {tname!r}")

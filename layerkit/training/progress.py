@@ -11,8 +11,9 @@ import time
 from layerkit.training.trainer import Callback
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with two decimals; ``-`` where there is none."""
+    return "-" if x is None else f"{100 * x:.2f}%"
 
 
 def summary_line(epoch: int, epochs: int, record: dict, seconds: float, samples: int) -> str:

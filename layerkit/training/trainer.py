@@ -31,7 +31,7 @@ from layerkit.data.augment import augmenter
 from layerkit.errors import CheckpointError, LayerkitError, TrainingError, everywhere
 from layerkit.parallel.malloc import tune_malloc
 from layerkit.nn.layer import Coupling
-from layerkit.nn.network import Network as Model
+from layerkit.nn.network import Network
 from layerkit.nn.optimizers import Optimizer
 from layerkit.parallel.collectives import SINGLE, Collectives
 from layerkit.training.steps import make_step, shards_for
@@ -138,7 +138,7 @@ def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=Non
     return optimizer
 
 
-def evaluate_split(model: Model, loss, x: np.ndarray, y: np.ndarray, comm: Collectives = SINGLE,
+def evaluate_split(model: Network, loss, x: np.ndarray, y: np.ndarray, comm: Collectives = SINGLE,
                    batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     """Mean loss and accuracy over ``x``, the ``batch_size`` chunks shared out over ``comm``'s ranks
     (contiguous runs of chunks: each chunk is the one a single process evaluates)."""
@@ -153,7 +153,7 @@ def evaluate_split(model: Model, loss, x: np.ndarray, y: np.ndarray, comm: Colle
     return float(totals[0]) / n, float(totals[1]) / n if len(x) else 0.0
 
 
-def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH
+def evaluate(model: Network, loss, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH
              ) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and predicted classes over ``x`` in inference mode (no predicted
     classes, -1, where the targets are not class ids: a reconstruction's)."""
@@ -172,7 +172,7 @@ def evaluate(model: Model, loss, x: np.ndarray, y: np.ndarray, batch_size: int =
 
 
 class Trainer:
-    def __init__(self, model: Model, loss, data: DataSplits, training: dict, *,
+    def __init__(self, model: Network, loss, data: DataSplits, training: dict, *,
                  optimizer: Optimizer | None = None, callbacks: Sequence[Callback] = (),
                  save_checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
                  registry=None, collectives: Collectives = SINGLE) -> None:
