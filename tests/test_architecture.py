@@ -110,7 +110,8 @@ def _private_imports(path: Path) -> list[str]:
 
     text = path.read_text(encoding="utf-8")
     found = []
-    # "from layerkit.x import a, _b" and the parenthesised multi-line form; text, not ast: 10x faster
+    # "from layerkit.x import a, _b" and the parenthesised multi-line form; text, not ast: parsing
+    # every file would dominate the test's time
     for module, names in re.findall(r"^\s*from (layerkit[\w.]*) import (\([^)]*\)|[^\n]*)", text, flags=re.M):
         names = re.sub(r"\s+as\s+\w+", "", re.sub(r"#[^\n]*", "", names))  # "x as _y" imports x
         for name in re.split(r"[\s,()]+", names):

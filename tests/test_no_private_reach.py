@@ -17,13 +17,9 @@ import pytest
 
 from conftest import ROOT
 
-#: test files that still reach in, waiting for their owners' branches of issue #18; empty this set as
-#: they move to public behaviour (the test below fails on an entry that is no longer needed)
-PENDING = {
-    "tests/test_layer_math.py",  # conv's _wide_ok and _batch_chunk (the layers' rewrite)
-    "tests/test_blas.py",  # monkeypatches parallel.blas._funcs to force the numpy path
-    "tests/test_sample_parallel.py",  # monkeypatches parallel.processes._available
-}
+#: test files that may still reach in: none now, as every test goes through public names; an entry
+#: here that is no longer needed fails the test below, so the set cannot go stale
+PENDING: set[str] = set()
 
 
 def _is_private(name: str) -> bool:

@@ -44,6 +44,9 @@ class Worst:
 
 @dataclass
 class TensorResult:
+    """The gradient check of one tensor of one layer, in isolation or through the whole model's loss:
+    how many entries were compared, the largest relative error, and the verdict."""
+
     layer: str
     tensor: str
     shape: tuple[int, ...]

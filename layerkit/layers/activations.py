@@ -72,7 +72,7 @@ class ReLU(CommutesWithMax, InplaceBackward, FreshGradient, InplaceInfer, FreshI
         return self._masked(cache, dy, np.empty_like(dy)), {}
 
     def backward_inplace(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        # no new output array: on 12 MB activations 4.4 ms -> 2.1 ms
+        # no new output array: dy is overwritten, halving the memory traffic of the pass
         return self._masked(cache, dy, dy), {}
 
     @staticmethod

@@ -8,8 +8,8 @@ cache; backward then rebuilds the columns chunk by chunk instead of keeping
 them. Small layers (the whole batch in one chunk) keep their columns.
 
 The weight gradient is computed transposed, ``cols (K, Ho*Wo) @ dy^T``, which
-OpenBLAS runs ~1.5x faster than ``dy @ cols^T`` for these shapes (a short M
-with a long inner dimension is its slow case).
+OpenBLAS runs faster than ``dy @ cols^T`` for these shapes: a short M with a long
+inner dimension is its slow case (docs/performance.md).
 
 Three paths, chosen from the shapes alone (so forward, infer and backward agree):
 
@@ -224,10 +224,8 @@ def _wide_ok(g: Window) -> bool:
 # out channel-major over the batch, (C*kh*kw, n * Ho*Wf), so forward, the weight gradient and
 # the column gradient are each one large GEMM (8 x 25 x 43,008 for LeNet's conv1). The price
 # is a transposing copy into and out of the (F, n, ...) layout, cheap while F is small, and
-# it only wins while the batch's columns stay in cache (measured per layer shape at batch
-# 64 and 128: LeNet's and CIFAR-sized small layers win, AlexNet's 32-filter layers lose).
-# Measured at batch 64, one thread (bench/layer_profile.py): LeNet-style conv2 backward
-# 3.4 -> 2.5 ms, conv1's weight gradient 1.2 -> 1.0 ms; docs/performance.md.
+# it only wins while the batch's columns stay in cache: small layers (LeNet's, CIFAR-sized)
+# win, wide ones lose (docs/performance.md has the per-shape measurements).
 
 BATCH_GEMM_MAX_FILTERS = 16  # more filters: the transposing copy of the output costs more than the GEMM saves
 BATCH_GEMM_MAX_BYTES = 6 * CHUNK_BYTES  # columns of a whole batch in one GEMM; larger ones stream from memory and lose
@@ -245,7 +243,7 @@ def _batch_chunk(g: Window, n: int, c: int, f: int, itemsize: int, whole: bool) 
     per_sample = max(c * g.kh * g.kw * run * itemsize, 1)
     if n * per_sample <= BATCH_GEMM_MAX_BYTES:
         return n
-    fits = BATCH_GEMM_CHUNK_BYTES // per_sample  # measured on LeNet's convs at batch 256: 32-64 samples
+    fits = BATCH_GEMM_CHUNK_BYTES // per_sample  # a cache-sized chunk (docs/performance.md)
     return 0 if whole or fits < BATCH_GEMM_MIN_CHUNK else fits
 
 
@@ -357,8 +355,8 @@ def _backward_wide(w: np.ndarray, w3: np.ndarray, xf: np.ndarray | None, cols: n
     h, wd = hw
     n, f, groups, fg, k, c, fl, run = _stride1_sizes(w3, hw, g, dy)
     # dx either as a stride-1 convolution of dy with the rotated kernel (copies F*kh*kw values
-    # per pixel) or as col2im (adds C*kh*kw values per pixel); measured, the convolution wins
-    # only while F <= C (LeNet's 8->16 conv: 2.4 ms with col2im, 3.8 ms rotated)
+    # per pixel) or as col2im (adds C*kh*kw values per pixel): the convolution moves no more
+    # values only while F <= C, and only then wins (docs/performance.md)
     rotate = f <= c
     dx = dyw = None
     if not need_dx:

@@ -116,8 +116,9 @@ class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
         g = self._window(x.shape[2:])
         xp = pad(x, g, -np.inf)
         y = np.empty((x.shape[0], x.shape[1], g.ho, g.wo), dtype=x.dtype)
-        # np.maximum over strided views beats a reshape + max over two axes by ~30x; sample
-        # chunks keep the input lines every offset touches in cache for the next offset
+        # np.maximum over strided views, not a reshape + max over two axes, which is many times
+        # slower (docs/performance.md); sample chunks keep the input lines every offset touches
+        # in cache for the next offset
         def work(slices: list[slice], step: int) -> None:
             for sl in slices:
                 xc, yc = xp[sl], y[sl]

@@ -113,6 +113,8 @@ WEIGHT_SCHEMA = {"type": ["array", "null"], "items": {"type": "number", "minimum
 
 
 class MeanSquaredError(_Elementwise):
+    """Squared error per element (``mse``), by default summed over a sample and averaged over the batch."""
+
     type = "mse"
     description = ("Squared error (output - target)^2. Its default reduction is batchmean, summed over a "
                    "sample's outputs and averaged over the batch (the quadratic cost of Nielsen's book, and "
@@ -125,6 +127,8 @@ class MeanSquaredError(_Elementwise):
 
 
 class L1(_Elementwise):
+    """Absolute error per element (``l1``)."""
+
     type = "l1"
     description = "Absolute error |output - target| (PyTorch's L1Loss); gradient sign(output - target), 0 at 0."
     params_schema = _elementwise_schema("mean")
@@ -135,6 +139,8 @@ class L1(_Elementwise):
 
 
 class Huber(_Elementwise):
+    """Squared error for small differences, absolute error beyond ``delta`` (``huber``): robust to outliers."""
+
     delta: float
     type = "huber"
     description = ("Huber loss (PyTorch's HuberLoss): 0.5 d^2 for |d| <= delta, delta (|d| - 0.5 delta) beyond, "
@@ -152,6 +158,8 @@ class Huber(_Elementwise):
 
 
 class SmoothL1(_Elementwise):
+    """Huber's shape scaled by ``1 / beta`` (``smooth_l1``): quadratic below ``beta``, absolute error beyond."""
+
     beta: float
     type = "smooth_l1"
     description = ("Smooth L1 loss (PyTorch's SmoothL1Loss): 0.5 d^2 / beta for |d| < beta, |d| - 0.5 beta "
@@ -171,6 +179,8 @@ class SmoothL1(_Elementwise):
 
 
 class BinaryCrossEntropy(_Elementwise):
+    """Binary cross-entropy of probabilities, such as a sigmoid's outputs (``binary_cross_entropy``)."""
+
     type = "binary_cross_entropy"
     description = ("Binary cross-entropy of probabilities (a sigmoid output) against targets in [0, 1] "
                    "(PyTorch's BCELoss): -(t log p + (1 - t) log(1 - p)), each log clamped at -100 and the "
@@ -189,6 +199,9 @@ class BinaryCrossEntropy(_Elementwise):
 
 
 class BinaryCrossEntropyWithLogits(_Elementwise):
+    """Sigmoid and binary cross-entropy fused on the logits (``binary_cross_entropy_with_logits``):
+    stable where the two apart would overflow or lose precision."""
+
     type = "binary_cross_entropy_with_logits"
     description = ("Sigmoid and binary cross-entropy fused on logits z (PyTorch's BCEWithLogitsLoss): "
                    "(1 - t) softplus(z) + pos_weight t softplus(-z), each softplus computed as "

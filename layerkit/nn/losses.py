@@ -22,6 +22,10 @@ from layerkit.nn.layer import Coupling, migrate_declarations
 
 
 class Loss:
+    """Base class for every loss: a batch of outputs and targets to one number (:meth:`forward`)
+    and its gradient with respect to the outputs (:meth:`backward`); its hyper-parameters, described by
+    :attr:`params_schema`, become attributes, with the schema's defaults filled in."""
+
     type: ClassVar[str] = ""
     description: ClassVar[str] = ""
     params_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -159,6 +163,8 @@ class _ClassLoss(Loss):
 
 
 class SoftmaxCrossEntropy(_ClassLoss):
+    """Cross-entropy of the softmax of class scores, fused into one stable pass (``softmax_cross_entropy``)."""
+
     label_smoothing: float
     type = "softmax_cross_entropy"
     description = ("Softmax followed by cross-entropy (PyTorch's CrossEntropyLoss), fused and computed with "
@@ -261,6 +267,8 @@ class SoftmaxCrossEntropy(_ClassLoss):
 
 
 class NLLLoss(_ClassLoss):
+    """Negative log-likelihood of class ids given log-probabilities, for use after ``log_softmax`` (``nll``)."""
+
     type = "nll"
     description = ("Negative log-likelihood of class ids given log-probabilities (PyTorch's NLLLoss): pair it "
                    "with a log_softmax layer; loss = -output[n, target_n], with class_weights, ignore_index and "
@@ -301,6 +309,9 @@ class NLLLoss(_ClassLoss):
 
 
 class MulticlassHinge(_ClassLoss):
+    """The multiclass SVM loss on class scores (``multiclass_hinge``): each wrong class that scores
+    within ``margin`` of the true one costs the gap."""
+
     margin: float
     p: int
     average_over_classes: bool

@@ -121,6 +121,8 @@ class Optimizer:
 
 
 class SGD(Optimizer):
+    """Stochastic gradient descent, with optional (Nesterov) momentum (``sgd``)."""
+
     type = "sgd"
     description = ("Stochastic gradient descent with optional (Nesterov) momentum and dampening, as PyTorch: "
                    "v = g on the first step, then v = momentum*v + (1 - dampening)*g; w -= lr*v "
@@ -169,6 +171,8 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
+    """Adam (``adam``): a step scaled per weight by running averages of the gradient and its square."""
+
     type = "adam"
     description = ("Adam (Kingma & Ba): bias-corrected first and second moment estimates; "
                    "w -= lr * m_hat / (sqrt(v_hat) + eps), as PyTorch's Adam (beta1, beta2 are its betas; no "
@@ -209,6 +213,8 @@ class Adam(Optimizer):
 
 
 class RMSprop(Optimizer):
+    """RMSprop (``rmsprop``): the gradient divided by a running root mean square of its recent values."""
+
     type = "rmsprop"
     description = ("RMSprop, as PyTorch's (rho is its alpha; no centered variant): divide the gradient by a "
                    "running RMS; "
@@ -250,6 +256,8 @@ class RMSprop(Optimizer):
 
 
 class AdamW(Adam):
+    """Adam with decoupled weight decay (``adamw``): the weights shrink in the update, apart from the gradient."""
+
     type = "adamw"
     description = ("AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, w -= lr * weight_decay * w "
                    "before the Adam step, as PyTorch's AdamW. The decay is training.weight_decay (default 0; "
@@ -264,6 +272,8 @@ class AdamW(Adam):
 
 
 class Adagrad(Optimizer):
+    """Adagrad (``adagrad``): each weight's step shrinks with the sum of its squared gradients so far."""
+
     type = "adagrad"
     description = ("Adagrad (Duchi et al.), as PyTorch: s += g^2; w -= lr / (1 + (t - 1) * lr_decay) * g / "
                    "(sqrt(s) + eps).")

@@ -31,6 +31,9 @@ SCHEDULE_DESCRIPTIONS = {
 
 @dataclass(frozen=True)
 class Schedule:
+    """The learning rate of one training run at each ``(epoch, step)``: a schedule from
+    :data:`SCHEDULES` plus an optional linear warm-up, built from the model file's ``training.schedule``."""
+
     base_lr: float
     epochs: int
     steps_per_epoch: int

@@ -3,8 +3,8 @@ OpenBLAS, the fused level-1 updates ``y = a*x + b*y`` (axpby) and ``y += a*x`` (
 which numpy does not expose and threadpoolctl has no equivalent for.
 
 Why the level-1 calls: an optimizer step is memory bound, and numpy needs two passes
-for each of them (``tmp = a*x; y += tmp``). SGD with momentum went from four passes to
-two, and the MLP benchmark's update from 295 to 182 us a step (see docs/performance.md).
+for each of them (``tmp = a*x; y += tmp``). SGD with momentum goes from four passes to
+two (docs/performance.md has what that saves a step).
 
 threadpoolctl finds the library (whatever its file name: numpy's wheels ship
 ``libscipy_openblas64_``); the level-1 symbols are looked up in that file. Everything
@@ -84,6 +84,8 @@ _funcs: dict | None = None
 
 
 def functions() -> dict:
+    """The fused level-1 updates found in numpy's OpenBLAS, by name (``saxpy``, ``saxpby``, ``daxpy``,
+    ``daxpby``), looked up once; empty where there are none, and then every update takes the numpy path."""
     global _funcs
     if _funcs is None:
         _funcs = _find()
@@ -126,8 +128,8 @@ def one_thread():
 
     For work made of many tiny GEMMs (gradient checks: batches of 2 in float64), where a
     second BLAS thread only adds synchronisation, and on a busy machine waits a scheduler
-    time slice at every call (``check-grads models/alexnet_mnist.json`` with another job
-    on the other core: 78 s with two threads, 11 s with one).
+    time slice at every call, which makes a large net's gradient check many times slower
+    (docs/performance.md).
     """
     with limit_threads(1):  # threadpoolctl's limiter restores the old count on exit, on errors too
         yield

@@ -4,9 +4,9 @@ A training step allocates and frees the same few multi-megabyte arrays every
 batch. By default glibc serves blocks above a (dynamic, at most 32 MiB) mmap
 threshold with fresh ``mmap`` calls and trims the heap top whenever more than
 twice that is free, so each batch pays page faults and kernel zeroing for
-memory it just released: conv1 backward of the AlexNet-style net took 3.9 ms
-instead of 1.5 ms. Raising both thresholds makes freed blocks stay in the heap
-and be reused.
+memory it just released (large convolutions' backward passes were more than twice
+as slow; docs/performance.md). Raising both thresholds makes freed blocks stay in
+the heap and be reused.
 
 This is a process-wide setting, so the library never applies it on import;
 the trainer applies it when a training run starts (``layerkit fit`` and any

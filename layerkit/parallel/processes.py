@@ -1,8 +1,8 @@
 """Forked worker processes as a group: the machinery under sample-parallel training.
 
 Why processes and not the thread pool of ``parallel.threads``: a small net's step is a few
-hundred numpy calls of 10-50 us each, and every one of them hands the GIL over, so two
-threads running whole steps gain little where two processes nearly double the throughput
+hundred short numpy calls, and every one of them hands the GIL over, so two threads running
+whole steps gain little where two processes nearly double the throughput
 (docs/performance.md has the measurements). What runs in the workers is the training
 tier's business (``layerkit.training.sample_parallel``); this module only knows forked
 processes, pipes, shared memory and one process-shared barrier:
@@ -31,6 +31,7 @@ else the usable cores).
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import os
 import signal
@@ -101,27 +102,23 @@ def setting() -> str:
     return "auto"
 
 
-_available: bool | None = None
-
-
+@functools.cache
 def available() -> bool:
     """Whether this system can fork workers with shared memory and process-shared semaphores.
 
     The barrier batch norm needs is a POSIX semaphore, which some containers without a
-    writable /dev/shm cannot create; there training simply stays in one process.
+    writable /dev/shm cannot create; there training simply stays in one process. The answer
+    is found once per process (``available.cache_clear()`` asks the system again).
     """
-    global _available
-    if _available is None:
-        try:
-            import multiprocessing
+    try:
+        import multiprocessing
 
-            ctx = multiprocessing.get_context("fork")
-            ctx.Barrier(2)
-            mmap.mmap(-1, 4096).close()
-            _available = True
-        except (ImportError, OSError, ValueError):
-            _available = False
-    return _available
+        ctx = multiprocessing.get_context("fork")
+        ctx.Barrier(2)
+        mmap.mmap(-1, 4096).close()
+    except (ImportError, OSError, ValueError):
+        return False
+    return True
 
 
 def bounds(n: int, parts: int) -> list[int]:

@@ -31,13 +31,11 @@ from layerkit.parallel import blas
 REDUCE_PARTS = 8
 
 # Below these sizes a pass stays on the serial loop with no pool call at all: handing
-# chunks to the pool costs tens of microseconds per pass plus cold caches on the other
-# core, which LeNet's layers (conv columns ~3.5 MiB, ReLU/pool 1.2 MiB) never win back
-# (pooling them: LeNet-style 9,400 -> 7,700 img/s; AlexNet's 29-115 MiB convs and
-# 6-13 MiB passes gain, 461 -> 574 img/s).
+# chunks to the pool has a fixed cost per pass plus cold caches on the other core, which
+# small passes never win back and large ones do (docs/performance.md has the measurements).
 # "conv": the whole batch's im2col columns (n * C*kh*kw * cells * itemsize), which is
 # what a conv pass's GEMMs read; "pass": bytes an element-wise pass (BN, ReLU, pool)
-# reads and writes. Measured on AlexNet/LeNet, see docs/performance.md.
+# reads and writes.
 MIN_PARALLEL_BYTES = {"conv": 8 << 20, "pass": 4 << 20}
 
 _lock = threading.Lock()
@@ -72,9 +70,9 @@ def hold_blas() -> None:
 
     The pool calls it at the first pooled pass, and sample-parallel training when its
     workers start (the shards use the cores). Capping BLAS only for the pooled sections
-    and restoring it after was measured slower (AlexNet-style 491 vs 574 img/s, medians
-    of 3): each 2-thread GEMM between sections (Dense, BN's GEMV) leaves an OpenBLAS
-    worker busy-waiting ~0.1 s (its THREAD_TIMEOUT) on the core the pool needs. Holding
+    and restoring it after is slower (docs/performance.md): each 2-thread GEMM between
+    sections (Dense, BN's GEMV) leaves an OpenBLAS worker busy-waiting for its
+    THREAD_TIMEOUT on the core the pool needs. Holding
     it from the first pass big enough for the pool, rather than whenever the pool has >1
     thread, keeps both BLAS threads for processes that never get there (LeNet-style, the MLP).
     """

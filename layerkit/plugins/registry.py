@@ -18,6 +18,8 @@ KINDS = ("layer", "loss", "optimizer", "dataset", "callback")
 
 @dataclass(frozen=True)
 class Entry:
+    """One registered name: the class (or object) it stands for and the plugin that registered it."""
+
     name: str
     obj: Any
     plugin: str
@@ -36,6 +38,9 @@ class LoadProblem:
 
 @dataclass
 class PluginInfo:
+    """What one plugin is and what it brought: its distribution and version, the hooks it implements,
+    the names it registered per kind, and why it failed or was disabled (for ``layerkit plugins``)."""
+
     name: str
     distribution: str | None = None
     version: str | None = None
@@ -46,6 +51,11 @@ class PluginInfo:
 
 
 class Registry:
+    """Every layer, loss, optimizer, dataset and callback the plugins registered, by kind and name.
+
+    Filled once by the plugin manager and then only read; a name two plugins claim is held back as a
+    conflict, and a lookup of an unknown name raises :class:`RegistryError` saying what is installed."""
+
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         # name -> plugins that all claimed it; such a name cannot be used

@@ -51,8 +51,8 @@ Augment = Callable[[np.ndarray, "np.random.Generator | None"], np.ndarray]
 #: (node name, tensor name) of every parameter, in the order gradients are handed around
 Keys = list[tuple[str, str]]
 
-# Cost rule (see the module docstring); measured with bench/speed.py's nets and the model zoo,
-# see docs/performance.md.
+# Cost rule (see the module docstring): below these the parameter copy and the gradient sums
+# cost more than the split saves (measurements: docs/performance.md).
 MIN_FLOPS_PER_PARAM = 8  # forward FLOPs per sample / parameter count
 MIN_BATCH_FLOPS = 5_000_000  # forward FLOPs of one whole batch (break-even of cnn2_3class)
 MIN_SHARD_SAMPLES = 8

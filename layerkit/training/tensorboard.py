@@ -25,6 +25,9 @@ TAGS = {
 
 
 class TensorBoardLogger(Callback):
+    """The ``tensorboard`` callback: after each epoch, the history's losses, accuracies and learning
+    rate as TensorBoard scalars."""
+
     type = "tensorboard"
     description = "Write loss, accuracy and learning rate per epoch as TensorBoard scalars (needs tensorboardX)."
     params_schema = {

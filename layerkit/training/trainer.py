@@ -81,6 +81,9 @@ class TrainState:
 
 @dataclass
 class TrainResult:
+    """What a finished run reports: the per-epoch history, the test split's loss and accuracy, and how
+    and when training stopped."""
+
     history: list[dict]
     test_loss: float | None  # None without a test split
     test_accuracy: float | None
@@ -172,6 +175,10 @@ def evaluate(model: Network, loss, x: np.ndarray, y: np.ndarray, batch_size: int
 
 
 class Trainer:
+    """Runs one training run of a built network: the epoch and batch loop, the optimizer and its
+    schedule, evaluation, early stopping and callbacks; :meth:`checkpoint_arrays` and :meth:`restore`
+    let a run stop and resume where it was. A batch may be shared out over MPI ranks and forked processes."""
+
     def __init__(self, model: Network, loss, data: DataSplits, training: dict, *,
                  optimizer: Optimizer | None = None, callbacks: Sequence[Callback] = (),
                  save_checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
