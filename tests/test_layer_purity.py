@@ -15,7 +15,7 @@ import pytest
 from layerkit.gradcheck.layers import initial_state, random_input, random_params
 from layerkit.nn.layer import Example, Layer, overrides
 from layerkit.plugins.manager import get_registry
-from layerkit.testing import fill_defaults
+from layerkit.modelfile.spec import fill_defaults
 
 REGISTRY = get_registry()
 CASES = [(name, i) for name in REGISTRY.names("layer") for i in range(len(REGISTRY.layer(name).examples))]
@@ -71,7 +71,7 @@ def _same(a: Any, b: Any) -> bool:
 def test_methods_leave_the_layer_unchanged(layer_type, index):
     cls = REGISTRY.layer(layer_type)
     example = cls.examples[index]
-    assert_unchanged(cls(**fill_defaults(cls, example.config)), example.input_shape)
+    assert_unchanged(cls(**fill_defaults(cls.params_schema, example.config)), example.input_shape)
 
 
 class Stashes(Layer):
