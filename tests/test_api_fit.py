@@ -202,6 +202,9 @@ def test_cli_plot_draws_a_saved_models_history(digits, tmp_path, capsys):
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "untrained")]) == 2
     assert "trained for 0 epochs" in capsys.readouterr().err
+    (tmp_path / "saved" / "history.json").unlink()  # as an older layerkit saved it
+    assert main(["plot", str(tmp_path / "saved")]) == 2
+    assert "saved without its training history" in capsys.readouterr().err
 
 
 def test_a_saved_copy_of_a_cli_run_keeps_its_history_and_data(tmp_path):
