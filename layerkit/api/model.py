@@ -44,12 +44,13 @@ HISTORY_JSON = "history.json"
 DATA_RECORD = "data.json"
 #: the optimizer of a model file without ``training.optimizer`` (``lr`` 0.01, no momentum)
 DEFAULT_OPTIMIZER = "sgd"
+CALLBACK_HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
 
 @dataclass
 class History:
-    """What :meth:`Model.fit` returns: one record per epoch (``epoch``, ``lr``, ``train_loss``,
-    ``train_accuracy``, and ``val_loss``/``val_accuracy`` with validation data)."""
+    """What :meth:`Model.fit` returns, and :attr:`Model.history`: one record per epoch (``epoch``, ``lr``,
+    ``train_loss``, ``train_accuracy``, and ``val_loss``/``val_accuracy`` with validation data)."""
 
     epochs: list[dict] = field(default_factory=list)
 
@@ -202,6 +203,13 @@ class Model:
             raise LayerkitError(f"verbose must be 0, 1 or 2, got {verbose!r}")
         if not isinstance(shuffle, (bool, np.bool_)):
             raise LayerkitError(f"shuffle must be True or False, got {shuffle!r}")
+        if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, (list, tuple)):
+            raise LayerkitError(f"callbacks must be a list of Callback objects, got {type(callbacks).__name__}")
+        for i, cb in enumerate(callbacks):
+            if isinstance(cb, type) or not all(callable(getattr(cb, hook, None)) for hook in CALLBACK_HOOKS):
+                raise LayerkitError(f"callbacks[{i}]: {cb!r:.60} is not a layerkit.training.trainer.Callback "
+                                    f"(subclass it and override any of {', '.join(CALLBACK_HOOKS)}; pass an "
+                                    f"instance)")
         training = self._fit_training(optimizer, lr)
         for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
             if value is not None:
