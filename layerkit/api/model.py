@@ -20,6 +20,7 @@ import numpy as np
 
 from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE
 from layerkit.data.preprocess import Preprocessing, check_numeric, to_model_layout
+from layerkit.data.record import DataRecord
 from layerkit.errors import DataError, LayerkitError
 from layerkit.fileio import write_text_atomic
 from layerkit.modelfile.build import build_model
@@ -39,12 +40,17 @@ MODEL_FILE = "model.json"
 WEIGHTS = "weights.npz"
 CHECKPOINT = "checkpoint.npz"
 PREDICT_BATCH = 512
+HISTORY_JSON = "history.json"
+DATA_RECORD = "data.json"
+#: the optimizer of a model file without ``training.optimizer`` (``lr`` 0.01, no momentum)
+DEFAULT_OPTIMIZER = "sgd"
+CALLBACK_HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
 
 @dataclass
 class History:
-    """What :meth:`Model.fit` returns: one record per epoch (``epoch``, ``lr``, ``train_loss``,
-    ``train_accuracy``, and ``val_loss``/``val_accuracy`` with validation data)."""
+    """What :meth:`Model.fit` returns, and :attr:`Model.history`: one record per epoch (``epoch``, ``lr``,
+    ``train_loss``, ``train_accuracy``, and ``val_loss``/``val_accuracy`` with validation data)."""
 
     epochs: list[dict] = field(default_factory=list)
 
@@ -79,6 +85,10 @@ class Model:
         self.source = source
         self._registry = registry
         self.loss = build_loss(spec, registry)
+        #: every epoch trained so far, across ``fit`` calls (and the run's, for a loaded run); ``save`` writes it
+        self.history = History()
+        #: what the last ``fit`` trained on (or the loaded run's ``data.json``); ``save`` writes it
+        self.data_record: DataRecord | None = None
 
     # -- description ------------------------------------------------------------
     @property
@@ -148,34 +158,101 @@ class Model:
 
     # -- training ------------------------------------------------------------------
     def fit(self, x: Any, y: Any, *, epochs: int | None = None, batch_size: int | None = None,
-            validation_data: tuple[Any, Any] | None = None, callbacks: Sequence[Callback] = (),
-            verbose: int = 1, seed: int | None = None, class_names: Sequence[str] | None = None) -> History:
-        """Train on raw inputs ``x`` (uint8 or float images) and class ids ``y`` with the model file's
-        ``training`` settings (optimizer, schedule, augmentation...); ``epochs``, ``batch_size`` and ``seed``
-        override them. The first ``fit`` fits the preprocessing on ``x``; later calls keep it and
-        continue from the current weights.
+            validation_split: float | None = None, validation_data: tuple[Any, Any] | None = None,
+            optimizer: str | dict | None = None, lr: float | None = None, callbacks: Sequence[Callback] = (),
+            class_names: Sequence[str] | None = None, shuffle: bool = True, seed: int | None = None,
+            verbose: int = 1) -> History:
+        """Train on raw inputs ``x`` (uint8 or float images, or feature rows) and class ids ``y``.
 
-        ``verbose``: 1 a progress bar per epoch (on a terminal and in Jupyter) and a summary line per
-        epoch, 2 only the summary lines, 0 silent. ``callbacks`` are
-        :class:`layerkit.training.trainer.Callback` objects; the model file's ``training.callbacks``
-        are added.
+        Every argument left out comes from the model file's ``training`` section (see docs/python-api.md
+        for the table):
+
+        - ``epochs``, ``batch_size``, ``seed``: default ``training.epochs`` / ``batch_size`` / ``seed``
+          (10, 64 and 0 where the model file says nothing).
+        - ``validation_split``: a fraction in (0, 1); the LAST fraction of ``x`` and ``y`` (before any
+          shuffling, as Keras does) is held out and scored after every epoch. Default: the model file's
+          ``training.data.validation_split``, else no validation. Not together with ``validation_data``.
+        - ``validation_data``: a pair ``(x_val, y_val)`` scored after every epoch. Early stopping
+          (``training.early_stopping``) watches the validation scores, never test data.
+        - ``optimizer``: a name (``"adam"``) or a dict as in the model file (``{"type": "sgd", "lr": 0.1,
+          "momentum": 0.9}``). Default: ``training.optimizer``, else plain SGD (``lr`` 0.01, no momentum).
+        - ``lr``: the learning rate, replacing the optimizer's ``lr`` (the schedule starts from it).
+        - ``callbacks``: :class:`layerkit.training.trainer.Callback` objects, added to the model file's
+          ``training.callbacks``.
+        - ``class_names``: one name per output, kept with the preprocessing (first ``fit`` only;
+          default ``"0"``, ``"1"``, ...).
+        - ``shuffle``: reshuffle the training samples every epoch (default True); False visits them in
+          the given order.
+        - ``verbose``: 1 (default) a progress bar per epoch on a terminal and in Jupyter and a summary
+          line per epoch, 2 only the summary lines, 0 silent.
+
+        The first ``fit`` fits the preprocessing on the training part of ``x``; later calls keep it and
+        continue from the current weights with a fresh optimizer. Returns this call's
+        :class:`History`; :attr:`history` keeps every epoch of every call, and :meth:`save` writes it.
+        Bad values raise :class:`~layerkit.errors.LayerkitError`.
         """
         from layerkit.data import DataSplits
+        from layerkit.data.record import DataRecord
 
-        x = check_numeric(np.asarray(x), "x", "images")
-        options = self.spec.training.get("data") or {}
+        for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+                                      or value < (0 if key == "seed" else 1)):
+                raise LayerkitError(f"{key} must be a {'non-negative' if key == 'seed' else 'positive'} "
+                                    f"integer, got {value!r}")
+        if verbose not in (0, 1, 2) or isinstance(verbose, float):
+            raise LayerkitError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise LayerkitError(f"shuffle must be True or False, got {shuffle!r}")
+        if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, (list, tuple)):
+            raise LayerkitError(f"callbacks must be a list of Callback objects, got {type(callbacks).__name__}")
+        for i, cb in enumerate(callbacks):
+            if isinstance(cb, type) or not all(callable(getattr(cb, hook, None)) for hook in CALLBACK_HOOKS):
+                raise LayerkitError(f"callbacks[{i}]: {cb!r:.60} is not a layerkit.training.trainer.Callback "
+                                    f"(subclass it and override any of {', '.join(CALLBACK_HOOKS)}; pass an "
+                                    f"instance)")
+        training = self._fit_training(optimizer, lr)
+        for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
+            if value is not None:
+                training[key] = int(value)
+        options = dict(training.get("data") or {})
+        if validation_split is not None and validation_data is not None:
+            raise LayerkitError("give validation_split or validation_data, not both")
+        if validation_split is None and validation_data is None:
+            validation_split = options.get("validation_split") or None
+        if validation_split is not None and (isinstance(validation_split, bool)
+                                             or not isinstance(validation_split, (int, float, np.floating))
+                                             or not 0 < validation_split < 1):
+            raise LayerkitError(f"validation_split must be a fraction between 0 and 1 (exclusive), "
+                                f"got {validation_split!r}")
+        if class_names is not None:
+            if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names):
+                raise LayerkitError("class_names must be a list of strings, one per output")
+            if len(class_names) != self.num_outputs:
+                raise LayerkitError(f"class_names has {len(class_names)} names but the model has "
+                                    f"{self.num_outputs} outputs")
+
+        raw_x = check_numeric(np.asarray(x), "x", "images")
         layout = options.get("layout", "auto")
-        x = to_model_layout(x, self.input_shape, "x", layout)
-        y = self._labels(y, len(x), "y")
+        x = to_model_layout(raw_x, self.input_shape, "x", layout)
+        raw_y = np.asarray(y)
+        y = self._labels(raw_y, len(x), "y")
         if len(x) == 0:
             raise DataError("x: no training samples")
+        x_val = y_val = None
+        if validation_split is not None:
+            split_at = int(len(x) * (1 - float(validation_split)))  # Keras's rule: the last fraction
+            if split_at < 1 or split_at >= len(x):
+                raise LayerkitError(f"validation_split {validation_split} of {len(x)} samples leaves "
+                                    f"{len(x) - split_at} for validation and {split_at} for training")
+            x, x_val, y, y_val = x[:split_at], x[split_at:], y[:split_at], y[split_at:]
         if self.preprocessing is None:
             names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_outputs)]
             self.preprocessing, x = Preprocessing.fit_transform(
                 x, options.get("normalize", "unit"), input_shape=self.input_shape, class_names=names, layout=layout)
         else:
             x = self.preprocessing.transform(x, "x")
-        x_val = y_val = None
+        if x_val is not None:
+            x_val = self.preprocessing.transform(x_val, "validation_split")
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise LayerkitError("validation_data must be a pair (x_val, y_val)")
@@ -184,16 +261,17 @@ class Model:
         empty = np.empty((0, *self.input_shape), dtype=np.float32)
         data = DataSplits(x_train=x, y_train=y, x_test=empty, y_test=np.empty(0, dtype=np.int64), x_val=x_val,
                           y_val=y_val, source="arrays", class_names=self.class_names, preprocessing=self.preprocessing)
-        training = copy.deepcopy(self.spec.training)
-        for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
-            if value is not None:
-                if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
-                    raise LayerkitError(f"{key} must be a {'non-negative' if key == 'seed' else 'positive'} "
-                                        f"integer, got {value!r}")
-                training[key] = value
         early = training.get("early_stopping")
-        if early and str(early.get("monitor", "val_loss")).startswith("test_"):
-            training.pop("early_stopping")  # no test split here
+        if early:
+            monitor = str(early.get("monitor", "val_loss"))
+            if monitor.startswith("test_"):
+                if x_val is None:
+                    training.pop("early_stopping")  # fit has no test split, and selects on no test data
+                else:
+                    training["early_stopping"] = {**early, "monitor": "val_" + monitor[len("test_"):]}
+            elif monitor.startswith("val_") and x_val is None:
+                raise LayerkitError(f"the model file's training.early_stopping monitors {monitor}: pass "
+                                    f"validation_split= or validation_data= to fit")
         shown: list[Callback] = []
         if verbose:
             from rich.console import Console
@@ -202,9 +280,41 @@ class Model:
             shown.append(ProgressDisplay(Console(highlight=False), quiet=verbose == 2))
         loggers = build_callbacks(training.get("callbacks"), None, self._registry)
         trainer = Trainer(self.net, self.loss, data, training, callbacks=[*shown, *loggers, *callbacks],
-                          registry=self._registry)
+                          registry=self._registry, shuffle=bool(shuffle))
         result = trainer.fit()
-        return History(list(result.history))
+        history = History([dict(r) for r in result.history])
+        offset = int(self.history.epochs[-1].get("epoch", len(self.history))) if self.history.epochs else 0
+        self.history.epochs += [{**r, "epoch": offset + int(r["epoch"])} for r in history.epochs]
+        record_options = {**options, "validation_split": float(validation_split) if validation_split else None}
+        self.data_record = DataRecord.of_arrays(raw_x, raw_y, self.class_names, record_options,
+                                                int(trainer.seed), data.counts())
+        return history
+
+    def _fit_training(self, optimizer: str | dict | None, lr: float | None) -> dict:
+        """The model file's ``training`` section with ``fit``'s ``optimizer`` and ``lr`` applied and checked."""
+        training = copy.deepcopy(self.spec.training)
+        if optimizer is None and lr is None:
+            return training
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating))
+                               or not np.isfinite(lr) or lr <= 0):
+            raise LayerkitError(f"lr must be a positive number, got {lr!r}")
+        if optimizer is None:
+            config = dict(training.get("optimizer") or {"type": DEFAULT_OPTIMIZER})
+        elif isinstance(optimizer, str):
+            config = {"type": optimizer}
+        elif isinstance(optimizer, dict):
+            config = copy.deepcopy(optimizer)
+        else:
+            raise LayerkitError(f"optimizer must be a name such as 'adam' or a dict such as "
+                                f"{{'type': 'sgd', 'lr': 0.1}}, got {type(optimizer).__name__}")
+        if lr is not None:
+            config["lr"] = float(lr)
+        raw = copy.deepcopy({k: v for k, v in self.spec.raw.items() if k != "$schema"})
+        raw["training"] = {**(raw.get("training") or {}), "optimizer": config}
+        # checked as the model file's own training.optimizer would be: type, parameters, ranges
+        checked = spec_from_dict(raw, source="fit(optimizer=...)", registry=self._registry)
+        training["optimizer"] = checked.training["optimizer"]
+        return training
 
     # -- inference -------------------------------------------------------------------
     def _outputs(self, x: np.ndarray) -> np.ndarray:
@@ -230,8 +340,11 @@ class Model:
 
     # -- saving ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``model.json``, ``weights.npz`` and ``preprocessing.json`` into the folder ``path``
-        (created if needed); :func:`load` reads it back, and so do ``layerkit predict`` and ``export``."""
+        """Write ``model.json``, ``weights.npz``, ``preprocessing.json``, the training history
+        (``history.json`` and ``history.csv``, as ``layerkit fit`` writes them) and the record of the
+        data it was trained on (``data.json``: for ``fit`` on arrays, their shapes, dtypes, SHA-256 and
+        class names) into the folder ``path`` (created if needed). :func:`load` reads it back, and so
+        do ``layerkit predict``, ``export``, ``plot`` and ``evaluate``."""
         path = Path(path)
         if (path / CHECKPOINT).exists():
             raise LayerkitError(f"{path}: holds a training run (checkpoint.npz); save into another folder")
@@ -245,6 +358,13 @@ class Model:
         write_text_atomic(path / MODEL_FILE, json.dumps(raw, indent=2) + "\n", "model file")
         self.net.save_weights(path / WEIGHTS)
         self._pre().save(path / PREPROCESSING_FILE)
+        from layerkit.training.runs import RunDir
+
+        RunDir(path).write_history(self.history.epochs)
+        if self.data_record is not None:
+            self.data_record.save(path / DATA_RECORD)
+        elif (path / DATA_RECORD).is_file():
+            (path / DATA_RECORD).unlink()  # an earlier save's record is not this model's
         return path
 
     def export_onnx(self, path: str | Path) -> Path:
@@ -316,6 +436,15 @@ def _load_dir(path: Path, registry: Registry | None = None) -> Model:
     elif ((spec.training.get("data") or {}).get("normalize", "unit")) == "standardize":
         Preprocessing.load(path)  # raises, naming the missing file
     model = Model(spec, net, pre, source=str(path), registry=registry)
+    if (path / HISTORY_JSON).is_file():
+        from layerkit.training.runs import RunDir
+
+        records = RunDir(path).history()
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise LayerkitError(f"{path / HISTORY_JSON}: expected a list of per-epoch records")
+        model.history = History(records)
+    if (path / DATA_RECORD).is_file():
+        model.data_record = DataRecord.load(path / DATA_RECORD)
     return model
 
 

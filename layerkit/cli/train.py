@@ -187,6 +187,8 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
     net.set_weights(arrays, source=str(weights))
     notes: list[str] = []
     if run is not None:
+        from layerkit.training.runs import refuse_arrays_run  # a model trained on arrays: no data to guess
+        refuse_arrays_run(run, explicit=dataset is not None or data_dir is not None, terms=FIT_TERMS)
         data = load_run_data(run, spec, net, data_dir=data_dir, allow_other_data=allow_other_data,
                              log=notes.append, terms=FIT_TERMS)
     else:
@@ -238,7 +240,9 @@ def plot(run_dir: Path = typer.Argument(..., metavar="RUN_DIR"),
          out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs (default: RUN_DIR).")) -> None:
     """PNG plots of a run: loss and accuracy curves, and the first layer's weights as images."""
     from layerkit.training.plot import plot_run
+    from layerkit.training.runs import require_epochs
 
+    require_epochs(run_dir)  # a model saved before any fit: say so rather than draw empty axes
     for path in plot_run(run_dir, out):
         typer.echo(f"wrote {path}")
 

@@ -8,6 +8,12 @@ and the number of samples per split. Resuming a run or evaluating it reads the
 data from the recorded location and compares what it finds against the record,
 so a changed file or another directory is a refusal naming what differs, never
 a silent switch.
+
+A model trained from Python on in-memory arrays (``Model.fit`` then ``save``) has a
+record with source ``"arrays"``, no dataset and no files, and an ``arrays`` entry:
+the shapes and dtypes of ``x`` and ``y``, a SHA-256 of their bytes and the class
+names. There is nothing to read again: :meth:`DataRecord.refuse_arrays` raises
+:class:`TrainedOnArrays` for such a record, naming how to evaluate the model instead.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from layerkit.errors import DataError
 from layerkit.fileio import read_json_record, record_path, write_text_atomic
@@ -29,6 +37,27 @@ FILE_NAME = "data.json"
 CHUNK = 1 << 20
 #: the ``training.data`` options that decide which samples end up in which split, and how
 SHAPING_OPTIONS = ("classes", "train_limit", "test_limit", "validation_split", "normalize", "layout")
+#: the ``source`` of a record of in-memory arrays (``Model.fit`` in Python)
+ARRAYS = "arrays"
+
+
+class TrainedOnArrays(DataError):
+    """A saved model or run was trained on in-memory arrays: there is no recorded dataset to read again."""
+
+
+def array_fingerprint(*arrays: np.ndarray) -> str:
+    """SHA-256 (hex) of the arrays' dtypes, shapes and bytes (C order), in the order given."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(a.data if a.size else b"")
+    return digest.hexdigest()
+
+
+def describe_array(a: np.ndarray) -> dict[str, Any]:
+    """``{"shape": [...], "dtype": "uint8"}``."""
+    return {"shape": [int(n) for n in a.shape], "dtype": str(a.dtype)}
 
 
 def file_fingerprint(path: str | Path, name: str | None = None) -> dict[str, Any]:
@@ -49,13 +78,46 @@ def file_fingerprint(path: str | Path, name: str | None = None) -> dict[str, Any
 class DataRecord:
     """The data a run was trained on, as its ``data.json`` stores it (see the module docstring)."""
 
-    dataset: str
-    location: str | None  # absolute; None: the dataset's embedded sample
+    dataset: str | None  # None: in-memory arrays
+    location: str | None  # absolute; None: the dataset's embedded sample (or arrays)
     source: str
     files: list[dict] = field(default_factory=list)
     options: dict = field(default_factory=dict)
     seed: int = 0
     samples: dict = field(default_factory=dict)
+    #: in-memory arrays only: ``x``/``y`` shapes and dtypes, ``sha256``, ``class_names``
+    arrays: dict | None = None
+
+    @property
+    def from_arrays(self) -> bool:
+        """Whether the model was trained on in-memory arrays (``Model.fit``), not a dataset."""
+        return self.source == ARRAYS
+
+    @classmethod
+    def of_arrays(cls, x: np.ndarray, y: np.ndarray, class_names: list[str], options: dict | None, seed: int,
+                  samples: dict) -> "DataRecord":
+        """The record of a ``Model.fit`` on the raw arrays ``x`` and ``y`` (as given, before any split)."""
+        options = options or {}
+        return cls(dataset=None, location=None, source=ARRAYS, files=[],
+                   options={k: options[k] for k in SHAPING_OPTIONS if options.get(k) is not None},
+                   seed=int(seed), samples=dict(samples),
+                   arrays={"x": describe_array(x), "y": describe_array(y), "sha256": array_fingerprint(x, y),
+                           "class_names": [str(c) for c in class_names]})
+
+    def refuse_arrays(self, where: str | Path, python: str = "model.evaluate(x, y)",
+                      explicit: str = "--dataset NAME or --data-dir DIR") -> None:
+        """Raise :class:`TrainedOnArrays` if this record is of in-memory arrays: nothing can be read
+        again, and scoring the model on whatever dataset its model file names would be a guess.
+        ``python`` and ``explicit`` name the two ways out in the caller's terms."""
+        if not self.from_arrays:
+            return
+        shapes = ""
+        if self.arrays:
+            x = self.arrays["x"]
+            shapes = f" (x {tuple(x['shape'])} {x['dtype']})"
+        raise TrainedOnArrays(f"{where}: trained on in-memory arrays{shapes}, not on a dataset layerkit can "
+                              f"read again; evaluate it in Python with {python} on your test arrays, or pass "
+                              f"{explicit} to score it on a dataset")
 
     @property
     def embedded(self) -> bool:
@@ -107,8 +169,11 @@ class DataRecord:
 
     # -- the file ----------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "dataset": self.dataset, "location": self.location, "source": self.source,
-                "files": self.files, "options": self.options, "seed": self.seed, "samples": self.samples}
+        out = {"format": FORMAT, "dataset": self.dataset, "location": self.location, "source": self.source,
+               "files": self.files, "options": self.options, "seed": self.seed, "samples": self.samples}
+        if self.arrays is not None:
+            out["arrays"] = self.arrays
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, source: str = FILE_NAME) -> "DataRecord":
@@ -119,15 +184,22 @@ class DataRecord:
         if not isinstance(data, dict):
             raise bad("(top level)", "expected a JSON object")
         keys = {"format", "dataset", "location", "source", "files", "options", "seed", "samples"}
-        for key in sorted(set(data) - keys):
+        for key in sorted(set(data) - keys - {"arrays"}):
             raise bad(key, "unknown field")
         for key in sorted(keys - set(data)):
             raise bad(key, "missing")
         if data["format"] != FORMAT:
             raise bad("format", f"{data['format']!r} is not supported (expected {FORMAT})")
         for key in ("dataset", "source"):
+            if key == "dataset" and data["source"] == ARRAYS and data[key] is None:
+                continue  # in-memory arrays: no dataset
             if not isinstance(data[key], str) or not data[key]:
                 raise bad(key, "expected a non-empty string")
+        arrays = data.get("arrays")
+        if data["source"] == ARRAYS and not _arrays_entry(arrays):
+            raise bad("arrays", "expected {x, y, sha256, class_names} for in-memory arrays")
+        if data["source"] != ARRAYS and arrays is not None:
+            raise bad("arrays", f"only a record of source {ARRAYS!r} has one")
         if data["location"] is not None and not (isinstance(data["location"], str)
                                                  and Path(data["location"]).is_absolute()):
             raise bad("location", "expected an absolute path or null (the embedded sample)")
@@ -146,7 +218,7 @@ class DataRecord:
                 and all(_count(v) for v in samples.values())):
             raise bad("samples", "expected {train, validation, test} counts")
         return cls(dataset=data["dataset"], location=data["location"], source=data["source"], files=files,
-                   options=data["options"], seed=data["seed"], samples=samples)
+                   options=data["options"], seed=data["seed"], samples=samples, arrays=arrays)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1) + "\n"
@@ -166,8 +238,20 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _arrays_entry(value: Any) -> bool:
+    def array(a: Any) -> bool:
+        return (isinstance(a, dict) and set(a) == {"shape", "dtype"} and isinstance(a["dtype"], str)
+                and isinstance(a["shape"], list) and all(_count(n) for n in a["shape"]))
+
+    return (isinstance(value, dict) and set(value) == {"x", "y", "sha256", "class_names"}
+            and array(value["x"]) and array(value["y"]) and isinstance(value["sha256"], str)
+            and len(value["sha256"]) == 64 and isinstance(value["class_names"], list)
+            and all(isinstance(c, str) for c in value["class_names"]))
+
+
 def _counts(samples: dict) -> str:
     return " / ".join(f"{samples.get(k, 0):,} {k}" for k in ("train", "validation", "test"))
 
 
-__all__ = ["DataRecord", "file_fingerprint", "FILE_NAME", "SHAPING_OPTIONS"]
+__all__ = ["ARRAYS", "DataRecord", "TrainedOnArrays", "array_fingerprint", "file_fingerprint", "FILE_NAME",
+           "SHAPING_OPTIONS"]

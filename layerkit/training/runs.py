@@ -225,9 +225,23 @@ class RunDir:
         try:
             return json.loads((self / HISTORY_JSON).read_text())
         except FileNotFoundError:
-            raise CheckpointError(f"{self.path}: no {HISTORY_JSON} (no epoch has finished yet)") from None
+            if (self / CHECKPOINT).is_file() or not (self / WEIGHTS).is_file():
+                raise CheckpointError(f"{self.path}: no {HISTORY_JSON} (no epoch has finished yet)") from None
+            raise CheckpointError(f"{self.path}: no {HISTORY_JSON}: saved without its training history "
+                                  f"(by an older layerkit)") from None
         except ValueError as exc:
             raise CheckpointError(f"{self / HISTORY_JSON}: not valid JSON ({exc})") from None
+
+
+def require_epochs(path: str | Path) -> None:
+    """Raise :class:`LayerkitError` when the run or saved model in ``path`` records a history of no
+    epochs (a model saved before any ``fit``): there are no curves to draw."""
+    run = RunDir(path)
+    if not (run / MODEL_FILE).is_file() or not (run / HISTORY_JSON).is_file():
+        return  # plotting says what is missing
+    if run.history() == []:
+        raise LayerkitError(f"{run.path}: trained for 0 epochs, so there are no curves to plot; train it "
+                            f"first (model.fit(x, y) in Python, or layerkit fit)")
 
 
 def default_out(name: str, root: str | Path = "runs") -> Path:
@@ -264,6 +278,16 @@ def record_of(spec: ModelSpec, data: DataSplits) -> DataRecord:
     return DataRecord.of(spec.training["dataset"], data, spec.training.get("data"), int(spec.training["seed"]))
 
 
+def refuse_arrays_run(run: RunDir, *, explicit: bool, terms: Terms = PYTHON_TERMS) -> None:
+    """Raise :class:`~layerkit.data.record.TrainedOnArrays` when ``run`` (a run directory or a folder
+    written by ``Model.save``) was trained on in-memory arrays and the caller named no data
+    (``explicit``: a dataset or data directory was given): its model file's dataset would be a guess."""
+    if explicit or not (run / DATA_RECORD).is_file():
+        return
+    DataRecord.load(run / DATA_RECORD).refuse_arrays(
+        run.path, explicit=f"{terms.dataset} NAME or {terms.data_dir} DIR")
+
+
 def load_run_data(run: RunDir, spec: ModelSpec, model, *, data_dir: str | Path | None = None,
                   allow_other_data: bool = False, registry=None,
                   log: Callable[[str], None] = _quiet, terms: Terms = PYTHON_TERMS) -> DataSplits:
@@ -276,6 +300,10 @@ def load_run_data(run: RunDir, spec: ModelSpec, model, *, data_dir: str | Path |
         return prepare_data(spec, model, data_dir, registry, terms=terms)
     record = DataRecord.load(run / DATA_RECORD)
     pre = Preprocessing.load(run / PREPROCESSING) if (run / PREPROCESSING).exists() else None
+    if record.from_arrays:  # nothing to read again: the data the caller names, with the saved preprocessing
+        data = prepare_data(spec, model, data_dir, registry, preprocessing=pre, terms=terms)
+        log(f"note: {run.path} was trained on in-memory arrays; scoring it on {data.source}")
+        return data
     if data_dir is not None or spec.training.get("dataset") != record.dataset:
         data = prepare_data(spec, model, data_dir, registry, preprocessing=pre, terms=terms)
     else:

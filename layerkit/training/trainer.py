@@ -182,8 +182,10 @@ class Trainer:
     def __init__(self, model: Network, loss, data: DataSplits, training: dict, *,
                  optimizer: Optimizer | None = None, callbacks: Sequence[Callback] = (),
                  save_checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
-                 registry=None, collectives: Collectives = SINGLE) -> None:
+                 registry=None, collectives: Collectives = SINGLE, shuffle: bool = True) -> None:
         self.model, self.loss, self.data = model, loss, data
+        #: False: every epoch visits the training samples in their given order (``Model.fit(shuffle=False)``)
+        self.shuffle = shuffle
         #: the processes training together (MPI ranks), see ``layerkit.parallel.collectives``
         self.comm = collectives
         self.training = fill_training_defaults(training)
@@ -240,6 +242,8 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------
     def permutation(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.data.x_train))
         return np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.data.x_train))
 
     def fit(self) -> TrainResult:
