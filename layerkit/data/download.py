@@ -192,7 +192,7 @@ def _fetch_verified(url: str, target: Path, want: str, file_sum: str | None, lim
         raise
 
 
-def urllib3_timeout() -> type[Exception]:
+def _urllib3_timeout() -> type[Exception]:
     """urllib3's read timeout (raised by a raw read of a requests response)."""
     from urllib3.exceptions import ReadTimeoutError
     return ReadTimeoutError
@@ -272,7 +272,7 @@ class _Downloader:
             def read() -> bytes:
                 try:
                     return raw.read1(CHUNK, decode_content=True)
-                except (TimeoutError, urllib3_timeout()):
+                except (TimeoutError, _urllib3_timeout()):
                     raise self._idle(url, "sent nothing for") from None
 
             self._pump(url, read, out, total)
