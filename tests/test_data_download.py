@@ -152,3 +152,65 @@ def test_a_corrupt_file_already_there_is_fetched_again(server, tmp_path):
     (dest / "train-labels-idx1-ubyte.gz").write_bytes(b"junk")
     dl.download("mnist", dest, url_base=url, sha256=sums)
     assert dl.content_sha256(dest / "train-labels-idx1-ubyte.gz") == sums["train-labels-idx1-ubyte.gz"]
+
+
+class Silent(http.server.BaseHTTPRequestHandler):
+    """Accepts the connection and the request, then never answers."""
+
+    def do_GET(self):
+        time.sleep(5)
+
+    def log_message(self, *args):
+        pass
+
+
+class QuietAfterHeaders(Trickle):
+    """Sends the headers and ten bytes, then nothing."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        self.wfile.write(b"\x1f" * 10)
+        self.wfile.flush()
+        time.sleep(5)
+
+
+def _serve(handler):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    return httpd
+
+
+@pytest.mark.parametrize("handler, says", [(Silent, "sent no answer within 0.5 s"),
+                                           (QuietAfterHeaders, "sent nothing for 0.5 s"),
+                                           (Trickle, "under 1024 bytes per 0.5 s")])
+def test_a_quiet_or_trickling_server_meets_the_idle_timeout(handler, says, tmp_path, capsys):
+    # a 30 s deadline: only the idle timeout (or the low-speed rule) can stop these within seconds
+    httpd = _serve(handler)
+    try:
+        started = time.monotonic()
+        rc = main(["data", "download", "mnist", "--dir", str(tmp_path / "d"), "--timeout", "30",
+                   "--idle-timeout", "0.5", "--url-base", f"http://127.0.0.1:{httpd.server_address[1]}/"])
+        took = time.monotonic() - started
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and says in err and "--idle-timeout" in err, err
+    assert took < 5  # not retried: a server that went quiet once gets no second wait
+    assert not any((tmp_path / "d").iterdir())
+
+
+def test_the_python_function_takes_the_idle_timeout(tmp_path):
+    httpd = _serve(Silent)
+    try:
+        with pytest.raises(DataError, match="sent no answer within 0.3 s"):
+            dl.download("mnist", tmp_path / "d", url_base=f"http://127.0.0.1:{httpd.server_address[1]}/",
+                        idle_timeout=0.3)
+        with pytest.raises(DataError, match="idle timeout 0"):
+            dl.download("mnist", tmp_path / "d", idle_timeout=0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -284,7 +284,8 @@ def test_batch_norm_after_dense_on_the_last_axis_is_not_folded_into_the_units():
     from layerkit.modelfile.spec import spec_from_dict
 
     spec = spec_from_dict({"format": 1, "name": "m", "input": {"shape": [4, 3, 5]},
-                           "layers": [{"type": "dense", "units": 4}, {"type": "batch_norm"}]})
+                           "layers": [{"type": "dense", "units": 4}, {"type": "batch_norm"}],
+                           "loss": {"type": "mse"}})  # a feature map out: the class-score default refuses it
     model = build_model(spec)
     rng = np.random.default_rng(8)
     state = model.state[model.nodes[1].name]

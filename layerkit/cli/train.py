@@ -266,14 +266,18 @@ def data_download(name: str = typer.Argument(..., metavar="mnist|fashion_mnist")
                   url_base: Optional[str] = typer.Option(None, "--url-base",
                                                          help="Mirror to download from (http(s):// or file://)."),
                   timeout: float = typer.Option(600.0, "--timeout", min=0.001, metavar="SECONDS",
-                                                help="Give up when the whole download takes longer.")) -> None:
+                                                help="Give up when the whole download takes longer."),
+                  idle_timeout: float = typer.Option(30.0, "--idle-timeout", min=0.001, metavar="SECONDS",
+                                                     help="Give up when the server sends nothing for this long, "
+                                                          "or under 1 KiB in such a span.")) -> None:
     """Download the four IDX files (through pooch, with retries) and verify their SHA-256 checksums."""
     from layerkit.data.download import download
 
     console = _console(stderr=True)
     bar = _DownloadBar(console) if console.is_terminal else None
     try:
-        where = download(name, dest, url_base, timeout=timeout, report=typer.echo, progress=bar)
+        where = download(name, dest, url_base, timeout=timeout, report=typer.echo, progress=bar,
+                         idle_timeout=idle_timeout)
     finally:
         if bar is not None:
             bar.stop()

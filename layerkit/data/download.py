@@ -10,8 +10,10 @@ original files published by LeCun et al.; the Fashion-MNIST sums were taken from
 Debian's ``dataset-fashion-mnist`` package.
 
 Downloads have an overall deadline (``--timeout``, default 600 s for the whole
-command): a server that trickles a byte every few seconds fails with a clear error
-instead of never finishing. ``file://`` URLs copy from a local folder (offline mirrors).
+command) and an idle timeout (``--idle-timeout``, default 30 s): a server that sends no
+byte for that long fails at once, and so does one that sends less than 1 KiB in any such
+span (a trickle of a byte every few seconds), with a clear error instead of running on
+to the deadline. ``file://`` URLs copy from a local folder (offline mirrors).
 """
 
 from __future__ import annotations
@@ -96,19 +98,27 @@ def default_dir(name: str) -> Path:
 
 
 DEFAULT_TIMEOUT = 600.0
+DEFAULT_IDLE_TIMEOUT = 30.0
+#: the low-speed rule: less than this many bytes in any idle-timeout span stops the download
+MIN_BYTES_PER_IDLE = 1024
 RETRIES = 2
 
 
 def download(name: str, dest: str | Path | None = None, url_base: str | None = None,
              sha256: dict[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT,
-             report: Callable[[str], None] | None = None, progress: Progress | None = None) -> Path:
+             report: Callable[[str], None] | None = None, progress: Progress | None = None,
+             idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> Path:
     """Download dataset ``name`` into ``dest`` (default: ``$LAYERKIT_DATA_DIR/NAME`` or the cache),
-    skipping files already there and valid; all of it within ``timeout`` seconds. ``progress``
-    is an optional ``progress(file, done_bytes, total_bytes_or_None)`` callback. Returns the directory."""
+    skipping files already there and valid; all of it within ``timeout`` seconds, and stopped when
+    the server sends nothing for ``idle_timeout`` seconds or less than 1 KiB in any such span.
+    ``progress`` is an optional ``progress(file, done_bytes, total_bytes_or_None)`` callback.
+    Returns the directory."""
     if name not in SOURCES:
         raise RegistryError(f"no download source for {name!r} (available: {', '.join(sorted(SOURCES))})")
     if not timeout or timeout <= 0:
         raise DataError(f"timeout {timeout!r}: give a number of seconds above 0")
+    if not idle_timeout or idle_timeout <= 0:
+        raise DataError(f"idle timeout {idle_timeout!r}: give a number of seconds above 0")
     source = SOURCES[name]
     sums = sha256 or source.sha256
     base = url_base or source.url_base
@@ -122,7 +132,7 @@ def download(name: str, dest: str | Path | None = None, url_base: str | None = N
     except OSError as exc:
         raise DataError(f"{dest}: cannot create directory ({exc.strerror or exc})") from None
     say = report or (lambda _msg: None)
-    deadline = time.monotonic() + float(timeout)
+    limits = _Limits(time.monotonic() + float(timeout), float(timeout), float(idle_timeout))
     for fname, want in sums.items():
         target = dest / fname
         if target.is_file() and content_sha256(target) == want:
@@ -132,22 +142,30 @@ def download(name: str, dest: str | Path | None = None, url_base: str | None = N
             target.unlink()  # not what it should be: fetched again, never trusted
         url = base + fname
         say(f"downloading {url}")
-        _fetch_verified(url, target, want, file_sums.get(fname), deadline, timeout, progress)
+        _fetch_verified(url, target, want, file_sums.get(fname), limits, progress)
         say(f"{target}: checksum OK")
     return dest
 
 
-def _fetch_verified(url: str, target: Path, want: str, file_sum: str | None, deadline: float, timeout: float,
+@dataclass(frozen=True)
+class _Limits:
+    deadline: float  # time.monotonic() by which everything is done
+    timeout: float  # the overall deadline's length, for messages
+    idle: float  # seconds without a byte (or with under MIN_BYTES_PER_IDLE) before giving up
+
+
+def _fetch_verified(url: str, target: Path, want: str, file_sum: str | None, limits: _Limits,
                     progress: Progress | None) -> None:
     import pooch
     import requests
 
-    logging.getLogger("pooch").setLevel(logging.WARNING)  # layerkit reports progress itself
+    # layerkit reports progress itself; pooch's logger is its own object, not logging's "pooch"
+    pooch.get_logger().setLevel(logging.WARNING)
     fetcher = pooch.create(path=target.parent, base_url=url[:-len(target.name)],
                            registry={target.name: f"sha256:{file_sum}" if file_sum else None},
                            retry_if_failed=RETRIES)
     try:
-        fetcher.fetch(target.name, downloader=_Downloader(deadline, timeout, progress))
+        fetcher.fetch(target.name, downloader=_Downloader(limits, progress))
     except DataError:
         raise
     except requests.exceptions.HTTPError as exc:
@@ -174,6 +192,12 @@ def _fetch_verified(url: str, target: Path, want: str, file_sum: str | None, dea
         raise
 
 
+def _urllib3_timeout() -> type[Exception]:
+    """urllib3's read timeout (raised by a raw read of a requests response)."""
+    from urllib3.exceptions import ReadTimeoutError
+    return ReadTimeoutError
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     inner = exc.args[0] if exc.args else None
@@ -184,20 +208,27 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Downloader:
-    """A pooch downloader with an overall deadline and a progress callback; http(s) and file:// URLs.
+    """A pooch downloader with an overall deadline, an idle timeout and a progress callback; http(s)
+    and file:// URLs.
 
-    It reads whatever the server has sent so far (``read1``), so a server that trickles bytes
-    still meets the deadline; a silent one meets the read timeout, which is the time left."""
+    It reads whatever the server has sent so far (``read1``). A silent server meets the socket's read
+    timeout (the idle timeout, or the time left at the request when that is shorter); one that trickles bytes meets
+    the low-speed rule (under 1 KiB in an idle-timeout span), checked between reads."""
 
-    def __init__(self, deadline: float, timeout: float, progress: Progress | None) -> None:
-        self.deadline, self.timeout, self.progress = deadline, timeout, progress
+    def __init__(self, limits: _Limits, progress: Progress | None) -> None:
+        self.limits, self.progress = limits, progress
 
     def _left(self, url: str) -> float:
-        left = self.deadline - time.monotonic()
+        left = self.limits.deadline - time.monotonic()
         if left <= 0:
-            raise DataError(f"{url}: the download did not finish within {self.timeout:g} s; try again later, "
-                            f"raise --timeout, or use a mirror with --url-base")
+            raise DataError(f"{url}: the download did not finish within {self.limits.timeout:g} s; try again "
+                            f"later, raise --timeout, or use a mirror with --url-base")
         return left
+
+    def _idle(self, url: str, what: str) -> DataError:
+        self._left(url)  # past the deadline: that is the message
+        return DataError(f"{url}: the server {what} {self.limits.idle:g} s; try again later, raise "
+                         f"--idle-timeout, or use a mirror with --url-base")
 
     def __call__(self, url: str, output_file: str | Path | BinaryIO, pooch_instance: object = None) -> None:
         # pooch passes a path or an open file
@@ -226,19 +257,30 @@ class _Downloader:
     def _http(self, url: str, out: BinaryIO) -> None:
         import requests
 
-        left = self._left(url)
-        response = requests.get(url, stream=True, timeout=(min(30.0, left), left))
+        wait = min(self.limits.idle, self._left(url))
+        try:
+            response = requests.get(url, stream=True, timeout=(wait, wait))
+        except requests.exceptions.ReadTimeout:
+            raise self._idle(url, "accepted the connection but sent no answer within") from None
         with response:
             if 400 <= response.status_code < 500:  # not worth retrying
                 raise DataError(f"{url}: download failed: HTTP {response.status_code} {response.reason}")
             response.raise_for_status()
             total = int(response.headers.get("content-length") or 0) or None
             raw = response.raw
-            self._pump(url, lambda: raw.read1(CHUNK, decode_content=True), out, total)
+
+            def read() -> bytes:
+                try:
+                    return raw.read1(CHUNK, decode_content=True)
+                except (TimeoutError, _urllib3_timeout()):
+                    raise self._idle(url, "sent nothing for") from None
+
+            self._pump(url, read, out, total)
 
     def _pump(self, url: str, read: Callable[[], bytes], out: BinaryIO, total: int | None) -> None:
         done = 0
         name = url.rsplit("/", 1)[-1]
+        span_start, span_done = time.monotonic(), 0
         while True:
             self._left(url)
             chunk = read()
@@ -246,6 +288,12 @@ class _Downloader:
                 break
             out.write(chunk)
             done += len(chunk)
+            now = time.monotonic()
+            if now - span_start >= self.limits.idle:
+                if done - span_done < MIN_BYTES_PER_IDLE:
+                    raise self._idle(url, f"sent {done - span_done} bytes in the last {now - span_start:.3g} s, "
+                                          f"under {MIN_BYTES_PER_IDLE} bytes per")
+                span_start, span_done = now, done
             if self.progress is not None:
                 self.progress(name, done, total)
         if total and done < total:

@@ -55,6 +55,10 @@ class Conv2DTranspose(Layer):
                 "PyTorch's 2x upsampling with padding 1 and output_padding 1"),
         Example({"filters": 2, "kernel_size": [3, 2], "stride": [2, 1], "padding": [1, 0], "dilation": [1, 2],
                  "use_bias": False}, (3, 3, 4), "rectangular, dilated, no bias"),
+        Example({"filters": 2, "kernel_size": 2, "dilation": 2, "output_padding": 1}, (2, 3, 4),
+                "output_padding at the stride, below the dilation (as PyTorch allows)"),
+        Example({"filters": 1, "kernel_size": 2, "dilation": 3, "padding": 1, "output_padding": [2, 1]}, (1, 3, 4),
+                "output_padding above the padding and the stride"),
     )
 
     # -- static ----------------------------------------------------------------
@@ -71,7 +75,10 @@ class Conv2DTranspose(Layer):
         wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
         if ho < 1 or wo < 1:
             raise ShapeError(f"padding {[ph, pw]} crops the whole {h}x{w} -> {ho}x{wo} output")
-        g = window((ho, wo), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+        # the convolution over the output has one window per input pixel: output_padding at or above
+        # the stride (allowed below the dilation) leaves rows no input pixel reaches, and the window
+        # count computed from the output size would count them as well
+        g = window((ho, wo), (kh, kw), (sh, sw), (ph, pw), (dh, dw))._replace(ho=h, wo=w)
         return (ho, wo), g
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -107,9 +114,20 @@ class Conv2DTranspose(Layer):
         # ONNX's ConvTranspose is PyTorch's: the same weight layout, padding and output_padding
         (kh, kw), (sh, sw) = pair(self.kernel_size, "kernel_size"), pair(self.stride, "stride")
         (ph, pw), (dh, dw) = pair(self.padding, "padding"), pair(self.dilation, "dilation")
-        inputs = [x, g.const(params["W"], "W")] + ([g.const(params["b"], "b")] if self.use_bias else [])
-        return g.op("ConvTranspose", inputs, kernel_shape=[kh, kw], strides=[sh, sw], dilations=[dh, dw],
-                    pads=[ph, pw, ph, pw], output_padding=list(pair(self.output_padding, "output_padding")))
+        oph, opw = pair(self.output_padding, "output_padding")
+        attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "dilations": [dh, dw]}
+        if oph < sh and opw < sw:
+            inputs = [x, g.const(params["W"], "W")] + ([g.const(params["b"], "b")] if self.use_bias else [])
+            return g.op("ConvTranspose", inputs, pads=[ph, pw, ph, pw], output_padding=[oph, opw], **attrs)
+        # onnxruntime refuses output_padding at or above the stride: crop less at the bottom/right
+        # instead, and where output_padding exceeds the padding, add the rows no input reaches as zeros
+        y = g.op("ConvTranspose", [x, g.const(params["W"], "W")], pads=[ph, pw, max(ph - oph, 0), max(pw - opw, 0)],
+                 **attrs)
+        if oph > ph or opw > pw:
+            y = g.op("Pad", [y, g.const([0, 0, 0, 0, 0, 0, max(oph - ph, 0), max(opw - pw, 0)], "pads", np.int64)])
+        if self.use_bias:
+            y = g.op("Add", [y, g.const(params["b"].reshape(-1, 1, 1), "b")])
+        return y
 
     def forward(self, params: Params, x: np.ndarray, training: bool = False, rng: np.random.Generator | None = None,
                 state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:

@@ -190,7 +190,47 @@ def build_graph(spec: ModelSpec, registry: Registry) -> Graph:
         for ref in node.inputs:
             if ref != RESERVED_INPUT:
                 graph.node(ref).consumers.append(node.name)
+    found = loss_problem(graph, registry)
+    if found:
+        raise ShapeError(problems=[found])
     return graph
+
+
+def loss_problem(graph: Graph, registry: Registry) -> Problem | None:
+    """The loss's objection to the model's output shape (``Loss.output_problem``), at the output layer,
+    with the fix where there is a common one: a dense layer on a feature map acts on its last axis
+    only, and a ``flatten`` before it is what a classifier wants."""
+    config = dict(graph.spec.loss)
+    kind = config.pop("type", None)
+    if not isinstance(kind, str) or kind not in registry.entries["loss"]:
+        return None  # the spec check reported it
+    try:
+        problem = registry.get("loss", kind)(**config).output_problem(graph.output.output_shape)
+    except LayerkitError as exc:
+        problem = str(exc)
+    if not problem:
+        return None
+    out = graph.output
+    text = f"{out.spec.label} gives the output {tuple(out.output_shape)}, but the loss {kind} {problem}"
+    dense = _last_axis_dense(graph)
+    if dense is not None:
+        text += (f"; add {{\"type\": \"flatten\"}} before {dense.spec.label} (layers[{dense.spec.index}]): "
+                 f"on its input {tuple(dense.input_shape)} it acts on the last axis only")
+    return Problem(text, ("layers", out.spec.index), graph.spec.source)
+
+
+def _last_axis_dense(graph: Graph) -> Node | None:
+    """The dense layer that left the output multi-dimensional: walking back from the output through
+    single-input layers that keep the number of axes."""
+    node = graph.output
+    rank = len(node.output_shape)
+    while rank > 1 and len(node.output_shape) == rank:
+        if node.spec.type == "dense":
+            return node
+        if len(node.inputs) != 1 or node.inputs[0] == RESERVED_INPUT:
+            return None
+        node = graph.node(node.inputs[0])
+    return None
 
 
 def _node(layer_spec: LayerSpec, cls: type, in_shape: Any, plugin: str) -> Node:

@@ -217,10 +217,34 @@ def _one_of(error: jsonschema.ValidationError) -> tuple[tuple, str]:
     return tuple(here), f"{_short(error.instance)} is not of type {' or '.join(repr(t) for t in types)}"
 
 
+#: the largest whole number a model file may give anywhere (an integer-typed key): every count,
+#: size, seed or class id layerkit uses is far below it, and above it int64 arrays and float
+#: arithmetic would overflow or round (``"classes": [1, 1e30]``)
+MAX_INTEGER = 2**53
+
+
+def _bounded_type(validator: Any, types: Any, instance: Any, schema: dict) -> Any:
+    """The ``type`` keyword, with integers limited to +-MAX_INTEGER."""
+    yield from _TYPE(validator, types, instance, schema)
+    kinds = types if isinstance(types, list) else [types]
+    if ("integer" in kinds and validator.is_type(instance, "integer") and not isinstance(instance, bool)
+            and abs(instance) > MAX_INTEGER):
+        yield jsonschema.ValidationError(f"{_short(instance)} is too large: a whole number here is at most "
+                                         f"2**53 = {MAX_INTEGER:,}", validator="integer_range")
+
+
+_TYPE = jsonschema.Draft202012Validator.VALIDATORS["type"]
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"type": _bounded_type})
+
+
 def _schema_problems(schema: dict, instance: Any, base: tuple, source: str) -> list[Problem]:
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _Validator(schema)
     problems = []
-    for error in validator.iter_errors(instance):
+    errors = list(validator.iter_errors(instance))
+    # a misspelt key ("kernal_size") is one mistake: its "did you mean" names the required key, so
+    # the "is a required property" error for that key says nothing more and is left out
+    meant: set[tuple] = set()
+    for error in errors:
         path = base + tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             allowed = sorted(error.schema.get("properties", {}))
@@ -231,6 +255,15 @@ def _schema_problems(schema: dict, instance: Any, base: tuple, source: str) -> l
                 text = f"unknown key {key!r}"
                 text += f", did you mean {hint[0]!r}?" if hint else f" (allowed: {', '.join(allowed)})"
                 problems.append(Problem(text, path + (key,), source))
+                if hint and hint[0] not in error.instance:
+                    meant.add(path + (hint[0],))
+    for error in errors:
+        path = base + tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            continue
+        if error.validator == "required" and any(
+                path + (key,) in meant and error.message.startswith(f"{key!r} ")
+                for key in error.validator_value):
             continue
         if error.validator in ("oneOf", "anyOf") and error.context:
             rel, message = _one_of(error)

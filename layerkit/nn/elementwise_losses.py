@@ -60,6 +60,14 @@ class _Elementwise(Loss):
         super().__init__(**config)
         self.sample_coupling = Coupling.NONE if self.reduction != "sum" else Coupling.OTHER
 
+    def output_problem(self, output_shape: tuple[int, ...]) -> str | None:
+        """Any shape (the target matches it), except that per-output weights need a flat output of as many."""
+        for key in ("weight", "pos_weight"):
+            w = getattr(self, key, None)
+            if w is not None and (len(output_shape) != 1 or len(w) != output_shape[0]):
+                return f"has {len(w)} {key} entries, one per output: it needs a flat output ({len(w)},)"
+        return None
+
     def _weight(self, output):
         """The per-output weight row (PyTorch's `weight`, here one number per output of a flat output)."""
         w = getattr(self, "weight", None)

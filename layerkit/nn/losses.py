@@ -46,6 +46,12 @@ class Loss:
         for key, value in {**defaults, **config}.items():
             setattr(self, key, value)
 
+    def output_problem(self, output_shape: tuple[int, ...]) -> str | None:
+        """Why a model whose output has the per-sample shape ``output_shape`` (no batch axis) cannot
+        be trained with this loss, or None. ``layerkit validate`` asks it before any data is read;
+        the default accepts every shape (the targets decide, at run time)."""
+        return None
+
     def forward(self, output: np.ndarray, target: np.ndarray) -> tuple[float, Any]:
         raise NotImplementedError
 
@@ -137,6 +143,15 @@ class _ClassLoss(Loss):
             self.weighted_mean_normalises and getattr(self, "class_weights", None) is not None)
         self.sample_coupling = Coupling.NONE if self.reduction == "mean" and not coupled else Coupling.OTHER
 
+    def output_problem(self, output_shape: tuple[int, ...]) -> str | None:
+        """A flat output, one score per class; class_weights, if given, one per class."""
+        if len(output_shape) != 1:
+            return "needs a flat output, one score per class: (classes,) per sample"
+        w = getattr(self, "class_weights", None)
+        if w is not None and len(w) != output_shape[0]:
+            return f"class_weights has {len(w)} entries for {output_shape[0]} outputs"
+        return None
+
     def _weights(self, k: int, dtype) -> np.ndarray | None:
         w = getattr(self, "class_weights", None)
         if w is None:
@@ -155,11 +170,21 @@ class _ClassLoss(Loss):
 
     def _sample_weights(self, ids, keep, w, n, dtype) -> tuple[np.ndarray, float]:
         """Per-sample weights (the target's class weight, 0 when ignored) and the reduction's divisor:
-        1 for a sum, the total weight of the counted samples for a mean (nan when that is 0, as PyTorch)."""
+        1 for a sum, the total weight of the counted samples for a mean (0 when none counts: see _mean)."""
         sw = np.ones(n, dtype=dtype) if w is None else w[ids]
         if keep is not None:
             sw = sw * keep
         return sw, (1.0 if self.reduction == "sum" else float(sw.sum()))
+
+
+def _mean(total: float, div: float) -> float:
+    """A reduction's value: NaN when nothing counted (every target ignored), as PyTorch's mean."""
+    return float(total) / div if div else float("nan")
+
+
+def _inverse(div: float) -> float:
+    """The gradient's scale: 0 when nothing counted, as PyTorch (no sample reaches the loss)."""
+    return 1.0 / div if div else 0.0
 
 
 class SoftmaxCrossEntropy(_ClassLoss):
@@ -171,7 +196,8 @@ class SoftmaxCrossEntropy(_ClassLoss):
                    "log-sum-exp so large logits cannot overflow. Targets: class ids (N,) or probability rows "
                    "(N, K). class_weights, ignore_index (class ids only), label_smoothing and the reduction "
                    "follow PyTorch: the mean over class ids divides by the summed weight of the counted "
-                   "targets, over rows by N. Default gradient (p - y) / N.")
+                   "targets, over rows by N. Default gradient (p - y) / N. When every target of a batch is "
+                   "ignore_index the mean is NaN and the gradient 0, as PyTorch.")
     params_schema = {
         "type": "object",
         "properties": {
@@ -215,7 +241,7 @@ class SoftmaxCrossEntropy(_ClassLoss):
             # PyTorch: the smoothing term is -sum_k w_k log p_k per counted sample, over the same divisor
             counted = np.ones(n, dtype=output.dtype) if keep is None else keep.astype(output.dtype)
             smooth_sum = -(counted * (log_prob @ wk)).sum()
-            loss = ((1 - smooth) * nll + smooth / k * smooth_sum) / div
+            loss = _mean((1 - smooth) * nll + smooth / k * smooth_sum, div)
             return float(loss), (prob, target, smooth, (ids, sw, counted, wk, div))
         if self.ignore_index is not None:
             raise DataError("ignore_index needs class-id targets, got probability rows")
@@ -223,7 +249,7 @@ class SoftmaxCrossEntropy(_ClassLoss):
         if smooth:
             y = y * (1 - smooth) + smooth / k
         div = float(n) if self.reduction == "mean" else 1.0
-        loss = -np.einsum("nk,nk->", y * wk, log_prob) / div
+        loss = _mean(-np.einsum("nk,nk->", y * wk, log_prob), div)
         return float(loss), (prob, target, smooth, (y, wk, div))
 
     def probabilities(self, output):
@@ -262,7 +288,7 @@ class SoftmaxCrossEntropy(_ClassLoss):
             y, wk, div = extra
             yw = y * wk
             grad = prob * yw.sum(axis=1, keepdims=True) - yw
-        grad *= 1.0 / div
+        grad *= _inverse(div)
         return grad.astype(prob.dtype, copy=False)
 
 
@@ -273,7 +299,8 @@ class NLLLoss(_ClassLoss):
     description = ("Negative log-likelihood of class ids given log-probabilities (PyTorch's NLLLoss): pair it "
                    "with a log_softmax layer; loss = -output[n, target_n], with class_weights, ignore_index and "
                    "the reduction as PyTorch (the mean divides by the summed weight of the counted targets). "
-                   "log_softmax + nll equals softmax_cross_entropy, which is one fused pass.")
+                   "log_softmax + nll equals softmax_cross_entropy, which is one fused pass. When every target "
+                   "of a batch is ignore_index the mean is NaN and the gradient 0, as PyTorch.")
     params_schema = {
         "type": "object",
         "properties": {
@@ -298,13 +325,13 @@ class NLLLoss(_ClassLoss):
         n, k = output.shape
         ids, keep = self._ids(target)
         sw, div = self._sample_weights(ids, keep, self._weights(k, output.dtype), n, output.dtype)
-        loss = -(sw * output[np.arange(n), ids]).sum() / div
+        loss = _mean(-(sw * output[np.arange(n), ids]).sum(), div)
         return float(loss), (output.shape, output.dtype, ids, sw, div)
 
     def backward(self, cache):
         shape, dtype, ids, sw, div = cache
         grad = np.zeros(shape, dtype=dtype)
-        grad[np.arange(shape[0]), ids] = -sw / div
+        grad[np.arange(shape[0]), ids] = -sw * _inverse(div)
         return grad
 
 
