@@ -92,3 +92,28 @@ def test_export_help_names_the_onnx_extra(capsys: pytest.CaptureFixture[str]) ->
     # rich markup used to take '[onnx]' for a style tag and drop it
     assert main(["export", "--help"]) == 0
     assert "[onnx]" in capsys.readouterr().out
+
+
+def test_every_command_takes_plugin(capsys: pytest.CaptureFixture[str]) -> None:
+    root = typer.main.get_command(app)
+    runnable = [(path, command) for path, command in commands(root)
+                if path and (not hasattr(command, "commands") or command.invoke_without_command)]
+    assert {("models",), ("models", "list"), ("models", "copy"), ("fit",), ("data", "list")} <= \
+        {path for path, _ in runnable}
+    for path, command in runnable:
+        ctx = typer.Context(command, info_name=path[-1])
+        assert any("--plugin" in param.opts for param in command.get_params(ctx)), path
+
+
+@pytest.mark.parametrize("argv", [["models"], ["models", "list"], ["data", "list"], ["layers"]])
+def test_plugin_is_loaded_before_the_command_runs(argv: list[str], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--plugin", str(tmp_path / "missing.py")]) == 2
+    assert "missing.py: no such plugin file" in capsys.readouterr().err
+
+
+def test_models_list_is_models(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    assert capsys.readouterr().out == listed and "lenet5" in listed

@@ -155,7 +155,8 @@ def test_plot_without_matplotlib(trained, monkeypatch, capsys):
     _, run = trained
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["plot", str(run)]) == 2
-    assert "pip install 'layerkit[plot]'" in capsys.readouterr().err
+    from layerkit.errors import install_hint
+    assert f"needs matplotlib: {install_hint('plot')}" in capsys.readouterr().err
 
 
 def test_data_list(capsys):

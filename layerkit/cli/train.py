@@ -127,7 +127,7 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
         raise everywhere(LayerkitError(FIT_TERMS.model_or_resume))
     from layerkit.parallel.mpi import world
 
-    console = _console()
+    console = _console(stderr=as_json)  # with --json, stdout holds the JSON record alone
 
     def log(msg: str) -> None:
         _console(stderr=True).print(msg, markup=False, soft_wrap=True)
@@ -147,6 +147,12 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
             everywhere(code)
         raise code from None
     if not lead:
+        return
+    if as_json:
+        record = {"run_dir": str(run.path), "epochs": result.epochs_run,
+                  "final": result.history[-1] if result.history else None, **result.metrics()}
+        record.pop("epochs_run")
+        typer.echo(json.dumps(record, indent=2))
         return
     kept = f" (weights of epoch {result.best_epoch}, best {result.monitor})" if result.monitor else ""
     console.print(f"test accuracy {_pct(result.test_accuracy)}, loss {result.test_loss:.4f}{kept}; "
