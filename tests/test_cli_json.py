@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from layerkit.cli import main
-from train_support import hermetic, mlp_model  # noqa: F401  (fixture)
+from train_support import hermetic, mlp_model  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 def run_json(argv: list[str], capsys: pytest.CaptureFixture[str], code: int = 0) -> Any:
@@ -48,7 +50,7 @@ def test_fit_json_is_the_only_stdout(trained: tuple[Path, dict]) -> None:
     assert {"stopped_early", "best_epoch", "monitor", "epoch_seconds"} <= set(record)
 
 
-def test_validate_json(hermetic: None, write_model: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_json(write_model: Any, capsys: pytest.CaptureFixture[str]) -> None:
     good = write_model(mlp_model(), "good.json")
     bad = write_model({**mlp_model(), "layers": [{"type": "dense", "units": 0}]}, "bad.json")
     report = run_json(["validate", str(good), str(bad), "--json"], capsys, code=2)
@@ -57,7 +59,7 @@ def test_validate_json(hermetic: None, write_model: Any, capsys: pytest.CaptureF
     assert report[1]["ok"] is False and any("units" in line for line in report[1]["errors"])
 
 
-def test_summary_json(hermetic: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_json(capsys: pytest.CaptureFixture[str]) -> None:
     info = run_json(["summary", "lenet5", "--json"], capsys)
     assert info["model"] == "lenet5" and info["input_shape"] == [1, 28, 28]
     assert info["parameters"] == sum(layer["parameters"] for layer in info["layers"]) == 61706
@@ -65,14 +67,14 @@ def test_summary_json(hermetic: None, capsys: pytest.CaptureFixture[str]) -> Non
     assert info["activation_bytes"] > 0 and info["flops"] > 0
 
 
-def test_evaluate_json(hermetic: None, trained: tuple[Path, dict], capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_json(trained: tuple[Path, dict], capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, record = trained
     info = run_json(["evaluate", str(run_dir), "--json"], capsys)
     assert info["samples"] == 50 and abs(info["accuracy"] - record["test_accuracy"]) < 1e-6
     assert len(info["confusion_matrix"]) == len(info["classes"]) == len(info["per_class_accuracy"])
 
 
-def test_predict_json(hermetic: None, trained: tuple[Path, dict], tmp_path: Path,
+def test_predict_json(trained: tuple[Path, dict], tmp_path: Path,
                       capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, _ = trained
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 28, 28), dtype=np.uint8))
@@ -81,7 +83,7 @@ def test_predict_json(hermetic: None, trained: tuple[Path, dict], tmp_path: Path
     assert len(out[0]["top"]) == 2 and out[0]["top"][0]["class"] == out[0]["class"]
 
 
-def test_check_grads_json(hermetic: None, write_model: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_grads_json(write_model: Any, capsys: pytest.CaptureFixture[str]) -> None:
     model = write_model(mlp_model(hidden=4))
     report = run_json(["check-grads", str(model), "--samples", "4", "--json"], capsys)
     assert report["ok"] is True and report["seconds"] >= 0
