@@ -81,6 +81,18 @@ def test_the_check_finds_a_careless_command() -> None:
         "layerkit go --quiet: no help text", "layerkit go MODEL: no help text"]
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["fit"], "layerkit fit [OPTIONS] [MODEL]"), (["summary"], "layerkit summary [OPTIONS] MODEL"),
+    (["models", "copy"], "layerkit models copy [OPTIONS] NAME [DIR]"),
+    (["predict"], "layerkit predict [OPTIONS] RUN_DIR INPUT...")])
+def test_usage_line(argv: list[str], expected: str) -> None:
+    command: Any = typer.main.get_command(app)
+    for name in argv:
+        command = command.commands[name]
+    assert command.get_usage(typer.Context(command, info_name=" ".join(["layerkit", *argv]))) == \
+        f"Usage: {expected}"
+
+
 @pytest.mark.parametrize("argv", [["fit"], ["summary"], ["models", "copy"], ["predict"], ["data", "download"]])
 def test_usage_lines_read_plainly(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--help"]) == 0

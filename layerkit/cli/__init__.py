@@ -32,10 +32,8 @@ class _Argument(TyperArgument):
     brackets (``[[DIR]]``)."""
 
     def get_usage_pieces(self, ctx: Any) -> list[str]:
-        if self.metavar is not None:
-            return [self.metavar]
-        name = (self.name or "").upper() + ("..." if self.nargs != 1 else "")
-        return [name if self.required else f"[{name}]"]
+        name = self.metavar or (self.name or "").upper() + ("..." if self.nargs != 1 else "")
+        return [name if self.required or name.startswith("[") else f"[{name}]"]
 
 
 def tidy_help(param: Any) -> None:
