@@ -7,6 +7,7 @@ problem) with ``error.exit_code``; anything else escaping is a bug in layerkit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 
@@ -128,3 +129,41 @@ def everywhere(error: BaseException) -> BaseException:
     on): rank 0 reports it and the others end quietly with the same exit code, no MPI abort."""
     error.everywhere = True  # type: ignore[attr-defined]
     return error
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs layerkit's optional ``extra`` the way this layerkit was installed:
+    ``pip install -e '.[onnx]'`` in a source checkout (with its path when it is not the current
+    folder), ``pip install 'layerkit[onnx]'`` otherwise."""
+    import shlex
+
+    root = source_checkout()
+    if root is None:
+        return f"pip install {shlex.quote(f'layerkit[{extra}]')}"
+    try:
+        here = root.resolve() == Path.cwd().resolve()
+    except OSError:  # the current folder was removed
+        here = False
+    target = "." if here else str(root)
+    return f"pip install -e {shlex.quote(f'{target}[{extra}]')}"
+
+
+def source_checkout(package: Path | None = None) -> Path | None:
+    """The source tree this layerkit runs from (an editable install, or the package on the path),
+    or None for an installed wheel. ``package``: the package folder (default: this one)."""
+    import json
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
+    package = package or Path(__file__).resolve().parent
+    if not {"site-packages", "dist-packages"} & set(package.parts):
+        root = package.parent
+        return root if (root / "pyproject.toml").is_file() else None
+    try:  # an editable install whose package was copied or linked into site-packages
+        info = json.loads(metadata.distribution("layerkit").read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, ValueError, OSError):
+        return None
+    if not (info.get("dir_info") or {}).get("editable"):
+        return None
+    url = urlparse(info.get("url", ""))
+    return Path(unquote(url.path)) if url.scheme == "file" else None

@@ -122,6 +122,8 @@ def test_tensorboard_logger_without_its_extra_says_what_to_install(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboardx)
-    from layerkit.errors import LayerkitError
-    with pytest.raises(LayerkitError, match=r"pip install 'layerkit\[tensorboard\]'"):
+    import re
+
+    from layerkit.errors import LayerkitError, install_hint
+    with pytest.raises(LayerkitError, match=re.escape(install_hint("tensorboard"))):
         build_callbacks([{"type": "tensorboard"}], None)

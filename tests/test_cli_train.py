@@ -155,7 +155,8 @@ def test_plot_without_matplotlib(trained, monkeypatch, capsys):
     _, run = trained
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["plot", str(run)]) == 2
-    assert "pip install 'layerkit[plot]'" in capsys.readouterr().err
+    from layerkit.errors import install_hint
+    assert f"needs matplotlib: {install_hint('plot')}" in capsys.readouterr().err
 
 
 def test_data_list(capsys):
@@ -174,11 +175,12 @@ def test_resumed_epoch_speed_counts_only_the_images_trained_now():
         epochs = 2
 
     console = Console(record=True, width=200)
-    display = ProgressDisplay(console, quiet=True)
+    ticks = iter([0.5, 1.0, 1.5])  # the ends of batches 8, 9, 10: 20 images in 1 s after the first
+    display = ProgressDisplay(console, quiet=True, clock=lambda: next(ticks))
     display.on_train_begin(Trainer())
     display.on_epoch_begin(0, steps=10, start_step=7)  # resumed after batch 7 of 10
     for step in (7, 8, 9):
         display.on_batch_end(0, step, loss=0.5, accuracy=0.9, samples=10)
     display.on_epoch_end(0, {"train_loss": 0.5, "train_accuracy": 0.9, "test_loss": 0.4,
-                             "test_accuracy": 0.9, "lr": 0.1}, seconds=1.0)
-    assert "(30 img/s)" in console.export_text()
+                             "test_accuracy": 0.9, "lr": 0.1}, seconds=2.0)
+    assert "(20 img/s)" in console.export_text()

@@ -12,12 +12,62 @@ import sys
 from typing import Any, cast
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from layerkit import __version__
 from layerkit.errors import LayerkitError
 
+
+class _FlagOption(TyperOption):
+    """A boolean flag: its help row shows ``--json``, not ``--json <bool>``."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+class _Argument(TyperArgument):
+    """A positional argument whose usage reads as click's: ``MODEL``, ``[DIR]``, ``INPUT...``.
+
+    typer braces required arguments (``{MODEL}``) and brackets a metavar that already has
+    brackets (``[[DIR]]``)."""
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        name = self.metavar or (self.name or "").upper() + ("..." if self.nargs != 1 else "")
+        return [name if self.required or name.startswith("[") else f"[{name}]"]
+
+
+def tidy_help(param: Any) -> None:
+    """Make ``param`` render as a flag or a plain argument in help and usage lines.
+
+    typer builds its parameter objects itself, with no hook for their class, so the class of
+    each is swapped here, on the commands of this app only (layout-compatible subclasses)."""
+    if type(param) is TyperOption and (param.is_flag or param.count):
+        param.__class__ = _FlagOption
+    elif type(param) is TyperArgument:
+        param.__class__ = _Argument
+
+
+class _TidyParams:
+    """Every command and group of the app: flags as flags, usage lines without braces."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = cast(Any, super()).get_params(ctx)
+        for param in params:
+            tidy_help(param)
+        return cast(list[Any], params)
+
+
+class LayerkitCommand(_TidyParams, TyperCommand):
+    """A command of the ``layerkit`` app (see :class:`_TidyParams`)."""
+
+
+class LayerkitGroup(_TidyParams, TyperGroup):
+    """A group of commands of the ``layerkit`` app (see :class:`_TidyParams`)."""
+
+
 app = typer.Typer(
     name="layerkit",
+    cls=LayerkitGroup,
     help="Neural-network layers as plugins, models as JSON files, gradients you can check.",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
@@ -197,12 +247,21 @@ def _with_plugin_option(callback):
 
 
 def _add_plugin_option(typer_app: typer.Typer) -> None:
-    """Every command, in every sub-app, takes ``--plugin`` (the lab workflow, docs/plugins.md)."""
+    """Every command, in every sub-app, and every group with options of its own (``models``)
+    takes ``--plugin`` (the lab workflow, docs/plugins.md); all render their help alike."""
     for command in typer_app.registered_commands:
         command.callback = _with_plugin_option(command.callback)
+        if command.cls is None or command.cls is TyperCommand:
+            command.cls = LayerkitCommand
     for group in typer_app.registered_groups:
-        if group.typer_instance is not None:
-            _add_plugin_option(group.typer_instance)
+        sub = group.typer_instance
+        if sub is None:
+            continue
+        sub.info.cls = LayerkitGroup
+        callback = sub.registered_callback
+        if callback is not None and callback.callback is not None and callback.invoke_without_command:
+            callback.callback = _with_plugin_option(callback.callback)
+        _add_plugin_option(sub)
 
 
 _add_plugin_option(app)

@@ -48,22 +48,35 @@ def _console() -> Console:
 
 
 @app.command()
-def validate(models: List[Path] = typer.Argument(..., metavar="MODEL...", help="Model files to check."),
+def validate(models: List[Path] = typer.Argument(..., metavar="MODEL...",
+                                                 help="Model files (or shipped model names) to check."),
              max_params: int = MAX_PARAMS, max_memory: Optional[str] = MAX_MEMORY,
-             batch_size: Optional[int] = BATCH_SIZE) -> None:
+             batch_size: Optional[int] = BATCH_SIZE,
+             as_json: bool = typer.Option(False, "--json",
+                                          help="Print a JSON list, one object per file: model, ok, and "
+                                               "layers, parameters, output_shape or errors.")) -> None:
     """Check model files: schema, layer parameters, graph, shapes and size limits."""
     limits = _limits(max_params, max_memory, batch_size)
     bad = 0
+    report: list[dict[str, Any]] = []
     for path in models:
         try:
             graph = build_graph_from(path, limits=limits)
         except LayerkitError as error:
             bad += 1
-            for line in (str(error) or type(error).__name__).splitlines():
-                typer.echo(f"error: {line}", err=True)
+            lines = (str(error) or type(error).__name__).splitlines()
+            report.append({"model": str(path), "ok": False, "errors": lines})
+            if not as_json:
+                for line in lines:
+                    typer.echo(f"error: {line}", err=True)
             continue
-        typer.echo(f"OK {path}: {len(graph.nodes)} layers, {graph.param_count:,} parameters, "
-                   f"output shape {graph.output.output_shape}")
+        report.append({"model": str(path), "ok": True, "layers": len(graph.nodes),
+                       "parameters": graph.param_count, "output_shape": list(graph.output.output_shape)})
+        if not as_json:
+            typer.echo(f"OK {path}: {len(graph.nodes)} layers, {graph.param_count:,} parameters, "
+                       f"output shape {graph.output.output_shape}")
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
     # a model that validates today may need a layer from a plugin that is broken: say so once
     from layerkit.plugins.manager import get_registry
     for problem in get_registry().problems:
@@ -73,20 +86,33 @@ def validate(models: List[Path] = typer.Argument(..., metavar="MODEL...", help="
 
 
 @app.command()
-def summary(model: Path = typer.Argument(..., metavar="MODEL"),
+def summary(model: Path = typer.Argument(..., metavar="MODEL", help="A model file or a shipped model name."),
             max_params: int = MAX_PARAMS, max_memory: Optional[str] = MAX_MEMORY,
-            batch_size: Optional[int] = BATCH_SIZE) -> None:
+            batch_size: Optional[int] = BATCH_SIZE,
+            as_json: bool = typer.Option(False, "--json",
+                                         help="Print one JSON object: model, layers (name, type, output_shape, "
+                                              "parameters, flops), parameters, flops, activation_bytes.")
+            ) -> None:
     """Table of layers with output shapes, parameters and FLOPs, and the totals."""
     from layerkit.api.model import layer_table
 
     limits = _limits(max_params, max_memory, batch_size)
     graph = build_graph_from(model, limits=limits)
     batch = batch_size_of(graph, limits)
+    state = sum(n.state_count for n in graph.nodes)
+    if as_json:
+        typer.echo(json.dumps({
+            "model": graph.spec.name, "file": str(model), "input_shape": list(graph.input_shape),
+            "layers": [{"index": node.spec.index, "name": node.name, "type": node.spec.type,
+                        "inputs": list(node.inputs), "output_shape": list(node.output_shape),
+                        "parameters": node.param_count, "flops": node.flops} for node in graph.nodes],
+            "parameters": graph.param_count, "running_statistics": state, "flops": graph.flops,
+            "batch_size": batch, "activation_bytes": graph.activation_bytes(batch)}, indent=2))
+        return
     table = layer_table(graph)
     console = _console()
     console.print(f"model {graph.spec.name} ({model})")
     console.print(table)
-    state = sum(n.state_count for n in graph.nodes)
     console.print(f"parameters: {graph.param_count:,}"
                   + (f" (+ {state:,} running statistics)" if state else ""))
     console.print(f"FLOPs per sample (forward): {graph.flops:,}")
@@ -95,7 +121,7 @@ def summary(model: Path = typer.Argument(..., metavar="MODEL"),
 
 
 @app.command()
-def graph(model: Path = typer.Argument(..., metavar="MODEL"),
+def graph(model: Path = typer.Argument(..., metavar="MODEL", help="A model file or a shipped model name."),
           fmt: str = typer.Option("dot", "--format", "-f", help=f"One of: {', '.join(FORMATS)}.")) -> None:
     """Print the layer graph as Graphviz DOT or Mermaid, shapes on every edge."""
     if fmt not in FORMATS:
@@ -135,7 +161,8 @@ def _param_line(p: dict[str, Any]) -> str:
 
 
 @app.command()
-def layers(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+def layers(as_json: bool = typer.Option(False, "--json",
+                                        help="Print a JSON list: type, plugin, description, inputs, parameters."),
            markdown: bool = typer.Option(False, "--markdown",
                                          help="A Markdown page of every layer, loss, optimizer and schedule "
                                               "with its parameters."),

@@ -55,19 +55,33 @@ def _parse_classes(text: Optional[str]) -> Optional[list[int]]:
 
 @app.command()
 def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Model file (not needed with --resume)."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+        epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
+                                             help="Passes over the training data (training.epochs; default 10)."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                                 help="Samples per training step (training.batch_size; "
+                                                      "default 64)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (training.optimizer.lr)."),
-        seed: Optional[int] = typer.Option(None, "--seed", min=0),
+        seed: Optional[int] = typer.Option(None, "--seed", min=0,
+                                           help="Seed for initial weights, shuffling, dropout and augmentation "
+                                                "(training.seed; default 0)."),
         optimizer: Optional[str] = typer.Option(None, "--optimizer",
                                                 help="Optimizer type; its own defaults replace the file's parameters."),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", min=0),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", min=0,
+                                                     help="L2 penalty on weights, not biases (training.weight_decay; "
+                                                          "default 0)."),
         schedule: Optional[str] = typer.Option(None, "--schedule", help="constant, step, exponential or cosine."),
         dataset: Optional[str] = DATASET,
         data_dir: Optional[Path] = DATA_DIR,
-        train_limit: Optional[int] = typer.Option(None, "--train-limit", min=1),
-        test_limit: Optional[int] = typer.Option(None, "--test-limit", min=1),
-        validation_split: Optional[float] = typer.Option(None, "--validation-split"),
+        train_limit: Optional[int] = typer.Option(None, "--train-limit", min=1, metavar="N",
+                                                  help="Train on the first N training samples only "
+                                                       "(training.data.train_limit)."),
+        test_limit: Optional[int] = typer.Option(None, "--test-limit", min=1, metavar="N",
+                                                 help="Test on the first N test samples only "
+                                                      "(training.data.test_limit)."),
+        validation_split: Optional[float] = typer.Option(None, "--validation-split", metavar="FRACTION",
+                                                         help="Hold out this fraction of the training data "
+                                                              "(0 to below 1) to validate on after each epoch "
+                                                              "(training.data.validation_split)."),
         classes: Optional[str] = typer.Option(None, "--classes", metavar="0,1,2", help="Train on these labels only."),
         normalize: Optional[str] = typer.Option(None, "--normalize", help="unit, standardize or none."),
         augment_shift: Optional[int] = typer.Option(None, "--augment-shift", metavar="N",
@@ -88,6 +102,9 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
                                                 "tensorboard (repeatable; training.callbacks in the model file; "
                                                 "'layerkit plugins' lists them)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the per-epoch summary lines."),
+        as_json: bool = typer.Option(False, "--json",
+                                     help="End with one JSON record on stdout (run_dir, epochs, history, "
+                                          "test metrics); progress goes to stderr."),
         ) -> None:
     """Train a model file; writes a run directory with checkpoints, history, weights and metrics.
 
@@ -110,7 +127,7 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
         raise everywhere(LayerkitError(FIT_TERMS.model_or_resume))
     from layerkit.parallel.mpi import world
 
-    console = _console()
+    console = _console(stderr=as_json)  # with --json, stdout holds the JSON record alone
 
     def log(msg: str) -> None:
         _console(stderr=True).print(msg, markup=False, soft_wrap=True)
@@ -131,6 +148,12 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
         raise code from None
     if not lead:
         return
+    if as_json:
+        record = {"run_dir": str(run.path), "epochs": result.epochs_run,
+                  "final": result.history[-1] if result.history else None, **result.metrics()}
+        record.pop("epochs_run")
+        typer.echo(json.dumps(record, indent=2))
+        return
     kept = f" (weights of epoch {result.best_epoch}, best {result.monitor})" if result.monitor else ""
     console.print(f"test accuracy {_pct(result.test_accuracy)}, loss {result.test_loss:.4f}{kept}; "
                   f"run saved in {run.path}", markup=False)
@@ -144,13 +167,17 @@ def _confusion(y_true, y_pred, k: int):
 
 
 @app.command()
-def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
+def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL",
+                                          help="A run directory from 'layerkit fit', or a model file with "
+                                               "--weights."),
              weights: Optional[Path] = typer.Option(None, "--weights",
                                                     help="weights.npz (or a run's checkpoint.npz); default: "
                                                          "RUN_DIR/weights.npz."),
              data_dir: Optional[Path] = DATA_DIR, dataset: Optional[str] = DATASET,
              allow_other_data: bool = ALLOW_OTHER_DATA,
-             as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+             as_json: bool = typer.Option(False, "--json",
+                                          help="Print one JSON object: model, weights, samples, loss, accuracy, "
+                                               "classes, per_class_accuracy, confusion_matrix.")) -> None:
     """Accuracy, per-class accuracy and the confusion matrix on the test split.
 
     Given a run directory (or weights inside one), the test split is read from the data the run
@@ -236,7 +263,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
 
 
 @app.command()
-def plot(run_dir: Path = typer.Argument(..., metavar="RUN_DIR"),
+def plot(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A run directory from 'layerkit fit'."),
          out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs (default: RUN_DIR).")) -> None:
     """PNG plots of a run: loss and accuracy curves, and the first layer's weights as images."""
     from layerkit.training.plot import plot_run
@@ -260,7 +287,8 @@ def data_list() -> None:
 
 
 @data_app.command("download")
-def data_download(name: str = typer.Argument(..., metavar="mnist|fashion_mnist"),
+def data_download(name: str = typer.Argument(..., metavar="mnist|fashion_mnist",
+                                             help="The dataset to download ('layerkit data list')."),
                   dest: Optional[Path] = typer.Option(None, "--dir", help="Target folder (default: "
                                                       "$LAYERKIT_DATA_DIR/NAME or ~/.cache/layerkit/NAME)."),
                   url_base: Optional[str] = typer.Option(None, "--url-base",

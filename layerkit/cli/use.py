@@ -10,9 +10,10 @@ from typing import List, Optional
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 from layerkit.cli import app
-from layerkit.errors import DataError, LayerkitError
+from layerkit.errors import DataError, LayerkitError, install_hint
 
 RUN_DIR = typer.Argument(..., metavar="RUN_DIR",
                          help="A run directory from 'layerkit fit' (or a folder from Model.save).")
@@ -31,7 +32,9 @@ def predict(run_dir: Path = RUN_DIR,
             submission: Optional[Path] = typer.Option(None, "--submission", metavar="FILE",
                                                       help="Write an 'ImageId,Label' CSV (Kaggle digit "
                                                            "recognizer), ImageId counting from 1 over all inputs."),
-            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+            as_json: bool = typer.Option(False, "--json",
+                                         help="Print a JSON list, one object per input: input, class, name, "
+                                              "probability, top (the --top classes).")) -> None:
     """Class, class name and top probabilities for each input, preprocessed exactly as in training.
 
     Images: luminance for 1-channel models (transparent pixels over white), RGB for 3-channel ones; they
@@ -81,7 +84,7 @@ def predict(run_dir: Path = RUN_DIR,
         typer.echo(f"{r['input']}: {label} {100 * r['probability']:.2f}%   top {k}: {others}")
 
 
-@app.command()
+@app.command(epilog=escape(f"Needs the onnx extra: {install_hint('onnx')}"))
 def export(run_dir: Path = RUN_DIR,
            fmt: str = typer.Option("onnx", "--format", "-f", help="Only onnx for now."),
            out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE",
@@ -89,7 +92,7 @@ def export(run_dir: Path = RUN_DIR,
     """Export a trained model, with its preprocessing and softmax, for another runtime (ONNX).
 
     The graph takes the raw input 'predict' takes (N x C x H x W, uint8 when trained on integer images) and
-    gives 'logits' and 'probabilities'. Needs the onnx extra: pip install 'layerkit[onnx]'.
+    gives 'logits' and 'probabilities'.
     """
     from layerkit.api import load
 

@@ -25,13 +25,26 @@ def _task(raw: dict) -> str:
     return dataset
 
 
+JSON_LIST = typer.Option(False, "--json", help="Print a JSON list: name, task, parameters, test_accuracy, "
+                                                "description, path of each model.")
+
+
 @models_app.callback(invoke_without_command=True)
-def models(ctx: typer.Context,
-           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def models(ctx: typer.Context, as_json: bool = JSON_LIST) -> None:
     """One line per shipped model: task, parameters, test accuracy (docs/results.md). Any command
-    that takes a model file also takes one of these names."""
+    that takes a model file also takes one of these names. 'layerkit models list' is the same."""
     if ctx.invoked_subcommand is not None:
         return
+    _list_models(as_json)
+
+
+@models_app.command("list")
+def list_models(as_json: bool = JSON_LIST) -> None:
+    """One line per shipped model: task, parameters, test accuracy (as 'layerkit models')."""
+    _list_models(as_json)
+
+
+def _list_models(as_json: bool) -> None:
     from layerkit.modelfile.build import build_graph_from
 
     rows = []

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from layerkit.data.preprocess import check_numeric
-from layerkit.errors import DataError
+from layerkit.errors import DataError, install_hint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 ARRAY_KEYS = ("x_test", "x", "images", "x_train")
@@ -158,7 +158,7 @@ def read_image(path: Path, input_shape: Sequence[int], *, resize: bool = False) 
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
-        raise DataError(f"{path}: reading images needs Pillow: pip install 'layerkit[images]'") from None
+        raise DataError(f"{path}: reading images needs Pillow: {install_hint('images')}") from None
     shape = tuple(input_shape)
     if len(shape) != 3 or shape[0] not in (1, 3):
         flat = len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from layerkit.errors import LayerkitError
+from layerkit.errors import LayerkitError, install_hint
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -49,7 +49,7 @@ def _onnx() -> Any:
     try:
         import onnx
     except ImportError:
-        raise ExportError("ONNX export needs the onnx package: pip install 'layerkit[onnx]'") from None
+        raise ExportError(f"ONNX export needs the onnx package: {install_hint('onnx')}") from None
     return onnx
 
 

@@ -155,9 +155,11 @@ def read_model_file(path: str | Path) -> tuple[Any, str]:
                 f"larger than {MAX_MODEL_FILE_BYTES >> 20} MiB, not a model file", (), source)])
         text = raw.decode("utf-8")
     except FileNotFoundError:
+        close = zoo.close_matches(source)
+        hint = (f"did you mean {' or '.join(close)}?" if close
+                else "'layerkit models' lists the shipped ones")
         raise ModelFileError(problems=[Problem(
-            f"no such file, nor a shipped model of that name (shipped: {', '.join(zoo.names())})",
-            (), source)]) from None
+            f"no such file, nor a shipped model of that name; {hint}", (), source)]) from None
     except IsADirectoryError:
         raise ModelFileError(problems=[Problem("is a directory, not a model file", (), source)]) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -62,3 +62,28 @@ def resolve(source: str | Path) -> Path:
     if path.exists():
         return path
     return shipped(source) or path
+
+
+#: how many entries of a folder are compared with a mistyped name (a huge folder is not read whole)
+SUGGEST_SCAN = 2000
+
+
+def close_matches(source: str | Path) -> list[str]:
+    """What a missing model file ``source`` may have meant: files beside it with a similar name
+    (``mycnn.jsn`` -> ``mycnn.json``), then shipped models with a similar name; at most three."""
+    import difflib
+    from itertools import islice
+
+    path = Path(source)
+    found: list[str] = []
+    try:
+        folder = path.parent
+        neighbours = [p.name for p in islice(folder.iterdir(), SUGGEST_SCAN) if p.is_file()]
+    except OSError:
+        folder, neighbours = path.parent, []
+    for name in difflib.get_close_matches(path.name, neighbours, n=3, cutoff=0.75):
+        found.append(name if str(folder) in ("", ".") else str(folder / name))
+    if "/" not in str(source) and "\\" not in str(source):
+        stem = path.name[:-5] if path.name.endswith(".json") else path.name
+        found += difflib.get_close_matches(stem, names(), n=3, cutoff=0.75)
+    return found[:3]

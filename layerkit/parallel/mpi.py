@@ -20,7 +20,7 @@ import zlib
 
 import numpy as np
 
-from layerkit.errors import LayerkitError, everywhere
+from layerkit.errors import LayerkitError, everywhere, install_hint
 from layerkit.parallel.collectives import SINGLE, Collectives
 
 # the number of processes mpiexec started, as each launcher tells its processes
@@ -53,7 +53,7 @@ def world() -> Collectives:
             except ImportError:
                 raise everywhere(LayerkitError(
                     f"started by an MPI launcher with {size} processes, but mpi4py is not installed: "
-                    f"pip install 'layerkit[mpi]' (or run layerkit without mpiexec)")) from None
+                    f"{install_hint('mpi')} (or run layerkit without mpiexec)")) from None
             _world = MpiCollectives(MPI.COMM_WORLD)
             _share_cores(cores_per_rank(_world.local_size))
     return _world

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerkit.errors import LayerkitError
+from layerkit.errors import LayerkitError, install_hint
 
 MAX_IMAGES = 64
 RECONSTRUCTIONS = 10
@@ -29,7 +29,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise PlotUnavailable("plotting needs matplotlib: pip install 'layerkit[plot]'") from None
+        raise PlotUnavailable(f"plotting needs matplotlib: {install_hint('plot')}") from None
     matplotlib.use("Agg")  # files only; never try to open a window
     import matplotlib.pyplot as plt
     return plt

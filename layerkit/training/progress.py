@@ -7,6 +7,7 @@ on a terminal and in Jupyter; a redirected log gets the summary lines only.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from layerkit.training.trainer import Callback
 
@@ -16,7 +17,9 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def summary_line(epoch: int, epochs: int, record: dict, seconds: float, samples: int) -> str:
+def summary_line(epoch: int, epochs: int, record: dict, seconds: float, samples: int,
+                 rate: float | None = None) -> str:
+    """One epoch in one line; ``rate``: the images per second to show (default samples / seconds)."""
     parts = [f"epoch {epoch + 1}/{epochs}",
              f"train loss {record['train_loss']:.4f} acc {pct(record['train_accuracy'])}"]
     if "val_loss" in record:
@@ -24,17 +27,24 @@ def summary_line(epoch: int, epochs: int, record: dict, seconds: float, samples:
     if "test_loss" in record:
         parts.append(f"test loss {record['test_loss']:.4f} acc {pct(record['test_accuracy'])}")
     parts.append(f"lr {record['lr']:.3g}")
-    parts.append(f"{seconds:.1f}s ({samples / max(seconds, 1e-9):,.0f} img/s)")
+    if rate is None:
+        rate = samples / max(seconds, 1e-9)
+    parts.append(f"{seconds:.1f}s ({rate:,.0f} img/s)")
     return "  ".join(parts)
 
 
 class ProgressDisplay(Callback):
-    """A rich progress bar per epoch (unless quiet) and one summary line per epoch."""
+    """A rich progress bar per epoch (unless quiet) and one summary line per epoch.
+
+    Its img/s is the training speed once warm: the images of the second to the last batch over
+    the time from the end of the first batch to the end of the last. The first batch of a run
+    starts the worker processes and builds the plans, and the epoch's time also holds its
+    evaluation; an epoch of one batch falls back to images over the epoch's seconds."""
 
     REFRESH_S = 0.1
 
-    def __init__(self, console, quiet: bool = False) -> None:
-        self.console, self.quiet = console, quiet
+    def __init__(self, console, quiet: bool = False, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.console, self.quiet, self.clock = console, quiet, clock
         self.progress = None
 
     def on_train_begin(self, trainer) -> None:
@@ -42,7 +52,9 @@ class ProgressDisplay(Callback):
 
     def on_epoch_begin(self, epoch, steps, start_step) -> None:
         self.loss_sum = self.hits = self.seen = 0.0
-        self.started = time.perf_counter()
+        self.first_end: float | None = None  # when the first batch of this epoch ended
+        self.first_seen = 0.0
+        self.last_end = 0.0
         self.last_draw = 0.0
         self.steps = steps
         # a redirected log gets the summary lines only: a live bar there is just blank lines
@@ -61,16 +73,29 @@ class ProgressDisplay(Callback):
         self.loss_sum += loss * samples
         self.hits += accuracy * samples
         self.seen += samples
+        now = self.clock()
+        if self.first_end is None:
+            self.first_end, self.first_seen = now, self.seen
+        self.last_end = now
         if self.progress is None:
             return
-        now = time.perf_counter()
         if now - self.last_draw < self.REFRESH_S and step + 1 < self.steps:
             self.progress.update(self.task, completed=step + 1)
             return
         self.last_draw = now
         self.progress.update(self.task, completed=step + 1, loss=f"{self.loss_sum / self.seen:.4f}",
                              acc=pct(self.hits / self.seen),
-                             speed=f"{self.seen / max(now - self.started, 1e-9):,.0f}")
+                             speed=self._speed_text())
+
+    def warm_rate(self) -> float | None:
+        """Images per second from the end of the first batch to the last (None before two batches)."""
+        if self.first_end is None or self.last_end <= self.first_end or self.seen <= self.first_seen:
+            return None
+        return (self.seen - self.first_seen) / (self.last_end - self.first_end)
+
+    def _speed_text(self) -> str:
+        rate = self.warm_rate()
+        return "-" if rate is None else f"{rate:,.0f}"
 
     def _stop(self) -> None:
         if self.progress is not None:
@@ -80,8 +105,8 @@ class ProgressDisplay(Callback):
     def on_epoch_end(self, epoch, record, seconds) -> None:
         self._stop()
         # the images this process trained: a resumed epoch's first part was trained before
-        self.console.print(summary_line(epoch, self.epochs, record, seconds, int(self.seen)), markup=False,
-                           soft_wrap=True)
+        self.console.print(summary_line(epoch, self.epochs, record, seconds, int(self.seen), self.warm_rate()),
+                           markup=False, soft_wrap=True)
 
     def on_train_end(self, result) -> None:
         self._stop()

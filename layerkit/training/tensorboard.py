@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from layerkit import hookimpl
-from layerkit.errors import LayerkitError
+from layerkit.errors import LayerkitError, install_hint
 from layerkit.training.trainer import Callback
 
 #: history keys written as scalars, grouped the way TensorBoard shows them (loss/..., accuracy/...)
@@ -44,7 +44,7 @@ class TensorBoardLogger(Callback):
         try:
             import tensorboardX  # noqa: F401
         except ImportError:
-            raise LayerkitError("the tensorboard callback needs tensorboardX: pip install 'layerkit[tensorboard]'") \
+            raise LayerkitError(f"the tensorboard callback needs tensorboardX: {install_hint('tensorboard')}") \
                 from None
         base = Path(run_dir) if run_dir is not None else Path("runs")
         self.log_dir = base / (log_dir or "tensorboard") if log_dir is None or not Path(log_dir).is_absolute() \
