@@ -10,8 +10,10 @@ goes through.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Sequence
@@ -39,6 +41,11 @@ MODEL_FILE = "model.json"
 WEIGHTS = "weights.npz"
 CHECKPOINT = "checkpoint.npz"
 PREDICT_BATCH = 512
+
+
+class UntrainedWarning(UserWarning):
+    """A model that was never trained was asked for predictions, scores or an export: its answers
+    come from random initial weights."""
 
 
 @dataclass
@@ -71,6 +78,10 @@ class History:
 class Model:
     """A network with its weights and preprocessing. Build one with :func:`load`."""
 
+    #: whether the weights were read from a run or a saved folder (see :attr:`trained`)
+    _loaded_weights: bool = False
+    _warned_untrained: bool = False
+
     def __init__(self, spec: ModelSpec, net: Network, preprocessing: Preprocessing | None = None, *,
                  source: str = "<model>", registry: Registry | None = None) -> None:
         self.spec = spec
@@ -98,6 +109,21 @@ class Model:
     def class_names(self) -> list[str]:
         names = list(self.preprocessing.class_names) if self.preprocessing is not None else []
         return names + [str(i) for i in range(len(names), self.num_outputs)]
+
+    @property
+    def trained(self) -> bool:
+        """Whether the weights come from training (a run directory, a saved folder, or :meth:`fit`)
+        rather than from the random initialisation of a model file or a shipped model's name."""
+        return self._loaded_weights or self.preprocessing is not None
+
+    def _warn_if_untrained(self, what: str) -> None:
+        # Keras answers from fresh weights silently; a warning (once per model) keeps that working
+        # for pipeline tests while saying that the answers mean nothing
+        if self.trained or self._warned_untrained:
+            return
+        self._warned_untrained = True
+        warnings.warn(f"model {self.name!r} is untrained: {what} come from its random initial weights; call fit "
+                      f"first, or load a run directory (layerkit.load('runs/...'))", UntrainedWarning, stacklevel=3)
 
     @property
     def param_count(self) -> int:
@@ -215,14 +241,18 @@ class Model:
     def predict_proba(self, x: Any) -> np.ndarray:
         """Class probabilities (softmax of the outputs for ``softmax_cross_entropy``; the outputs
         themselves for other losses), one row per input."""
+        self._warn_if_untrained("its probabilities")
         return self.loss.probabilities(self._outputs(self.prepare(x)))
 
     def predict(self, x: Any) -> np.ndarray:
-        """Predicted class ids (int64), one per input."""
+        """Predicted class ids (int64), one per input. On an untrained model (see :attr:`trained`)
+        this warns with :class:`UntrainedWarning` (once per model) and answers anyway."""
+        self._warn_if_untrained("its predictions")
         return self.loss.predict(self._outputs(self.prepare(x))).astype(np.int64)
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` on raw inputs ``x`` and class ids ``y``."""
+        self._warn_if_untrained("its scores")
         inputs = self.prepare(x, "x")
         labels = self._labels(y, len(inputs), "y")
         loss_value, accuracy, _ = evaluate(self.net, self.loss, inputs, labels)
@@ -251,6 +281,7 @@ class Model:
         """Write the model, its preprocessing and its softmax as an ONNX file (needs the onnx extra)."""
         from layerkit.export.onnx import save_onnx, to_onnx
 
+        self._warn_if_untrained("the exported weights")
         return save_onnx(to_onnx(self.net, self._pre(), self.loss, name=self.name), path)
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -292,10 +323,32 @@ def load(source: str | Path | dict, *, seed: int | None = None, registry: Regist
     return Model(spec, build_model(spec, seed=seed, registry=registry), source=name, registry=registry)
 
 
+def not_a_run(path: str | Path, command: str = "layerkit predict") -> str:
+    """Why ``path`` is no run directory (nor a folder from :meth:`Model.save`), in one line that says
+    what would do: a missing path, an empty folder, the folder that holds the runs (``runs/``)."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path}: no such file or directory; give a run directory written by 'layerkit fit'"
+    try:
+        entries = list(itertools.islice(path.iterdir(), 10_000))
+    except OSError as exc:
+        return f"{path}: cannot list the folder ({exc.strerror or exc})"
+    runs = sorted((p for p in entries if (p / MODEL_FILE).is_file()), key=lambda p: p.name)
+    if runs:
+        shown = ", ".join(p.name for p in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        newest = max(runs, key=lambda p: p.stat().st_mtime)
+        return (f"{path}: not a run directory but a folder of runs ({shown}); give one of them, "
+                f"e.g. {command} {newest}")
+    if not entries:
+        return (f"{path}: not a run directory (an empty folder); give the folder 'layerkit fit' wrote "
+                f"(runs/NAME-TIMESTAMP)")
+    return f"{path}: not a run directory (no {MODEL_FILE})"
+
+
 def _load_dir(path: Path, registry: Registry | None = None) -> Model:
     model_file = path / MODEL_FILE
     if not model_file.is_file():
-        raise LayerkitError(f"{path}: not a saved model or run directory (no {MODEL_FILE})")
+        raise LayerkitError(not_a_run(path))
     raw, name = read_model_file(model_file)
     spec = spec_from_dict(raw, source=name, registry=registry)
     net = build_model(spec, registry=registry)
@@ -316,6 +369,7 @@ def _load_dir(path: Path, registry: Registry | None = None) -> Model:
     elif ((spec.training.get("data") or {}).get("normalize", "unit")) == "standardize":
         Preprocessing.load(path)  # raises, naming the missing file
     model = Model(spec, net, pre, source=str(path), registry=registry)
+    model._loaded_weights = True
     return model
 
 
