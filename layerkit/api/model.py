@@ -241,20 +241,22 @@ class Model:
     def predict_proba(self, x: Any) -> np.ndarray:
         """Class probabilities (softmax of the outputs for ``softmax_cross_entropy``; the outputs
         themselves for other losses), one row per input."""
+        inputs = self.prepare(x)
         self._warn_if_untrained("its probabilities")
-        return self.loss.probabilities(self._outputs(self.prepare(x)))
+        return self.loss.probabilities(self._outputs(inputs))
 
     def predict(self, x: Any) -> np.ndarray:
         """Predicted class ids (int64), one per input. On an untrained model (see :attr:`trained`)
         this warns with :class:`UntrainedWarning` (once per model) and answers anyway."""
+        inputs = self.prepare(x)
         self._warn_if_untrained("its predictions")
-        return self.loss.predict(self._outputs(self.prepare(x))).astype(np.int64)
+        return self.loss.predict(self._outputs(inputs)).astype(np.int64)
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` on raw inputs ``x`` and class ids ``y``."""
-        self._warn_if_untrained("its scores")
         inputs = self.prepare(x, "x")
         labels = self._labels(y, len(inputs), "y")
+        self._warn_if_untrained("its scores")
         loss_value, accuracy, _ = evaluate(self.net, self.loss, inputs, labels)
         return {"loss": loss_value, "accuracy": accuracy}
 
@@ -337,12 +339,12 @@ def not_a_run(path: str | Path, command: str = "layerkit predict") -> str:
     if runs:
         shown = ", ".join(p.name for p in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
         newest = max(runs, key=lambda p: p.stat().st_mtime)
-        return (f"{path}: not a run directory but a folder of runs ({shown}); give one of them, "
+        return (f"{path}: not a saved model or run directory but a folder of runs ({shown}); give one of them, "
                 f"e.g. {command} {newest}")
     if not entries:
-        return (f"{path}: not a run directory (an empty folder); give the folder 'layerkit fit' wrote "
+        return (f"{path}: not a saved model or run directory (an empty folder); give the folder 'layerkit fit' wrote "
                 f"(runs/NAME-TIMESTAMP)")
-    return f"{path}: not a run directory (no {MODEL_FILE})"
+    return f"{path}: not a saved model or run directory (no {MODEL_FILE})"
 
 
 def _load_dir(path: Path, registry: Registry | None = None) -> Model:
