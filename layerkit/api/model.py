@@ -126,6 +126,29 @@ class Model:
                       f"first, or load a run directory (layerkit.load('runs/...'))", UntrainedWarning, stacklevel=3)
 
     @property
+    def input_background(self) -> str | None:
+        """The training images' background: "dark" (light strokes on black, as MNIST), "light", or
+        None when unknown. From the fitted standardization statistics where they say it (a mean
+        under 0.25 or over 0.75 of the scale), else from the dataset (``Dataset.background``)."""
+        if len(self.input_shape) != 3:
+            return None
+        pre = self.preprocessing
+        if pre is not None and pre.mean is not None and pre.mean:
+            mean = float(np.mean(pre.mean))
+            if mean < 0.25 or mean > 0.75:
+                return "dark" if mean < 0.25 else "light"
+        name = self.spec.training.get("dataset")
+        if not name:
+            return None
+        from layerkit.plugins.manager import get_registry
+
+        try:
+            dataset = (self._registry or get_registry()).get("dataset", name)
+        except LayerkitError:
+            return None
+        return getattr(dataset, "background", None)
+
+    @property
     def param_count(self) -> int:
         return self.net.param_count
 

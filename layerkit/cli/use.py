@@ -55,18 +55,25 @@ def predict(run_dir: Path = RUN_DIR,
     must be the model's size unless --resize. CSV: a header row is skipped and a 'label' column dropped.
     """
     from layerkit.api import load
-    from layerkit.data.inputs import read_inputs
+    from layerkit.data.inputs import polarity_note, read_inputs
 
     model = _trained(load(run_dir), run_dir, untrained, "predict")
-    batches, problems = [], []
+    background = model.input_background
+    batches, problems, notes = [], [], []
     for path in inputs:
         try:
             read = read_inputs(path, model.input_shape, invert=invert, resize=resize)
             batches.append((read, model.prepare(read.x, str(path))))
         except DataError as exc:
             problems.append(str(exc))
+            continue
+        note = polarity_note(read, background, invert)
+        if note is not None:
+            notes.append(note)
     if problems:
         raise DataError("\n".join(problems))
+    for note in notes:
+        typer.echo(note, err=True)
     names = model.class_names
     k = min(top, model.num_outputs)
     results = []

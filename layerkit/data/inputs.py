@@ -205,4 +205,36 @@ def read_image(path: Path, input_shape: Sequence[int], *, resize: bool = False) 
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-__all__ = ["Inputs", "read_inputs", "read_image", "read_csv_rows", "IMAGE_SUFFIXES"]
+def border_brightness(x: np.ndarray) -> np.ndarray:
+    """Per image of a raw ``(N, C, H, W)`` batch, the mean of its outermost pixels (a ring 1/14 of the
+    smaller side wide, at least 1) on a 0..1 scale: integers count as 0..255, floats as 0..1. The
+    border is where a digit's or a garment's background is, whatever the object in the middle."""
+    height, width = x.shape[-2:]
+    ring = max(1, min(height, width) // 14)
+    mask = np.ones((height, width), dtype=bool)
+    mask[ring:height - ring, ring:width - ring] = False
+    values = x[..., mask].astype(np.float64)
+    return values.reshape(len(x), -1).mean(axis=1) / (255.0 if x.dtype.kind in "iu" else 1.0)
+
+
+def polarity_note(inputs: Inputs, background: str | None, invert: bool) -> str | None:
+    """A ``note:`` line when the images of ``inputs`` (an image file, read) have the other background
+    than the training images (``background``: "dark" or "light", see ``Dataset.background``):
+    a black digit on white paper given to a model trained on MNIST's white on black."""
+    if background not in ("dark", "light") or not inputs.source.lower().endswith(IMAGE_SUFFIXES) \
+            or inputs.x.ndim != 4 or min(inputs.x.shape[-2:]) < 4:
+        return None
+    light = border_brightness(inputs.x) > 0.5
+    if (light.mean() > 0.5) == (background == "light"):
+        return None
+    theirs = "light strokes on a dark background" if background == "dark" else "dark strokes on a light background"
+    mine = "light" if background == "dark" else "dark"
+    if invert:
+        return (f"note: {inputs.source}: after --invert the background is {mine}, but the model was trained on "
+                f"{theirs}; try without --invert")
+    return (f"note: {inputs.source}: the background is {mine}, but the model was trained on {theirs}; pass "
+            f"--invert if the image shows {'dark ink on light paper' if background == 'dark' else 'light on dark'}")
+
+
+__all__ = ["Inputs", "read_inputs", "read_image", "read_csv_rows", "border_brightness", "polarity_note",
+           "IMAGE_SUFFIXES"]
