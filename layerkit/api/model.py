@@ -91,6 +91,19 @@ class Model:
         self._registry = registry
         self.loss = build_loss(spec, registry)
 
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """How raw inputs become the network's input, and the class names (None before training)."""
+        return self._preprocessing
+
+    @preprocessing.setter
+    def preprocessing(self, value: Preprocessing | None) -> None:
+        # every way class names reach a model (fit(class_names=), a run's or a saved folder's
+        # preprocessing.json) ends here: one check that there is one name per output
+        if value is not None:
+            check_class_names(value.class_names, self, "class_names")
+        self._preprocessing = value
+
     # -- description ------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -348,6 +361,15 @@ def load(source: str | Path | dict, *, seed: int | None = None, registry: Regist
     return Model(spec, build_model(spec, seed=seed, registry=registry), source=name, registry=registry)
 
 
+def check_class_names(names: Sequence[str], model: Model, source: str) -> None:
+    """Refuse class names that are not one per output of ``model`` (an autoencoder has none to check)."""
+    if not names or (model.spec.training.get("data") or {}).get("target") == "input":
+        return
+    if len(names) != model.num_outputs:
+        raise LayerkitError(f"{source}: {len(names)} names for a model with {model.num_outputs} outputs "
+                            f"(model {model.name!r}); give one name per output")
+
+
 def not_a_run(path: str | Path, command: str = "layerkit predict") -> str:
     """Why ``path`` is no run directory (nor a folder from :meth:`Model.save`), in one line that says
     what would do: a missing path, an empty folder, the folder that holds the runs (``runs/``)."""
@@ -391,6 +413,8 @@ def _load_dir(path: Path, registry: Registry | None = None) -> Model:
         if tuple(pre.input_shape) != tuple(spec.input_shape):
             raise DataError(f"{path / PREPROCESSING_FILE}: input shape {tuple(pre.input_shape)} is not the "
                             f"model's {tuple(spec.input_shape)}")
+        check_class_names(pre.class_names, Model(spec, net, source=str(path), registry=registry),
+                          f"{path / PREPROCESSING_FILE}: class_names")
     elif ((spec.training.get("data") or {}).get("normalize", "unit")) == "standardize":
         Preprocessing.load(path)  # raises, naming the missing file
     model = Model(spec, net, pre, source=str(path), registry=registry)

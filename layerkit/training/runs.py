@@ -283,6 +283,11 @@ def load_run_data(run: RunDir, spec: ModelSpec, model, *, data_dir: str | Path |
         return prepare_data(spec, model, data_dir, registry, terms=terms)
     record = DataRecord.load(run / DATA_RECORD)
     pre = Preprocessing.load(run / PREPROCESSING) if (run / PREPROCESSING).exists() else None
+    outputs = num_outputs(model)
+    if pre is not None and pre.class_names and outputs is not None and len(pre.class_names) != outputs \
+            and (spec.training.get("data") or {}).get("target") != "input":
+        raise DataError(f"{run / PREPROCESSING}: class_names: {len(pre.class_names)} names for a model with "
+                        f"{outputs} outputs (model {spec.name!r}); give one name per output")
     if evaluating:
         spec = _with_recorded_options(spec, record)
     if data_dir is not None or spec.training.get("dataset") != record.dataset:
