@@ -72,7 +72,8 @@ def test_evaluate_refusals_are_agreed_by_every_mpi_rank(tmp_path):
     from layerkit.cli.train import evaluate
     for target in (tmp_path, tmp_path / "missing"):
         with pytest.raises(LayerkitError) as caught:
-            evaluate(target, None, None, None, False, False, False)
+            evaluate(model=target, weights=None, data_dir=None, dataset=None, allow_other_data=False,
+                     as_json=False, untrained=False)
         assert getattr(caught.value, "everywhere", False)
 
 

@@ -370,7 +370,7 @@ def check_class_names(names: Sequence[str], model: Model, source: str) -> None:
                             f"(model {model.name!r}); give one name per output")
 
 
-def not_a_run(path: str | Path, command: str = "layerkit predict") -> str:
+def not_a_run(path: str | Path, command: str | None = None) -> str:
     """Why ``path`` is no run directory (nor a folder from :meth:`Model.save`), in one line that says
     what would do: a missing path, an empty folder, the folder that holds the runs (``runs/``)."""
     path = Path(path)
@@ -385,7 +385,7 @@ def not_a_run(path: str | Path, command: str = "layerkit predict") -> str:
         shown = ", ".join(p.name for p in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
         newest = max(runs, key=lambda p: p.stat().st_mtime)
         return (f"{path}: not a saved model or run directory but a folder of runs ({shown}); give one of them, "
-                f"e.g. {command} {newest}")
+                f"e.g. {command + ' ' if command else ''}{newest}")
     if not entries:
         return (f"{path}: not a saved model or run directory (an empty folder); give the folder 'layerkit fit' wrote "
                 f"(runs/NAME-TIMESTAMP)")

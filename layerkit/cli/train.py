@@ -201,6 +201,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
         if "meta" in arrays:  # a checkpoint: its model tensors are under model/
             arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
         net.set_weights(arrays, source=str(weights))
+    shown_weights = None if weights is None else str(weights)
     notes: list[str] = [] if weights is not None else ["note: --untrained: scoring the random initial weights"]
     if run is not None:
         data = load_run_data(run, spec, net, data_dir=data_dir, allow_other_data=allow_other_data,
@@ -215,7 +216,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
     loss_value, accuracy, preds = run_eval(net, build_loss(spec), data.x_test, data.y_test)
     if np.ndim(data.y_test) != 1:  # a reconstruction: no classes to tabulate
         if as_json:
-            typer.echo(json.dumps({"model": spec.name, "weights": None if weights is None else str(weights), "data_source": data.source,
+            typer.echo(json.dumps({"model": spec.name, "weights": shown_weights, "data_source": data.source,
                                    "data_location": data.location, "samples": int(len(data.y_test)),
                                    "loss": loss_value, "pixel_accuracy": accuracy}, indent=2))
         else:
@@ -228,7 +229,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL"),
     per_class = [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(k)]
     names = (data.class_names + [str(i) for i in range(len(data.class_names), k)])[:k]
     if as_json:
-        typer.echo(json.dumps({"model": spec.name, "weights": None if weights is None else str(weights), "data_source": data.source,
+        typer.echo(json.dumps({"model": spec.name, "weights": shown_weights, "data_source": data.source,
                                "data_location": data.location,
                                "samples": int(len(data.y_test)), "loss": loss_value, "accuracy": accuracy,
                                "classes": names, "per_class_accuracy": per_class,

@@ -197,4 +197,5 @@ def _counts(samples: dict) -> str:
     return " / ".join(f"{samples.get(k, 0):,} {k}" for k in ("train", "validation", "test"))
 
 
-__all__ = ["DataRecord", "file_fingerprint", "filled", "FILE_NAME", "SHAPING_OPTIONS", "TEST_OPTIONS", "OPTION_DEFAULTS"]
+__all__ = ["DataRecord", "file_fingerprint", "filled", "FILE_NAME", "SHAPING_OPTIONS", "TEST_OPTIONS",
+           "OPTION_DEFAULTS"]
