@@ -4,6 +4,6 @@
 package, imported on first use (see ``layerkit/__init__.py``).
 """
 
-from layerkit.api.model import History, Model, check_grads, load, load_dataset
+from layerkit.api.model import History, Model, UntrainedWarning, check_grads, load, load_dataset
 
-__all__ = ["History", "Model", "check_grads", "load", "load_dataset"]
+__all__ = ["History", "Model", "UntrainedWarning", "check_grads", "load", "load_dataset"]

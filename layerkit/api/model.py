@@ -10,8 +10,10 @@ goes through.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Sequence
@@ -47,6 +49,11 @@ DEFAULT_OPTIMIZER = "sgd"
 CALLBACK_HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
 
+class UntrainedWarning(UserWarning):
+    """A model that was never trained was asked for predictions, scores or an export: its answers
+    come from random initial weights."""
+
+
 @dataclass
 class History:
     """What :meth:`Model.fit` returns, and :attr:`Model.history`: one record per epoch (``epoch``, ``lr``,
@@ -77,6 +84,10 @@ class History:
 class Model:
     """A network with its weights and preprocessing. Build one with :func:`load`."""
 
+    #: whether the weights were read from a run or a saved folder (see :attr:`trained`)
+    _loaded_weights: bool = False
+    _warned_untrained: bool = False
+
     def __init__(self, spec: ModelSpec, net: Network, preprocessing: Preprocessing | None = None, *,
                  source: str = "<model>", registry: Registry | None = None) -> None:
         self.spec = spec
@@ -89,6 +100,19 @@ class Model:
         self.history = History()
         #: what the last ``fit`` trained on (or the loaded run's ``data.json``); ``save`` writes it
         self.data_record: DataRecord | None = None
+
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """How raw inputs become the network's input, and the class names (None before training)."""
+        return self._preprocessing
+
+    @preprocessing.setter
+    def preprocessing(self, value: Preprocessing | None) -> None:
+        # every way class names reach a model (fit(class_names=), a run's or a saved folder's
+        # preprocessing.json) ends here: one check that there is one name per output
+        if value is not None:
+            check_class_names(value.class_names, self, "class_names")
+        self._preprocessing = value
 
     # -- description ------------------------------------------------------------
     @property
@@ -108,6 +132,44 @@ class Model:
     def class_names(self) -> list[str]:
         names = list(self.preprocessing.class_names) if self.preprocessing is not None else []
         return names + [str(i) for i in range(len(names), self.num_outputs)]
+
+    @property
+    def trained(self) -> bool:
+        """Whether the weights come from training (a run directory, a saved folder, or :meth:`fit`)
+        rather than from the random initialisation of a model file or a shipped model's name."""
+        return self._loaded_weights or self.preprocessing is not None
+
+    def _warn_if_untrained(self, what: str) -> None:
+        # Keras answers from fresh weights silently; a warning (once per model) keeps that working
+        # for pipeline tests while saying that the answers mean nothing
+        if self.trained or self._warned_untrained:
+            return
+        self._warned_untrained = True
+        warnings.warn(f"model {self.name!r} is untrained: {what} come from its random initial weights; call fit "
+                      f"first, or load a run directory (layerkit.load('runs/...'))", UntrainedWarning, stacklevel=3)
+
+    @property
+    def input_background(self) -> str | None:
+        """The training images' background: "dark" (light strokes on black, as MNIST), "light", or
+        None when unknown. From the fitted standardization statistics where they say it (a mean
+        under 0.25 or over 0.75 of the scale), else from the dataset (``Dataset.background``)."""
+        if len(self.input_shape) != 3:
+            return None
+        pre = self.preprocessing
+        if pre is not None and pre.mean is not None and pre.mean:
+            mean = float(np.mean(pre.mean))
+            if mean < 0.25 or mean > 0.75:
+                return "dark" if mean < 0.25 else "light"
+        name = self.spec.training.get("dataset")
+        if not name:
+            return None
+        from layerkit.plugins.manager import get_registry
+
+        try:
+            dataset = (self._registry or get_registry()).get("dataset", name)
+        except LayerkitError:
+            return None
+        return getattr(dataset, "background", None)
 
     @property
     def param_count(self) -> int:
@@ -325,16 +387,22 @@ class Model:
     def predict_proba(self, x: Any) -> np.ndarray:
         """Class probabilities (softmax of the outputs for ``softmax_cross_entropy``; the outputs
         themselves for other losses), one row per input."""
-        return self.loss.probabilities(self._outputs(self.prepare(x)))
+        inputs = self.prepare(x)
+        self._warn_if_untrained("its probabilities")
+        return self.loss.probabilities(self._outputs(inputs))
 
     def predict(self, x: Any) -> np.ndarray:
-        """Predicted class ids (int64), one per input."""
-        return self.loss.predict(self._outputs(self.prepare(x))).astype(np.int64)
+        """Predicted class ids (int64), one per input. On an untrained model (see :attr:`trained`)
+        this warns with :class:`UntrainedWarning` (once per model) and answers anyway."""
+        inputs = self.prepare(x)
+        self._warn_if_untrained("its predictions")
+        return self.loss.predict(self._outputs(inputs)).astype(np.int64)
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ...}`` on raw inputs ``x`` and class ids ``y``."""
         inputs = self.prepare(x, "x")
         labels = self._labels(y, len(inputs), "y")
+        self._warn_if_untrained("its scores")
         loss_value, accuracy, _ = evaluate(self.net, self.loss, inputs, labels)
         return {"loss": loss_value, "accuracy": accuracy}
 
@@ -371,6 +439,7 @@ class Model:
         """Write the model, its preprocessing and its softmax as an ONNX file (needs the onnx extra)."""
         from layerkit.export.onnx import save_onnx, to_onnx
 
+        self._warn_if_untrained("the exported weights")
         return save_onnx(to_onnx(self.net, self._pre(), self.loss, name=self.name), path)
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -412,10 +481,41 @@ def load(source: str | Path | dict, *, seed: int | None = None, registry: Regist
     return Model(spec, build_model(spec, seed=seed, registry=registry), source=name, registry=registry)
 
 
+def check_class_names(names: Sequence[str], model: Model, source: str) -> None:
+    """Refuse class names that are not one per output of ``model`` (an autoencoder has none to check)."""
+    if not names or (model.spec.training.get("data") or {}).get("target") == "input":
+        return
+    if len(names) != model.num_outputs:
+        raise LayerkitError(f"{source}: {len(names)} names for a model with {model.num_outputs} outputs "
+                            f"(model {model.name!r}); give one name per output")
+
+
+def not_a_run(path: str | Path, command: str | None = None) -> str:
+    """Why ``path`` is no run directory (nor a folder from :meth:`Model.save`), in one line that says
+    what would do: a missing path, an empty folder, the folder that holds the runs (``runs/``)."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path}: no such file or directory; give a run directory written by 'layerkit fit'"
+    try:
+        entries = list(itertools.islice(path.iterdir(), 10_000))
+    except OSError as exc:
+        return f"{path}: cannot list the folder ({exc.strerror or exc})"
+    runs = sorted((p for p in entries if (p / MODEL_FILE).is_file()), key=lambda p: p.name)
+    if runs:
+        shown = ", ".join(p.name for p in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        newest = max(runs, key=lambda p: p.stat().st_mtime)
+        return (f"{path}: not a saved model or run directory but a folder of runs ({shown}); give one of them, "
+                f"e.g. {command + ' ' if command else ''}{newest}")
+    if not entries:
+        return (f"{path}: not a saved model or run directory (an empty folder); give the folder 'layerkit fit' wrote "
+                f"(runs/NAME-TIMESTAMP)")
+    return f"{path}: not a saved model or run directory (no {MODEL_FILE})"
+
+
 def _load_dir(path: Path, registry: Registry | None = None) -> Model:
     model_file = path / MODEL_FILE
     if not model_file.is_file():
-        raise LayerkitError(f"{path}: not a saved model or run directory (no {MODEL_FILE})")
+        raise LayerkitError(not_a_run(path))
     raw, name = read_model_file(model_file)
     spec = spec_from_dict(raw, source=name, registry=registry)
     net = build_model(spec, registry=registry)
@@ -433,9 +533,12 @@ def _load_dir(path: Path, registry: Registry | None = None) -> Model:
         if tuple(pre.input_shape) != tuple(spec.input_shape):
             raise DataError(f"{path / PREPROCESSING_FILE}: input shape {tuple(pre.input_shape)} is not the "
                             f"model's {tuple(spec.input_shape)}")
+        check_class_names(pre.class_names, Model(spec, net, source=str(path), registry=registry),
+                          f"{path / PREPROCESSING_FILE}: class_names")
     elif ((spec.training.get("data") or {}).get("normalize", "unit")) == "standardize":
         Preprocessing.load(path)  # raises, naming the missing file
     model = Model(spec, net, pre, source=str(path), registry=registry)
+    model._loaded_weights = True
     if (path / HISTORY_JSON).is_file():
         from layerkit.training.runs import RunDir
 

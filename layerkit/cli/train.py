@@ -177,7 +177,10 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL",
              allow_other_data: bool = ALLOW_OTHER_DATA,
              as_json: bool = typer.Option(False, "--json",
                                           help="Print one JSON object: model, weights, samples, loss, accuracy, "
-                                               "classes, per_class_accuracy, confusion_matrix.")) -> None:
+                                               "classes, per_class_accuracy, confusion_matrix."),
+             untrained: bool = typer.Option(False, "--untrained",
+                                            help="Score the model's random initial weights (for testing the "
+                                                 "pipeline): a model file without --weights.")) -> None:
     """Accuracy, per-class accuracy and the confusion matrix on the test split.
 
     Given a run directory (or weights inside one), the test split is read from the data the run
@@ -185,39 +188,53 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL",
     """
     import numpy as np
 
+    from layerkit.api.model import not_a_run
+    from layerkit.modelfile import zoo
     from layerkit.modelfile.build import build_model
     from layerkit.nn.network import load_npz
-    from layerkit.training.runs import MODEL_FILE, WEIGHTS, RunDir, load_run_data, prepare_data
+    from layerkit.training.runs import CHECKPOINT, MODEL_FILE, WEIGHTS, RunDir, load_run_data, prepare_data
     from layerkit.modelfile.spec import read_model_file, spec_from_dict
     from layerkit.training.trainer import build_loss, evaluate as run_eval
 
     def UserError(message: str) -> BaseException:  # noqa: N802 - reads like the exception it makes
+        # every MPI rank sees the same files, so every rank stops here alike
         return everywhere(LayerkitError(message))
 
     run = None
     if model.is_dir():
+        if not (model / MODEL_FILE).is_file():
+            raise UserError(not_a_run(model, "layerkit evaluate"))
         run = RunDir(model)
         model = run / MODEL_FILE
-        weights = weights or run / WEIGHTS
-        if not model.is_file():
-            raise UserError(f"{run.path}: not a run directory (no {MODEL_FILE})")
-    elif weights is None:
-        raise UserError("give a run directory, or a model file with --weights")
-    elif (weights.parent / MODEL_FILE).is_file() and (weights.parent / "data.json").is_file():
+        if weights is None:  # a run still in progress has only its last checkpoint
+            weights = run / WEIGHTS if (run / WEIGHTS).is_file() or not (run / CHECKPOINT).is_file() \
+                else run / CHECKPOINT
+    elif not model.exists() and zoo.shipped(model) is None:
+        raise UserError(f"{model}: no such file or directory; give a run directory written by 'layerkit fit', "
+                        f"or a model file with --weights RUN_DIR/weights.npz")
+    elif weights is None and not untrained:
+        what = "a model file" if model.exists() else "a shipped model"
+        raise UserError(f"{model}: {what} has no trained weights; give a run directory, add --weights "
+                        f"RUN_DIR/weights.npz, or train it first (layerkit fit {model}); --untrained scores its "
+                        f"random initial weights")
+    elif weights is not None and (weights.parent / MODEL_FILE).is_file() \
+            and (weights.parent / "data.json").is_file():
         run = RunDir(weights.parent)  # weights of a run: its recorded data, not whatever is found now
     raw, source = read_model_file(model)
     spec = spec_from_dict(apply_overrides(raw, {"dataset": dataset}), source=Path(source).name)
     net = build_model(spec)
-    arrays = load_npz(weights)
-    if "meta" in arrays:  # a checkpoint: its model tensors are under model/
-        arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
-    net.set_weights(arrays, source=str(weights))
-    notes: list[str] = []
+    if weights is not None:
+        arrays = load_npz(weights)
+        if "meta" in arrays:  # a checkpoint: its model tensors are under model/
+            arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+        net.set_weights(arrays, source=str(weights))
+    shown_weights = None if weights is None else str(weights)
+    notes: list[str] = [] if weights is not None else ["note: --untrained: scoring the random initial weights"]
     if run is not None:
         from layerkit.training.runs import refuse_arrays_run  # a model trained on arrays: no data to guess
         refuse_arrays_run(run, explicit=dataset is not None or data_dir is not None, terms=FIT_TERMS)
         data = load_run_data(run, spec, net, data_dir=data_dir, allow_other_data=allow_other_data,
-                             log=notes.append, terms=FIT_TERMS)
+                             log=notes.append, terms=FIT_TERMS, evaluating=True, dataset_given=dataset is not None)
     else:
         data = prepare_data(spec, net, data_dir, terms=FIT_TERMS)
     if data.notice:
@@ -228,7 +245,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL",
     loss_value, accuracy, preds = run_eval(net, build_loss(spec), data.x_test, data.y_test)
     if np.ndim(data.y_test) != 1:  # a reconstruction: no classes to tabulate
         if as_json:
-            typer.echo(json.dumps({"model": spec.name, "weights": str(weights), "data_source": data.source,
+            typer.echo(json.dumps({"model": spec.name, "weights": shown_weights, "data_source": data.source,
                                    "data_location": data.location, "samples": int(len(data.y_test)),
                                    "loss": loss_value, "pixel_accuracy": accuracy}, indent=2))
         else:
@@ -241,7 +258,7 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL",
     per_class = [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(k)]
     names = (data.class_names + [str(i) for i in range(len(data.class_names), k)])[:k]
     if as_json:
-        typer.echo(json.dumps({"model": spec.name, "weights": str(weights), "data_source": data.source,
+        typer.echo(json.dumps({"model": spec.name, "weights": shown_weights, "data_source": data.source,
                                "data_location": data.location,
                                "samples": int(len(data.y_test)), "loss": loss_value, "accuracy": accuracy,
                                "classes": names, "per_class_accuracy": per_class,

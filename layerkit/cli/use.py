@@ -19,6 +19,22 @@ RUN_DIR = typer.Argument(..., metavar="RUN_DIR",
                          help="A run directory from 'layerkit fit' (or a folder from Model.save).")
 
 
+UNTRAINED_HELP = "Answer from the model's random initial weights (for testing the pipeline)."
+
+
+def _trained(model, source: Path, untrained: bool, command: str):
+    """``model``, unless it was never trained and ``--untrained`` was not given."""
+    if model.trained:
+        return model
+    if not untrained:
+        raise LayerkitError(f"{source}: model {model.name!r} is untrained (no weights): its answers would be "
+                            f"random; train it with 'layerkit fit {source}' and give the run directory it writes "
+                            f"(layerkit {command} runs/{model.name}-...), or pass --untrained")
+    model._warned_untrained = True  # --untrained asked for it: no Python warning on top of the note
+    typer.echo("note: --untrained: answering from the random initial weights", err=True)
+    return model
+
+
 @app.command()
 def predict(run_dir: Path = RUN_DIR,
             inputs: List[Path] = typer.Argument(..., metavar="INPUT...",
@@ -34,25 +50,33 @@ def predict(run_dir: Path = RUN_DIR,
                                                            "recognizer), ImageId counting from 1 over all inputs."),
             as_json: bool = typer.Option(False, "--json",
                                          help="Print a JSON list, one object per input: input, class, name, "
-                                              "probability, top (the --top classes).")) -> None:
+                                              "probability, top (the --top classes)."),
+            untrained: bool = typer.Option(False, "--untrained", help=UNTRAINED_HELP)) -> None:
     """Class, class name and top probabilities for each input, preprocessed exactly as in training.
 
     Images: luminance for 1-channel models (transparent pixels over white), RGB for 3-channel ones; they
     must be the model's size unless --resize. CSV: a header row is skipped and a 'label' column dropped.
     """
     from layerkit.api import load
-    from layerkit.data.inputs import read_inputs
+    from layerkit.data.inputs import polarity_note, read_inputs
 
-    model = load(run_dir)
-    batches, problems = [], []
+    model = _trained(load(run_dir), run_dir, untrained, "predict")
+    background = model.input_background
+    batches, problems, notes = [], [], []
     for path in inputs:
         try:
             read = read_inputs(path, model.input_shape, invert=invert, resize=resize)
             batches.append((read, model.prepare(read.x, str(path))))
         except DataError as exc:
             problems.append(str(exc))
+            continue
+        note = polarity_note(read, background, invert)
+        if note is not None:
+            notes.append(note)
     if problems:
         raise DataError("\n".join(problems))
+    for note in notes:
+        typer.echo(note, err=True)
     names = model.class_names
     k = min(top, model.num_outputs)
     results = []
@@ -88,7 +112,8 @@ def predict(run_dir: Path = RUN_DIR,
 def export(run_dir: Path = RUN_DIR,
            fmt: str = typer.Option("onnx", "--format", "-f", help="Only onnx for now."),
            out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE",
-                                              help="Output file (default: RUN_DIR/model.onnx).")) -> None:
+                                              help="Output file (default: RUN_DIR/model.onnx)."),
+           untrained: bool = typer.Option(False, "--untrained", help=UNTRAINED_HELP)) -> None:
     """Export a trained model, with its preprocessing and softmax, for another runtime (ONNX).
 
     The graph takes the raw input 'predict' takes (N x C x H x W, uint8 when trained on integer images) and
@@ -98,7 +123,9 @@ def export(run_dir: Path = RUN_DIR,
 
     if fmt != "onnx":
         raise typer.BadParameter(f"{fmt!r} is not a supported format (onnx)", param_hint="--format")
-    model = load(run_dir)
+    model = _trained(load(run_dir), run_dir, untrained, "export")
+    if out is None and not Path(run_dir).is_dir():
+        raise LayerkitError(f"{run_dir}: not a folder to write model.onnx into; give --out FILE")
     path = model.export_onnx(out or Path(run_dir) / "model.onnx")
     from layerkit.export.onnx import input_description
     typer.echo(f"wrote {path}: input 'input' {input_description(model.net, model._pre())}; "

@@ -93,6 +93,9 @@ class Dataset:
     #: per-sample shape, channels first, when the format fixes it
     image_shape: ClassVar[tuple[int, ...] | None] = None
     class_names: ClassVar[Sequence[str]] = tuple(str(i) for i in range(10))
+    #: "dark": light strokes on a dark background (MNIST), "light": dark on light, None: no one
+    #: background (photos); ``layerkit predict`` notes an input of the other kind (``--invert``)
+    background: ClassVar[str | None] = None
 
     def find(self, location: Path) -> Path | None:
         """The file or directory under ``location`` this loader can read, or None."""

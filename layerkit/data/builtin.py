@@ -68,6 +68,7 @@ class Mnist(IdxDataset):
     """MNIST digits from the four IDX files, or the embedded sample when none are found."""
 
     name = "mnist"
+    background = "dark"
     description = ("MNIST handwritten digits (60,000 + 10,000 28x28 images) from the four IDX files; "
                    "without them, an embedded 5,000 + 1,000 image sample.")
 
@@ -87,6 +88,7 @@ class FashionMnist(IdxDataset):
     """Fashion-MNIST: MNIST's IDX layout with clothing images and named classes."""
 
     name = "fashion_mnist"
+    background = "dark"
     description = "Fashion-MNIST (Zalando): 28x28 grayscale clothing images, 10 classes, MNIST's IDX layout."
     class_names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -96,6 +98,7 @@ class MnistNpz(Dataset):
     """MNIST from Keras's ``mnist.npz``."""
 
     name = "mnist_npz"
+    background = "dark"
     description = "MNIST as Keras ships it: mnist.npz with x_train, y_train, x_test, y_test (uint8 N x 28 x 28)."
     files = ("mnist.npz",)
     image_shape = (1, 28, 28)
@@ -112,6 +115,7 @@ class MnistPickle(Dataset):
     """MNIST from the pickle of Nielsen's book (``mnist.pkl.gz``); read without running code."""
 
     name = "mnist_pkl"
+    background = "dark"
     description = ("MNIST as in Nielsen's book: mnist.pkl.gz, (train, validation, test) tuples of "
                    "(N x 784 float, labels); train and validation are joined.")
     files = ("mnist.pkl.gz",)
@@ -133,6 +137,7 @@ class KaggleDigits(Dataset):
     """Kaggle's digit-recognizer CSV files; the test split comes from a labelled test.csv or train.csv's tail."""
 
     name = "kaggle_digits"
+    background = "dark"
     description = ("Kaggle digit-recognizer CSV: train.csv (label,pixel0..pixel783). The last 10% of "
                    "train.csv is the test split unless a labelled test.csv is beside it.")
     files = ("train.csv",)

@@ -192,8 +192,8 @@ def read_label_csv(path: Path, width: int = 784) -> tuple[np.ndarray, np.ndarray
     header_line, _, body = text.partition("\n")
     header = [h.strip().strip('"') for h in header_line.split(",")]
     if not header or header[0] != "label" or len(header) != width + 1:
-        raise DataError(f"{path}: expected a header 'label,pixel0,...,pixel{width - 1}', "
-                        f"got {len(header)} columns starting {header[0]!r}")
+        raise DataError(f"{path}: the header has {len(header):,} columns starting {header[0]!r}, expected "
+                        f"{width + 1:,}: 'label,pixel0,...,pixel{width - 1}' (a label column and {width:,} pixels)")
     try:
         table = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.int64, ndmin=2)
     except ValueError as exc:
@@ -201,7 +201,8 @@ def read_label_csv(path: Path, width: int = 784) -> tuple[np.ndarray, np.ndarray
     if table.size == 0:
         raise DataError(f"{path}: no data rows")
     if table.shape[1] != width + 1:
-        raise DataError(f"{path}: rows have {table.shape[1]} columns, expected {width + 1}")
+        raise DataError(f"{path}: rows have {table.shape[1]:,} columns, expected {width + 1:,} "
+                        f"(a label column and {width:,} pixels)")
     pixels = table[:, 1:]
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{path}: pixel values must be 0..255")

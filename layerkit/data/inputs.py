@@ -59,7 +59,7 @@ def read_inputs(path: str | Path, input_shape: Sequence[int], *, invert: bool = 
     elif suffix == ".npz":
         x = _batch(_read_npz(path), input_shape)
     elif suffix == ".csv":
-        x = read_csv_rows(path)
+        x = read_csv_rows(path, expected=math.prod(input_shape), input_shape=input_shape)
     elif suffix in IMAGE_SUFFIXES:
         x = read_image(path, input_shape, resize=resize)[None]
     else:
@@ -111,10 +111,12 @@ def _read_npz(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
 
 
-def read_csv_rows(path: Path) -> np.ndarray:
+def read_csv_rows(path: Path, *, expected: int | None = None, input_shape: Sequence[int] | None = None
+                  ) -> np.ndarray:
     """Rows of numbers, one sample each; a header row is skipped and a ``label`` column dropped
     (Kaggle's digit-recognizer ``test.csv`` has ``pixel0..pixel783``, its ``train.csv`` a label first).
-    A byte-order mark and CRLF line ends are fine."""
+    A byte-order mark and CRLF line ends are fine. ``expected``: the number of values a row must
+    have (the model's input size; ``input_shape`` names it in the message), counted in columns."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -136,6 +138,10 @@ def read_csv_rows(path: Path) -> np.ndarray:
         raise DataError(f"{path}: no data rows")
     if header and table.shape[1] != len(first):
         raise DataError(f"{path}: the header has {len(first)} columns but the rows have {table.shape[1]}")
+    label = drop is not None
+    if expected is not None and table.shape[1] - label != expected:
+        raise DataError(f"{path}: {table.shape[1]:,} columns, expected {expected + label:,} ("
+                        f"{'a label column and ' if label else ''}{_values(expected, input_shape)})")
     if drop is not None:
         table = np.delete(table, drop, axis=1)
     if not np.isfinite(table).all():
@@ -143,6 +149,14 @@ def read_csv_rows(path: Path) -> np.ndarray:
     if np.all(table == np.round(table)) and table.min() >= 0 and table.max() <= 255:
         return table.astype(np.uint8)  # pixels, as Kaggle stores them: scaled like the training images
     return table.astype(np.float32)
+
+
+def _values(expected: int, input_shape: Sequence[int] | None) -> str:
+    """What the columns of a row are for: ``784 pixels for the model's 1x28x28 input``."""
+    shape = tuple(input_shape or ())
+    if len(shape) == 3:
+        return f"{expected:,} pixels for the model's {'x'.join(map(str, shape))} input"
+    return f"{expected:,} {'features' if len(shape) == 1 else 'values'}"
 
 
 def _is_number(text: str) -> bool:
@@ -191,4 +205,36 @@ def read_image(path: Path, input_shape: Sequence[int], *, resize: bool = False) 
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-__all__ = ["Inputs", "read_inputs", "read_image", "read_csv_rows", "IMAGE_SUFFIXES"]
+def border_brightness(x: np.ndarray) -> np.ndarray:
+    """Per image of a raw ``(N, C, H, W)`` batch, the mean of its outermost pixels (a ring 1/14 of the
+    smaller side wide, at least 1) on a 0..1 scale: integers count as 0..255, floats as 0..1. The
+    border is where a digit's or a garment's background is, whatever the object in the middle."""
+    height, width = x.shape[-2:]
+    ring = max(1, min(height, width) // 14)
+    mask = np.ones((height, width), dtype=bool)
+    mask[ring:height - ring, ring:width - ring] = False
+    values = x[..., mask].astype(np.float64)
+    return values.reshape(len(x), -1).mean(axis=1) / (255.0 if x.dtype.kind in "iu" else 1.0)
+
+
+def polarity_note(inputs: Inputs, background: str | None, invert: bool) -> str | None:
+    """A ``note:`` line when the images of ``inputs`` (an image file, read) have the other background
+    than the training images (``background``: "dark" or "light", see ``Dataset.background``):
+    a black digit on white paper given to a model trained on MNIST's white on black."""
+    if background not in ("dark", "light") or not inputs.source.lower().endswith(IMAGE_SUFFIXES) \
+            or inputs.x.ndim != 4 or min(inputs.x.shape[-2:]) < 4:
+        return None
+    light = border_brightness(inputs.x) > 0.5
+    if (light.mean() > 0.5) == (background == "light"):
+        return None
+    theirs = "light strokes on a dark background" if background == "dark" else "dark strokes on a light background"
+    mine = "light" if background == "dark" else "dark"
+    if invert:
+        return (f"note: {inputs.source}: after --invert the background is {mine}, but the model was trained on "
+                f"{theirs}; try without --invert")
+    return (f"note: {inputs.source}: the background is {mine}, but the model was trained on {theirs}; pass "
+            f"--invert if the image shows {'dark ink on light paper' if background == 'dark' else 'light on dark'}")
+
+
+__all__ = ["Inputs", "read_inputs", "read_image", "read_csv_rows", "border_brightness", "polarity_note",
+           "IMAGE_SUFFIXES"]

@@ -87,6 +87,10 @@ def to_model_layout(x: np.ndarray, input_shape: Sequence[int], source: str, layo
             return x[:, None, :, :]
         if len(shape) == 3 and sample == (shape[1], shape[2], shape[0]) and layout == "auto":
             return x.transpose(0, 3, 1, 2)  # channels last, as Keras and most CIFAR tools store images
+    if len(shape) == 1:  # flat inputs are features, not images
+        noun = what.replace("images", "samples") if "images" in what else what
+        raise DataError(f"{source}: got {math.prod(sample):,} features per sample ({noun} are {x.shape}), "
+                        f"the model expects {size:,}")
     hint = ""
     if len(shape) == 3 and x.ndim == 4 and sample[2] == shape[0]:
         hint = " (channels last would be (N, H, W, C) with the model's H and W)"

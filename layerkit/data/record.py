@@ -60,6 +60,25 @@ def describe_array(a: np.ndarray) -> dict[str, Any]:
     return {"shape": [int(n) for n in a.shape], "dtype": str(a.dtype)}
 
 
+#: the value an option left out of ``training.data`` has (what :func:`layerkit.data.prepare` does without it)
+OPTION_DEFAULTS: dict[str, Any] = {"classes": None, "train_limit": None, "test_limit": None,
+                                   "validation_split": None, "normalize": "unit", "layout": "auto"}
+#: the options that decide which samples form the test split and how they reach the model (the
+#: training statistics come from the run's saved preprocessing, so normalize is not among them)
+TEST_OPTIONS = ("classes", "test_limit", "layout")
+
+
+def filled(options: dict | None) -> dict[str, Any]:
+    """``options`` (some of :data:`SHAPING_OPTIONS`) with every option left out given its default;
+    an empty class list and a validation split of 0 mean "none", as they do when the data is read."""
+    options = options or {}
+    out = {k: options.get(k) if options.get(k) is not None else OPTION_DEFAULTS[k] for k in SHAPING_OPTIONS}
+    for key in ("classes", "validation_split"):
+        if not out[key]:
+            out[key] = None
+    return out
+
+
 def file_fingerprint(path: str | Path, name: str | None = None) -> dict[str, Any]:
     """``{"path", "size", "sha256"}`` of the bytes of ``path`` as stored (gzipped files are not unpacked)."""
     path = Path(path)
@@ -139,9 +158,11 @@ class DataRecord:
         """Where the data came from, for messages: the location or "the embedded sample"."""
         return "the embedded sample" if self.location is None else self.location
 
-    def differences(self, now: "DataRecord") -> list[str]:
+    def differences(self, now: "DataRecord", *, evaluating: bool = False) -> list[str]:
         """What differs between this record (the run's) and ``now`` (the data just read), one
-        phrase each; files are compared by name, size and SHA-256."""
+        phrase each; files are compared by name, size and SHA-256, options with their defaults
+        filled in on both sides. ``evaluating``: only what shapes the test split counts (limits
+        and a validation split of the training set do not change what a run is scored on)."""
         out = []
         if now.dataset != self.dataset:
             out.append(f"dataset {now.dataset!r} instead of {self.dataset!r}")
@@ -160,10 +181,14 @@ class DataRecord:
             if (a["size"], a["sha256"]) != (b["size"], b["sha256"]):
                 out.append(f"{b['path']} changed ({a['size']:,} bytes, SHA-256 {a['sha256'][:12]}... then; "
                            f"{b['size']:,} bytes, {b['sha256'][:12]}... now)")
-        for key in sorted(set(self.options) | set(now.options)):
-            if self.options.get(key) != now.options.get(key):
-                out.append(f"training.data.{key} {now.options.get(key)!r} instead of {self.options.get(key)!r}")
-        if now.samples != self.samples:
+        then_options, now_options = filled(self.options), filled(now.options)
+        for key in TEST_OPTIONS if evaluating else SHAPING_OPTIONS:
+            if then_options[key] != now_options[key]:
+                out.append(f"training.data.{key} {_option(now_options[key])} instead of {_option(then_options[key])}")
+        if evaluating:
+            if now.samples.get("test") != self.samples.get("test"):
+                out.append(f"{now.samples.get('test', 0):,} test samples instead of {self.samples.get('test', 0):,}")
+        elif now.samples != self.samples:
             out.append(f"{_counts(now.samples)} samples instead of {_counts(self.samples)}")
         return out
 
@@ -249,9 +274,13 @@ def _arrays_entry(value: Any) -> bool:
             and all(isinstance(c, str) for c in value["class_names"]))
 
 
+def _option(value: Any) -> str:
+    return "not set" if value is None else repr(value)
+
+
 def _counts(samples: dict) -> str:
     return " / ".join(f"{samples.get(k, 0):,} {k}" for k in ("train", "validation", "test"))
 
 
-__all__ = ["ARRAYS", "DataRecord", "TrainedOnArrays", "array_fingerprint", "file_fingerprint", "FILE_NAME",
-           "SHAPING_OPTIONS"]
+__all__ = ["ARRAYS", "DataRecord", "TrainedOnArrays", "array_fingerprint", "file_fingerprint", "filled",
+           "FILE_NAME", "SHAPING_OPTIONS", "TEST_OPTIONS", "OPTION_DEFAULTS"]

@@ -30,7 +30,7 @@ import numpy as np
 from layerkit.modelfile.build import build_model
 from layerkit.data import DataSplits, load_data
 from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE, Preprocessing
-from layerkit.data.record import FILE_NAME as DATA_RECORD, DataRecord
+from layerkit.data.record import FILE_NAME as DATA_RECORD, OPTION_DEFAULTS, DataRecord, filled
 from layerkit.errors import (CheckFailed, CheckpointError, DataError, LayerkitError, ModelFileError, Problem,
                              TrainingError, everywhere)
 from layerkit.fileio import save_npz_atomic, why, write_text_atomic
@@ -290,33 +290,74 @@ def refuse_arrays_run(run: RunDir, *, explicit: bool, terms: Terms = PYTHON_TERM
 
 def load_run_data(run: RunDir, spec: ModelSpec, model, *, data_dir: str | Path | None = None,
                   allow_other_data: bool = False, registry=None,
-                  log: Callable[[str], None] = _quiet, terms: Terms = PYTHON_TERMS) -> DataSplits:
+                  log: Callable[[str], None] = _quiet, terms: Terms = PYTHON_TERMS,
+                  evaluating: bool = False, dataset_given: bool = False) -> DataSplits:
     """The data ``run`` was trained on, read from where its ``data.json`` says, with its saved
     preprocessing. Anything that differs from the record (another ``data_dir`` or dataset, a file
-    changed since, other limits) is a :class:`DataError` naming it, unless ``allow_other_data``."""
+    changed since, other limits) is a :class:`DataError` naming it, unless ``allow_other_data``.
+
+    ``evaluating``: only the test split matters. The ``training.data`` options that ``spec`` leaves
+    out are taken from the record (a model file scored with a run's weights is scored on the run's
+    test split), and options that only shape the training set (``train_limit``, ``validation_split``)
+    are not compared. ``dataset_given``: the caller's dataset was asked for explicitly
+    (``terms.dataset``), so the message may tell to leave it out."""
     if not (run / DATA_RECORD).exists():
         log(f"note: {run.path} has no {DATA_RECORD} (made by an older layerkit), so its data cannot be checked; "
             f"it is looked for as for a new run")
         return prepare_data(spec, model, data_dir, registry, terms=terms)
     record = DataRecord.load(run / DATA_RECORD)
     pre = Preprocessing.load(run / PREPROCESSING) if (run / PREPROCESSING).exists() else None
+    outputs = num_outputs(model)
+    if pre is not None and pre.class_names and outputs is not None and len(pre.class_names) != outputs \
+            and (spec.training.get("data") or {}).get("target") != "input":
+        raise DataError(f"{run / PREPROCESSING}: class_names: {len(pre.class_names)} names for a model with "
+                        f"{outputs} outputs (model {spec.name!r}); give one name per output")
     if record.from_arrays:  # nothing to read again: the data the caller names, with the saved preprocessing
         data = prepare_data(spec, model, data_dir, registry, preprocessing=pre, terms=terms)
         log(f"note: {run.path} was trained on in-memory arrays; scoring it on {data.source}")
         return data
+    if evaluating:
+        spec = _with_recorded_options(spec, record)
     if data_dir is not None or spec.training.get("dataset") != record.dataset:
         data = prepare_data(spec, model, data_dir, registry, preprocessing=pre, terms=terms)
     else:
         data = prepare_data(spec, model, record.location, registry, embedded=record.embedded, preprocessing=pre,
                             terms=terms)
-    differences = record.differences(record_of(spec, data))
+    now = record_of(spec, data)
+    differences = record.differences(now, evaluating=evaluating)
     if differences and not allow_other_data:
         raise DataError(f"{run / DATA_RECORD}: not the data this run was trained on: {'; '.join(differences)}. "
-                        f"Leave out {terms.data_dir}/{terms.dataset} to use the recorded data, restore the files, "
-                        f"or pass {terms.allow_other_data} to go ahead anyway")
+                        f"{_data_hint(record, now, spec, data_dir, dataset_given, terms)}")
     if differences:
         log(f"note: other data than the run was trained on ({terms.allow_other_data}): {'; '.join(differences)}")
     return data
+
+
+def _with_recorded_options(spec: ModelSpec, record: DataRecord) -> ModelSpec:
+    """``spec`` with the record's ``training.data`` options where ``spec`` leaves them at their default."""
+    options = dict(spec.training.get("data") or {})
+    for key, value in record.options.items():
+        if options.get(key) in (None, OPTION_DEFAULTS.get(key)):
+            options[key] = value
+    return dataclasses.replace(spec, training={**spec.training, "data": options})
+
+
+def _data_hint(record: DataRecord, now: DataRecord, spec: ModelSpec, data_dir: str | Path | None,
+               dataset_given: bool, terms: Terms) -> str:
+    """What to do about the differences, naming only what the caller did."""
+    hints = []
+    if now.dataset != record.dataset:
+        hints.append(f"leave out {terms.dataset}" if dataset_given
+                     else f"set training.dataset to {record.dataset!r} in {spec.source}")
+    if data_dir is not None:
+        hints.append(f"leave out {terms.data_dir} to use the recorded data")
+    elif now.dataset == record.dataset and [f["sha256"] for f in now.files] != [f["sha256"] for f in record.files]:
+        hints.append("restore the files")
+    if filled(now.options) != filled(record.options) and not hints:
+        hints.append(f"use the training.data settings the run was trained with (its {MODEL_FILE})")
+    hints.append(f"pass {terms.allow_other_data} to go ahead anyway")
+    text = ", ".join(hints[:-1]) + f", or {hints[-1]}" if len(hints) > 1 else hints[0]
+    return text[0].upper() + text[1:]
 
 
 def check_gradients(trainer: Trainer, console=None, samples: int = 2) -> None:
