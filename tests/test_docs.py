@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import typer.main
 
@@ -656,6 +657,52 @@ def test_every_page_is_read():
 def test_shown_command_runs_as_shown(shown, hermetic, tmp_path, monkeypatch, capsys):  # noqa: F811
     prepare_cwd(tmp_path)
     assert run_shown(shown, tmp_path, monkeypatch, capsys) == []
+
+
+# -- what the pages list is all there is -------------------------------------------------
+
+def section(page: Path, heading: str) -> str:
+    """The text of ``page`` under ``heading``, up to the next heading of the same or a higher level."""
+    text = page.read_text(encoding="utf-8")
+    match = re.search(rf"^(#+) {re.escape(heading)}$", text, re.M)
+    assert match, f"{page.name}: no section {heading!r}"
+    body = text[match.end():]
+    end = re.search(rf"^#{{1,{len(match.group(1))}}} ", body, re.M)
+    return body[:end.start()] if end else body
+
+
+def test_readme_names_every_optimizer_and_schedule():
+    from layerkit.nn.schedules import SCHEDULES
+    from layerkit.plugins.manager import load_registry
+
+    training = section(ROOT / "README.md", "Training")
+    for name in load_registry(entry_points=False, disabled=set()).names("optimizer"):
+        assert f"`{name}`" in training, f"README, Training: optimizer {name} is not named"
+    for name in SCHEDULES:
+        assert name in training, f"README, Training: schedule {name} is not named"
+
+
+def test_model_format_training_table_has_every_key():
+    from layerkit.modelfile.schema import TRAINING_SCHEMA
+
+    table = section(ROOT / "docs" / "model-format.md", "`training`")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \|(.*)$", table, re.M)}
+    assert set(rows) == set(TRAINING_SCHEMA["properties"])
+    for key in TRAINING_SCHEMA["properties"]["data"]["properties"]:
+        assert f"`{key}`" in rows["data"], f"docs/model-format.md: training.data.{key} is not described"
+
+
+def test_datasets_page_states_what_load_dataset_returns(hermetic):  # noqa: F811
+    import layerkit
+    from layerkit.data import load_data
+
+    (x_train, y_train), _ = layerkit.load_dataset("mnist")  # the embedded sample here (hermetic)
+    prepared = load_data("mnist", {"train_limit": 10, "test_limit": 10}, input_shape=(1, 28, 28))
+    intro = " ".join(section(ROOT / "docs" / "datasets.md", "Datasets").split("|")[0].split())
+    stated = re.search(r"`(\w+)` images for the IDX", intro)
+    assert stated and stated.group(1) == str(x_train.dtype) == "uint8"
+    assert "`layerkit.load_dataset` returns" in intro and str(y_train.dtype) == "int64"
+    assert prepared.x_train.dtype == np.float32 and "float32 images, channels first" in intro
 
 
 # -- the checker itself: a page with one mistake of each kind ------------------------------
