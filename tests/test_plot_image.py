@@ -112,8 +112,8 @@ def test_curves_png_reads_well(runs, tmp_path, saved_figures, epochs):
 
 def test_layerkit_plot_draws_the_recorded_batches(runs, tmp_path, saved_figures, capsys):
     assert main(["plot", str(runs[3]), "--out", str(tmp_path / "png")]) == 0
-    check_image(tmp_path / "png" / "curves.png")
     check_axes(saved_figures["curves.png"], 3)
+    check_image(tmp_path / "png" / "curves.png")
 
 
 def test_a_run_from_before_batches_json_still_plots(runs, tmp_path, saved_figures):

@@ -241,7 +241,8 @@ class RunDir:
             raise CheckpointError(f"{self / BATCHES_JSON}: not valid JSON ({exc})") from None
         if not (isinstance(record, dict) and isinstance(record.get("batches_per_epoch"), int)
                 and record["batches_per_epoch"] > 0 and isinstance(record.get("train_loss"), list)):
-            raise CheckpointError(f"{self / BATCHES_JSON}: expected {{\"batches_per_epoch\": N, \"train_loss\": [...]}}")
+            raise CheckpointError(f"{self / BATCHES_JSON}: expected "
+                                  f"{{\"batches_per_epoch\": N, \"train_loss\": [...]}}")
         return record
 
     def history(self) -> list[dict]:
