@@ -1,6 +1,8 @@
 """PNG plots of a run directory (needs the optional ``plot`` extra: matplotlib).
 
-- ``curves.png``: loss and accuracy per epoch, training vs validation vs test
+- ``curves.png``: loss and accuracy (in percent) per epoch, training vs validation vs test,
+  and the training loss of every batch (``batches.json``; runs made before it was recorded
+  show the epochs alone)
 - ``weights.png``: the first layer with weights, as images: convolution filters,
   or for a dense layer reading the raw image, one image per output unit (the
   classic per-class templates of softmax regression)
@@ -35,22 +37,71 @@ def _pyplot():
     return plt
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
+#: how each split's per-epoch values are drawn
+SPLITS = (("train", "o"), ("val", "s"), ("test", "^"))
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+
+
+def _finite(values) -> np.ndarray:
+    arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    return arr[np.isfinite(arr)]
+
+
+def curves_figure(history: list[dict], title: str = "", batches: dict | None = None):
+    """The loss and accuracy curves as a matplotlib Figure: per epoch (markers, so that one epoch
+    is a point), the training loss of every batch where ``batches`` (``batches.json``) has it,
+    epochs on whole-number ticks, the loss axis from 0, accuracy in percent up to 100."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    losses: list[float] = []
+    accuracies: list[float] = []
+    last_x = float(max(epochs, default=0))
+    per_batch = (batches or {}).get("train_loss") or []
+    if per_batch:
+        steps = int(batches["batches_per_epoch"])  # type: ignore[index]
+        x = (np.arange(len(per_batch)) + 1) / steps  # batch i ends at epoch (i + 1) / steps
+        y = np.array([np.nan if v is None else v for v in per_batch], dtype=np.float64)
+        loss_ax.plot(x, y, "-", color="tab:blue", alpha=0.45, linewidth=0.8, label="train, per batch")
+        finite = y[np.isfinite(y)]
+        if finite.size:  # the first batches of a run can be far above the rest: do not let them squash it
+            losses.append(float(np.percentile(finite, 99)))
+        last_x = max(last_x, float(x[-1]))
+    for split, marker in SPLITS:
+        for ax, metric, scale, bucket in ((loss_ax, "loss", 1.0, losses), (acc_ax, "accuracy", 100.0, accuracies)):
             key = f"{split}_{metric}"
-            if any(key in r for r in history):
-                ax.plot(epochs, [r.get(key, np.nan) for r in history], style, label=split, markersize=3)
+            if not any(key in r for r in history):
+                continue
+            values = [r.get(key) for r in history]
+            y = np.array([np.nan if v is None else float(v) * scale for v in values], dtype=np.float64)
+            label = SPLIT_NAMES[split] + (", per epoch" if split == "train" and per_batch and metric == "loss" else "")
+            ax.plot(epochs, y, "-" + marker, markersize=6, label=label, clip_on=False,
+                    color={"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}[split])
+            bucket.extend(_finite(y).tolist())
+    top = max(losses, default=1.0)
+    loss_ax.set_ylim(0.0, top * 1.08 if top > 0 else 1.0)
+    low = min(accuracies, default=0.0)
+    acc_ax.set_ylim(0.0 if low < 50 else 10.0 * math.floor((low - 2.0) / 10.0), 100.0)
+    for ax, label in ((loss_ax, "loss"), (acc_ax, "accuracy (%)")):
+        ax.set_xlim(0.0, max(last_x, 1.0) * 1.02)  # room for the last epoch's markers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
-    axes[0].set_title(f"{title} loss".strip())
-    axes[1].set_title(f"{title} accuracy".strip())
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    loss_ax.set_title(f"{title} loss".strip())
+    acc_ax.set_title(f"{title} accuracy".strip())
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "", batches: dict | None = None) -> Path:
+    """Write :func:`curves_figure` to ``path`` (PNG)."""
+    plt = _pyplot()
+    fig = curves_figure(history, title, batches)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -165,7 +216,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     history = run.history()
     spec = spec_from_dict(run.model_dict(), source=str(run / MODEL_FILE))
-    written = [plot_curves(history, out / "curves.png", spec.name)]
+    written = [plot_curves(history, out / "curves.png", spec.name, run.batches())]
     model = build_model(spec)
     if (run / WEIGHTS).is_file():
         model.load_weights(run / WEIGHTS)

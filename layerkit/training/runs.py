@@ -6,6 +6,8 @@ A run directory holds:
 - ``checkpoint.npz``: weights, optimizer state, RNG state and position, rewritten
   atomically after every epoch (and on Ctrl-C)
 - ``history.json`` / ``history.csv``: one record per finished epoch
+- ``batches.json``: the training loss of every batch (``{"batches_per_epoch": N, "train_loss": [...]}``;
+  ``null`` for batches an older layerkit did not record), rewritten with every checkpoint
 - ``weights.npz``: the final weights (the best epoch's under early stopping)
 - ``metrics.json``: final test loss and accuracy, best epoch, timings, samples per split
 - ``preprocessing.json``: how raw inputs become what the first layer saw in training
@@ -19,6 +21,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -54,6 +57,7 @@ CHECKPOINT = "checkpoint.npz"
 WEIGHTS = "weights.npz"
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
+BATCHES_JSON = "batches.json"
 METRICS = "metrics.json"
 PREPROCESSING = PREPROCESSING_FILE
 
@@ -220,6 +224,26 @@ class RunDir:
         writer.writeheader()
         writer.writerows(history)
         write_text_atomic(self / HISTORY_CSV, buf.getvalue())
+
+    def write_batches(self, losses: Sequence[float], batches_per_epoch: int) -> None:
+        """The training loss of every batch so far (``None`` in JSON where it is not known)."""
+        record = {"batches_per_epoch": batches_per_epoch,
+                  "train_loss": [v if math.isfinite(v) else None for v in losses]}
+        write_text_atomic(self / BATCHES_JSON, json.dumps(record) + "\n")
+
+    def batches(self) -> dict | None:
+        """``batches.json`` (see :meth:`write_batches`), or None for a run made before it was written."""
+        try:
+            record = json.loads((self / BATCHES_JSON).read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise CheckpointError(f"{self / BATCHES_JSON}: not valid JSON ({exc})") from None
+        if not (isinstance(record, dict) and isinstance(record.get("batches_per_epoch"), int)
+                and record["batches_per_epoch"] > 0 and isinstance(record.get("train_loss"), list)):
+            raise CheckpointError(f"{self / BATCHES_JSON}: expected "
+                                  f"{{\"batches_per_epoch\": N, \"train_loss\": [...]}}")
+        return record
 
     def history(self) -> list[dict]:
         try:
@@ -461,6 +485,7 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
     def save(arrays: dict[str, np.ndarray]) -> None:
         run.save_checkpoint(arrays)
         if trainer is not None:  # always: the trainer calls it
+            run.write_batches(trainer.batch_losses, trainer.steps_per_epoch)
             run.write_history(trainer.state.history)
 
     trainer = Trainer(model, loss, data, spec.training, callbacks=request.callbacks, save_checkpoint=save,

@@ -40,6 +40,8 @@ from layerkit.plugins import registry_or_global
 from layerkit.modelfile.spec import fill_training_defaults
 
 CHECKPOINT_FORMAT = 1
+#: the checkpoint's array of per-batch training losses (absent in checkpoints of older versions)
+BATCH_LOSSES = "batches/train_loss"
 EVAL_BATCH = 512
 LOWER_IS_BETTER = ("val_loss", "test_loss", "train_loss")
 
@@ -213,6 +215,9 @@ class Trainer:
         self.early = self._early_stopping_config()
         self.rng = np.random.default_rng([self.seed, 1])
         self.state = TrainState()
+        #: the training loss of every batch so far, in order (NaN for batches of a run resumed from a
+        #: checkpoint that did not record them); ``epoch * steps_per_epoch + step`` long
+        self.batch_losses: list[float] = []
         self.best_weights: dict[str, np.ndarray] | None = None
         self._keys = [(node.name, tname) for node in model.nodes for tname in model.params[node.name]]
         self.augment = augmenter((self.training.get("data") or {}).get("augment"))
@@ -292,6 +297,7 @@ class Trainer:
             self._busy = False
             st.step, st.loss_sum, st.correct, st.seen = step + 1, st.loss_sum + value * len(idx), \
                 st.correct + hits, st.seen + len(idx)
+            self.batch_losses.append(float(value))
             # every rank stops after the same batch: the ranks agreed on ``stop`` in the step
             if stop or (single and self._stop_requested):
                 self._agreed_stop = True
@@ -401,6 +407,7 @@ class Trainer:
         arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
         if self.best_weights is not None:
             arrays.update({f"best/{k}": v for k, v in self.best_weights.items()})
+        arrays[BATCH_LOSSES] = np.asarray(self.batch_losses, dtype=np.float64)
         meta = {"format": CHECKPOINT_FORMAT, "model": self.model.graph.spec.name,
                 "optimizer": self.optimizer.type, "state": asdict(self.state),
                 "rng": self.rng.bit_generator.state, "steps_per_epoch": self.steps_per_epoch,
@@ -441,6 +448,16 @@ class Trainer:
                                   f"({exc}); the checkpoint is damaged") from None
         self.state = TrainState(**meta["state"])
         self.saved_shares = meta.get("shares")
+        done = self.state.epoch * self.steps_per_epoch + self.state.step
+        losses = arrays.get(BATCH_LOSSES)
+        if losses is None:  # a checkpoint from before per-batch losses were kept: those batches are unknown
+            self.batch_losses = [math.nan] * done
+        elif losses.shape != (done,) or losses.dtype != np.float64:
+            raise CheckpointError(f"{source}: {BATCH_LOSSES}: {losses.dtype} {losses.shape} instead of the losses "
+                                  f"of {done} batches; the checkpoint is damaged (resume from a copy, or start the "
+                                  f"run again)")
+        else:
+            self.batch_losses = losses.tolist()
 
 
 _INT, _NUM = (int,), (int, float)
