@@ -116,7 +116,7 @@ def test_the_model_files_validation_split_is_the_default(digits):
     ({"lr": -0.1}, "lr must be a positive number"),
     ({"lr": math.nan}, "lr must be a positive number"),
     ({"validation_split": 0.2, "validation_data": ([], [])}, "validation_split or validation_data, not both"),
-    ({"class_names": ["a", "b"]}, "class_names has 2 names but the model has 10 outputs"),
+    ({"class_names": ["a", "b"]}, "class_names: 2 names for a model with 10 outputs"),
     ({"shuffle": "no"}, "shuffle must be True or False"),
     ({"verbose": 3}, "verbose must be 0, 1 or 2"),
     ({"callbacks": [Spy]}, "callbacks[0]: <class"),

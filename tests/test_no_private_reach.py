@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import warnings
 import importlib.util
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def _is_layerkit_module(dotted: str) -> bool:
     if dotted != "layerkit" and not dotted.startswith("layerkit."):
         return False
     try:
-        return importlib.util.find_spec(dotted) is not None
+        with warnings.catch_warnings():  # finding layerkit.builder.x imports the deprecated layerkit.builder
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return importlib.util.find_spec(dotted) is not None
     except (ImportError, ValueError):
         return False
 

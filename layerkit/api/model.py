@@ -289,9 +289,7 @@ class Model:
         if class_names is not None:
             if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names):
                 raise LayerkitError("class_names must be a list of strings, one per output")
-            if len(class_names) != self.num_outputs:
-                raise LayerkitError(f"class_names has {len(class_names)} names but the model has "
-                                    f"{self.num_outputs} outputs")
+            check_class_names(class_names, self, "class_names")
 
         raw_x = check_numeric(np.asarray(x), "x", "images")
         layout = options.get("layout", "auto")
