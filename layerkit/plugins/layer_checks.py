@@ -21,7 +21,8 @@ from layerkit.nn.layer import Coupling, Example, Layer
 
 Finding = tuple[Any, str]
 
-_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: what a layer type, loss type or dataset name must look like: the snake_case name files write
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 #: the signatures a layer's methods are called with (self excluded), for the messages
 SIGNATURES = {
@@ -70,7 +71,7 @@ def type_name(cls: type) -> list[Finding]:
     if not value:
         return [(cls, f"class {name}: set the class attribute `type`, the name model files use "
                       f"(e.g. type = {snake(name)!r})")]
-    if not isinstance(value, str) or not _TYPE_NAME.match(value):
+    if not isinstance(value, str) or not TYPE_NAME.match(value):
         return [(cls, f"class {name}: `type` {value!r} must be a snake_case name such as {snake(name)!r}")]
     return []
 

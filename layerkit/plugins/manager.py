@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
-import re
 import threading
 from typing import Iterable
 
@@ -25,11 +24,11 @@ import pluggy
 
 from layerkit.default_plugins import DEFAULT_PLUGINS
 from layerkit.plugins import hookspecs
+from layerkit.plugins.layer_checks import TYPE_NAME
 from layerkit.plugins.registry import KINDS, LoadProblem, PluginInfo, Registry
 
 ENTRY_POINT_GROUP = "layerkit"
 DISABLE_ENV = "LAYERKIT_DISABLE_PLUGINS"
-TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 HOOKS = {
     "layer": "layerkit_register_layers",
