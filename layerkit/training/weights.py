@@ -55,7 +55,8 @@ class LoadReport:
 
     def record(self) -> dict[str, Any]:
         """What a run keeps of it (``init.json``)."""
-        return {"path": str(Path(self.source).resolve()), "weights_file": str(Path(self.weights_file).resolve()), "sha256": self.sha256,
+        return {"path": str(Path(self.source).resolve()), "weights_file": str(Path(self.weights_file).resolve()),
+                "sha256": self.sha256,
                 "loaded": self.loaded, "skipped": [{"tensor": k, "why": why} for k, why in self.skipped],
                 "new": self.new, "unused": self.unused}
 
@@ -106,8 +107,9 @@ def load_by_name(model: Network, source: str | Path, by_name: bool = True) -> Lo
                                   f"those whose layer name and shape match")
         for (key, value), (mine, target) in zip(theirs, ours, strict=True):
             if value.shape != target.shape:
-                raise CheckpointError(f"{source}: tensor {key} has shape {value.shape}, {what}'s {_label(mine)} "
-                                      f"has {target.shape}; by_name=True loads those whose name and shape match")
+                raise CheckpointError(f"{source}: tensor {key} has shape {value.shape} where {what} has "
+                                      f"{_label(mine)} of shape {target.shape}; by_name=True loads those whose "
+                                      f"layer name and shape match")
         arrays = {mine: value for (_, value), mine in zip(theirs, expected, strict=True)}
     loaded, skipped, new = [], [], []
     for key, target in expected.items():
