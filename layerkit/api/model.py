@@ -10,6 +10,7 @@ goes through.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import json
 import sys
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from layerkit.modelfile.shapes import Graph
     from layerkit.nn.network import Network
     from layerkit.plugins.registry import Registry
+    from layerkit.training.weights import LoadReport
 
 MODEL_FILE = "model.json"
 WEIGHTS = "weights.npz"
@@ -444,6 +446,62 @@ class Model:
         """Every tensor by ``params/LAYER/NAME`` and ``state/LAYER/NAME`` (views, not copies)."""
         return self.net.weights_dict()
 
+    # -- fine-tuning -------------------------------------------------------------------
+    def load_weights(self, source: str | Path, by_name: bool = True, *, verbose: bool = True) -> LoadReport:
+        """Load the weights of ``source``: a run directory, a folder written by :meth:`save`, or a
+        weights (or checkpoint) ``.npz``.
+
+        ``by_name=True``: every tensor whose layer name and shape match is loaded; the others keep
+        their values (a new head stays initialized). ``by_name=False``: the source's tensors in order,
+        and every one must match this model's in number and shape. Raises
+        :class:`~layerkit.errors.LayerkitError` when nothing matches. Returns the report of which
+        tensors were loaded, skipped (and why) and new, and prints it unless ``verbose=False``.
+        """
+        from layerkit.training.weights import load_by_name
+
+        report = load_by_name(self.net, source, by_name=by_name)
+        if verbose:
+            print(report)
+        self._loaded_weights = True
+        return report
+
+    def _layer_names(self, names: Sequence[str], what: str) -> set[str]:
+        known = [node.name for node in self.net.nodes]
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (its layers: {', '.join(known)})"
+                raise LayerkitError(f"{what}: model {self.name!r} has no layer {name!r}{hint}")
+        return set(names) if names else set(known)
+
+    def _set_trainable(self, names: set[str], trainable: bool) -> None:
+        for layer in self.spec.layers:
+            if layer.name in names:
+                layer.trainable = trainable
+        raw_layers = self.spec.raw.get("layers") or []
+        for layer, raw in zip(self.spec.layers, raw_layers, strict=False):
+            if layer.name in names and isinstance(raw, dict):
+                if trainable:
+                    raw.pop("trainable", None)
+                else:
+                    raw["trainable"] = False
+        self.net.set_frozen(frozenset(layer.name for layer in self.spec.layers if not layer.trainable))
+
+    def freeze(self, *layers: str) -> None:
+        """Freeze the named layers (all of them when none is named): ``fit`` neither updates nor decays
+        their tensors and skips their parameter gradients, as ``"trainable": false`` in the model file
+        (which :meth:`save` then writes). Batch norm's running statistics still update in training."""
+        self._set_trainable(self._layer_names(layers, "freeze"), False)
+
+    def unfreeze(self, *layers: str) -> None:
+        """Let the named layers (all of them when none is named) learn again."""
+        self._set_trainable(self._layer_names(layers, "unfreeze"), True)
+
+    @property
+    def frozen_layers(self) -> list[str]:
+        """The names of the frozen layers, in the model file's order."""
+        return [layer.name for layer in self.spec.layers if not layer.trainable]
+
 
 def layer_table(graph: Graph, title: str | None = None) -> Table:
     """The rich table of ``layerkit summary`` and :meth:`Model.summary`: one row per layer."""
@@ -457,8 +515,9 @@ def layer_table(graph: Graph, title: str | None = None) -> Table:
         table.add_column(column, justify=justify)
     table.add_row("", "input", "", "", str(graph.input_shape), "", "")
     for node in graph.nodes:
+        params = f"{node.param_count:,}" + (" (frozen)" if not node.spec.trainable and node.param_count else "")
         table.add_row(str(node.spec.index), node.name, node.spec.type, ", ".join(node.inputs),
-                      str(node.output_shape), f"{node.param_count:,}", f"{node.flops:,}")
+                      str(node.output_shape), params, f"{node.flops:,}")
     table.add_section()
     table.add_row("", "total", "", "", "", f"{graph.param_count:,}", f"{graph.flops:,}")
     return table

@@ -91,7 +91,8 @@ def summary(model: Path = typer.Argument(..., metavar="MODEL", help="A model fil
             batch_size: Optional[int] = BATCH_SIZE,
             as_json: bool = typer.Option(False, "--json",
                                          help="Print one JSON object: model, layers (name, type, output_shape, "
-                                              "parameters, flops), parameters, flops, activation_bytes.")
+                                              "parameters, trainable, flops), parameters, trainable_parameters, "
+                                              "frozen_parameters, flops, activation_bytes.")
             ) -> None:
     """Table of layers with output shapes, parameters and FLOPs, and the totals."""
     from layerkit.api.model import layer_table
@@ -100,13 +101,16 @@ def summary(model: Path = typer.Argument(..., metavar="MODEL", help="A model fil
     graph = build_graph_from(model, limits=limits)
     batch = batch_size_of(graph, limits)
     state = sum(n.state_count for n in graph.nodes)
+    frozen = sum(n.param_count for n in graph.nodes if not n.spec.trainable)
     if as_json:
         typer.echo(json.dumps({
             "model": graph.spec.name, "file": str(model), "input_shape": list(graph.input_shape),
             "layers": [{"index": node.spec.index, "name": node.name, "type": node.spec.type,
                         "inputs": list(node.inputs), "output_shape": list(node.output_shape),
-                        "parameters": node.param_count, "flops": node.flops} for node in graph.nodes],
-            "parameters": graph.param_count, "running_statistics": state, "flops": graph.flops,
+                        "parameters": node.param_count, "trainable": node.spec.trainable, "flops": node.flops}
+                       for node in graph.nodes],
+            "parameters": graph.param_count, "trainable_parameters": graph.param_count - frozen,
+            "frozen_parameters": frozen, "running_statistics": state, "flops": graph.flops,
             "batch_size": batch, "activation_bytes": graph.activation_bytes(batch)}, indent=2))
         return
     table = layer_table(graph)
@@ -114,6 +118,7 @@ def summary(model: Path = typer.Argument(..., metavar="MODEL", help="A model fil
     console.print(f"model {graph.spec.name} ({model})")
     console.print(table)
     console.print(f"parameters: {graph.param_count:,}"
+                  + (f" ({graph.param_count - frozen:,} trainable, {frozen:,} frozen)" if frozen else "")
                   + (f" (+ {state:,} running statistics)" if state else ""))
     console.print(f"FLOPs per sample (forward): {graph.flops:,}")
     console.print(f"activation memory at batch size {batch} (training, float32): "

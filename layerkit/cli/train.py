@@ -94,6 +94,10 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
         resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                               help="Continue the run in RUN_DIR from its last checkpoint, "
                                                    "on the data recorded in it."),
+        init_from: Optional[Path] = typer.Option(None, "--init-from", metavar="RUN_DIR",
+                                                 help="Start from the weights of RUN_DIR (a run, a saved model "
+                                                      "or a weights .npz): every tensor whose layer name and "
+                                                      "shape match (training.init_from)."),
         allow_other_data: bool = ALLOW_OTHER_DATA,
         check_grads: bool = typer.Option(False, "--check-grads",
                                          help="Gradient-check the first training batch first; stop if it fails."),
@@ -118,7 +122,8 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
                  "data.train_limit": train_limit, "data.test_limit": test_limit,
                  "data.validation_split": validation_split, "data.classes": _parse_classes(classes),
                  "data.normalize": normalize, "data.augment.shift": augment_shift,
-                 "callbacks": list(callback) or None, **parse_sets(set_)}
+                 "callbacks": list(callback) or None, "init_from": None if init_from is None else str(init_from),
+                 **parse_sets(set_)}
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and given:
         raise LayerkitError(f"--resume continues a run exactly as it was started; it cannot be combined with "

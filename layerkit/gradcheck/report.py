@@ -164,7 +164,7 @@ def _check_model(model, x, y, *, batch_size, samples, seed, whole_model, step, d
             params = random_params(node.param_specs, layer_rng)
         # the method training calls for this node, so what is checked is what trains
         call = m64.plan.nodes[index].backward
-        via = "backward" if call is BackwardCall.SKIP else call.value
+        via = "backward" if call in (BackwardCall.SKIP, BackwardCall.BACKWARD_INPUT) else call.value
         rows += check_layer(node.layer, params, inp, state=m64.state[node.name], samples=samples,
                             seed=int(layer_rng.integers(2**31)), step=step, name=node.name, via=via)
     report = GradCheckReport(m64.graph.spec.name, rows, {

@@ -35,6 +35,9 @@ LAYER_COMMON_KEYS = {
         ],
     },
     "description": {"type": "string", "description": "Free text, ignored."},
+    "trainable": {"type": "boolean", "default": True,
+                  "description": "false freezes the layer: training neither updates nor decays its tensors and "
+                                 "skips their gradients (batch norm's running statistics still update)."},
 }
 
 SCHEDULE_SCHEMA: dict[str, Any] = {
@@ -96,6 +99,10 @@ TRAINING_SCHEMA: dict[str, Any] = {
         "epochs": {"type": "integer", "minimum": 1, "default": 10},
         "batch_size": {"type": "integer", "minimum": 1, "default": 64},
         "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "init_from": {"type": "string", "minLength": 1,
+                      "description": "Start from the weights of a run directory, a saved model folder or a "
+                                     "weights .npz (relative to the current directory): every tensor whose "
+                                     "layer name and shape match is loaded, the others are initialized."},
         "optimizer": {
             "type": "object",
             "properties": {"type": {"type": "string"}},

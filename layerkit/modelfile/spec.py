@@ -46,6 +46,8 @@ class LayerSpec:
     type: str
     inputs: list[str]
     config: dict[str, Any]  # hyper-parameters only, defaults filled
+    #: false: training leaves the layer's tensors as they are (``"trainable": false`` in the model file)
+    trainable: bool = True
 
     @property
     def label(self) -> str:
@@ -400,7 +402,7 @@ def _layers(data: dict, registry: Registry, source: str, problems: list[Problem]
         if bad_inputs or not (isinstance(inputs, list) and inputs and all(isinstance(r, str) for r in inputs)):
             wired = False  # the schema reported it; wiring messages would only repeat it
             inputs = []
-        spec = LayerSpec(index, name, type_name, list(inputs), config or {})
+        spec = LayerSpec(index, name, type_name, list(inputs), config or {}, raw.get("trainable") is not False)
         if config is not None and inputs:
             found_arity = arity_problem(spec, registry.layer(type_name).arity, source)
             if found_arity:

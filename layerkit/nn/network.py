@@ -36,14 +36,28 @@ class Network:
     """
 
     def __init__(self, graph: Graph, params: dict[str, dict[str, np.ndarray]],
-                 state: dict[str, dict[str, np.ndarray]], dtype: DTypeLike = np.float32) -> None:
+                 state: dict[str, dict[str, np.ndarray]], dtype: DTypeLike = np.float32,
+                 frozen: frozenset[str] | None = None) -> None:
         self.graph = graph
         self.nodes: list[Node] = graph.nodes
         self.params = params
         self.state = state
         self.dtype = np.dtype(dtype)
+        #: the layers training leaves as they are (default: those the model file marks ``"trainable": false``)
+        self.frozen: frozenset[str] = (frozenset(n.name for n in self.nodes if not getattr(n.spec, "trainable", True))
+                                       if frozen is None else frozenset(frozen))
         #: one record per node: its wiring and the calls the passes chose (training)
-        self.plan: Plan = plan_training(self.nodes)
+        self.plan: Plan = plan_training(self.nodes, frozen=self.frozen)
+
+    def set_frozen(self, names: frozenset[str]) -> None:
+        """Freeze exactly the layers ``names`` (the others learn) and plan the backward pass again."""
+        self.frozen = frozenset(names)
+        self.plan = plan_training(self.nodes, frozen=self.frozen)
+
+    def trainable_keys(self) -> list[tuple[str, str]]:
+        """``(layer, tensor)`` of every tensor training updates, in the optimizer's order (frozen layers left out)."""
+        return [(node.name, tname) for node in self.nodes if node.name not in self.frozen
+                for tname in self.params[node.name]]
 
     @classmethod
     def initialize(cls, graph: Graph, seed: int = 0, dtype: DTypeLike = np.float32) -> Network:
@@ -114,6 +128,8 @@ class Network:
                 dx, g = rec.layer.backward(self.params[rec.name], pool_cache, dy)
             elif call is BackwardCall.BACKWARD_INPLACE:
                 dx, g = cast(InplaceBackward, rec.layer).backward_inplace(self.params[rec.name], caches[i], dy)
+            elif call is BackwardCall.BACKWARD_INPUT:  # frozen: its parameter gradients go nowhere
+                dx, g = rec.layer.backward(self.params[rec.name], caches[i], dy)[0], {}
             else:
                 dx, g = rec.layer.backward(self.params[rec.name], caches[i], dy)
             del dy
@@ -197,11 +213,17 @@ class Network:
         """The number of learnable values."""
         return sum(v.size for _, _, v in self.parameters())
 
+    @property
+    def frozen_count(self) -> int:
+        """The number of values in frozen layers (``"trainable": false``)."""
+        return sum(v.size for name, _, v in self.parameters() if name in self.frozen)
+
     def astype(self, dtype: DTypeLike) -> Network:
-        """A copy with every tensor cast to ``dtype`` (float64 for gradient checks)."""
+        """A copy with every tensor cast to ``dtype`` (float64 for gradient checks), nothing frozen: a
+        gradient check checks every layer's gradients, a frozen layer's included."""
         def cast(d: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
             return {k: {t: v.astype(dtype) for t, v in inner.items()} for k, inner in d.items()}
-        return Network(self.graph, cast(self.params), cast(self.state), dtype)
+        return Network(self.graph, cast(self.params), cast(self.state), dtype, frozen=frozenset())
 
     def weights_dict(self) -> dict[str, np.ndarray]:
         out = {}

@@ -53,7 +53,8 @@ def choose_backward_calls(plan: Plan) -> Plan:
     """Per node, the Layer method backward calls: skip, ``backward_params``, ``backward_inplace`` or ``backward``.
 
     A node none of whose inputs needs a gradient skips its input gradient (``backward_params``)
-    or, with no parameters, is skipped. ``backward_inplace`` (fresh-buffer planning) gets a
+    or, with no parameters (or frozen ones), is skipped; a frozen node whose input needs a
+    gradient computes that alone (``backward_input``). ``backward_inplace`` (fresh-buffer planning) gets a
     ``dy`` nobody else holds: one made by a single reader that declares ``fresh_dx``, or a sum of
     several readers' gradients (a new array), and only for a layer that provides it
     (:class:`~layerkit.nn.capabilities.InplaceBackward`); the loss's gradient belongs to the caller. After
@@ -72,7 +73,14 @@ def choose_backward_calls(plan: Plan) -> Plan:
 
     for rec in reversed(nodes):
         if not any(needs[s] for s in rec.inputs):
-            calls[rec.index] = BackwardCall.BACKWARD_PARAMS if rec.has_params else BackwardCall.SKIP
+            learns = rec.has_params and not rec.frozen
+            calls[rec.index] = BackwardCall.BACKWARD_PARAMS if learns else BackwardCall.SKIP
+            continue
+        if rec.frozen and rec.has_params:
+            calls[rec.index] = BackwardCall.BACKWARD_INPUT
+            for s in rec.inputs:
+                if needs[s]:
+                    writers[s].append(rec.index)
             continue
         dy_writers = writers[rec.output]
         owned = len(dy_writers) > 1 or (len(dy_writers) == 1 and fresh(dy_writers[0]))

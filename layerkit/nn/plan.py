@@ -29,6 +29,9 @@ class BackwardCall(Enum):
     BACKWARD_PARAMS = "backward_params"
     #: ``backward_inplace``: ``backward`` allowed to overwrite a ``dy`` nobody else holds
     BACKWARD_INPLACE = "backward_inplace"
+    #: ``backward`` for the input gradient alone: a frozen layer (``"trainable": false``) below which
+    #: a parameter still learns; its parameter gradients are dropped, and no optimizer sees them
+    BACKWARD_INPUT = "backward_input"
     #: nothing: no parameter here or upstream, so no gradient is needed
     SKIP = "skip"
 
@@ -81,6 +84,8 @@ class NodeRecord:
     then_infer: InferCall = InferCall.INFER
     #: parameters ``infer`` uses instead of the node's own (a folded batch norm's scale and shift)
     infer_params: Mapping[str, np.ndarray] | None = None
+    #: ``"trainable": false``: its tensors are not trained, so it needs no parameter gradient
+    frozen: bool = False
 
     @property
     def output(self) -> int:
@@ -117,10 +122,12 @@ class Plan:
         return {rec.name: rec.backward for rec in self.nodes}
 
 
-def wiring(nodes: Sequence[Node]) -> Plan:
+def wiring(nodes: Sequence[Node], frozen: frozenset[str] = frozenset()) -> Plan:
     """The records of a graph's nodes before any pass: inputs, readers, last use and gradient needs.
 
     Every node runs ``backward`` and ``infer``; the passes of :mod:`layerkit.nn.passes` choose better.
+    The nodes named in ``frozen`` (``"trainable": false``) learn nothing: their parameters make no
+    gradient needed, so backward stops below the last layer that learns.
     """
     slot = {RESERVED_INPUT: 0} | {node.name: i + 1 for i, node in enumerate(nodes)}
     inputs = [tuple(slot[name] for name in node.inputs) for node in nodes]
@@ -133,11 +140,11 @@ def wiring(nodes: Sequence[Node]) -> Plan:
     # no parameter lies upstream.
     needs = [False]
     for node, slots in zip(nodes, inputs, strict=True):
-        needs.append(bool(node.param_specs) or any(needs[s] for s in slots))
+        needs.append((bool(node.param_specs) and node.name not in frozen) or any(needs[s] for s in slots))
     records = tuple(
         NodeRecord(index=i, name=node.name, layer=node.layer, inputs=inputs[i], single=node.layer.arity == 1,
                    has_params=bool(node.param_specs), output_shape=tuple(node.output_shape),
                    readers=tuple(readers[i + 1]), last_use=readers[i + 1][-1] if readers[i + 1] else None,
-                   needs_grad=needs[i + 1])
+                   needs_grad=needs[i + 1], frozen=node.name in frozen)
         for i, node in enumerate(nodes))
     return Plan(records, readers[0][-1] if readers[0] else None)

@@ -19,9 +19,11 @@ if TYPE_CHECKING:  # the plan is made from a graph that modelfile built; it neve
 TRAINING_PASSES: tuple[Callable[[Plan], Plan], ...] = (passes.pool_first, passes.choose_backward_calls)
 
 
-def plan_training(nodes: Sequence[Node], run: Sequence[Callable[[Plan], Plan]] = TRAINING_PASSES) -> Plan:
-    """The plan of a graph's nodes: their wiring, rewritten by the passes ``run`` (all of them by default)."""
-    plan = wiring(nodes)
+def plan_training(nodes: Sequence[Node], run: Sequence[Callable[[Plan], Plan]] = TRAINING_PASSES,
+                  frozen: frozenset[str] = frozenset()) -> Plan:
+    """The plan of a graph's nodes: their wiring, rewritten by the passes ``run`` (all of them by default).
+    ``frozen``: the names of the layers that do not learn (``"trainable": false``)."""
+    plan = wiring(nodes, frozen)
     for rewrite in run:
         plan = rewrite(plan)
     return plan

@@ -107,6 +107,9 @@ def follow(launch: Launch, raw: dict | None, flags: dict, *, resuming: bool, che
     raw = launch.start(raw, flags, compare_model=not resuming)
     spec = spec_from_dict(raw, source=Path(flags.get("model") or "model.json").name, registry=registry)
     model = build_model(spec, registry=registry)
+    if not resuming:  # the weights rank 0 starts from, read from the same files
+        from layerkit.training.weights import init_from
+        init_from(spec, model)
     loss = build_loss(spec, registry)
     data = launch.share_data(None)
     trainer = Trainer(model, loss, data, spec.training, callbacks=callbacks, registry=registry,

@@ -13,6 +13,8 @@ A run directory holds:
 - ``preprocessing.json``: how raw inputs become what the first layer saw in training
   (:class:`~layerkit.data.preprocess.Preprocessing`: scaling, standardization statistics,
   input shape and layout, class names)
+- ``init.json``: for a run started from another's weights (``training.init_from``), where they came
+  from (the path and the SHA-256 of the weights file) and which tensors were loaded, skipped or new
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from layerkit.nn.network import load_npz
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
 from layerkit.parallel.collectives import Collectives
 from layerkit.training.distributed import Launch, follow
+from layerkit.training.weights import init_from
 from layerkit.training.trainer import (Callback, Trainer, TrainingInterrupted, TrainResult, build_callbacks,
                                       build_loss)
 
@@ -60,6 +63,7 @@ HISTORY_CSV = "history.csv"
 BATCHES_JSON = "batches.json"
 METRICS = "metrics.json"
 PREPROCESSING = PREPROCESSING_FILE
+INIT_RECORD = "init.json"
 
 
 @dataclass(frozen=True)
@@ -455,6 +459,11 @@ def _train(raw: Any, source: str, resumed: RunDir | None, request: RunRequest,
     spec = spec_from_dict(raw, source=Path(source).name, registry=registry)
     model = build_model(spec, registry=registry)
     loss = build_loss(spec, registry)
+    # a resumed run continues from its own checkpoint: what it started from is in its init.json
+    started = None if resuming else init_from(spec, model)
+    if started is not None:
+        for line in started.lines():
+            log(line)
     run_path = resumed.path if resumed is not None else Path(request.out or default_out(spec.name))
     # loggers from training.callbacks; built before anything is written, so a missing extra costs nothing
     callbacks = [*request.callbacks, *build_callbacks(spec.training.get("callbacks"), run_path, registry)]
@@ -470,6 +479,8 @@ def _train(raw: Any, source: str, resumed: RunDir | None, request: RunRequest,
 
     run = resumed if resumed is not None else RunDir.create(run_path, raw, request.terms)
     try:
+        if started is not None:
+            write_text_atomic(run / INIT_RECORD, json.dumps(started.record(), indent=2) + "\n")
         return _fit(run, spec, model, loss, data, resuming, dataclasses.replace(request, callbacks=callbacks),
                     launch)
     finally:
@@ -541,5 +552,8 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
     metrics = {"model": spec.name, "dataset": spec.training.get("dataset"), "data_source": data.source,
                "samples": data.counts(),
                **result.metrics(), "weights": "best epoch" if result.best_epoch and result.monitor else "last epoch"}
+    if (run / INIT_RECORD).is_file():
+        started = json.loads((run / INIT_RECORD).read_text())
+        metrics["init_from"] = {"path": started.get("path"), "sha256": started.get("sha256")}
     write_text_atomic(run / METRICS, json.dumps(metrics, indent=2) + "\n", "metrics")
     return run, result

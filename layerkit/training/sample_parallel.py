@@ -114,7 +114,7 @@ class SampleParallel(ForkedWorkers):
         super().__init__(shards, sync=sync, reduce_max=reduce_max, outer=outer)
         self.model, self.loss, self.x, self.y = model, loss, x, y
         self.augment = augment
-        self.keys: Keys = [(node.name, t) for node in model.nodes for t in model.params[node.name]]
+        self.keys: Keys = model.trainable_keys()  # a frozen layer's tensors never change: the fork's copy does
         tensors = [model.params[n][t] for n, t in self.keys]
         self._offsets, total = [], 0
         for t in tensors:

@@ -132,11 +132,10 @@ def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=Non
     config = dict(config or {"type": "sgd"})
     cls = registry.get("optimizer", config.pop("type"))
     names, tensors, decay = [], [], []
-    for node in model.nodes:
-        for tname, value in model.params[node.name].items():
-            names.append(f"{node.name}/{tname}")
-            tensors.append(value)
-            decay.append(bool(node.param_specs[tname].decay))
+    for name, tname in model.trainable_keys():  # a frozen layer's tensors: no update, no decay, no state
+        names.append(f"{name}/{tname}")
+        tensors.append(model.params[name][tname])
+        decay.append(bool(model.graph.node(name).param_specs[tname].decay))
     optimizer = cls(tensors, names=names, decay=decay, weight_decay=weight_decay, **config)
     if clipping:
         optimizer.set_clipping(clipping.get("max_norm"), clipping.get("value"))
@@ -219,7 +218,7 @@ class Trainer:
         #: checkpoint that did not record them); ``epoch * steps_per_epoch + step`` long
         self.batch_losses: list[float] = []
         self.best_weights: dict[str, np.ndarray] | None = None
-        self._keys = [(node.name, tname) for node in model.nodes for tname in model.params[node.name]]
+        self._keys = model.trainable_keys()
         self.augment = augmenter((self.training.get("data") or {}).get("augment"))
         if self.augment is not None and (self.training.get("data") or {}).get("target") == "input":
             raise LayerkitError("training.data.augment moves the input images but not the targets they are "
