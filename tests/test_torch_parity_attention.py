@@ -74,7 +74,8 @@ def test_the_comparison_can_fail():
     params = {name: rng.standard_normal(spec.shape) for name, spec in layer.param_specs((T, D)).items()}
     x, dy = rng.standard_normal((N, T, D)), rng.standard_normal((N, T, D))
     perm = np.arange(3 * D).reshape(3, H, D // H).transpose(0, 2, 1).reshape(-1)
-    shuffled = {**params, "in_proj_weight": params["in_proj_weight"][perm], "in_proj_bias": params["in_proj_bias"][perm]}
+    shuffled = {**params, "in_proj_weight": params["in_proj_weight"][perm],
+                "in_proj_bias": params["in_proj_bias"][perm]}
     y, _ = layer.forward(shuffled, x)
     ty, _, _ = _torch_run(params, x, dy, False, None, True)
     assert not np.allclose(y, ty, rtol=0, atol=TOL)

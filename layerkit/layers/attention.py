@@ -86,6 +86,14 @@ class MultiHeadAttention(Layer):
     #: one kind per input: the sequence, and (with padding_idx) its token ids
     input_kind: ClassVar[str | tuple[str, ...]] = "float"
 
+    # the hyper-parameters, set from the config by Layer.__init__
+    num_heads: int
+    causal: bool
+    dropout: float
+    use_bias: bool
+    padding_idx: int | None
+    vocab_size: int | None
+
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
         self.uses_rng = float(self.dropout) > 0
@@ -95,8 +103,8 @@ class MultiHeadAttention(Layer):
 
     def token_range(self) -> int:
         """Token ids of the second input lie in ``0 .. token_range() - 1`` (``vocab_size``)."""
-        if self.padding_idx is None:
-            raise TypeError("multi_head_attention takes token ids only when padding_idx is set")
+        if self.padding_idx is None or self.vocab_size is None:
+            raise TypeError("multi_head_attention takes token ids only with padding_idx and vocab_size set")
         return int(self.vocab_size)
 
     # -- static -------------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ class PositionalEncoding(Layer):
         Example({"kind": "learned", "max_len": 8}, (5, 4), "learned, T < max_len"),
     )
 
+    # the hyper-parameters, set from the config by Layer.__init__
+    kind: str
+    max_len: int
+
     def output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 2:
             raise ShapeError(f"needs a (T, D) sequence (positions x features), got {tuple(input_shape)}")
