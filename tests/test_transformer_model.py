@@ -69,3 +69,15 @@ def test_a_few_adam_steps_lower_the_mse():
         losses.append(value)
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_the_whole_model_exports_to_onnx_and_matches():
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from layerkit.export.onnx import to_onnx
+
+    net = build_model(MODEL, seed=0)
+    x = np.random.default_rng(2).standard_normal((3, 12, 16)).astype(np.float32)
+    session = ort.InferenceSession(to_onnx(net).SerializeToString(), providers=["CPUExecutionProvider"])
+    (got, _) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(got, net.infer(x), rtol=1e-5, atol=1e-5)

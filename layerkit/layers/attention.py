@@ -193,7 +193,8 @@ class MultiHeadAttention(Layer):
     def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         x, ids, q, k, v, a, keep, a_used, ctx, scale = cache
         n, t, d = x.shape
-        grads = {"out_proj.weight": np.einsum("nti,ntj->ij", dy, ctx)}
+        # parameter gradients as one GEMM over every (sample, position) row
+        grads = {"out_proj.weight": dy.reshape(-1, d).T @ ctx.reshape(-1, d)}
         dctx = self._heads(dy @ params["out_proj.weight"])
         dv = a_used.transpose(0, 1, 3, 2) @ dctx
         da = dctx @ v.transpose(0, 1, 3, 2)
@@ -206,7 +207,7 @@ class MultiHeadAttention(Layer):
         dq = ds @ k
         dk = ds.transpose(0, 1, 3, 2) @ q
         dqkv = np.concatenate([g.transpose(0, 2, 1, 3).reshape(n, t, d) for g in (dq, dk, dv)], axis=-1)
-        grads["in_proj_weight"] = np.einsum("nti,ntj->ij", dqkv, x)
+        grads["in_proj_weight"] = dqkv.reshape(-1, 3 * d).T @ x.reshape(-1, d)
         if self.use_bias:
             grads["in_proj_bias"] = dqkv.sum(axis=(0, 1))
             grads["out_proj.bias"] = dy.sum(axis=(0, 1))
