@@ -23,6 +23,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "layerkit.layers.dropout",
     "layerkit.layers.reshaping",
     "layerkit.layers.merging",
+    "layerkit.layers.embedding",
+    "layerkit.layers.recurrent",
     # layerkit.nn: losses and optimizers
     "layerkit.nn.losses",
     "layerkit.nn.elementwise_losses",
