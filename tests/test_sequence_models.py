@@ -221,3 +221,17 @@ def test_sequence_loss_counts_only_the_tokens_that_count():
     grad = loss.backward(cache)
     assert not grad[0, 2].any() and not grad[1, 1:].any()
     assert loss.output_problem((3, 4)) is None and "steps, classes" in loss.output_problem((4,))
+
+
+def test_token_ids_pass_through_preprocessing_unnormalised():
+    from layerkit.data.preprocess import Preprocessing
+
+    ids = np.array([[1, 5, 0], [3, 2, 2]], dtype=np.int64)
+    pre, out = Preprocessing.fit_transform(ids, "standardize", tokens=True)
+    assert out.dtype == np.int64 and np.array_equal(out, ids)
+    again = Preprocessing.from_dict(json.loads(pre.to_json()))
+    assert again.tokens and np.array_equal(again.transform(ids), ids)
+    with pytest.raises(LayerkitError, match="token ids"):
+        pre.transform(ids.astype(np.float32))
+    # a float model's record is what it was: no tokens key
+    assert "tokens" not in Preprocessing.fit_transform(ids.astype(np.float32))[0].to_dict()
