@@ -52,8 +52,9 @@ def test_every_layer_example_exports_and_matches(cls, example):
     state = {k: (rng.uniform(0.5, 2.0, size=s.shape) if "var" in k else rng.normal(size=s.shape)).astype(np.float32)
              for k, s in layer.state_specs(arg).items()}
     # token ids (an embedding's, a recurrent layer's mask) go in as int64 from the layer's range
+    kinds = input_kinds(layer, len(shapes))
     xs = [rng.integers(0, layer.token_range(), size=(3, *s)) if kind == "tokens"
-          else rng.normal(size=(3, *s)).astype(np.float32) for s, kind in zip(shapes, input_kinds(layer, len(shapes)))]
+          else rng.normal(size=(3, *s)).astype(np.float32) for s, kind in zip(shapes, kinds, strict=True)]
     want, _ = layer.forward(params, xs if multi else xs[0], training=False, rng=None, state=state)
     (got,) = _run(layer_to_onnx(layer, shapes, params, state), {f"x{i}": x for i, x in enumerate(xs)})
     assert got.shape == want.shape

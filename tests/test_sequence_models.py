@@ -176,7 +176,7 @@ def _loss_and_grads(model, x, y):
 def _padded(seqs, targets, steps):
     x = np.full((len(seqs), steps), PAD, dtype=np.int64)
     y = np.full((len(seqs), steps), -100, dtype=np.int64)
-    for i, (s, t) in enumerate(zip(seqs, targets)):
+    for i, (s, t) in enumerate(zip(seqs, targets, strict=True)):
         x[i, :len(s)], y[i, :len(t)] = s, t
     return x, y
 
@@ -196,16 +196,16 @@ def test_padding_contributes_nothing_to_the_loss_or_any_gradient(cell):
     loss_garbage, grads_garbage = _loss_and_grads(model12, *_padded(seqs, targets, 12))
     # each sequence alone, unpadded: the batch loss is their token-weighted mean
     singles = []
-    for s, t in zip(seqs, targets):
+    for s, t in zip(seqs, targets, strict=True):
         alone = build_model(seq_model(len(s), cell), seed=2)
         singles.append(_loss_and_grads(alone, s[None], t[None]))
     total = sum(lengths)
-    loss_alone = sum(v * n for (v, _), n in zip(singles, lengths)) / total
+    loss_alone = sum(v * n for (v, _), n in zip(singles, lengths, strict=True)) / total
     for other in (loss12, loss_garbage, loss_alone):
         assert other == pytest.approx(loss8, rel=1e-12)
     for layer, tensors in grads8.items():
         for name, g in tensors.items():
-            alone = sum(gr[layer][name] * n for (_, gr), n in zip(singles, lengths)) / total
+            alone = sum(gr[layer][name] * n for (_, gr), n in zip(singles, lengths, strict=True)) / total
             for other in (grads12[layer][name], grads_garbage[layer][name], alone):
                 np.testing.assert_allclose(other, g, rtol=1e-10, atol=1e-13, err_msg=f"{layer}.{name}")
 

@@ -13,12 +13,15 @@ from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, Shape
 
 def scatter_rows(ids: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
     """``out[k] = sum of rows[j] over every j with ids[j] == k``, for ``k < count``: the gradient of a
-    gather, without ``np.add.at``. Each column is one ``np.bincount`` weighted by that column."""
+    gather, without ``np.add.at``: the rows sorted by id, then one segment sum per distinct id."""
     ids = ids.reshape(-1)
     rows = rows.reshape(len(ids), -1)
-    out = np.empty((count, rows.shape[1]), dtype=rows.dtype)
-    for j in range(rows.shape[1]):  # a loop over the embedding width, never over tokens
-        out[:, j] = np.bincount(ids, weights=rows[:, j], minlength=count)[:count]
+    out = np.zeros((count, rows.shape[1]), dtype=rows.dtype)
+    if len(ids) == 0:
+        return out
+    order = np.argsort(ids, kind="stable")
+    present, starts = np.unique(ids[order], return_index=True)
+    out[present] = np.add.reduceat(rows[order], starts, axis=0)
     return out
 
 

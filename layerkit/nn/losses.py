@@ -407,6 +407,7 @@ class SequenceCrossEntropy(Loss):
         },
         "additionalProperties": False,
     }
+    ignore_index: int
 
     def output_problem(self, output_shape: tuple[int, ...]) -> str | None:
         if len(output_shape) != 2:
