@@ -235,3 +235,17 @@ def test_token_ids_pass_through_preprocessing_unnormalised():
         pre.transform(ids.astype(np.float32))
     # a float model's record is what it was: no tokens key
     assert "tokens" not in Preprocessing.fit_transform(ids.astype(np.float32))[0].to_dict()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_token_model_exports_to_onnx_taking_int64_ids(cell):
+    ort = pytest.importorskip("onnxruntime")
+    from layerkit.export.onnx import to_onnx
+
+    model = build_model(seq_model(6, cell), seed=4)
+    x = np.array([[1, 2, 3, 0, 0, 0], [4, 5, 6, 1, 2, 0], [0, 3, 0, 3, 0, 3]], dtype=np.int64)
+    proto = to_onnx(model, loss=SequenceCrossEntropy())
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits, probs = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(logits, model.predict(x), atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
