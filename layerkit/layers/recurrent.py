@@ -37,8 +37,9 @@ def _schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "return_sequences": {"type": "boolean", "default": True,
                              "description": "output every step (T, units), or only the last (units,)"},
         "padding_idx": {"type": ["integer", "null"], "minimum": 0, "default": None,
-                        "description": "with a second input (the token ids), positions holding this id carry "
-                                       "the state through and output zeros"},
+                        "description": "when set, the layer takes a second input, the token ids (T,) (e.g. "
+                                       "\"inputs\": [\"emb\", \"input\"]); steps holding this id carry the "
+                                       "state through unchanged and output zeros"},
         **(extra or {}),
     }
     return {"type": "object", "properties": props, "required": ["units"], "additionalProperties": False}
