@@ -25,6 +25,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "layerkit.layers.merging",
     "layerkit.layers.attention",
     "layerkit.layers.positional",
+    "layerkit.layers.embedding",
+    "layerkit.layers.recurrent",
     # layerkit.nn: losses and optimizers
     "layerkit.nn.losses",
     "layerkit.nn.elementwise_losses",

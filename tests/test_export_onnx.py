@@ -17,6 +17,7 @@ onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx extra")
 ort = pytest.importorskip("onnxruntime", reason="the export check needs onnxruntime (onnx extra)")
 
 from layerkit.export.onnx import ExportError, layer_to_onnx, to_onnx  # noqa: E402
+from layerkit.nn.layer import input_kinds  # noqa: E402
 
 TOLERANCE = 1e-5
 SAMPLE = ROOT / "layerkit" / "data" / "embedded" / "mnist_sample.npz"
@@ -43,14 +44,17 @@ def test_every_layer_example_exports_and_matches(cls, example):
     from layerkit.nn.layer import overrides
     assert overrides(cls, "to_onnx"), f"{cls.type}: no to_onnx mapping (see docs/export.md)"
     layer = cls(**_with_defaults(cls, example.config))
-    multi = cls.arity != 1
+    multi = layer.arity != 1
     shapes = [tuple(s) for s in example.input_shape] if multi else [tuple(example.input_shape)]
     rng = np.random.default_rng(0)
     arg = shapes if multi else shapes[0]
     params = {k: rng.normal(size=s.shape).astype(np.float32) for k, s in layer.param_specs(arg).items()}
     state = {k: (rng.uniform(0.5, 2.0, size=s.shape) if "var" in k else rng.normal(size=s.shape)).astype(np.float32)
              for k, s in layer.state_specs(arg).items()}
-    xs = [rng.normal(size=(3, *s)).astype(np.float32) for s in shapes]
+    # token ids (an embedding's, a recurrent layer's mask) go in as int64 from the layer's range
+    kinds = input_kinds(layer, len(shapes))
+    xs = [rng.integers(0, layer.token_range(), size=(3, *s)) if kind == "tokens"
+          else rng.normal(size=(3, *s)).astype(np.float32) for s, kind in zip(shapes, kinds, strict=True)]
     want, _ = layer.forward(params, xs if multi else xs[0], training=False, rng=None, state=state)
     (got,) = _run(layer_to_onnx(layer, shapes, params, state), {f"x{i}": x for i, x in enumerate(xs)})
     assert got.shape == want.shape

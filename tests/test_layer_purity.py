@@ -30,8 +30,9 @@ def exercise(layer: Layer, input_shape: Any) -> None:
     layer.flops(input_shape)
     layer.workspace_bytes(input_shape, 4)
     params = {k: v.astype(np.float32) for k, v in random_params(pspecs, rng).items()}
-    x = random_input(input_shape, 4, rng, multi)
-    x = [a.astype(np.float32) for a in x] if multi else x.astype(np.float32)
+    x = random_input(input_shape, 4, rng, multi, layer)  # token ids stay int64
+    x = [a if a.dtype.kind == "i" else a.astype(np.float32) for a in x] if multi else (
+        x if x.dtype.kind == "i" else x.astype(np.float32))
     for training in (True, False):
         state = {k: v.astype(np.float32) for k, v in initial_state(sspecs).items()}
         y, cache = layer.forward(params, x, training, np.random.default_rng(1), state)

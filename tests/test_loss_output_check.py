@@ -74,7 +74,9 @@ def test_output_problem_is_what_forward_finds(loss_type, shape):
     problem = loss.output_problem(shape)
     rng = np.random.default_rng(0)
     out = rng.uniform(0.1, 0.9, size=(3, *shape))
-    targets = [rng.integers(0, shape[-1], size=3), rng.uniform(0.1, 0.9, size=(3, *shape))]
+    # class ids per sample, rows like the output, and class ids per position (a sequence loss)
+    targets = [rng.integers(0, shape[-1], size=3), rng.uniform(0.1, 0.9, size=(3, *shape)),
+               rng.integers(0, shape[-1], size=(3, *shape[:-1]))]
     ok = []
     for target in targets:
         try:

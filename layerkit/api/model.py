@@ -310,7 +310,8 @@ class Model:
         if self.preprocessing is None:
             names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_outputs)]
             self.preprocessing, x = Preprocessing.fit_transform(
-                x, options.get("normalize", "unit"), input_shape=self.input_shape, class_names=names, layout=layout)
+                x, options.get("normalize", "unit"), input_shape=self.input_shape, class_names=names, layout=layout,
+                tokens=self.net.input_dtype == np.int64)
         else:
             x = self.preprocessing.transform(x, "x")
         if x_val is not None:

@@ -220,10 +220,12 @@ def _select_classes(x: np.ndarray, y: np.ndarray, classes: Sequence[int], source
 
 def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
             input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
-            class_names: Sequence[str] | None = None, preprocessing: Preprocessing | None = None) -> DataSplits:
+            class_names: Sequence[str] | None = None, preprocessing: Preprocessing | None = None,
+            tokens: bool = False) -> DataSplits:
     """Apply ``training.data`` options, check the result fits a model with ``input_shape`` (per
     sample) and ``num_outputs`` classes, and fit the :class:`Preprocessing` on the training split
-    (or apply ``preprocessing``, a saved model's, as it is)."""
+    (or apply ``preprocessing``, a saved model's, as it is). ``tokens``: the model reads token ids,
+    which pass through as int64, unnormalised."""
     options = options or {}
     src = raw.source
     x_train, x_test = _check_images(raw.x_train, src, "training"), _check_images(raw.x_test, src, "test")
@@ -282,7 +284,8 @@ def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
 
     if preprocessing is None:
         pre, x_train = Preprocessing.fit_transform(x_train, options.get("normalize", "unit"),
-                                                   input_shape=x_train.shape[1:], class_names=names, layout=layout)
+                                                   input_shape=x_train.shape[1:], class_names=names, layout=layout,
+                                                   tokens=tokens)
     else:
         pre, x_train = preprocessing, preprocessing.transform(x_train, src, "training images")
         names = list(pre.class_names) or names
@@ -309,7 +312,7 @@ def _as_nchw(x: np.ndarray, source: str) -> np.ndarray:
 def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | None = None, seed: int = 0,
               input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
               registry: Registry | None = None, embedded: bool = False,
-              preprocessing: Preprocessing | None = None) -> DataSplits:
+              preprocessing: Preprocessing | None = None, tokens: bool = False) -> DataSplits:
     """Find, read and prepare the registered dataset ``name``. ``data_dir`` wins over
     ``options['data_dir']``; ``embedded`` reads the dataset's embedded sample whatever else is
     installed; ``preprocessing`` (a saved model's) is applied instead of fitting a new one."""
@@ -319,7 +322,7 @@ def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | 
     where = data_dir if data_dir is not None else options.get("data_dir")
     raw = dataset.load(embedded=True) if embedded else dataset.load(where)
     return prepare(raw, options, seed=seed, input_shape=input_shape, num_outputs=num_outputs,
-                   class_names=dataset.class_names, preprocessing=preprocessing)
+                   class_names=dataset.class_names, preprocessing=preprocessing, tokens=tokens)
 
 
 __all__ = ["Dataset", "RawData", "DataSplits", "load_data", "prepare", "cache_dir", "DATA_DIR_ENV"]

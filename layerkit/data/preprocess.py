@@ -118,6 +118,9 @@ class Preprocessing:
     stat_shape: tuple[int, ...] | None = None
     mean: list[float] | None = None  # float64 statistics of the scaled training split
     std: list[float] | None = None
+    #: the inputs are token ids (a model whose ``input.dtype`` is int64): they pass through as int64,
+    #: never scaled or standardized
+    tokens: bool = False
 
     # -- fitting -------------------------------------------------------------------
     @classmethod
@@ -130,14 +133,16 @@ class Preprocessing:
     @classmethod
     def fit_transform(cls, x_train: np.ndarray, normalize: str = "unit", *,
                       input_shape: Sequence[int] | None = None, class_names: Sequence[str] = (),
-                      layout: str = "auto") -> tuple["Preprocessing", np.ndarray]:
-        """Fit on ``x_train`` (model layout) and return it preprocessed too, scaling it only once."""
+                      layout: str = "auto", tokens: bool = False) -> tuple["Preprocessing", np.ndarray]:
+        """Fit on ``x_train`` (model layout) and return it preprocessed too, scaling it only once.
+        With ``tokens`` the inputs are token ids: kept as int64, ``normalize`` ignored."""
         if normalize not in NORMALIZE:
             raise DataError(f"training.data.normalize: {normalize!r} is not one of {', '.join(NORMALIZE)}")
-        pre = cls(normalize=normalize, input_shape=tuple(input_shape or x_train.shape[1:]),
-                  class_names=[str(n) for n in class_names], layout=layout, raw_dtype=str(x_train.dtype))
+        pre = cls(normalize="none" if tokens else normalize, input_shape=tuple(input_shape or x_train.shape[1:]),
+                  class_names=[str(n) for n in class_names], layout=layout, raw_dtype=str(x_train.dtype),
+                  tokens=tokens)
         scaled = pre._scale(x_train)
-        if normalize == "standardize":
+        if pre.normalize == "standardize":
             axes = (0, 2, 3) if scaled.ndim == 4 else (0,)
             # float64 accumulation, two passes (np.std subtracts the mean first): no E[x^2]-E[x]^2
             mean = scaled.mean(axis=axes, dtype=np.float64, keepdims=True)[0]
@@ -167,6 +172,11 @@ class Preprocessing:
         return np.ascontiguousarray(out)
 
     def _scale(self, x: np.ndarray) -> np.ndarray:
+        if self.tokens:
+            if not np.issubdtype(x.dtype, np.integer):
+                raise DataError(f"the model reads token ids (input dtype int64), but the data holds {x.dtype} "
+                                f"values")
+            return np.array(x, dtype=np.int64, copy=True)
         scaled = np.array(x, dtype=np.float32, copy=True)
         if self.normalize in ("unit", "standardize") and np.issubdtype(x.dtype, np.integer):
             scaled *= np.float32(INTEGER_SCALE)
@@ -193,7 +203,7 @@ class Preprocessing:
                 "layout": self.layout, "raw_dtype": self.raw_dtype, "class_names": list(self.class_names),
                 "integer_scale": INTEGER_SCALE if self.normalize != "none" else 1.0,
                 "stat_shape": None if self.stat_shape is None else list(self.stat_shape),
-                "mean": self.mean, "std": self.std}
+                "mean": self.mean, "std": self.std, **({"tokens": True} if self.tokens else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1) + "\n"
@@ -210,7 +220,10 @@ class Preprocessing:
             raise bad("(top level)", "expected a JSON object")
         keys = {"format", "normalize", "input_shape", "layout", "raw_dtype", "class_names", "integer_scale",
                 "stat_shape", "mean", "std"}
-        for key in sorted(set(data) - keys):
+        tokens = data.get("tokens", False)  # written only when true: older records stay valid
+        if not isinstance(tokens, bool):
+            raise bad("tokens", "expected true or false")
+        for key in sorted(set(data) - keys - {"tokens"}):
             raise bad(key, "unknown field")
         for key in sorted(keys - set(data)):
             raise bad(key, "missing")
@@ -249,7 +262,7 @@ class Preprocessing:
                    layout=data["layout"], raw_dtype=data["raw_dtype"],
                    stat_shape=None if stat_shape is None else tuple(stat_shape),
                    mean=None if mean is None else [float(v) for v in mean],
-                   std=None if std is None else [float(v) for v in std])
+                   std=None if std is None else [float(v) for v in std], tokens=tokens)
 
     @classmethod
     def load(cls, path: str | Path) -> "Preprocessing":

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from layerkit.errors import LayerkitError, install_hint
+from layerkit.nn.layer import input_kinds
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -135,7 +136,7 @@ def to_onnx(model: Network, preprocessing: Preprocessing | None = None, loss: Lo
     g = OnnxGraph(opset)
     g.scope = ""
     graph_input = g.name("input")
-    x = _preprocess(g, graph_input, preprocessing)
+    x = graph_input if model.graph.input_dtype == "int64" else _preprocess(g, graph_input, preprocessing)
     values: dict[str, str] = {"input": x}
     shapes: dict[str, Any] = {"input": tuple(model.graph.input_shape)}
     for node in model.nodes:
@@ -157,6 +158,8 @@ def to_onnx(model: Network, preprocessing: Preprocessing | None = None, loss: Lo
     probs = loss.to_onnx(g, "logits") if loss is not None else "logits"
     g.op("Identity", [probs], out_name="probabilities")
     in_type = onnx.TensorProto.UINT8 if _input_dtype(preprocessing) == "uint8" else onnx.TensorProto.FLOAT
+    if model.graph.input_dtype == "int64":  # token ids go in as they are
+        in_type = onnx.TensorProto.INT64
     out_shape = ["N", *model.graph.output.output_shape]
     graph = onnx.helper.make_graph(
         g.nodes, name or model.graph.spec.name,
@@ -200,8 +203,9 @@ def layer_to_onnx(layer: Layer, input_shapes: Sequence[Sequence[int]], params: d
     out_shape = layer.output_shape(tuple(input_shapes[0]) if single else [tuple(s) for s in input_shapes])
     graph = onnx.helper.make_graph(
         g.nodes, layer.type,
-        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", *s])
-         for n, s in zip(names, input_shapes, strict=True)],
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64 if k == "tokens" else onnx.TensorProto.FLOAT,
+                                            ["N", *s])
+         for n, s, k in zip(names, input_shapes, input_kinds(layer, len(names)), strict=True)],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", *out_shape])],
         initializer=g.initializers)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],

@@ -24,7 +24,10 @@ import numpy as np
 
 from layerkit.gradcheck.numerics import (EPS, KINK_BUDGET, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, TensorResult, Worst,
                                          as_f64, diagnose, is_kink, out_of_memory, relative_error, status_of)
-from layerkit.nn.layer import Layer
+from layerkit.nn.layer import Layer, input_kinds
+
+#: what the table says for an input of integer token ids, which has no gradient
+NOT_DIFFERENTIATED = "not differentiated (token ids)"
 
 
 class _LayerProbe:
@@ -160,7 +163,9 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
     layer_type = layer.type or type(layer).__name__
     rng = np.random.default_rng(seed)
     multi = layer.arity != 1
-    xs = as_f64(list(x) if multi else x)
+    kinds = input_kinds(layer, len(x) if multi else 1)
+    xs = _inputs_f64(list(x) if multi else [x], kinds)
+    xs = xs if multi else xs[0]
     p64 = {k: as_f64(v) for k, v in params.items()}
     probe = _LayerProbe(layer, p64, xs, state, int(rng.integers(2**31)))
     input_names = [f"input[{i}]" for i in range(len(xs))] if multi else ["input"]
@@ -196,7 +201,12 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
         targets.append((tname, arr, dxs[i] if i < len(dxs) else None))
     for pname, arr in p64.items():
         targets.append((pname, arr, grads.pop(pname, None)))
-    for tname, arr, analytic in targets:
+    for (tname, arr, analytic), kind in zip(targets, [*kinds, *["float"] * len(p64)], strict=True):
+        if kind == "tokens":
+            results.append(TensorResult(layer_name, tname, tuple(arr.shape), 0, int(arr.size), NOT_DIFFERENTIATED,
+                                        None, "skipped", message=NOT_DIFFERENTIATED, layer_type=layer_type,
+                                        via=via))
+            continue
         what = "input gradient" if tname.startswith("input") else "gradient"
         method = "backward" if via == "backward_params" and tname.startswith("input") else via
         if analytic is None:
@@ -239,10 +249,23 @@ def initial_state(specs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {name: initialize(spec, np.random.default_rng(0), np.float64) for name, spec in specs.items()}
 
 
-def random_input(input_shape: Any, batch_size: int, rng: np.random.Generator, multi: bool) -> Any:
-    if multi:
-        return [rng.standard_normal((batch_size, *tuple(s))) for s in input_shape]
-    return rng.standard_normal((batch_size, *tuple(input_shape)))
+def _inputs_f64(xs: list[Any], kinds: tuple[str, ...]) -> list[np.ndarray]:
+    """Float inputs as float64 copies; token ids stay int64."""
+    return [np.array(v, dtype=np.int64) if kind == "tokens" else as_f64(v) for v, kind in zip(xs, kinds, strict=True)]
+
+
+def random_input(input_shape: Any, batch_size: int, rng: np.random.Generator, multi: bool,
+                 layer: Any = None) -> Any:
+    """Standard-normal inputs; for an input of kind ``"tokens"`` of ``layer``, int64 ids drawn
+    uniformly from ``0 .. layer.token_range() - 1``."""
+    shapes = list(input_shape) if multi else [input_shape]
+    kinds = input_kinds(layer, len(shapes)) if layer is not None else ("float",) * len(shapes)
+    out = []
+    for shape, kind in zip(shapes, kinds, strict=True):
+        size = (batch_size, *tuple(shape))
+        out.append(rng.integers(0, layer.token_range(), size=size, dtype=np.int64) if kind == "tokens"
+                   else rng.standard_normal(size))
+    return out if multi else out[0]
 
 
 def check_layer_config(layer_cls: type[Layer], config: Mapping[str, Any], input_shape: Any, *,
@@ -255,7 +278,7 @@ def check_layer_config(layer_cls: type[Layer], config: Mapping[str, Any], input_
     layer = layer_cls(**dict(config))
     rng = np.random.default_rng([seed, 7])
     multi = layer.arity != 1
-    x = random_input(input_shape, batch_size, rng, multi)
+    x = random_input(input_shape, batch_size, rng, multi, layer)
     params = random_params(layer.param_specs(input_shape), rng)
     state = initial_state(layer.state_specs(input_shape))
     return check_layer(layer, params, x, state=state, samples=samples, seed=seed, step=step,

@@ -40,6 +40,8 @@ def _make_target(loss, kind: str, out: np.ndarray, rng: np.random.Generator) -> 
     options = []
     if out.ndim == 2 and kind != "mse":
         options.append(rng.integers(0, out.shape[1], size=n))
+    if out.ndim == 3 and kind != "mse":  # a class id per position of a sequence
+        options.append(rng.integers(0, out.shape[2], size=out.shape[:2]))
     options.append(rng.standard_normal(out.shape))
     if out.ndim == 2:
         options.append(rng.integers(0, out.shape[1], size=n))

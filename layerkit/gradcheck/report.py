@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from layerkit.gradcheck.layers import check_layer, random_input, random_params
+from layerkit.gradcheck.layers import NOT_DIFFERENTIATED, check_layer, random_input, random_params
 from layerkit.gradcheck.model import check_end_to_end
 from layerkit.gradcheck.numerics import (PASS_TOL, WARN_TOL, KINK_TOL, ABS_FLOOR, STATUS_ORDER, TensorResult,
                                          jsonable)
-from layerkit.nn.layer import RESERVED_INPUT
+from layerkit.nn.layer import RESERVED_INPUT, input_kinds
 from layerkit.nn.plan import BackwardCall
 from layerkit.parallel import blas
 
@@ -75,8 +75,11 @@ class GradCheckReport:
         extra = []
         if counts["warn"]:
             extra.append(f"{counts['warn']} warning(s)")
-        if counts["skipped"]:
-            extra.append(f"{counts['skipped']} tensor(s) not checkable (only kinks)")
+        tokens = sum(1 for r in self.rows if r.strategy == NOT_DIFFERENTIATED)
+        if counts["skipped"] - tokens:
+            extra.append(f"{counts['skipped'] - tokens} tensor(s) not checkable (only kinks)")
+        if tokens:
+            extra.append(f"{tokens} token-id input(s) not differentiated")
         if self.kinks:
             extra.append(f"{self.kinks} kink coordinate(s) skipped")
         if self.checks:
@@ -127,6 +130,19 @@ def _model_forward_inputs(model, x: np.ndarray, forward_seed: int) -> dict[str, 
     return inputs
 
 
+def _random_model_input(model, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random batch for the model input: standard normal, or for token ids, ids every layer
+    reading the input accepts (below the smallest ``token_range`` of its readers)."""
+    if model.graph.input_dtype != "int64":
+        return rng.standard_normal((batch_size, *model.graph.input_shape))
+    ranges = []
+    for node in model.nodes:
+        for ref, kind in zip(node.inputs, input_kinds(node.layer, len(node.inputs)), strict=True):
+            if ref == RESERVED_INPUT and kind == "tokens":
+                ranges.append(int(node.layer.token_range()))
+    return rng.integers(0, min(ranges) if ranges else 2, size=(batch_size, *model.graph.input_shape), dtype=np.int64)
+
+
 def check_model(model, x: np.ndarray | None = None, y: np.ndarray | None = None, *, batch_size: int = 2,
                 samples: int = 32, seed: int = 0, whole_model: bool = True, step: float = 1e-6,
                 directions: int = 3, registry=None) -> GradCheckReport:
@@ -148,11 +164,11 @@ def _check_model(model, x, y, *, batch_size, samples, seed, whole_model, step, d
     rng = np.random.default_rng(seed)
     real = x is not None
     if real:
-        x = np.array(x[:batch_size], dtype=np.float64)
+        x = np.array(x[:batch_size], dtype=np.int64 if m64.graph.input_dtype == "int64" else np.float64)
         y = None if y is None else np.asarray(y)[:batch_size]
         acts = _model_forward_inputs(m64, x, int(rng.integers(2**31)))
     else:
-        x = rng.standard_normal((batch_size, *m64.graph.input_shape))
+        x = _random_model_input(m64, batch_size, rng)
     rows: list[TensorResult] = []
     for index, node in enumerate(m64.nodes):
         layer_rng = np.random.default_rng([seed, index])
@@ -160,7 +176,7 @@ def _check_model(model, x, y, *, batch_size, samples, seed, whole_model, step, d
         if real:
             inp, params = acts[node.name], m64.params[node.name]
         else:
-            inp = random_input(node.input_shape, batch_size, layer_rng, multi)
+            inp = random_input(node.input_shape, batch_size, layer_rng, multi, node.layer)
             params = random_params(node.param_specs, layer_rng)
         # the method training calls for this node, so what is checked is what trains
         call = m64.plan.nodes[index].backward

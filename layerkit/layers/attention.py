@@ -14,7 +14,7 @@ that may look nowhere gets an all-zero row of A (PyTorch gives NaN there).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import numpy as np
 
@@ -72,19 +72,16 @@ class MultiHeadAttention(Layer):
         },
         "additionalProperties": False,
     }
-    # The masked variant (padding_idx) takes token ids as its second input; its conformance
-    # example needs an engine that draws ids for "tokens" inputs (tests/test_attention.py
-    # covers it directly meanwhile).
     examples = (
         Example({"num_heads": 2}, (4, 6), "two heads"),
         Example({"num_heads": 1, "causal": True}, (5, 3), "causal, one head"),
         Example({"num_heads": 3, "causal": True, "use_bias": False}, (3, 6), "causal, no biases"),
         Example({"num_heads": 2, "dropout": 0.25}, (4, 4), "dropout on the attention weights"),
+        Example({"num_heads": 2, "causal": True, "padding_idx": 0, "vocab_size": 5}, [(4, 4), (4,)],
+                "key padding mask from the token ids (second input)"),
     )
     # every sample attends only within itself; dropout masks come from the generator
     sample_coupling = Coupling.NONE
-    #: one kind per input: the sequence, and (with padding_idx) its token ids
-    input_kind: ClassVar[str | tuple[str, ...]] = "float"
 
     # the hyper-parameters, set from the config by Layer.__init__
     num_heads: int

@@ -162,7 +162,11 @@ MODEL_SCHEMA: dict[str, Any] = {
             "properties": {
                 "shape": {"type": "array", "items": {"type": "integer", "minimum": 1},
                           "minItems": 1, "maxItems": 4,
-                          "description": "Per-sample input shape, channels first, e.g. [1, 28, 28]."},
+                          "description": "Per-sample input shape, channels first, e.g. [1, 28, 28], or "
+                                         "[T] for a sequence of T token ids."},
+                "dtype": {"enum": ["float32", "int64"], "default": "float32",
+                          "description": "What the input holds: real values (float32) or integer token ids "
+                                         "(int64), which only layers taking token ids (embedding) may read."},
             },
             "required": ["shape"],
             "additionalProperties": False,

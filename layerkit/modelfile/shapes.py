@@ -16,10 +16,11 @@ from typing import Any
 
 from layerkit.errors import GraphError, LayerkitError, Problem, ShapeError
 from layerkit.nn.initializers import is_valid_init
-from layerkit.nn.layer import Layer, ParamSpec, Shape
+from layerkit.nn.layer import Layer, ParamSpec, Shape, input_kinds
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.spec import LayerSpec, ModelSpec
-from layerkit.modelfile.topology import RESERVED_INPUT, ancestors, arity_problem, topological_order, wiring_problems
+from layerkit.modelfile.topology import (RESERVED_INPUT, ancestors, arity_problem, config_arity, topological_order,
+                                        wiring_problems)
 
 FLOAT32_BYTES = 4
 
@@ -75,6 +76,11 @@ class Graph:
     spec: ModelSpec
     nodes: list[Node]  # topological order, the output node last
     input_shape: Shape
+
+    @property
+    def input_dtype(self) -> str:
+        """``"float32"`` or ``"int64"`` (token ids): the model file's ``input.dtype``."""
+        return self.spec.input_dtype
 
     def __post_init__(self) -> None:
         self._by_name = {n.name: n for n in self.nodes}
@@ -142,7 +148,7 @@ def build_graph(spec: ModelSpec, registry: Registry) -> Graph:
     problems = wiring_problems(spec.layers, spec.output, source)
     for layer_spec in spec.layers:
         cls = registry.layer(layer_spec.type)
-        found = arity_problem(layer_spec, cls.arity, source)
+        found = arity_problem(layer_spec, config_arity(cls, layer_spec.config), source)
         if found:
             problems.append(found)
     if problems:
@@ -158,7 +164,7 @@ def build_graph(spec: ModelSpec, registry: Registry) -> Graph:
             failed.add(layer_spec.name)  # its input shape is unknown: nothing more to say
             continue
         entry = registry.entry("layer", layer_spec.type)
-        arity = entry.obj.arity
+        arity = config_arity(entry.obj, layer_spec.config)
         in_shapes = [shapes[ref] for ref in layer_spec.inputs]
         in_shape = in_shapes[0] if arity == 1 else in_shapes
         try:
@@ -180,6 +186,11 @@ def build_graph(spec: ModelSpec, registry: Registry) -> Graph:
                 ("layers", layer_spec.index), source))
             failed.add(layer_spec.name)
             continue
+        wrong = kind_problem(layer_spec, node.layer, input_dtype=spec.input_dtype, source=source)
+        if wrong:
+            problems.append(wrong)
+            failed.add(layer_spec.name)
+            continue
         shapes[layer_spec.name] = node.output_shape
         nodes.append(node)
     if problems:
@@ -194,6 +205,27 @@ def build_graph(spec: ModelSpec, registry: Registry) -> Graph:
     if found:
         raise ShapeError(problems=[found])
     return graph
+
+
+def kind_problem(layer_spec: LayerSpec, layer: Layer, *, input_dtype: str, source: str) -> Problem | None:
+    """A layer fed the wrong kind of value: float inputs given the token ids, or a token input
+    given float values. Only the model input holds token ids (when its dtype is int64); every
+    layer's output is float."""
+    kinds = input_kinds(layer, len(layer_spec.inputs))
+    for i, (ref, want) in enumerate(zip(layer_spec.inputs, kinds, strict=True)):
+        got = "tokens" if ref == RESERVED_INPUT and input_dtype == "int64" else "float"
+        if got == want:
+            continue
+        which = f"input {i + 1} ({ref!r})" if len(layer_spec.inputs) > 1 else "inputs"
+        if want == "float":
+            message = (f"layer {layer_spec.name!r} takes float {which} but gets token ids (int64): "
+                       f"put an embedding first")
+        else:
+            fed = ("the model input, which is float32: declare \"input\": {\"dtype\": \"int64\"}"
+                   if ref == RESERVED_INPUT else f"the float output of {ref!r}")
+            message = f"layer {layer_spec.name!r} takes token ids (int64) as {which} but gets {fed}"
+        return Problem(message, ("layers", layer_spec.index), source)
+    return None
 
 
 def loss_problem(graph: Graph, registry: Registry) -> Problem | None:

@@ -28,7 +28,7 @@ from layerkit.plugins import registry_or_global
 from layerkit.plugins.registry import Registry
 from layerkit.modelfile.schema import FORMAT_VERSION, LAYER_COMMON_KEYS, MODEL_SCHEMA, typed_schema
 from layerkit.modelfile import zoo
-from layerkit.modelfile.topology import RESERVED_INPUT, arity_problem, wiring_problems
+from layerkit.modelfile.topology import RESERVED_INPUT, arity_problem, config_arity, wiring_problems
 
 __all__ = ["RESERVED_INPUT", "LayerSpec", "ModelSpec", "load_spec", "spec_from_dict", "read_model_file",
            "parse_json"]
@@ -68,6 +68,8 @@ class ModelSpec:
     training: dict[str, Any]
     source: str = "<model>"
     raw: dict[str, Any] = field(default_factory=dict)
+    #: ``"float32"`` (real values) or ``"int64"`` (token ids): the model file's ``input.dtype``
+    input_dtype: str = "float32"
 
     def layer(self, name: str) -> LayerSpec:
         """The layer called ``name`` (KeyError if none)."""
@@ -354,6 +356,7 @@ def spec_from_dict(data: Any, source: str = "<model>", registry: Registry | None
     return ModelSpec(
         name=data.get("name") or Path(source).stem,
         input_shape=tuple(data["input"]["shape"]),
+        input_dtype=str(data["input"].get("dtype", "float32")),
         layers=layers,
         output=output,
         loss=loss,
@@ -404,7 +407,7 @@ def _layers(data: dict, registry: Registry, source: str, problems: list[Problem]
             inputs = []
         spec = LayerSpec(index, name, type_name, list(inputs), config or {}, raw.get("trainable") is not False)
         if config is not None and inputs:
-            found_arity = arity_problem(spec, registry.layer(type_name).arity, source)
+            found_arity = arity_problem(spec, config_arity(registry.layer(type_name), config), source)
             if found_arity:
                 graph_problems.append(found_arity)
         layers.append(spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from layerkit.errors import Problem
 from layerkit.nn.layer import RESERVED_INPUT
@@ -25,6 +25,17 @@ class Wired(Protocol):
 
     @property
     def label(self) -> str: ...
+
+
+def config_arity(cls: Any, config: Any) -> int | None:
+    """How many inputs a layer of class ``cls`` with hyper-parameters ``config`` takes: the class's
+    ``arity``, or the instance's where ``__init__`` sets it from the config (a recurrent layer with
+    ``padding_idx`` reads the token ids as a second input)."""
+    arity = getattr(cls, "arity", 1)
+    try:
+        return getattr(cls(**dict(config)), "arity", arity)
+    except Exception:  # a bad config is reported with the shapes
+        return arity
 
 
 def arity_problem(layer: Wired, arity: int | None, source: str) -> Problem | None:

@@ -42,6 +42,8 @@ def initialize(spec: ParamSpec, rng: np.random.Generator, dtype=np.float32) -> n
         value = rng.standard_normal(shape) * math.sqrt(1.0 / fan_in)
     else:
         raise ValueError(f"unknown initializer {name!r}")
+    if spec.zero_rows:
+        value[list(spec.zero_rows)] = 0.0
     return np.ascontiguousarray(value, dtype=dtype)
 
 

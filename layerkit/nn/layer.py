@@ -49,6 +49,7 @@ class ParamSpec:
     and the size divided by it).
     ``decay`` says whether L2 weight decay applies (weights yes, biases, slopes and
     normalisation scales no); the optimizer applies it once for all layers.
+    ``zero_rows``: rows of the first axis that start at zero (an embedding's ``padding_idx``).
     """
 
     shape: Shape
@@ -56,6 +57,9 @@ class ParamSpec:
     fan_in: int | None = None
     fan_out: int | None = None
     decay: bool = False
+    #: rows (indices on the first axis) that start at zero whatever ``init`` says: an
+    #: embedding's padding row
+    zero_rows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,9 @@ class Layer:
     #: JSON Schema of the hyper-parameters (``"additionalProperties": false``; defaults in
     #: ``"default"``); the builder validates a node against it and fills the defaults
     params_schema: ClassVar[dict] = {"type": "object", "properties": {}, "additionalProperties": False}
-    #: number of inputs; ``None`` means "two or more" (add, concat)
+    #: number of inputs; ``None`` means "two or more" (add, concat). May be set per instance in
+    #: ``__init__`` when it depends on the config (a recurrent layer with ``padding_idx`` reads the
+    #: token ids as a second input); the builder reads it from the instance.
     arity: ClassVar[int | None] = 1
     #: example configurations the conformance suite builds and checks (at least one)
     examples: ClassVar[Sequence[Example]] = ()
@@ -193,6 +199,13 @@ class Layer:
     #: sample on its own), ``BATCH_SUMS`` (only through ``collectives.batch_sum``) or
     #: ``OTHER`` (the default: anything else; such a model trains in one process).
     sample_coupling: ClassVar[Coupling | str] = Coupling.OTHER
+    #: what the layer's input holds: ``"float"`` (the default: real values, differentiated) or
+    #: ``"tokens"`` (integer ids, int64, as an embedding reads them). A multi-input layer may give
+    #: one kind per input as a tuple (``("float", "tokens")``: a recurrent layer's optional mask
+    #: ids), and may set it per instance in ``__init__`` when it depends on the config. A token
+    #: input has no gradient: ``backward`` returns ``None`` in its place, and the layer implements
+    #: :meth:`token_range`. The builder refuses a float input fed by token ids and the reverse.
+    input_kind: ClassVar[str | tuple[str, ...]] = "float"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -225,6 +238,13 @@ class Layer:
         """Scratch memory a batch needs besides the outputs, in float32 bytes (a convolution's
         im2col columns); the size guard adds it to the activation estimate. Default: none."""
         return 0
+
+    def token_range(self) -> int:
+        """For a layer with a ``"tokens"`` input: the ids it accepts are ``0 .. token_range() - 1``
+        (an embedding's vocabulary size). The check engine and the gradient checker draw random
+        ids from that range."""
+        raise NotImplementedError(f"layer {self.type!r} takes token ids but does not say their range "
+                                  f"(token_range)")
 
     # -- must implement: compute ----------------------------------------------------
     def forward(self, params: Params, x: Any, training: bool = False,
@@ -283,6 +303,16 @@ class Layer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"
 
+
+
+def input_kinds(layer: Any, count: int) -> tuple[str, ...]:
+    """The kind (``"float"`` or ``"tokens"``) of each of ``count`` inputs of ``layer`` (a layer or its
+    class), from :attr:`Layer.input_kind`: one string applies to every input."""
+    kind = getattr(layer, "input_kind", "float")
+    if isinstance(kind, str):
+        return (kind,) * count
+    kinds = tuple(kind)
+    return kinds[:count] + ("float",) * (count - len(kinds))
 
 
 def require_rank(input_shape: Sequence[int], rank: int | tuple[int, ...], what: str) -> None:

@@ -390,8 +390,83 @@ class MulticlassHinge(_ClassLoss):
         return grad
 
 
+class SequenceCrossEntropy(Loss):
+    """Softmax cross-entropy at every position of a sequence (``sequence_cross_entropy``): (N, T, K)
+    class scores, (N, T) class ids, positions holding ``ignore_index`` skipped."""
+
+    type = "sequence_cross_entropy"
+    description = ("Softmax cross-entropy at every position of a sequence: outputs (N, T, K), targets (N, T) class "
+                   "ids; positions whose target is ignore_index (padding) count for nothing, and the loss is the "
+                   "mean over the positions that count in the whole batch (PyTorch's CrossEntropyLoss on the "
+                   "flattened positions).")
+    params_schema = {
+        "type": "object",
+        "properties": {
+            "ignore_index": {"type": "integer", "default": -100,
+                             "description": "target id of positions that contribute nothing (padding)"},
+        },
+        "additionalProperties": False,
+    }
+    ignore_index: int
+
+    def output_problem(self, output_shape: tuple[int, ...]) -> str | None:
+        if len(output_shape) != 2:
+            return (f"needs a (steps, classes) output per sample, got {tuple(output_shape)}: a recurrent layer with "
+                    f"return_sequences and a dense layer on the last axis give one")
+        return None
+
+    def _targets(self, output: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        target = np.asarray(target)
+        if output.ndim != 3:
+            raise DataError(f"the loss needs an (N, steps, classes) output, got shape {output.shape}")
+        if target.shape != output.shape[:2] or not np.issubdtype(target.dtype, np.integer):
+            raise DataError(f"targets must be integer class ids of shape {output.shape[:2]} (one per position), "
+                            f"got {target.dtype} of shape {target.shape}")
+        keep = target != self.ignore_index
+        bad = keep & ((target < 0) | (target >= output.shape[2]))
+        if bad.any():
+            raise DataError(f"target class {int(target[bad][0])} is out of range for {output.shape[2]} outputs")
+        return np.where(keep, target, 0), keep
+
+    def forward(self, output, target):
+        ids, keep = self._targets(output, target)
+        z = output - output.max(axis=2, keepdims=True)
+        logsum = np.log(np.exp(z).sum(axis=2))
+        picked = np.take_along_axis(z, ids[..., None], axis=2)[..., 0]
+        count = int(keep.sum())
+        loss = float(((logsum - picked) * keep).sum()) / max(count, 1)
+        prob = np.exp(z - logsum[..., None])
+        return loss, (prob, ids, keep, count)
+
+    def backward(self, cache):
+        prob, ids, keep, count = cache
+        grad = prob.copy()
+        np.put_along_axis(grad, ids[..., None], np.take_along_axis(grad, ids[..., None], axis=2) - 1, axis=2)
+        grad *= (keep / max(count, 1))[..., None].astype(prob.dtype)
+        return grad.astype(prob.dtype, copy=False)
+
+    def predict(self, output):
+        """Predicted class ids per position, (N, T)."""
+        return np.asarray(output).argmax(axis=-1)
+
+    def correct(self, output, target):
+        """Per sample, the fraction of its counted positions predicted right, summed over the batch."""
+        target = np.asarray(target)
+        keep = target != self.ignore_index
+        right = (self.predict(output) == target) & keep
+        return float((right.sum(axis=1) / np.maximum(keep.sum(axis=1), 1)).sum())
+
+    def probabilities(self, output):
+        z = np.exp(output - output.max(axis=-1, keepdims=True))
+        return z / z.sum(axis=-1, keepdims=True)
+
+    def to_onnx(self, g, x):
+        return g.op("Softmax", [x], axis=-1)
+
+
 @hookimpl
 def layerkit_register_losses(register):
     register(SoftmaxCrossEntropy)
+    register(SequenceCrossEntropy)
     register(NLLLoss)
     register(MulticlassHinge)

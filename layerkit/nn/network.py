@@ -194,8 +194,14 @@ class Network:
         over the layer thread pool (``LAYERKIT_NUM_THREADS``), one whole batch per thread."""
         plan = self.inference_plan()
         spans = [(i, i + batch_size) for i in range(0, len(x), batch_size)]
-        return threads.run_whole(
-            lambda a, b: self.infer(np.ascontiguousarray(x[a:b], dtype=self.dtype), plan), spans)
+        dtype = self.input_dtype
+        return threads.run_whole(lambda a, b: self.infer(np.ascontiguousarray(x[a:b], dtype=dtype), plan), spans)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        """The dtype the input batches take: int64 for token ids (never converted to float),
+        otherwise the network's float dtype."""
+        return np.dtype(np.int64) if getattr(self.graph, "input_dtype", "float32") == "int64" else self.dtype
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """The raw inference outputs for ``x``, batch by batch (see :meth:`infer_batches`)."""

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 import numpy as np
 
 from layerkit.errors import ContractError
-from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, overrides
+from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, input_kinds, overrides
 from layerkit.plugins.layer_checks import SIGNATURES, STATIC_CHECKS
 
 __all__ = ["Check", "Subject", "CHECKS", "CAPABILITY_CHECKS", "yield_checks", "run_checks", "declares",
@@ -235,9 +235,19 @@ class Subject:
             for spec in specs.values():
                 initialize(spec, rng, np.float32)
         params = {k: v.astype(np.float32) for k, v in random_params(pspecs, rng).items()}
-        x = random_input(self.in_shape, self.batch_size, rng, self.multi)
-        x = [v.astype(np.float32) for v in x] if self.multi else x.astype(np.float32)
-        return params, x
+        x = random_input(self.in_shape, self.batch_size, rng, self.multi, self.layer)
+        return params, self._cast(x, np.float32)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Each input's kind, ``"float"`` or ``"tokens"`` (:attr:`Layer.input_kind`)."""
+        return input_kinds(self.layer, len(self.in_shape) if self.multi else 1)
+
+    def _cast(self, x: Any, dtype: Any) -> Any:
+        """Float inputs to ``dtype`` (fresh copies); token ids stay int64."""
+        xs = [np.array(v, dtype=np.int64 if kind == "tokens" else dtype, copy=True)
+              for v, kind in zip(x if self.multi else [x], self.kinds, strict=True)]
+        return xs if self.multi else xs[0]
 
     def params(self, dtype: Any = np.float32) -> dict[str, np.ndarray]:
         """Standard-normal parameters (a fresh copy each call)."""
@@ -247,7 +257,7 @@ class Subject:
     def x(self, dtype: Any = np.float32) -> Any:
         """A batch of ``batch_size`` standard-normal inputs (a fresh copy each call)."""
         base = self._once("arrays", self._arrays_f32)[1]
-        return [np.array(v, dtype=dtype, copy=True) for v in base] if self.multi else np.array(base, dtype=dtype)
+        return self._cast(base, dtype)
 
     def state(self, dtype: Any = np.float32) -> dict[str, np.ndarray]:
         """The state tensors' initial values (a fresh copy each call)."""
@@ -260,7 +270,8 @@ class Subject:
     def forward(self, params: dict, x: Any, training: bool, state: dict | None = None,
                 layer: Any = None) -> tuple[Any, Any]:
         layer = self.layer if layer is None else layer
-        state = self.state(np.asarray(x[0] if isinstance(x, list) else x).dtype) if state is None else state
+        dtype = np.asarray(x[0] if isinstance(x, list) else x).dtype
+        state = self.state(np.float32 if dtype.kind in "iu" else dtype) if state is None else state
         out = self.call("forward", layer.forward, params, x, training, np.random.default_rng(self.seed), state)
         if not isinstance(out, tuple) or len(out) != 2:
             got = f"a tuple of {len(out)}" if isinstance(out, tuple) else type(out).__name__
@@ -326,6 +337,13 @@ def _static(name: str) -> Check:
 
 def _config_validates(s: Subject) -> None:
     _ = s.filled, s.layer, s.in_shape
+    kinds = getattr(s.layer, "input_kind", "float")
+    if not all(k in ("float", "tokens") for k in ((kinds,) if isinstance(kinds, str) else kinds)):
+        raise Broken("input_kind", f"must be 'float' or 'tokens' (or a tuple of them, one per input), got {kinds!r}")
+    if "tokens" in s.kinds:
+        top = s.call("token_range", s.layer.token_range)
+        if not isinstance(top, (int, np.integer)) or isinstance(top, bool) or top < 1:
+            raise Broken("token_range", f"must return a positive int (ids 0 .. token_range - 1), returned {top!r}")
 
 
 def _size_estimates(s: Subject) -> None:
@@ -381,6 +399,8 @@ def _float32_stays_float32(s: Subject) -> None:
             dy = np.random.default_rng(s.seed + 1).standard_normal(np.shape(y)).astype(np.float32)
             dxs, grads = s.backward(params, cache, dy)
             for tname, g in [*zip(s.tensor_names(), dxs, strict=False), *grads.items()]:
+                if g is None:  # a token input's place (checked by backward_gradient_shapes)
+                    continue
                 if np.asarray(g).dtype != np.float32:
                     what = f"{tname} gradient" if tname.startswith("input") else f"gradient of {tname!r}"
                     raise Broken("backward", f"the {what} is {np.asarray(g).dtype}, not float32")
@@ -406,7 +426,12 @@ def _backward_gradient_shapes(s: Subject) -> None:
     xs = x if s.multi else [x]
     if len(dxs) != len(xs):
         raise Broken("backward", f"returned {len(dxs)} input gradients for {len(xs)} inputs")
-    for tname, g, xi in zip(s.tensor_names(), dxs, xs, strict=True):
+    for tname, g, xi, kind in zip(s.tensor_names(), dxs, xs, s.kinds, strict=True):
+        if kind == "tokens":
+            if g is not None:
+                raise Broken("backward", f"the {tname} holds token ids, which have no gradient: backward must "
+                                         f"return None in its place")
+            continue
         if g is None or np.shape(g) != np.shape(xi):
             raise Broken("backward", f"the {tname} gradient has shape "
                                      f"{None if g is None else shape_text(np.shape(g))}, the input "
@@ -464,7 +489,7 @@ def _split_batch_equals_whole(s: Subject) -> None:
     claim = f"declares sample_coupling = {name}"
     params = s.params(np.float64)
     # four samples: each half then has two, so per-half statistics differ from the whole's
-    xs = random_input(s.in_shape, max(s.batch_size, 4), np.random.default_rng([s.seed, 4]), multi)
+    xs = random_input(s.in_shape, max(s.batch_size, 4), np.random.default_rng([s.seed, 4]), multi, layer)
     n = len(xs[0]) if multi else len(xs)
     cut = n // 2
     training = not layer.uses_rng
@@ -501,6 +526,8 @@ def _split_batch_equals_whole(s: Subject) -> None:
 
     close(np.concatenate([p[0] for p in pieces]), y, f"its forward output {how} differs from the whole batch's")
     for i, g in enumerate(dxs):
+        if g is None:  # a token input
+            continue
         close(np.concatenate([p[1][i] for p in pieces]), g,
               f"its {s.tensor_names()[i]} gradient {how} differs from the whole batch's")
     for tname, g in grads.items():

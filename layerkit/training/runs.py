@@ -299,7 +299,7 @@ def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, reg
                                                ("training", "dataset"), spec.source)])
     return load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training["seed"]),
                      input_shape=spec.input_shape, num_outputs=num_outputs(model), registry=registry,
-                     embedded=embedded, preprocessing=preprocessing)
+                     embedded=embedded, preprocessing=preprocessing, tokens=spec.input_dtype == "int64")
 
 
 def record_of(spec: ModelSpec, data: DataSplits) -> DataRecord:
