@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from layerkit.data.vocabulary import Vocabulary
 from layerkit.errors import DataError
 from layerkit.fileio import read_json_record, record_path, write_text_atomic
 
@@ -118,6 +119,8 @@ class Preprocessing:
     stat_shape: tuple[int, ...] | None = None
     mean: list[float] | None = None  # float64 statistics of the scaled training split
     std: list[float] | None = None
+    #: token inputs only: how text maps to the ids (``layerkit generate`` decodes with it)
+    vocabulary: Vocabulary | None = None
 
     # -- fitting -------------------------------------------------------------------
     @classmethod
@@ -193,7 +196,8 @@ class Preprocessing:
                 "layout": self.layout, "raw_dtype": self.raw_dtype, "class_names": list(self.class_names),
                 "integer_scale": INTEGER_SCALE if self.normalize != "none" else 1.0,
                 "stat_shape": None if self.stat_shape is None else list(self.stat_shape),
-                "mean": self.mean, "std": self.std}
+                "mean": self.mean, "std": self.std,
+                **({} if self.vocabulary is None else {"vocabulary": self.vocabulary.to_dict()})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1) + "\n"
@@ -210,7 +214,7 @@ class Preprocessing:
             raise bad("(top level)", "expected a JSON object")
         keys = {"format", "normalize", "input_shape", "layout", "raw_dtype", "class_names", "integer_scale",
                 "stat_shape", "mean", "std"}
-        for key in sorted(set(data) - keys):
+        for key in sorted(set(data) - keys - {"vocabulary"}):
             raise bad(key, "unknown field")
         for key in sorted(keys - set(data)):
             raise bad(key, "missing")
@@ -249,7 +253,9 @@ class Preprocessing:
                    layout=data["layout"], raw_dtype=data["raw_dtype"],
                    stat_shape=None if stat_shape is None else tuple(stat_shape),
                    mean=None if mean is None else [float(v) for v in mean],
-                   std=None if std is None else [float(v) for v in std])
+                   std=None if std is None else [float(v) for v in std],
+                   vocabulary=None if data.get("vocabulary") is None
+                   else Vocabulary.from_dict(data["vocabulary"], source))
 
     @classmethod
     def load(cls, path: str | Path) -> "Preprocessing":

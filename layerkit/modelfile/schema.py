@@ -74,6 +74,28 @@ DATA_SCHEMA: dict[str, Any] = {
                    "description": "how 4-d image arrays are stored: auto transposes (N, H, W, C) to the "
                                   "model's (C, H, W) when that is unambiguous"},
         "data_dir": {"type": "string", "description": "directory holding the dataset files"},
+        "unit": {"enum": ["char", "byte"], "default": "char",
+                 "description": "text: one token per character (the text's own vocabulary) or per UTF-8 byte"},
+        "stride": {"type": "integer", "minimum": 1,
+                   "description": "text: tokens between the starts of two windows (default: the window length)"},
+        "test_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.1,
+                          "description": "text: the last fraction of the text, held out as the test split"},
+        "length": {"type": "integer", "minimum": 1,
+                   "description": "copy/reverse/sort: the longest sequence (the model's input is [2 x length]); "
+                                  "text: the window length (default: the model's input length)"},
+        "min_length": {"type": "integer", "minimum": 1,
+                       "description": "copy/reverse/sort: the shortest sequence (default: length; shorter ones "
+                                      "are right-padded)"},
+        "vocab_size": {"type": "integer", "minimum": 3, "default": 12,
+                       "description": "copy/reverse/sort: token ids, <pad> and <sep> included"},
+        "digits": {"type": "integer", "minimum": 1, "maximum": 17,
+                   "description": "addition: digits per number (the model's input is [3 x digits + 2])"},
+        "train_samples": {"type": "integer", "minimum": 1, "default": 10000,
+                          "description": "synthetic tasks: training sequences generated"},
+        "test_samples": {"type": "integer", "minimum": 1, "default": 1000,
+                         "description": "synthetic tasks: test sequences generated"},
+        "task_seed": {"type": "integer", "minimum": 0, "default": 0,
+                      "description": "synthetic tasks: the seed the sequences are drawn from"},
         "augment": {
             "type": "object",
             "description": "random variants of the training images, drawn anew for every batch",
