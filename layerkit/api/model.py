@@ -404,6 +404,17 @@ class Model:
         loss_value, accuracy, _ = evaluate(self.net, self.loss, inputs, labels)
         return {"loss": loss_value, "accuracy": accuracy}
 
+    def generate(self, prompt: str, length: int = 200, *, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None) -> str:
+        """The ``length`` characters (bytes, for a byte-level model) a language model trained on the
+        ``text`` dataset writes after ``prompt``, drawn one at a time from its scores at the last of
+        its ``T`` input positions: divided by ``temperature`` (> 0; lower is greedier), cut to the
+        ``top_k`` most likely, softmaxed. ``seed`` makes the draw repeatable. A prompt character
+        outside the model's vocabulary is a :class:`~layerkit.errors.LayerkitError` naming it."""
+        from layerkit.api.generate import generate
+
+        return generate(self, prompt, length, temperature, top_k, seed)
+
     # -- saving ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``model.json``, ``weights.npz``, ``preprocessing.json``, the training history
