@@ -11,7 +11,7 @@ into the run's ``preprocessing.json``, which never rescales token ids.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class SequenceDataset(Dataset):
     """A dataset of token sequences. Subclasses implement :meth:`make`; limits, the validation
     split and the saved vocabulary are handled here for all of them alike."""
 
-    class_names: Sequence[str] = ()
+    class_names: ClassVar[Sequence[str]] = ()
 
     def make(self, raw: RawData, options: dict, length: int | None, vocabulary: Vocabulary | None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Vocabulary]:
