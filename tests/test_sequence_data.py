@@ -7,7 +7,7 @@ import platform
 
 import numpy as np
 import pytest
-from train_support import builtin_registry
+from train_support import builtin_registry, hermetic  # noqa: F401
 
 from layerkit.data import load_data
 from layerkit.data.preprocess import Preprocessing
@@ -233,3 +233,12 @@ def test_preprocessing_round_trips_the_vocabulary(tmp_path):
                              ({"unit": "char"}, "expected an object")]:
         with pytest.raises(DataError, match=f"x.json: vocabulary: .*{fragment}"):
             Preprocessing.from_dict(dict(pre.to_dict(), vocabulary=broken), "x.json")
+
+
+def test_load_dataset_gives_the_token_windows(hermetic):  # noqa: F811
+    import layerkit
+
+    (x, y), (x_test, y_test) = layerkit.load_dataset("sort")
+    assert x.shape == y.shape == (len(x), 16) and x.dtype == y.dtype == np.int64 and len(x_test) == 1000
+    (x, y), _ = layerkit.load_dataset("text")  # the default corpus, windows of 64
+    assert x.shape[1] == 64 and np.array_equal(x[0, 1:], y[0, :-1])
