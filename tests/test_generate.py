@@ -13,6 +13,7 @@ from layerkit.api.generate import GenerateError, sample
 from layerkit.cli import main
 from layerkit.data.preprocess import Preprocessing
 from layerkit.data.vocabulary import Vocabulary
+from layerkit.modelfile.schema import MODEL_SCHEMA
 from layerkit.nn.layer import Layer, ParamSpec
 from layerkit.plugins.manager import load_registry, reset_registry
 
@@ -64,8 +65,12 @@ def registry():
     reset_registry(None)
 
 
+#: token inputs are declared once the model format has input dtypes (issue 20); before, ids arrive as floats
+TOKEN_INPUT = {"dtype": "int64"} if "dtype" in MODEL_SCHEMA["properties"]["input"]["properties"] else {}
+
+
 def lm_dict(unit: str = "char") -> dict:
-    return {"format": 1, "name": "bigram", "input": {"shape": [WINDOW]},
+    return {"format": 1, "name": "bigram", "input": {"shape": [WINDOW], **TOKEN_INPUT},
             "layers": [{"name": "lm", "type": "table_lm", "vocab": 3 if unit == "char" else 256}],
             "loss": {"type": "mse"}, "training": {"dataset": "text", "data": {"unit": unit}}}
 
@@ -115,6 +120,9 @@ def test_unknown_prompt_characters_are_named(run, registry, capsys):
 def test_a_model_without_vocabulary_or_a_missing_run_is_refused(tmp_path, registry, capsys):
     assert main(["generate", str(tmp_path / "nothing"), "--prompt", "a"]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+    (tmp_path / "m.json").write_text("{}")
+    assert main(["generate", str(tmp_path / "m.json"), "--prompt", "a"]) == 2
+    assert "m.json: a file, not a run directory" in capsys.readouterr().err
     model = load(lm_dict(), registry=registry)
     with pytest.raises(GenerateError, match="has no vocabulary"):
         model.generate("a", 3)

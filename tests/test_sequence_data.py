@@ -214,6 +214,8 @@ def test_task_lengths_come_from_the_model_input():
         task("addition", {"vocab_size": 12})
     with pytest.raises(DataError, match="min_length: 6 must be from 1 to length"):
         task("copy", {"length": 5, "min_length": 6})
+    with pytest.raises(DataError, match=r"outputs 10 numbers per sample; a sequence model outputs \(T, K\)"):
+        load_data("copy", {}, input_shape=(16,), num_outputs=10, registry=REGISTRY)
     with pytest.raises(DataError, match="is generated and reads no files"):
         load_data("sort", {}, data_dir="/tmp", registry=REGISTRY)
 

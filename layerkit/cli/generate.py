@@ -31,6 +31,9 @@ def generate(run_dir: Path = typer.Argument(..., metavar="RUN_DIR",
     from layerkit.api.model import MODEL_FILE, not_a_run
 
     check_settings(length, temperature, top_k)  # before the model is read: a bad flag is reported at once
+    if run_dir.is_file():
+        raise LayerkitError(f"{run_dir}: a file, not a run directory; give the folder 'layerkit fit' wrote for a "
+                            f"language model (a model file has no trained weights)")
     if not (run_dir / MODEL_FILE).is_file():
         raise LayerkitError(not_a_run(run_dir, "layerkit generate"))
     model = load(run_dir)

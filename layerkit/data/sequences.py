@@ -46,6 +46,10 @@ class SequenceDataset(Dataset):
                 raise DataError(f"dataset {self.name!r} holds token sequences, so the model's input must have shape "
                                 f"[T] (dtype int64); it is {list(input_shape)}")
             length = int(input_shape[0])
+        if num_outputs is not None:
+            raise DataError(f"dataset {self.name!r} has a target token at every position, but the model outputs "
+                            f"{num_outputs} numbers per sample; a sequence model outputs (T, K): one row of K "
+                            f"token scores per position")
         saved = None
         if preprocessing is not None:
             saved = preprocessing.vocabulary
