@@ -211,3 +211,23 @@ def test_fit_a_character_model_then_generate(tmp_path, capsys):
     assert main(["generate", str(run.path), "--prompt", "the ", "--length", "12", "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("the ") and len(out) == len("the ") + 12 + 1
+
+
+# -- a model too small for the text's vocabulary is refused before training ----------------
+
+@pytest.mark.parametrize("layers, fragment", [
+    ([{"name": "lm", "type": "table_lm", "vocab": 3}],
+     "but layer 'lm' takes ids 0 .. 2 only; give it a vocabulary of 5"),
+    ([{"name": "lm", "type": "table_lm", "vocab": 5}, {"type": "dense", "units": 4}],
+     "but the model outputs 4 scores per position; make its last layer 5 wide"),
+])
+def test_fit_refuses_a_model_smaller_than_the_vocabulary(tmp_path, registry, layers, fragment):
+    from layerkit.errors import DataError
+    from layerkit.training.runs import train
+
+    text = tmp_path / "t.txt"
+    text.write_text("abcde" * 40)
+    model = dict(lm_dict(), layers=layers, training={"dataset": "text", "data": {"data_dir": str(text)}})
+    with pytest.raises(DataError, match=f"t.txt has 5 tokens \\(char vocabulary\\), {fragment}"):
+        train(model, out=tmp_path / "run", registry=registry)
+    assert not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ into the run's ``preprocessing.json``, which never rescales token ids.
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from layerkit.data import Dataset, DataSplits, RawData
 from layerkit.data.preprocess import Preprocessing
 from layerkit.data.vocabulary import Vocabulary
 from layerkit.errors import DataError
+from layerkit.nn.layer import RESERVED_INPUT
 
 #: the target id of a position that is not scored (PyTorch's default ``ignore_index``)
 IGNORE_INDEX = -100
@@ -83,6 +84,26 @@ class SequenceDataset(Dataset):
                           files=list(raw.files), location=raw.location, fingerprint=raw.fingerprint)
 
 
+def check_fits(data: DataSplits, graph: Any) -> None:
+    """Refuse a model too small for the data's vocabulary, before training starts: a layer reading
+    the token ids whose ``token_range`` is below the vocabulary size, or fewer scores per position
+    than there are tokens. ``graph`` is the model's shape-inferred graph; data without a vocabulary
+    (images) passes."""
+    vocab = data.preprocessing.vocabulary if data.preprocessing is not None else None
+    if vocab is None:
+        return
+    what = f"{data.source} has {vocab.size} tokens ({vocab.unit} vocabulary)"
+    for node in graph.nodes:
+        reach = getattr(node.layer, "token_range", None)
+        if RESERVED_INPUT in node.inputs and callable(reach) and reach() < vocab.size:
+            raise DataError(f"{what}, but layer {node.name!r} takes ids 0 .. {reach() - 1} only; give it a "
+                            f"vocabulary of {vocab.size}")
+    shape = tuple(graph.output.output_shape)
+    if len(shape) == 2 and shape[1] < vocab.size:
+        raise DataError(f"{what}, but the model outputs {shape[1]} scores per position; make its last layer "
+                        f"{vocab.size} wide, one score per token")
+
+
 def window_length(name: str, length: int | None, options: dict, key: str = "length", default: int = 64) -> int:
     """``T``: the model's, else ``options[key]``, else ``default``; both given and different is an error."""
     given = options.get(key)
@@ -103,4 +124,4 @@ def windows(ids: np.ndarray, length: int, stride: int, source: str, what: str) -
     return x, y
 
 
-__all__ = ["SequenceDataset", "IGNORE_INDEX", "window_length", "windows"]
+__all__ = ["SequenceDataset", "IGNORE_INDEX", "check_fits", "window_length", "windows"]

@@ -34,6 +34,7 @@ from layerkit.modelfile.build import build_model
 from layerkit.data import DataSplits, load_data
 from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE, Preprocessing
 from layerkit.data.record import FILE_NAME as DATA_RECORD, OPTION_DEFAULTS, DataRecord, filled
+from layerkit.data.sequences import check_fits
 from layerkit.errors import (CheckFailed, CheckpointError, DataError, LayerkitError, ModelFileError, Problem,
                              TrainingError, everywhere)
 from layerkit.fileio import save_npz_atomic, why, write_text_atomic
@@ -293,9 +294,11 @@ def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, reg
     if not dataset:
         raise ModelFileError(problems=[Problem(f"no dataset given: {terms.set_dataset}",
                                                ("training", "dataset"), spec.source)])
-    return load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training["seed"]),
+    data = load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training["seed"]),
                      input_shape=spec.input_shape, num_outputs=num_outputs(model), registry=registry,
                      embedded=embedded, preprocessing=preprocessing)
+    check_fits(data, model.graph)  # token ids beyond the model's vocabulary: refused before training
+    return data
 
 
 def record_of(spec: ModelSpec, data: DataSplits) -> DataRecord:
