@@ -294,11 +294,9 @@ def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, reg
     if not dataset:
         raise ModelFileError(problems=[Problem(f"no dataset given: {terms.set_dataset}",
                                                ("training", "dataset"), spec.source)])
-    data = load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training["seed"]),
+    return load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training["seed"]),
                      input_shape=spec.input_shape, num_outputs=num_outputs(model), registry=registry,
                      embedded=embedded, preprocessing=preprocessing)
-    check_fits(data, model.graph)  # token ids beyond the model's vocabulary: refused before training
-    return data
 
 
 def record_of(spec: ModelSpec, data: DataSplits) -> DataRecord:
@@ -466,6 +464,7 @@ def _train(raw: Any, source: str, resumed: RunDir | None, request: RunRequest,
                              registry=registry, log=log, terms=request.terms)
     else:
         data = prepare_data(spec, model, request.data_dir, registry, terms=request.terms)
+    check_fits(data, model.graph)  # token ids beyond the model's vocabulary: refused before training
     data = launch.share_data(data)
     if data.notice:
         log(f"note: {data.notice}")
