@@ -31,8 +31,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "layerkit.nn.losses",
     "layerkit.nn.elementwise_losses",
     "layerkit.nn.optimizers",
-    # layerkit.data: MNIST, Fashion-MNIST, CSV, image folders
+    # layerkit.data: MNIST, Fashion-MNIST, CSV, image folders; text; synthetic sequence tasks
     "layerkit.data.builtin",
+    "layerkit.data.text",
+    "layerkit.data.sequence_tasks",
     # layerkit.training: the TensorBoard logger
     "layerkit.training.tensorboard",
 )

@@ -407,6 +407,17 @@ class Model:
         loss_value, accuracy, _ = evaluate(self.net, self.loss, inputs, labels)
         return {"loss": loss_value, "accuracy": accuracy}
 
+    def generate(self, prompt: str, length: int = 200, *, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None) -> str:
+        """The ``length`` characters (bytes, for a byte-level model) a language model trained on the
+        ``text`` dataset writes after ``prompt``, drawn one at a time from its scores at the last of
+        its ``T`` input positions: divided by ``temperature`` (> 0; lower is greedier), cut to the
+        ``top_k`` most likely, softmaxed. ``seed`` makes the draw repeatable. A prompt character
+        outside the model's vocabulary is a :class:`~layerkit.errors.LayerkitError` naming it."""
+        from layerkit.api.generate import generate
+
+        return generate(self, prompt, length, temperature, top_k, seed)
+
     # -- saving ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``model.json``, ``weights.npz``, ``preprocessing.json``, the training history
@@ -613,11 +624,19 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *, reg
                  ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """``(x_train, y_train), (x_test, y_test)`` of a registered dataset as stored: raw values (``uint8``
     images for MNIST), labels as int64. Looked for as ``layerkit fit`` does (``data_dir``,
-    ``$LAYERKIT_DATA_DIR``, the cache); MNIST falls back to the embedded 5,000/1,000-image sample."""
+    ``$LAYERKIT_DATA_DIR``, the cache); MNIST falls back to the embedded 5,000/1,000-image sample.
+    Sequence datasets (``text``, ``copy``...) give their int64 ``(N, T)`` token windows and targets
+    with their default options (``text``: windows of 64, the default corpus without ``data_dir``)."""
     if registry is None:
         from layerkit.plugins.manager import get_registry
         registry = get_registry()
-    raw = registry.get("dataset", name)().load(data_dir)
+    dataset = registry.get("dataset", name)()
+    raw = dataset.load(data_dir)
+    from layerkit.data.sequences import SequenceDataset
+
+    if isinstance(dataset, SequenceDataset):  # token ids are made, not stored: the windows as training sees them
+        splits = dataset.prepare(raw, {})
+        return (splits.x_train, splits.y_train), (splits.x_test, splits.y_test)
     return (np.asarray(raw.x_train), np.asarray(raw.y_train, dtype=np.int64)), \
         (np.asarray(raw.x_test), np.asarray(raw.y_test, dtype=np.int64))
 

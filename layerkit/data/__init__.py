@@ -105,6 +105,14 @@ class Dataset:
         """Read what :meth:`find` returned; raise :class:`DataError` naming the file on any problem."""
         raise NotImplementedError
 
+    def prepare(self, raw: RawData, options: dict, *, seed: int = 0, input_shape: Sequence[int] | None = None,
+                num_outputs: int | None = None, preprocessing: Preprocessing | None = None,
+                tokens: bool = False) -> DataSplits:
+        """What :meth:`read` returned as the splits a model trains on: images and class ids, by
+        :func:`prepare`; sequence datasets (:mod:`layerkit.data.sequences`) make token windows."""
+        return prepare(raw, options, seed=seed, input_shape=input_shape, num_outputs=num_outputs,
+                       class_names=self.class_names, preprocessing=preprocessing, tokens=tokens)
+
     def fallback(self) -> RawData | None:
         """Data to use when no location has the files (an embedded sample), or None."""
         return None
@@ -321,8 +329,8 @@ def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | 
     options = dict(options or {})
     where = data_dir if data_dir is not None else options.get("data_dir")
     raw = dataset.load(embedded=True) if embedded else dataset.load(where)
-    return prepare(raw, options, seed=seed, input_shape=input_shape, num_outputs=num_outputs,
-                   class_names=dataset.class_names, preprocessing=preprocessing, tokens=tokens)
+    return dataset.prepare(raw, options, seed=seed, input_shape=input_shape, num_outputs=num_outputs,
+                           preprocessing=preprocessing, tokens=tokens)
 
 
 __all__ = ["Dataset", "RawData", "DataSplits", "load_data", "prepare", "cache_dir", "DATA_DIR_ENV"]

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from layerkit.data.vocabulary import Vocabulary
 from layerkit.errors import DataError
 from layerkit.fileio import read_json_record, record_path, write_text_atomic
 
@@ -118,6 +119,8 @@ class Preprocessing:
     stat_shape: tuple[int, ...] | None = None
     mean: list[float] | None = None  # float64 statistics of the scaled training split
     std: list[float] | None = None
+    #: token inputs only: how text maps to the ids (``layerkit generate`` decodes with it)
+    vocabulary: Vocabulary | None = None
     #: the inputs are token ids (a model whose ``input.dtype`` is int64): they pass through as int64,
     #: never scaled or standardized
     tokens: bool = False
@@ -203,7 +206,8 @@ class Preprocessing:
                 "layout": self.layout, "raw_dtype": self.raw_dtype, "class_names": list(self.class_names),
                 "integer_scale": INTEGER_SCALE if self.normalize != "none" else 1.0,
                 "stat_shape": None if self.stat_shape is None else list(self.stat_shape),
-                "mean": self.mean, "std": self.std, **({"tokens": True} if self.tokens else {})}
+                "mean": self.mean, "std": self.std, **({"tokens": True} if self.tokens else {}),
+                **({} if self.vocabulary is None else {"vocabulary": self.vocabulary.to_dict()})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1) + "\n"
@@ -223,7 +227,7 @@ class Preprocessing:
         tokens = data.get("tokens", False)  # written only when true: older records stay valid
         if not isinstance(tokens, bool):
             raise bad("tokens", "expected true or false")
-        for key in sorted(set(data) - keys - {"tokens"}):
+        for key in sorted(set(data) - keys - {"tokens", "vocabulary"}):
             raise bad(key, "unknown field")
         for key in sorted(keys - set(data)):
             raise bad(key, "missing")
@@ -262,7 +266,9 @@ class Preprocessing:
                    layout=data["layout"], raw_dtype=data["raw_dtype"],
                    stat_shape=None if stat_shape is None else tuple(stat_shape),
                    mean=None if mean is None else [float(v) for v in mean],
-                   std=None if std is None else [float(v) for v in std], tokens=tokens)
+                   std=None if std is None else [float(v) for v in std], tokens=tokens,
+                   vocabulary=None if data.get("vocabulary") is None
+                   else Vocabulary.from_dict(data["vocabulary"], source))
 
     @classmethod
     def load(cls, path: str | Path) -> "Preprocessing":

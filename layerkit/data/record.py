@@ -36,7 +36,11 @@ FORMAT = 1
 FILE_NAME = "data.json"
 CHUNK = 1 << 20
 #: the ``training.data`` options that decide which samples end up in which split, and how
-SHAPING_OPTIONS = ("classes", "train_limit", "test_limit", "validation_split", "normalize", "layout")
+#: sequence datasets' options (layerkit.data.text, layerkit.data.sequence_tasks): all shape the test split too
+SEQUENCE_OPTIONS = ("unit", "stride", "test_fraction", "length", "min_length", "vocab_size", "digits",
+                    "test_samples", "task_seed")
+SHAPING_OPTIONS = ("classes", "train_limit", "test_limit", "validation_split", "normalize", "layout",
+                   *SEQUENCE_OPTIONS, "train_samples")
 #: the ``source`` of a record of in-memory arrays (``Model.fit`` in Python)
 ARRAYS = "arrays"
 
@@ -62,10 +66,11 @@ def describe_array(a: np.ndarray) -> dict[str, Any]:
 
 #: the value an option left out of ``training.data`` has (what :func:`layerkit.data.prepare` does without it)
 OPTION_DEFAULTS: dict[str, Any] = {"classes": None, "train_limit": None, "test_limit": None,
-                                   "validation_split": None, "normalize": "unit", "layout": "auto"}
+                                   "validation_split": None, "normalize": "unit", "layout": "auto",
+                                   **dict.fromkeys((*SEQUENCE_OPTIONS, "train_samples"))}
 #: the options that decide which samples form the test split and how they reach the model (the
 #: training statistics come from the run's saved preprocessing, so normalize is not among them)
-TEST_OPTIONS = ("classes", "test_limit", "layout")
+TEST_OPTIONS = ("classes", "test_limit", "layout", *SEQUENCE_OPTIONS)
 
 
 def filled(options: dict | None) -> dict[str, Any]:

@@ -77,6 +77,30 @@ DATA_SCHEMA: dict[str, Any] = {
                    "description": "how 4-d image arrays are stored: auto transposes (N, H, W, C) to the "
                                   "model's (C, H, W) when that is unambiguous"},
         "data_dir": {"type": "string", "description": "directory holding the dataset files"},
+        "unit": {"enum": ["char", "byte"],
+                 "description": "text: one token per character (the default; the text's own vocabulary) or "
+                                "per UTF-8 byte"},
+        "stride": {"type": "integer", "minimum": 1,
+                   "description": "text: tokens between the starts of two windows (default: the window length)"},
+        "test_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                          "description": "text: the last fraction of the text, held out as the test split "
+                                         "(default 0.1)"},
+        "length": {"type": "integer", "minimum": 1,
+                   "description": "copy/reverse/sort: the longest sequence (the model's input is [2 x length]); "
+                                  "text: the window length (default: the model's input length)"},
+        "min_length": {"type": "integer", "minimum": 1,
+                       "description": "copy/reverse/sort: the shortest sequence (default: length; shorter ones "
+                                      "are right-padded)"},
+        "vocab_size": {"type": "integer", "minimum": 3,
+                       "description": "copy/reverse/sort: token ids, <pad> and <sep> included (default 12)"},
+        "digits": {"type": "integer", "minimum": 1, "maximum": 17,
+                   "description": "addition: digits per number (the model's input is [3 x digits + 2])"},
+        "train_samples": {"type": "integer", "minimum": 1,
+                          "description": "synthetic tasks: training sequences generated (default 10000)"},
+        "test_samples": {"type": "integer", "minimum": 1,
+                         "description": "synthetic tasks: test sequences generated (default 1000)"},
+        "task_seed": {"type": "integer", "minimum": 0,
+                      "description": "synthetic tasks: the seed the sequences are drawn from (default 0)"},
         "augment": {
             "type": "object",
             "description": "random variants of the training images, drawn anew for every batch",

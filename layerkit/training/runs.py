@@ -36,6 +36,7 @@ from layerkit.modelfile.build import build_model
 from layerkit.data import DataSplits, load_data
 from layerkit.data.preprocess import FILE_NAME as PREPROCESSING_FILE, Preprocessing
 from layerkit.data.record import FILE_NAME as DATA_RECORD, OPTION_DEFAULTS, DataRecord, filled
+from layerkit.data.sequences import check_fits
 from layerkit.errors import (CheckFailed, CheckpointError, DataError, LayerkitError, ModelFileError, Problem,
                              TrainingError, everywhere)
 from layerkit.fileio import save_npz_atomic, why, write_text_atomic
@@ -472,6 +473,7 @@ def _train(raw: Any, source: str, resumed: RunDir | None, request: RunRequest,
                              registry=registry, log=log, terms=request.terms)
     else:
         data = prepare_data(spec, model, request.data_dir, registry, terms=request.terms)
+    check_fits(data, model.graph)  # token ids beyond the model's vocabulary: refused before training
     data = launch.share_data(data)
     if data.notice:
         log(f"note: {data.notice}")
