@@ -1,5 +1,6 @@
 """Data-parallel training over MPI ranks (`mpiexec -n 2`): the same training as one process and
-as forked processes, dropout and shifts included, resumable bit for bit, and no rank left hanging when another one fails.
+as forked processes, dropout and shifts included, resumable bit for bit, and no rank left
+hanging when another one fails.
 
 Needs the `mpi` extra (mpi4py and an MPI with `mpiexec`); starting MPI ranks dominates these
 tests' time, so each test launches once and checks several things."""

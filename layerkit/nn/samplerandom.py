@@ -94,7 +94,7 @@ class SampleRandom:
 
     # -- the raw words -----------------------------------------------------------------
     def _per_row(self, size: Any) -> tuple[int, ...]:
-        shape = (size,) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in (size or ()))
+        shape = (int(size),) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in (size or ()))
         if not shape or shape[0] != len(self.samples):
             raise ValueError(f"a per-sample draw needs size with the batch first ({len(self.samples)}, ...), "
                              f"got {shape}")

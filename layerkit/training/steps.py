@@ -42,8 +42,9 @@ def _bounds(n: int, parts: int) -> list[int]:
 class Step:
     """``step(idx, rng, stop, key)`` -> (mean loss, correct predictions, gradients in ``keys`` order, stop).
 
-    ``key`` is the epoch's per-sample key (``samplerandom.epoch_key``). ``stop`` says that this process wants to stop after this batch (Ctrl-C); the step
-    returns whether the group stops, which every member must agree on.
+    ``key`` is the epoch's per-sample key (``samplerandom.epoch_key``). ``stop`` says that this
+    process wants to stop after this batch (Ctrl-C); the step returns whether the group stops,
+    which every member must agree on.
     """
 
     #: processes one batch is split over, in total (1: not split)
