@@ -7,13 +7,17 @@ depends only on (the run's seed, the epoch, the layer, which draw of the layer's
 is, the sample index ``samples[i]``, the element's position). A batch split over any number of
 processes, forked or MPI ranks, therefore draws exactly the numbers the whole batch draws in one.
 
-The generator is Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
-SC 2011), counter-based, written here in vectorised numpy and checked against the Random123
-known-answer vectors. Its 64-bit key comes from the seed, the epoch and the layer's name (a
-BLAKE2b digest); its 128-bit counter is (element block, draw number, sample index): one call
-computes the whole (rows x elements) grid at once, with no loop over samples. This is not
-numpy's ``Philox`` bit generator (that one is Philox4x64, which numpy cannot vectorise), and
-the streams do not match numpy's.
+The generator is counter-based SplitMix64 (Steele, Lea and Flood, "Fast splittable
+pseudorandom number generators", OOPSLA 2014), the generator Java's ``SplittableRandom`` and
+the seeding of the xoshiro family use, checked here against its published reference outputs:
+value ``j`` of the stream seeded ``s`` is ``mix(s + (j + 1) * 0x9E3779B97F4A7C15)``, so a
+whole (rows x elements) grid is one vectorised expression over a counter grid, with no loop
+over samples. A draw's key comes from the seed, the epoch and the layer's name (a BLAKE2b
+digest) and the draw's number; a sample's stream is seeded with value ``sample`` of the
+draw's own stream. Each 64-bit value gives two float32 uniforms (24 bits each) or one float64
+(53 bits). It takes a small fraction of the array operations of a Philox counter grid in
+numpy, which matters for dropout on small dense layers (docs/distributed.md has the cost); it
+does not reproduce numpy's generators' streams.
 
 The draw methods mirror :class:`numpy.random.Generator`'s (``random``, ``uniform``,
 ``integers``, ``normal``, ``standard_normal``), with one rule: ``size`` puts the batch first.
@@ -28,24 +32,30 @@ from typing import Any
 
 import numpy as np
 
-_MASK = np.uint64(0xFFFFFFFF)
-_M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
-_W0, _W1 = 0x9E3779B9, 0xBB67AE85
-_ROUNDS = 10
+_GOLDEN = 0x9E3779B97F4A7C15
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_MASK64 = (1 << 64) - 1
 
 
-def philox4x32(counter: tuple[np.ndarray, ...] | list[np.ndarray], key: tuple[int, int]) -> list[np.ndarray]:
-    """Philox4x32-10 of the four 32-bit counter words (broadcastable arrays) under ``key`` (two
-    32-bit ints): four uint32 arrays of output words. Vectorised: one call does a whole grid."""
-    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in counter)
-    k0, k1 = int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF
-    for _ in range(_ROUNDS):
-        p0 = c0 * _M0
-        p1 = c2 * _M1
-        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & _MASK,
-                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & _MASK)
-        k0, k1 = (k0 + _W0) & 0xFFFFFFFF, (k1 + _W1) & 0xFFFFFFFF
-    return [c.astype(np.uint32) for c in (c0, c1, c2, c3)]
+def mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function on a uint64 array, in place (returns it)."""
+    t = np.right_shift(z, np.uint64(30))
+    z ^= t
+    z *= _M1
+    np.right_shift(z, np.uint64(27), out=t)
+    z ^= t
+    z *= _M2
+    np.right_shift(z, np.uint64(31), out=t)
+    z ^= t
+    return z
+
+
+def splitmix64(seed: Any, count: int) -> np.ndarray:
+    """Values 0 .. count - 1 of the SplitMix64 streams seeded ``seed`` (a uint64 array, one stream
+    per element): an array of shape ``seed.shape + (count,)``."""
+    seeds = np.asarray(seed, dtype=np.uint64)
+    steps = (np.arange(1, count + 1, dtype=np.uint64) * np.uint64(_GOLDEN))  # wraps mod 2**64
+    return mix64(seeds[..., None] + steps)
 
 
 def derive_key(*parts: int | str) -> int:
@@ -100,31 +110,34 @@ class SampleRandom:
                              f"got {shape}")
         return shape
 
-    def words(self, shape: tuple[int, ...], per_element: int = 1) -> np.ndarray:
-        """uint32 words, ``per_element`` of them for every element of ``shape`` (batch first), as
-        an array of shape (rows, elements per row * per_element)."""
-        n = len(self.samples)
+    def words64(self, shape: tuple[int, ...], per_element: int = 1) -> np.ndarray:
+        """uint64 values, ``per_element`` for every element of ``shape`` (batch first): an array of
+        shape (rows, elements per row * per_element), row ``i`` from sample ``samples[i]``'s stream."""
         count = int(np.prod(shape[1:], dtype=np.int64)) * per_element
-        blocks = -(-count // 4)
         draw, self._draws = self._draws, self._draws + 1
-        sample = self.samples.astype(np.uint64)[:, None]
-        out = philox4x32((np.arange(blocks, dtype=np.uint64)[None, :], np.uint64(draw),
-                          sample & _MASK, sample >> np.uint64(32)), (self.key & 0xFFFFFFFF, self.key >> 32))
-        grid = np.stack(np.broadcast_arrays(*out), axis=-1).reshape(n, blocks * 4)
-        return grid[:, :count]
+        # this draw's stream; value ``sample`` of it seeds the sample's stream
+        (key,) = splitmix64(np.uint64((self.key + draw * _GOLDEN) & _MASK64), 1)
+        seeds = mix64(np.uint64(key) + (self.samples.astype(np.uint64) + np.uint64(1)) * np.uint64(_GOLDEN))
+        return splitmix64(seeds, count)
+
+    def words32(self, shape: tuple[int, ...]) -> np.ndarray:
+        """uint32 values, one for every element of ``shape``: both halves of each 64-bit value (low
+        half first, on every platform), shape (rows, elements per row)."""
+        count = int(np.prod(shape[1:], dtype=np.int64))
+        w = self.words64((shape[0], -(-count // 2)))
+        return w.astype("<u8", copy=False).view("<u4")[:, :count]
 
     # -- numpy.random.Generator's draws, batch first ---------------------------------
     def random(self, size: Any = None, dtype: Any = np.float64) -> np.ndarray:
         """Uniform in [0, 1): float32 from 24 random bits, float64 from 53."""
         shape = self._per_row(size)
         if np.dtype(dtype) == np.float32:
-            u = self.words(shape) >> np.uint32(8)
+            u = self.words32(shape) >> np.uint32(8)
             return (u.astype(np.float32) * np.float32(2.0 ** -24)).reshape(shape)
         if np.dtype(dtype) != np.float64:
             raise TypeError(f"random draws float32 or float64, not {np.dtype(dtype)}")
-        w = self.words(shape, 2).astype(np.uint64)
-        bits = ((w[:, 0::2] >> np.uint64(5)) << np.uint64(26)) | (w[:, 1::2] >> np.uint64(6))
-        return (bits.astype(np.float64) * 2.0 ** -53).reshape(shape)
+        w = self.words64(shape) >> np.uint64(11)
+        return (w.astype(np.float64) * 2.0 ** -53).reshape(shape)
 
     def uniform(self, low: float = 0.0, high: float = 1.0, size: Any = None) -> np.ndarray:
         """Uniform in [low, high), float64."""
@@ -139,7 +152,7 @@ class SampleRandom:
         if not 0 < span <= 1 << 32:
             raise ValueError(f"integers needs 0 < high - low <= 2**32, got [{low}, {high})")
         shape = self._per_row(size)
-        u = self.words(shape).astype(np.uint64)
+        u = self.words32(shape).astype(np.uint64)
         values = ((u * np.uint64(span)) >> np.uint64(32)).astype(np.int64) + int(low)
         return values.astype(dtype, copy=False).reshape(shape)
 
