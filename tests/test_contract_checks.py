@@ -145,6 +145,26 @@ class PerHalfCentre(Centre):
         return values
 
 
+class BatchStreamNoise(Layer):
+    """Claims sample_rng but draws the whole batch's noise from one generator it seeds itself:
+    a batch split over processes would add other noise to each sample."""
+
+    type = "batch_stream_noise"
+    description = "x plus noise drawn for the whole batch"
+    examples = (Example({}, (3,)),)
+    sample_coupling = Coupling.NONE
+    uses_rng = True
+    sample_rng = True
+
+    def forward(self, params, x, training=False, rng=None, state=None):
+        if not training:
+            return x, None
+        return x + np.random.default_rng(len(rng)).random(x.shape), None
+
+    def backward(self, params, cache, dy):
+        return dy.copy(), {}
+
+
 class NegateClaimsMax(Layer):
     """y = -x, correct backward; claims to commute with max, which a decreasing map does not."""
 
@@ -310,6 +330,7 @@ BROKEN = {
     "gradients_match_finite_differences": _variant(Square, "half_gradient", backward=lambda self, p, cache, dy:
                                                    (cache * dy, {})),
     "split_batch_equals_whole": PerHalfCentre,
+    "split_batch_draws_the_same_numbers": BatchStreamNoise,
     "infer_equals_forward": _variant(Scale, "infer_off", infer=lambda self, p, x, state=None: x * p["s"] + 1e-3),
     "backward_params_equals_backward": WrongParamsOnly,
     "backward_inplace_equals_backward": WrongInplace,

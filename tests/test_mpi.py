@@ -1,5 +1,6 @@
-"""Data-parallel training over MPI ranks (`mpiexec -n 2`): the same training as one process,
-resumable bit for bit, and no rank left hanging when another one fails.
+"""Data-parallel training over MPI ranks (`mpiexec -n 2`): the same training as one process and
+as forked processes, dropout and shifts included, resumable bit for bit, and no rank left
+hanging when another one fails.
 
 Needs the `mpi` extra (mpi4py and an MPI with `mpiexec`); starting MPI ranks dominates these
 tests' time, so each test launches once and checks several things."""
@@ -77,29 +78,24 @@ def max_rel_diff(a: dict, b: dict) -> float:
 
 
 @pytest.mark.usefixtures("hermetic")
-def test_two_ranks_train_as_one_process_and_resume_bit_identically(tmp_path, monkeypatch):
-    # batch norm, dropout and shifts: every way samples are coupled or randomised
+def test_one_process_forked_processes_and_mpi_ranks_train_the_same_model(tmp_path, monkeypatch):
+    # batch norm, dropout and shifts: every way samples are coupled or randomised; the masks and
+    # shifts are drawn per sample, so every split trains the same model up to float32 rounding
     noisy = convnet(norm=True, epochs=2, data={"train_limit": 160, "test_limit": 40, "augment": {"shift": 1}})
-    quiet = convnet(norm=True, epochs=2, data={"train_limit": 160, "test_limit": 40})
-    del quiet["training"]["data"]["augment"]
-    for model in (noisy, quiet):
-        for layer in model["layers"]:
-            if layer.get("name") in ("conv", "fc"):  # batch norm cancels their bias: its gradient is rounding noise
-                layer["use_bias"] = False
-            if layer["type"] == "dropout" and model is quiet:
-                layer["rate"] = 0.0
+    for layer in noisy["layers"]:
+        if layer.get("name") in ("conv", "fc"):  # batch norm cancels their bias: its gradient is rounding noise
+            layer["use_bias"] = False
     job = {"kind": "train", "runs": [
         {"model": noisy, "out": str(tmp_path / "mpi")},
         {"model": noisy, "out": str(tmp_path / "mpi_cut"), "interrupt": [0, 2]},
-        {"model": quiet, "out": str(tmp_path / "mpi_quiet")},
-        {"model": quiet, "out": str(tmp_path / "mpi_left"), "interrupt": [0, 2], "resume": False},
+        {"model": noisy, "out": str(tmp_path / "mpi_left"), "interrupt": [0, 2], "resume": False},
         {"model": noisy, "out": str(tmp_path / "mpi_x2"), "processes": 2}]}
     cmd = driver(tmp_path, job, "job")
     done = mpiexec(tmp_path, cmd, cmd)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""  # the Python API prints nothing, on any rank
 
-    # the same shares with the same random streams in forked processes of one machine
+    # the same shares in forked processes of one machine
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
     try:
         set_processes(2)
@@ -108,42 +104,41 @@ def test_two_ranks_train_as_one_process_and_resume_bit_identically(tmp_path, mon
         train(noisy, out=tmp_path / "forked4")
     finally:
         set_processes(None)
-    # and the whole batch in one process: no dropout, the shifts drawn per share are not
-    # drawn alike, so the quiet net without augmentation
+    # and the whole batch in one process
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "0")
     parallel.set_num_threads(1)
     try:
-        train(quiet, out=tmp_path / "one")
+        train(noisy, out=tmp_path / "one")
+        # a 2-rank run resumed by one process: the same training, so nothing to warn about
+        notes: list[str] = []
+        train(resume=tmp_path / "mpi_left", log=notes.append)
+        assert not any("processes before" in n for n in notes), notes
     finally:
         parallel.set_num_threads(None)
 
-        # a 2-rank run resumed by one process: allowed, and said
-        notes: list[str] = []
-        train(resume=tmp_path / "mpi_left", log=notes.append)
-        assert any("split over 2 processes before and now over 1" in n for n in notes), notes
-
     (w_mpi, h_mpi), (w_cut, h_cut) = final(tmp_path / "mpi"), final(tmp_path / "mpi_cut")
-    (w_forked, h_forked), (w_quiet, h_quiet), (w_one, h_one) = (
-        final(tmp_path / "forked"), final(tmp_path / "mpi_quiet"), final(tmp_path / "one"))
+    (w_forked, h_forked), (w_one, h_one) = final(tmp_path / "forked"), final(tmp_path / "one")
     assert h_cut == h_mpi and all(np.array_equal(w_cut[k], w_mpi[k]) for k in w_mpi)  # resumed = uninterrupted
     # two ranks and two forked shards sum the same shares in the same order
     assert all(np.array_equal(w_forked[k], w_mpi[k]) for k in w_mpi)
     assert [r["train_loss"] for r in h_forked] == [r["train_loss"] for r in h_mpi]
-    # 2 ranks of 2 forked processes each: the 4 shares and streams of 4 forked processes, the
-    # sums grouped by rank (rounding only)
+    # 2 ranks of 2 forked processes each against 4 forked processes: the sums grouped by rank
     (w_x2, h_x2), (w_forked4, h_forked4) = final(tmp_path / "mpi_x2"), final(tmp_path / "forked4")
     print(f"max relative difference, 2 ranks x 2 processes vs 4 processes: {max_rel_diff(w_x2, w_forked4):.2e}")
     assert max_rel_diff(w_x2, w_forked4) < 1e-4
     # the logged losses too: every epoch, summed over all 4 shares (a rank's workers left out would halve them)
     assert [r["epoch"] for r in h_x2] == [r["epoch"] for r in h_forked4] == [1, 2]
-    assert [r["train_loss"] for r in h_x2] == pytest.approx([r["train_loss"] for r in h_forked4], rel=1e-4)
-    # against one process: float32 rounding of another summation order stays far below the bound
-    # (docs/performance.md has the measured value); a missing share or an unsynchronised batch norm
-    # is off by 1e-2 and more
-    print(f"max relative difference, 2 ranks vs one process: {max_rel_diff(w_quiet, w_one):.2e}")
-    assert max_rel_diff(w_quiet, w_one) < 1e-4
-    assert h_quiet[-1]["train_loss"] == pytest.approx(h_one[-1]["train_loss"], rel=1e-4)
-    assert h_quiet[-1]["test_accuracy"] == h_one[-1]["test_accuracy"]
+    assert [r["train_loss"] for r in h_x2] == pytest.approx([r["train_loss"] for r in h_forked4], rel=1e-5)
+    # against one process, dropout and shifts included: float32 rounding of another summation
+    # order stays far below the bound (docs/distributed.md has the measured values); masks drawn
+    # per share, a missing share or an unsynchronised batch norm are off by 1e-2 and more
+    (w_left, h_left) = final(tmp_path / "mpi_left")
+    for name, (w, h) in {"2 ranks": (w_mpi, h_mpi), "4 forked": (w_forked4, h_forked4),
+                         "2 ranks, resumed by one process": (w_left, h_left)}.items():
+        print(f"max relative difference, {name} vs one process: {max_rel_diff(w, w_one):.2e}")
+        assert max_rel_diff(w, w_one) < 1e-4, name
+        assert [r["train_loss"] for r in h] == pytest.approx([r["train_loss"] for r in h_one], rel=1e-5), name
+        assert h[-1]["test_accuracy"] == h_one[-1]["test_accuracy"], name
 
 
 def test_a_failing_rank_ends_the_job(tmp_path):

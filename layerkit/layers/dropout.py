@@ -16,7 +16,8 @@ class Dropout(Layer):
     type = "dropout"
     description = ("Inverted dropout: in training each value is zeroed with probability `rate` and the "
                    "survivors are scaled by 1 / (1 - rate); identity at inference. Randomness comes only from "
-                   "the generator the trainer passes in, so a seeded run is reproducible.")
+                   "the generator the trainer passes in, drawn per sample, so a seeded run is reproducible and the "
+                   "same on any number of processes.")
     params_schema = {
         "type": "object",
         "properties": {
@@ -27,7 +28,8 @@ class Dropout(Layer):
     }
     examples = (Example({"rate": 0.5}, (6,)), Example({"rate": 0.25}, (2, 3, 3)))
     uses_rng = True
-    # each value's mask depends only on the generator: sample-parallel shards get one each
+    # each row's mask comes from its sample's own stream: the same masks on any number of processes
+    sample_rng = True
     sample_coupling = Coupling.NONE
 
     def flops(self, input_shape: Shape) -> int:
@@ -71,6 +73,7 @@ class Dropout2D(Layer):
     params_schema = Dropout.params_schema
     examples = (Example({"rate": 0.5}, (4, 3, 3)), Example({"rate": 0.2}, (6, 2, 5)))
     uses_rng = True
+    sample_rng = True
     sample_coupling = Coupling.NONE
 
     def output_shape(self, input_shape: Shape) -> Shape:

@@ -195,6 +195,13 @@ class Layer:
     #: conformance suite compares batch halves in inference mode, where no numbers are drawn.
     #: A layer that merely behaves differently in training (batch norm) does not set it.
     uses_rng: ClassVar[bool] = False
+    #: with :attr:`uses_rng`: ``forward``'s ``rng`` is a :class:`layerkit.nn.samplerandom.SampleRandom`,
+    #: whose draws take the batch first (``rng.random(x.shape)``) and give row ``i`` the numbers of
+    #: that sample's own stream, so training draws the same numbers on any number of processes (the
+    #: check ``split_batch_draws_the_same_numbers`` verifies it). False (layers written for 0.1 and
+    #: 0.2): ``rng`` is a :class:`numpy.random.Generator` per share of the batch, as before, and a
+    #: run then depends on how many processes share each batch.
+    sample_rng: ClassVar[bool] = False
     #: how samples of a batch interact in this layer, a :class:`Coupling`: ``NONE`` (each
     #: sample on its own), ``BATCH_SUMS`` (only through ``collectives.batch_sum``) or
     #: ``OTHER`` (the default: anything else; such a model trains in one process).

@@ -20,6 +20,7 @@ from layerkit.nn.initializers import initialize
 from layerkit.nn.capabilities import InplaceBackward, InplaceInfer
 from layerkit.nn.plan import BackwardCall, InferCall, Plan
 from layerkit.nn.planner import plan_inference, plan_training
+from layerkit.nn.samplerandom import SampleRandom, layer_rng
 from layerkit.parallel import threads
 
 if TYPE_CHECKING:  # the model runs a graph that modelfile built; it never imports that tier
@@ -77,8 +78,9 @@ class Network:
 
     # -- compute -------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = False,
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[Any]]:
-        """The output for a batch and, per node, what its backward needs (its cache)."""
+                rng: np.random.Generator | SampleRandom | None = None) -> tuple[np.ndarray, list[Any]]:
+        """The output for a batch and, per node, what its backward needs (its cache). A
+        :class:`SampleRandom` ``rng`` gives each random layer its own per-sample stream."""
         values: list[Any] = [x]
         caches: list[Any] = []
         records = self.plan.nodes
@@ -88,10 +90,12 @@ class Network:
                 values.append(inp)
                 caches.append(None)
                 continue
-            y, cache = rec.layer.forward(self.params[rec.name], inp, training, rng, self.state[rec.name])
+            y, cache = rec.layer.forward(self.params[rec.name], inp, training, layer_rng(rng, rec.layer, rec.name),
+                                         self.state[rec.name])
             if rec.then is not None:
                 act = records[rec.then]
-                y, act_cache = act.layer.forward(self.params[act.name], y, training, rng, self.state[act.name])
+                y, act_cache = act.layer.forward(self.params[act.name], y, training,
+                                                 layer_rng(rng, act.layer, act.name), self.state[act.name])
                 cache = (cache, act_cache)
             values.append(y)
             caches.append(cache)
@@ -142,7 +146,8 @@ class Network:
                 dvalues[s] = d if dvalues[s] is None else dvalues[s] + d
         return grads
 
-    def loss_and_gradients(self, loss: Loss, x: np.ndarray, y: np.ndarray, rng: np.random.Generator | None = None,
+    def loss_and_gradients(self, loss: Loss, x: np.ndarray, y: np.ndarray,
+                           rng: np.random.Generator | SampleRandom | None = None,
                            share: float = 1.0) -> tuple[float, np.ndarray, dict[str, dict[str, np.ndarray]]]:
         """One training pass over a batch: (mean loss, output, parameter gradients).
 

@@ -37,7 +37,7 @@ _CALLS = {  # positional arguments the framework passes (self excluded)
 }
 #: declarations that must be True or False; the capability flags are read with getattr, since a
 #: layer declares them only when it opts in (layerkit.nn.capabilities)
-FLAGS = ("has_kinks", "uses_rng", "fresh_dx", "infer_fresh", "commutes_with_max", "pools_max")
+FLAGS = ("has_kinks", "uses_rng", "sample_rng", "fresh_dx", "infer_fresh", "commutes_with_max", "pools_max")
 
 
 def snake(name: str) -> str:

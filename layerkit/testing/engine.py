@@ -538,6 +538,36 @@ def _split_batch_equals_whole(s: Subject) -> None:
             close(pieces[0][3][tname], v, f"the state {tname!r} updated {how} differs from the whole batch's")
 
 
+def _split_batch_draws_the_same_numbers(s: Subject) -> None:
+    from layerkit.gradcheck.layers import random_input
+    from layerkit.nn.samplerandom import SampleRandom, derive_key
+
+    layer, multi = s.layer, s.multi
+    params = s.params(np.float64)
+    xs = random_input(s.in_shape, max(s.batch_size, 4), np.random.default_rng([s.seed, 5]), multi)
+    n = len(xs[0]) if multi else len(xs)
+    cut = n // 2
+    # global sample indices that are not the row numbers: the draws must follow the indices given
+    samples = 3 + 7 * np.arange(n)
+    key = derive_key("split_batch_draws_the_same_numbers", s.seed)
+
+    def run(a: int, b: int) -> np.ndarray:
+        part = [v[a:b] for v in xs] if multi else xs[a:b]
+        out = s.call("forward", layer.forward, params, part, True, SampleRandom(key, samples[a:b]),
+                     s.state(np.float64))
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise Broken("forward", f"must return (output, cache); the contract is {SIGNATURES['forward']}")
+        return np.asarray(out[0])
+
+    whole, halves = run(0, n), np.concatenate([run(0, cut), run(cut, n)])
+    if not (whole.shape == halves.shape and np.allclose(halves, whole, rtol=1e-9, atol=1e-12)):
+        text, numbers = _difference(halves, whole)
+        raise Broken("sample_rng", f"declares sample_rng, but in training two halves of a batch, each given its "
+                                   f"samples' SampleRandom, draw other numbers than the whole batch ({text}): "
+                                   f"draw with rng.random(x.shape)-style calls, batch first, never from a "
+                                   f"generator of the whole batch", numbers)
+
+
 def _inference_output(s: Subject) -> tuple[dict, Any, dict, Any]:
     params, x, state = s.params(), s.x(), s.state()
     y, _ = s.forward(params, _copy(x), False, {k: v.copy() for k, v in state.items()})
@@ -787,6 +817,9 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
     _example("split_batch_equals_whole", "sample_coupling", _split_batch_equals_whole,
              "sample_coupling NONE or BATCH_SUMS: two halves of a batch give the whole batch's outputs, "
              "gradients (summed) and running statistics"),
+    _example("split_batch_draws_the_same_numbers", "sample_rng", _split_batch_draws_the_same_numbers,
+             "uses_rng with sample_rng (and sample_coupling NONE): in training, two halves of a batch with their "
+             "samples' SampleRandom draw what the whole batch draws: the same output"),
     _example("infer_equals_forward", "infer", _infer_equals_forward,
              "infer equals forward's inference output bit for bit and leaves its input alone"),
     _example("backward_params_equals_backward", "backward_params", _backward_params_equals_backward,
@@ -830,6 +863,9 @@ def _applies(check: Check, subject: Subject) -> bool:
         return declares(layer, CAPABILITY_CHECKS[check.name])
     if check.name == "split_batch_equals_whole":
         return getattr(layer, "sample_coupling", Coupling.OTHER) in (Coupling.NONE, Coupling.BATCH_SUMS)
+    if check.name == "split_batch_draws_the_same_numbers":
+        return (bool(getattr(layer, "uses_rng", False)) and bool(getattr(layer, "sample_rng", False))
+                and getattr(layer, "sample_coupling", Coupling.OTHER) == Coupling.NONE)
     return True
 
 

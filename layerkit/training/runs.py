@@ -523,10 +523,11 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
     elif trainer.shards > 1:
         log(f"note: each batch is split over {trainer.shards} processes (sample-parallel; "
             f"LAYERKIT_PROCESSES sets the count, LAYERKIT_SAMPLE_PARALLEL=0 trains in one)")
-    if resuming and trainer.saved_shares not in (None, trainer.shares):
+    if resuming and trainer.saved_shares not in (None, trainer.shares) and trainer.share_dependent:
+        # random layers drawing per sample make every split the same training up to rounding; only
+        # layers drawing per share (written for 0.1 or 0.2) make the count matter
         log(f"note: the run was split over {trainer.saved_shares} processes before and now over {trainer.shares}: "
-            f"it continues the same training up to float32 rounding (random layers draw other numbers), "
-            f"not bit for bit as with {trainer.saved_shares}")
+            f"layers {', '.join(trainer.share_dependent)} draw per share, so they now draw other numbers")
 
     try:
         result = trainer.fit()

@@ -12,12 +12,15 @@ Layers that need whole-batch statistics (batch norm) declare ``BATCH_SUMS`` and 
 through :func:`layerkit.parallel.collectives.batch_sum`: every shard writes its partial sums
 to shared memory, waits at a barrier and adds all partials in shard order, so each shard
 normalises with the statistics of the whole batch, exactly as one process would. Random
-layers (dropout) and augmentation draw from one generator per shard, seeded from the
-trainer's generator at every step.
+layers (dropout) and augmentation draw per sample (``layerkit.nn.samplerandom``): every
+shard gets a ``SampleRandom`` of the epoch's key and its own sample indices, so it draws what
+one process draws for those samples. Only layers without ``sample_rng`` (written for 0.1 or
+0.2) still get one generator per shard, seeded from the trainer's generator at every step.
 
 The split only depends on the batch and the shard count, and the gradients are summed in
 a fixed order, so a run is bit-identical to itself for the same process count. A different
-count gives a different split and so differs in rounding, like any change of summation order.
+count gives a different split and so differs in rounding, like any change of summation order,
+and nothing more.
 
 Only where it pays: the parameter copy and the gradient sums cost a pass over the
 parameters per step, so a net must do enough compute per parameter
@@ -33,7 +36,7 @@ import struct
 import sys
 import threading
 from contextlib import nullcontext
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,13 +44,14 @@ from layerkit.errors import TrainingError
 from layerkit.nn.layer import Coupling
 from layerkit.nn.losses import Loss
 from layerkit.nn.network import Network
+from layerkit.nn.samplerandom import SampleRandom
 from layerkit.parallel import collectives
 from layerkit.parallel import threads as parallel
 from layerkit.parallel.processes import (BARRIER_TIMEOUT_S, MAX_REDUCE, ForkedWorkers, available, bounds, processes,
                                          setting)
 
-#: ``f(batch, rng) -> batch``: the training images' augmentation
-Augment = Callable[[np.ndarray, "np.random.Generator | None"], np.ndarray]
+#: ``f(batch, rng) -> batch``: the training images' augmentation (``rng`` a ``SampleRandom``)
+Augment = Callable[[np.ndarray, Any], np.ndarray]
 #: (node name, tensor name) of every parameter, in the order gradients are handed around
 Keys = list[tuple[str, str]]
 
@@ -87,15 +91,16 @@ def shard_count(model: Network, loss: Loss, batch_size: int, threads: int | None
 
 
 def share_gradients(model: Network, loss: Loss, x: np.ndarray, y: np.ndarray, idx: np.ndarray, n_total: int, seed: int,
-                    stream: int, augment: Augment | None, random: bool, keys: Keys
+                    stream: int, augment: Augment | None, random: bool, keys: Keys, key: int = 0
                     ) -> tuple[float, float, list[np.ndarray]]:
     """Loss times samples, correct predictions and gradients (``keys`` order) of the samples ``idx``
-    of a global batch of ``n_total``; random layers and augmentation draw from the stream
-    ``(seed, stream)``. What every share of a split batch computes, forked or on an MPI rank."""
+    of a global batch of ``n_total``; random layers and augmentation draw per sample under the
+    epoch's ``key`` (layers without ``sample_rng`` from the stream ``(seed, stream)``). What every
+    share of a split batch computes, forked or on an MPI rank."""
     xb, yb = x[idx], y[idx]
-    rng = np.random.default_rng([seed, stream]) if random else None
+    rng = SampleRandom(key, idx, np.random.default_rng([seed, stream])) if random else None
     if augment is not None:
-        xb = augment(xb, rng)
+        xb = augment(xb, rng.child("augment") if rng is not None else None)
     # the loss averages over the share; the step's gradient is the batch mean
     value, out, grads = model.loss_and_gradients(loss, xb, yb, rng, share=len(idx) / n_total)
     hits = loss.correct(out, yb)
@@ -135,46 +140,50 @@ class SampleParallel(ForkedWorkers):
         return [flat[o:o + self.model.params[n][t].size].reshape(self.model.params[n][t].shape)
                 for o, (n, t) in zip(self._offsets, self.keys, strict=True)]
 
-    def _share(self, idx: np.ndarray, n_total: int, seed: int, stream: int) -> tuple[float, float, list[np.ndarray]]:
+    def _share(self, idx: np.ndarray, n_total: int, seed: int, stream: int, key: int
+               ) -> tuple[float, float, list[np.ndarray]]:
         return share_gradients(self.model, self.loss, self.x, self.y, idx, n_total, seed, stream, self.augment,
-                               self._random, self.keys)
+                               self._random, self.keys, key)
 
     # -- the step ------------------------------------------------------------------
-    def step(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> tuple[float, float, list[np.ndarray]]:
+    def step(self, idx: np.ndarray, rng: np.random.Generator | None = None, key: int = 0
+             ) -> tuple[float, float, list[np.ndarray]]:
         """Mean loss, correct predictions and summed gradients (in ``keys`` order) of one batch.
 
-        ``rng`` (the trainer's generator) seeds the per-shard generators of random layers.
+        ``key`` is the epoch's per-sample key (``samplerandom.epoch_key``); ``rng`` (the trainer's
+        generator) seeds the per-shard generators of layers without ``sample_rng``.
         """
         n = len(idx)
         seed = int(rng.integers(1 << 62)) if self._random and rng is not None else 0
-        loss_sum, hits, grads = self.compute(idx, n, seed)
+        loss_sum, hits, grads = self.compute(idx, n, seed, key=key)
         return loss_sum / n, hits, grads
 
-    def compute(self, idx: np.ndarray, n_total: int, seed: int, first: int = 0
+    def compute(self, idx: np.ndarray, n_total: int, seed: int, first: int = 0, key: int = 0
                 ) -> tuple[float, float, list[np.ndarray]]:
         """Loss times samples, correct predictions and gradients of the samples ``idx``, one share of a
         global batch of ``n_total`` (the gradients are scaled by their share of it).
 
-        Shard ``s`` draws its random numbers from the stream ``(seed, first + s)``: under MPI,
-        ``first`` numbers this rank's shards after those of the ranks before it.
+        Every shard draws per sample under ``key``; layers without ``sample_rng`` in shard ``s``
+        draw from the stream ``(seed, first + s)``: under MPI, ``first`` numbers this rank's
+        shards after those of the ranks before it.
         """
         n = len(idx)
         if self.sync and n < self.shards:
             # too few samples for every shard to take part in the batch_sum exchanges
             with parallel.serial(), (collectives.reducing(self.outer) if self.outer.size > 1 else nullcontext()):
-                return self._share(np.asarray(idx), n_total, seed, first)
+                return self._share(np.asarray(idx), n_total, seed, first, key)
         cuts = bounds(n, min(self.shards, n))
         used = len(cuts) - 1
         for view, (name, t) in zip(self._param_views, self.keys, strict=True):
             np.copyto(view, self.model.params[name][t])
         idx = np.asarray(idx, dtype=np.int64)
         for w in range(1, used):
-            self.send(w, np.concatenate(([n_total, seed, first], idx[cuts[w]:cuts[w + 1]])).astype(np.int64)
+            self.send(w, np.concatenate(([n_total, seed, first, key], idx[cuts[w]:cuts[w + 1]])).astype(np.int64)
                       .tobytes())
         broken = False
         try:
             with parallel.serial(), self.reducing(0):
-                loss_sum, hits, grads = self._share(idx[cuts[0]:cuts[1]], n_total, seed, first)
+                loss_sum, hits, grads = self._share(idx[cuts[0]:cuts[1]], n_total, seed, first, key)
         except threading.BrokenBarrierError:
             broken = True  # a worker failed in the middle of the step: its reply says why
         except BaseException:
@@ -201,7 +210,8 @@ class SampleParallel(ForkedWorkers):
     def serve(self, shard: int, message: bytes) -> bytes:
         header = np.frombuffer(message, dtype=np.int64)
         with self.reducing(shard):
-            loss_sum, hits, grads = self._share(header[3:], int(header[0]), int(header[1]), int(header[2]) + shard)
+            loss_sum, hits, grads = self._share(header[4:], int(header[0]), int(header[1]), int(header[2]) + shard,
+                                                int(header[3]))
         for view, g in zip(self._grad_views[shard - 1], grads, strict=True):
             np.copyto(view, g)
         return _REPLY.pack(loss_sum, hits)

@@ -12,9 +12,12 @@ Every split follows the same rules, so they all train the same model up to float
 rounding: each share's gradient is scaled by its fraction of the batch and the shares
 are summed in a fixed order (the forked shards in shard order, then the ranks with one
 all-reduce); batch norm sees whole-batch statistics through
-``layerkit.parallel.collectives.batch_sum``; dropout and augmentation of share ``s``
-draw from the stream ``(seed, s)``, ``seed`` drawn from the trainer's generator once per
-step. The single process keeps drawing from the trainer's generator directly.
+``layerkit.parallel.collectives.batch_sum``; dropout and augmentation draw per sample
+(``layerkit.nn.samplerandom.SampleRandom`` under the epoch's key, with each share's global
+sample indices), so every split draws the numbers one process draws. Layers without
+``sample_rng`` (written for 0.1 or 0.2) still draw per share: in share ``s`` from the stream
+``(seed, s)``, ``seed`` drawn from the trainer's generator once per step, and in a single
+process from the trainer's generator directly.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from layerkit.nn.samplerandom import SampleRandom
 from layerkit.parallel import collectives
 from layerkit.parallel.collectives import Collectives
 from layerkit.training.sample_parallel import SampleParallel, shard_count, share_gradients
@@ -36,30 +40,34 @@ def _bounds(n: int, parts: int) -> list[int]:
 
 
 class Step:
-    """``step(idx, rng, stop)`` -> (mean loss, correct predictions, gradients in ``keys`` order, stop).
+    """``step(idx, rng, stop, key)`` -> (mean loss, correct predictions, gradients in ``keys`` order, stop).
 
-    ``stop`` says that this process wants to stop after this batch (Ctrl-C); the step
-    returns whether the group stops, which every member must agree on.
+    ``key`` is the epoch's per-sample key (``samplerandom.epoch_key``). ``stop`` says that this
+    process wants to stop after this batch (Ctrl-C); the step returns whether the group stops,
+    which every member must agree on.
     """
 
     #: processes one batch is split over, in total (1: not split)
     shares = 1
 
-    def __call__(self, idx: np.ndarray, rng: np.random.Generator, stop: bool = False) -> StepResult:
+    def __call__(self, idx: np.ndarray, rng: np.random.Generator, stop: bool = False, key: int = 0) -> StepResult:
         raise NotImplementedError
 
 
 class LocalStep(Step):
-    """The whole batch in this process; random layers draw from the trainer's generator."""
+    """The whole batch in this process; random layers draw per sample (layers without
+    ``sample_rng`` from the trainer's generator)."""
 
     def __init__(self, model, loss, x, y, augment, keys) -> None:
         self.model, self.loss, self.x, self.y, self.augment, self.keys = model, loss, x, y, augment, keys
+        self.random = random_model(model, augment)
 
-    def __call__(self, idx, rng, stop=False) -> StepResult:
+    def __call__(self, idx, rng, stop=False, key=0) -> StepResult:
         xb, yb = self.x[idx], self.y[idx]
+        draws = SampleRandom(key, idx, rng) if self.random else rng
         if self.augment is not None:
-            xb = self.augment(xb, rng)
-        value, out, grads = self.model.loss_and_gradients(self.loss, xb, yb, rng)
+            xb = self.augment(xb, draws.child("augment") if isinstance(draws, SampleRandom) else draws)
+        value, out, grads = self.model.loss_and_gradients(self.loss, xb, yb, draws)
         hits = self.loss.correct(out, yb)
         return value, hits, [grads[n][t] for n, t in self.keys], stop
 
@@ -70,8 +78,8 @@ class ForkedStep(Step):
     def __init__(self, workers: SampleParallel) -> None:
         self.workers, self.shares = workers, workers.shards
 
-    def __call__(self, idx, rng, stop=False) -> StepResult:
-        value, hits, grads = self.workers.step(idx, rng)
+    def __call__(self, idx, rng, stop=False, key=0) -> StepResult:
+        value, hits, grads = self.workers.step(idx, rng, key)
         return value, hits, grads, stop
 
 
@@ -92,14 +100,14 @@ class DistributedStep(Step):
         self._views = [self._flat[a:b].reshape(model.params[n][t].shape)
                        for a, b, (n, t) in zip(self._offsets, self._offsets[1:], keys, strict=False)]
 
-    def __call__(self, idx, rng, stop=False) -> StepResult:
+    def __call__(self, idx, rng, stop=False, key=0) -> StepResult:
         comm, n = self.comm, len(idx)
         seed = int(rng.integers(1 << 62)) if self.random else 0
         if n < comm.size:
             # fewer samples than ranks (an epoch's last batch can be): every rank computes the
             # whole batch from the same stream, so they still agree without exchanging gradients
             loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), n, seed, 0,
-                                                    self.augment, self.random, self.keys)
+                                                    self.augment, self.random, self.keys, key)
             for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
         else:
@@ -107,11 +115,11 @@ class DistributedStep(Step):
             mine = np.asarray(idx[bounds[comm.rank]:bounds[comm.rank + 1]])
             first = comm.rank * self.per_rank
             if self.workers is not None:
-                loss_sum, hits, grads = self.workers.compute(mine, n, seed, first)
+                loss_sum, hits, grads = self.workers.compute(mine, n, seed, first, key)
             else:
                 with collectives.reducing(comm):
                     loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, mine, n, seed, first,
-                                                            self.augment, self.random, self.keys)
+                                                            self.augment, self.random, self.keys, key)
             for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
             comm.allreduce_sum(self._flat)
@@ -125,6 +133,12 @@ class DistributedStep(Step):
 
 def random_model(model, augment) -> bool:
     return augment is not None or any(node.layer.uses_rng for node in model.nodes)
+
+
+def share_dependent_layers(model) -> list[str]:
+    """The nodes whose random numbers depend on how the batch is split: layers with ``uses_rng``
+    but not ``sample_rng`` (written for 0.1 or 0.2)."""
+    return [node.name for node in model.nodes if node.layer.uses_rng and not getattr(node.layer, "sample_rng", False)]
 
 
 @contextmanager

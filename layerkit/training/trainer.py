@@ -8,9 +8,12 @@ optimizer's single loop over tensors. After each epoch the validation split
 checkpoint is handed to ``save_checkpoint``.
 
 Determinism: the permutation of epoch ``e`` comes from its own generator
-seeded ``(seed, e)``, the dropout generator's state travels in checkpoints,
-and the learning rate is a function of the position, so the same model file
-and seed give bit-identical weights and history, resumed or not.
+seeded ``(seed, e)``, dropout and augmentation draw per sample from streams keyed
+by (seed, epoch, sample index) (``layerkit.nn.samplerandom``), the generator of
+older random layers travels in checkpoints, and the learning rate is a function
+of the position, so the same model file and seed give bit-identical weights and
+history, resumed or not, and the same up to float32 rounding on any number of
+processes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -34,7 +38,8 @@ from layerkit.nn.layer import Coupling
 from layerkit.nn.network import Network
 from layerkit.nn.optimizers import Optimizer
 from layerkit.parallel.collectives import SINGLE, Collectives
-from layerkit.training.steps import make_step, shards_for
+from layerkit.nn.samplerandom import epoch_key
+from layerkit.training.steps import make_step, shards_for, share_dependent_layers
 from layerkit.nn.schedules import Schedule
 from layerkit.plugins import registry_or_global
 from layerkit.modelfile.spec import fill_training_defaults
@@ -228,6 +233,13 @@ class Trainer:
         self.shards = shards_for(model, loss, self.batch_size, self.comm)
         #: processes one batch is split over, in all (MPI ranks times forked processes)
         self.shares = self.comm.size * self.shards
+        #: random layers that draw per share, not per sample (``uses_rng`` without ``sample_rng``):
+        #: with any, the run depends on ``shares``
+        self.share_dependent = share_dependent_layers(model)
+        if self.share_dependent and self.shares > 1:
+            warnings.warn(f"layers {', '.join(self.share_dependent)} draw their random numbers per share of the "
+                          f"batch (uses_rng without sample_rng), so this run depends on the number of processes "
+                          f"({self.shares}); declare sample_rng = True to draw per sample", UserWarning, stacklevel=2)
         #: ``shares`` of the run a checkpoint was saved by (None: before that was recorded)
         self.saved_shares: int | None = None
         self._step = None
@@ -285,9 +297,10 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch, spe, st.step)
         single = self.comm.size == 1
+        key = epoch_key(self.seed, epoch)  # random layers draw per (seed, epoch, sample)
         for step in range(st.step, spe):
             idx = perm[step * bs:(step + 1) * bs]
-            value, hits, grad_list, stop = self._step(idx, self.rng, self._stop_requested)
+            value, hits, grad_list, stop = self._step(idx, self.rng, self._stop_requested, key)
             if not math.isfinite(value):
                 raise everywhere(TrainingError(f"the loss became {value} in epoch {epoch + 1}, batch {step + 1}; "
                                                f"training stopped (try a lower learning rate)"))
