@@ -58,7 +58,7 @@ MIN_BATCH_FLOPS = 5_000_000  # forward FLOPs of one whole batch (break-even of c
 MIN_SHARD_SAMPLES = 8
 
 _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
-_REPLY = struct.Struct("<dd")  # loss * samples, correct predictions (fractional for reconstructions)
+_REPLY = struct.Struct("<dd")  # loss * counted terms, correct predictions (fractional for reconstructions)
 
 
 def eligible(model: Network, loss: Loss) -> bool:
@@ -89,17 +89,19 @@ def shard_count(model: Network, loss: Loss, batch_size: int, threads: int | None
 def share_gradients(model: Network, loss: Loss, x: np.ndarray, y: np.ndarray, idx: np.ndarray, n_total: int, seed: int,
                     stream: int, augment: Augment | None, random: bool, keys: Keys
                     ) -> tuple[float, float, list[np.ndarray]]:
-    """Loss times samples, correct predictions and gradients (``keys`` order) of the samples ``idx``
-    of a global batch of ``n_total``; random layers and augmentation draw from the stream
+    """Loss times counted terms, correct predictions and gradients (``keys`` order) of the samples
+    ``idx`` of a global batch whose loss counts ``n_total`` terms (``Loss.counted``: samples, or the
+    tokens that count of a sequence batch); random layers and augmentation draw from the stream
     ``(seed, stream)``. What every share of a split batch computes, forked or on an MPI rank."""
     xb, yb = x[idx], y[idx]
     rng = np.random.default_rng([seed, stream]) if random else None
     if augment is not None:
         xb = augment(xb, rng)
-    # the loss averages over the share; the step's gradient is the batch mean
-    value, out, grads = model.loss_and_gradients(loss, xb, yb, rng, share=len(idx) / n_total)
+    # the loss averages over the share's terms; the step's gradient is the mean over the batch's
+    terms = loss.counted(yb)
+    value, out, grads = model.loss_and_gradients(loss, xb, yb, rng, share=terms / max(n_total, 1))
     hits = loss.correct(out, yb)
-    return value * len(idx), hits, [grads[name][t] for name, t in keys]
+    return value * terms, hits, [grads[name][t] for name, t in keys]
 
 
 class SampleParallel(ForkedWorkers):
@@ -145,15 +147,15 @@ class SampleParallel(ForkedWorkers):
 
         ``rng`` (the trainer's generator) seeds the per-shard generators of random layers.
         """
-        n = len(idx)
+        terms = self.loss.counted(self.y[idx])
         seed = int(rng.integers(1 << 62)) if self._random and rng is not None else 0
-        loss_sum, hits, grads = self.compute(idx, n, seed)
-        return loss_sum / n, hits, grads
+        loss_sum, hits, grads = self.compute(idx, terms, seed)
+        return loss_sum / max(terms, 1), hits, grads
 
     def compute(self, idx: np.ndarray, n_total: int, seed: int, first: int = 0
                 ) -> tuple[float, float, list[np.ndarray]]:
-        """Loss times samples, correct predictions and gradients of the samples ``idx``, one share of a
-        global batch of ``n_total`` (the gradients are scaled by their share of it).
+        """Loss times counted terms, correct predictions and gradients of the samples ``idx``, one share
+        of a global batch whose loss counts ``n_total`` terms (the gradients are scaled by their share).
 
         Shard ``s`` draws its random numbers from the stream ``(seed, first + s)``: under MPI,
         ``first`` numbers this rank's shards after those of the ranks before it.
