@@ -94,10 +94,10 @@ class Model:
                  source: str = "<model>", registry: Registry | None = None) -> None:
         self.spec = spec
         self.net = net
+        self.loss = build_loss(spec, registry)  # before the preprocessing: its class names are checked per class
         self.preprocessing = preprocessing
         self.source = source
         self._registry = registry
-        self.loss = build_loss(spec, registry)
         #: every epoch trained so far, across ``fit`` calls (and the run's, for a loaded run); ``save`` writes it
         self.history = History()
         #: what the last ``fit`` trained on (or the loaded run's ``data.json``); ``save`` writes it

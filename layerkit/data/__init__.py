@@ -191,8 +191,9 @@ def _check_labels(y: np.ndarray, n: int, source: str, split: str, shape: tuple[i
     y = check_numeric(y, source, f"{split} labels")
     if shape:
         if y.ndim < 1 or tuple(y.shape[1:]) != tuple(shape):
-            raise DataError(f"{source}: {split} labels have shape {y.shape}, expected (N, {', '.join(map(str, shape))}): "
-                            f"one class id per position of the model's (steps, classes) output")
+            dims = ", ".join(str(d) for d in shape)
+            raise DataError(f"{source}: {split} labels have shape {y.shape}, expected (N, {dims}): one class id "
+                            f"per position of the model's (steps, classes) output")
         if len(y) != n:
             raise DataError(f"{source}: {n} {split} samples but {len(y)} label rows")
         if y.size and not np.issubdtype(y.dtype, np.integer):

@@ -102,8 +102,8 @@ class DistributedStep(Step):
         if n < comm.size:
             # fewer samples than ranks (an epoch's last batch can be): every rank computes the
             # whole batch from the same stream, so they still agree without exchanging gradients
-            loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), terms, seed, 0,
-                                                    self.augment, self.random, self.keys)
+            loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), terms,
+                                                    seed, 0, self.augment, self.random, self.keys)
             for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
         else:
@@ -114,8 +114,8 @@ class DistributedStep(Step):
                 loss_sum, hits, grads = self.workers.compute(mine, terms, seed, first)
             else:
                 with collectives.reducing(comm):
-                    loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, mine, terms, seed, first,
-                                                            self.augment, self.random, self.keys)
+                    loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, mine, terms, seed,
+                                                            first, self.augment, self.random, self.keys)
             for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
             comm.allreduce_sum(self._flat)
