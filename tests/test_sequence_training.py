@@ -26,7 +26,7 @@ from layerkit.nn.network import load_npz
 from layerkit.parallel import threads as parallel
 from layerkit.parallel.processes import available
 from layerkit.training.runs import HISTORY_JSON, WEIGHTS, train
-from layerkit.training.sample_parallel import SampleParallel
+from layerkit.training.sample_parallel import SampleParallel, shard_count
 from layerkit.training.trainer import Callback, TrainingInterrupted, class_targets, evaluate
 
 from train_support import InterruptAt, hermetic  # noqa: F401 (hermetic is a fixture)
@@ -263,6 +263,8 @@ def test_split_step_adds_up_to_the_whole_batch(two_processes):
 def test_fit_on_two_processes_matches_one(two_processes, tmp_path):
     data = write_npz(tmp_path)
     spec = lstm_model(dataset="npz", epochs=1, batch_size=32)
+    # what is compared must really be two processes against one: a sequence loss splits over samples
+    assert shard_count(build_model(spec_from_dict(spec)), SequenceCrossEntropy(), 32, threads=2) == 2
     train(spec, out=tmp_path / "two", data_dir=data)
     parallel.set_num_threads(1)
     train(spec, out=tmp_path / "one", data_dir=data)
