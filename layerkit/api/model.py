@@ -29,7 +29,7 @@ from layerkit.fileio import write_text_atomic
 from layerkit.modelfile.build import build_model
 from layerkit.modelfile.spec import ModelSpec, read_model_file, spec_from_dict
 from layerkit.nn.network import load_npz
-from layerkit.training.trainer import Callback, Trainer, build_callbacks, build_loss, evaluate
+from layerkit.training.trainer import Callback, Trainer, build_callbacks, build_loss, class_targets, evaluate
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -94,10 +94,10 @@ class Model:
                  source: str = "<model>", registry: Registry | None = None) -> None:
         self.spec = spec
         self.net = net
+        self.loss = build_loss(spec, registry)  # before the preprocessing: its class names are checked per class
         self.preprocessing = preprocessing
         self.source = source
         self._registry = registry
-        self.loss = build_loss(spec, registry)
         #: every epoch trained so far, across ``fit`` calls (and the run's, for a loaded run); ``save`` writes it
         self.history = History()
         #: what the last ``fit`` trained on (or the loaded run's ``data.json``); ``save`` writes it
@@ -128,7 +128,14 @@ class Model:
 
     @property
     def num_outputs(self) -> int:
-        return int(np.prod(self.net.graph.output.output_shape))
+        """Classes the model tells apart: its output width, or a sequence model's classes per position."""
+        return class_targets(self.loss, self.net.graph.output.output_shape)[1]
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of the class-id labels ``fit`` and ``evaluate`` take: ``()`` for one id per
+        sample, ``(T,)`` for a sequence model (``sequence_cross_entropy``) with one id per position."""
+        return class_targets(self.loss, self.net.graph.output.output_shape)[0]
 
     @property
     def class_names(self) -> list[str]:
@@ -208,6 +215,9 @@ class Model:
 
     def _labels(self, y: Any, n: int, source: str) -> np.ndarray:
         y = check_numeric(np.asarray(y), source, "labels")
+        shape = self.label_shape
+        if shape:
+            return self._sequence_labels(y, n, shape, source)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1 or len(y) != n:
@@ -218,6 +228,22 @@ class Model:
         if y.size and (y.min() < 0 or y.max() >= self.num_outputs):
             raise DataError(f"{source}: labels go from {y.min()} to {y.max()} but the model has "
                             f"{self.num_outputs} outputs (0 to {self.num_outputs - 1})")
+        return y
+
+    def _sequence_labels(self, y: np.ndarray, n: int, shape: tuple[int, ...], source: str) -> np.ndarray:
+        dims = ", ".join(str(d) for d in shape)
+        if tuple(y.shape) != (n, *shape):
+            raise DataError(f"{source}: {n} inputs but labels of shape {y.shape}; expected ({n}, {dims}) class ids, "
+                            f"one per position")
+        if y.size and not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{source}: labels hold {y.dtype} values; expected integer class ids")
+        y = y.astype(np.int64)
+        ignore = getattr(self.loss, "ignore_index", None)
+        counted = y if ignore is None else y[y != ignore]
+        if counted.size and (counted.min() < 0 or counted.max() >= self.num_outputs):
+            raise DataError(f"{source}: labels go from {counted.min()} to {counted.max()} but the model has "
+                            f"{self.num_outputs} classes per position (0 to {self.num_outputs - 1}; "
+                            f"{ignore} marks positions that count for nothing)")
         return y
 
     # -- training ------------------------------------------------------------------
@@ -387,20 +413,23 @@ class Model:
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """Class probabilities (softmax of the outputs for ``softmax_cross_entropy``; the outputs
-        themselves for other losses), one row per input."""
+        themselves for other losses), one row per input ((N, T, K) for ``sequence_cross_entropy``)."""
         inputs = self.prepare(x)
         self._warn_if_untrained("its probabilities")
         return self.loss.probabilities(self._outputs(inputs))
 
     def predict(self, x: Any) -> np.ndarray:
-        """Predicted class ids (int64), one per input. On an untrained model (see :attr:`trained`)
+        """Predicted class ids (int64), one per input (a sequence model: one per position, (N, T)).
+        On an untrained model (see :attr:`trained`)
         this warns with :class:`UntrainedWarning` (once per model) and answers anyway."""
         inputs = self.prepare(x)
         self._warn_if_untrained("its predictions")
         return self.loss.predict(self._outputs(inputs)).astype(np.int64)
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
-        """``{"loss": ..., "accuracy": ...}`` on raw inputs ``x`` and class ids ``y``."""
+        """``{"loss": ..., "accuracy": ...}`` on raw inputs ``x`` and class ids ``y``. For a sequence
+        model ``y`` is (N, T) and both are over the positions whose label is not the loss's
+        ``ignore_index``: the mean loss per token and the token accuracy."""
         inputs = self.prepare(x, "x")
         labels = self._labels(y, len(inputs), "y")
         self._warn_if_untrained("its scores")

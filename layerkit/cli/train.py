@@ -182,11 +182,13 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL",
              allow_other_data: bool = ALLOW_OTHER_DATA,
              as_json: bool = typer.Option(False, "--json",
                                           help="Print one JSON object: model, weights, samples, loss, accuracy, "
-                                               "classes, per_class_accuracy, confusion_matrix."),
+                                               "classes, per_class_accuracy, confusion_matrix (a sequence "
+                                               "model: tokens and its token accuracy instead of classes)."),
              untrained: bool = typer.Option(False, "--untrained",
                                             help="Score the model's random initial weights (for testing the "
                                                  "pipeline): a model file without --weights.")) -> None:
-    """Accuracy, per-class accuracy and the confusion matrix on the test split.
+    """Accuracy, per-class accuracy and the confusion matrix on the test split (a sequence model:
+    its token accuracy).
 
     Given a run directory (or weights inside one), the test split is read from the data the run
     was trained on and prepared with its saved preprocessing.
@@ -247,7 +249,21 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL",
     if not as_json:
         for note in notes:
             _console(stderr=True).print(note, markup=False)
-    loss_value, accuracy, preds = run_eval(net, build_loss(spec), data.x_test, data.y_test)
+    loss_fn = build_loss(spec)
+    loss_value, accuracy, preds = run_eval(net, loss_fn, data.x_test, data.y_test)
+    if np.ndim(data.y_test) != 1 and np.issubdtype(np.asarray(data.y_test).dtype, np.integer):
+        # a sequence model: one class per position, scored per token that counts (no confusion matrix)
+        tokens = loss_fn.counted(data.y_test)
+        if as_json:
+            typer.echo(json.dumps({"model": spec.name, "weights": shown_weights, "data_source": data.source,
+                                   "data_location": data.location, "samples": int(len(data.y_test)),
+                                   "tokens": int(tokens), "loss": loss_value, "accuracy": accuracy,
+                                   "accuracy_of": "tokens"}, indent=2))
+        else:
+            _console().print(f"{spec.name}: test token accuracy {_pct(accuracy)} "
+                             f"({int(round(accuracy * tokens))}/{tokens} tokens in {len(data.y_test)} sequences), "
+                             f"loss {loss_value:.4f} per token", markup=False)
+        return
     if np.ndim(data.y_test) != 1:  # a reconstruction: no classes to tabulate
         if as_json:
             typer.echo(json.dumps({"model": spec.name, "weights": shown_weights, "data_source": data.source,

@@ -107,11 +107,13 @@ class Dataset:
 
     def prepare(self, raw: RawData, options: dict, *, seed: int = 0, input_shape: Sequence[int] | None = None,
                 num_outputs: int | None = None, preprocessing: Preprocessing | None = None,
-                tokens: bool = False) -> DataSplits:
+                tokens: bool = False, label_shape: Sequence[int] = (), ignore_index: int | None = None
+                ) -> DataSplits:
         """What :meth:`read` returned as the splits a model trains on: images and class ids, by
         :func:`prepare`; sequence datasets (:mod:`layerkit.data.sequences`) make token windows."""
         return prepare(raw, options, seed=seed, input_shape=input_shape, num_outputs=num_outputs,
-                       class_names=self.class_names, preprocessing=preprocessing, tokens=tokens)
+                       class_names=self.class_names, preprocessing=preprocessing, tokens=tokens,
+                       label_shape=label_shape, ignore_index=ignore_index)
 
     def fallback(self) -> RawData | None:
         """Data to use when no location has the files (an embedded sample), or None."""
@@ -192,8 +194,27 @@ def _check_images(x: Any, source: str, split: str) -> np.ndarray:
     return x
 
 
-def _check_labels(y: np.ndarray, n: int, source: str, split: str) -> np.ndarray:
+def _check_labels(y: np.ndarray, n: int, source: str, split: str, shape: tuple[int, ...] = (),
+                  ignore_index: int | None = None) -> np.ndarray:
+    """``y`` as int64 class ids of shape ``(n, *shape)``: ``shape`` is ``()`` for one id per sample,
+    ``(T,)`` for a sequence model's one per position (where ``ignore_index`` marks padding)."""
     y = check_numeric(y, source, f"{split} labels")
+    if shape:
+        if y.ndim < 1 or tuple(y.shape[1:]) != tuple(shape):
+            dims = ", ".join(str(d) for d in shape)
+            raise DataError(f"{source}: {split} labels have shape {y.shape}, expected (N, {dims}): one class id "
+                            f"per position of the model's (steps, classes) output")
+        if len(y) != n:
+            raise DataError(f"{source}: {n} {split} samples but {len(y)} label rows")
+        if y.size and not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{source}: {split} labels hold {y.dtype} values; per-position labels must be integer "
+                            f"class ids")
+        y = y.astype(np.int64)
+        counted = y if ignore_index is None else y[y != ignore_index]
+        if counted.size and counted.min() < 0:
+            raise DataError(f"{source}: {split} labels include {int(counted.min())}, a negative class id"
+                            + ("" if ignore_index is None else f" that is not the loss's ignore_index {ignore_index}"))
+        return y
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -229,16 +250,22 @@ def _select_classes(x: np.ndarray, y: np.ndarray, classes: Sequence[int], source
 def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
             input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
             class_names: Sequence[str] | None = None, preprocessing: Preprocessing | None = None,
-            tokens: bool = False) -> DataSplits:
+            tokens: bool = False, label_shape: Sequence[int] = (), ignore_index: int | None = None) -> DataSplits:
     """Apply ``training.data`` options, check the result fits a model with ``input_shape`` (per
     sample) and ``num_outputs`` classes, and fit the :class:`Preprocessing` on the training split
     (or apply ``preprocessing``, a saved model's, as it is). ``tokens``: the model reads token ids,
-    which pass through as int64, unnormalised."""
+    which pass through as int64, unnormalised. ``label_shape``: the per-sample shape of the labels,
+    ``()`` for one class id per sample, ``(T,)`` for a sequence model's one per position, where
+    ``ignore_index`` marks the positions that count for nothing."""
     options = options or {}
     src = raw.source
+    shape = tuple(int(d) for d in label_shape)
     x_train, x_test = _check_images(raw.x_train, src, "training"), _check_images(raw.x_test, src, "test")
-    y_train = _check_labels(raw.y_train, len(x_train), src, "training")
-    y_test = _check_labels(raw.y_test, len(x_test), src, "test")
+    y_train = _check_labels(raw.y_train, len(x_train), src, "training", shape, ignore_index)
+    y_test = _check_labels(raw.y_test, len(x_test), src, "test", shape, ignore_index)
+    if shape and options.get("classes"):
+        raise DataError(f"{src}: training.data.classes picks whole samples by class; a sequence model's labels "
+                        f"have one class per position")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{src}: training images are {x_train.shape[1:]} but test images are {x_test.shape[1:]}")
     names = list(class_names or ())
@@ -277,15 +304,18 @@ def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
         x_train, x_test = _as_nchw(x_train, src), _as_nchw(x_test, src)
         x_val = None if x_val is None else _as_nchw(x_val, src)
     reconstruct = options.get("target") == "input"
+    def counted(y: np.ndarray) -> np.ndarray:
+        return y if ignore_index is None or not shape else y[y != ignore_index]
+
     if num_outputs is not None and not reconstruct:
-        top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
+        top = int(max(counted(y_train).max(initial=0), counted(y_test).max(initial=0)))
         if top >= num_outputs:
             raise DataError(f"{src}: labels go up to {top} but the model has {num_outputs} output units "
                             f"(pick classes with training.data.classes, or widen the last layer)")
         names += [str(i) for i in range(len(names), num_outputs)]
         names = names[:num_outputs]
     else:
-        top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
+        top = int(max(counted(y_train).max(initial=0), counted(y_test).max(initial=0)))
         if top >= 1 << 20:
             raise DataError(f"{src}: labels go up to {top}; pick classes with training.data.classes")
         names += [str(i) for i in range(len(names), top + 1)]
@@ -320,7 +350,8 @@ def _as_nchw(x: np.ndarray, source: str) -> np.ndarray:
 def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | None = None, seed: int = 0,
               input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
               registry: Registry | None = None, embedded: bool = False,
-              preprocessing: Preprocessing | None = None, tokens: bool = False) -> DataSplits:
+              preprocessing: Preprocessing | None = None, tokens: bool = False,
+              label_shape: Sequence[int] = (), ignore_index: int | None = None) -> DataSplits:
     """Find, read and prepare the registered dataset ``name``. ``data_dir`` wins over
     ``options['data_dir']``; ``embedded`` reads the dataset's embedded sample whatever else is
     installed; ``preprocessing`` (a saved model's) is applied instead of fitting a new one."""
@@ -330,7 +361,8 @@ def load_data(name: str, options: dict | None = None, *, data_dir: str | Path | 
     where = data_dir if data_dir is not None else options.get("data_dir")
     raw = dataset.load(embedded=True) if embedded else dataset.load(where)
     return dataset.prepare(raw, options, seed=seed, input_shape=input_shape, num_outputs=num_outputs,
-                           preprocessing=preprocessing, tokens=tokens)
+                           preprocessing=preprocessing, tokens=tokens, label_shape=label_shape,
+                           ignore_index=ignore_index)
 
 
 __all__ = ["Dataset", "RawData", "DataSplits", "load_data", "prepare", "cache_dir", "DATA_DIR_ENV"]

@@ -40,7 +40,8 @@ class SequenceDataset(Dataset):
 
     def prepare(self, raw: RawData, options: dict, *, seed: int = 0, input_shape: Sequence[int] | None = None,
                 num_outputs: int | None = None, preprocessing: Preprocessing | None = None,
-                tokens: bool = True) -> DataSplits:
+                tokens: bool = True, label_shape: Sequence[int] = (), ignore_index: int | None = None
+                ) -> DataSplits:
         options = options or {}
         length = None
         if input_shape is not None:
@@ -48,7 +49,7 @@ class SequenceDataset(Dataset):
                 raise DataError(f"dataset {self.name!r} holds token sequences, so the model's input must have shape "
                                 f"[T] (dtype int64); it is {list(input_shape)}")
             length = int(input_shape[0])
-        if num_outputs is not None:
+        if num_outputs is not None and len(tuple(label_shape)) != 1:
             raise DataError(f"dataset {self.name!r} has a target token at every position, but the model outputs "
                             f"{num_outputs} numbers per sample; a sequence model outputs (T, K): one row of K "
                             f"token scores per position")

@@ -70,6 +70,11 @@ class Loss:
             target = target.reshape(len(target), -1).argmax(axis=1)
         return float(np.count_nonzero(self.predict(output) == target))
 
+    def counted(self, target: np.ndarray) -> int:
+        """How many terms the mean of :meth:`forward` runs over for ``target`` (the denominator of
+        the accuracy, and the weight of a batch in an epoch's mean): one per sample by default."""
+        return len(target)
+
     def probabilities(self, output: np.ndarray) -> np.ndarray:
         """Class scores for ``predict_proba``: the outputs themselves unless the loss says otherwise."""
         return np.asarray(output)
@@ -408,6 +413,9 @@ class SequenceCrossEntropy(Loss):
         "additionalProperties": False,
     }
     ignore_index: int
+    #: a mean over the counted positions of the whole batch: a share of a batch is weighted by its
+    #: counted positions (``counted``) when shares are added, so it splits over samples all the same
+    sample_coupling = Coupling.NONE
 
     def output_problem(self, output_shape: tuple[int, ...]) -> str | None:
         if len(output_shape) != 2:
@@ -450,11 +458,13 @@ class SequenceCrossEntropy(Loss):
         return np.asarray(output).argmax(axis=-1)
 
     def correct(self, output, target):
-        """Per sample, the fraction of its counted positions predicted right, summed over the batch."""
+        """Counted positions predicted right (token accuracy: divided by :meth:`counted`)."""
         target = np.asarray(target)
-        keep = target != self.ignore_index
-        right = (self.predict(output) == target) & keep
-        return float((right.sum(axis=1) / np.maximum(keep.sum(axis=1), 1)).sum())
+        return float(np.count_nonzero((self.predict(output) == target) & (target != self.ignore_index)))
+
+    def counted(self, target):
+        """Positions whose target is not ``ignore_index``: the terms of the loss's mean."""
+        return int(np.count_nonzero(np.asarray(target) != self.ignore_index))
 
     def probabilities(self, output):
         z = np.exp(output - output.max(axis=-1, keepdims=True))

@@ -46,7 +46,7 @@ from layerkit.parallel.collectives import Collectives
 from layerkit.training.distributed import Launch, follow
 from layerkit.training.weights import init_from
 from layerkit.training.trainer import (Callback, Trainer, TrainingInterrupted, TrainResult, build_callbacks,
-                                      build_loss)
+                                      build_loss, class_targets)
 
 if TYPE_CHECKING:
     from layerkit.plugins.registry import Registry
@@ -285,9 +285,21 @@ def default_out(name: str, root: str | Path = "runs") -> Path:
 
 # -- a whole training run --------------------------------------------------------------
 
-def num_outputs(model) -> int | None:
+def num_outputs(model, loss=None) -> int | None:
+    """Classes of ``model``'s output: its width, or with ``loss`` a per-position loss's last axis
+    (None: an output that holds no class scores)."""
     shape = model.graph.output.output_shape
+    if loss is not None and class_targets(loss, shape)[0]:
+        return class_targets(loss, shape)[1]
     return int(shape[0]) if len(shape) == 1 else None
+
+
+def label_options(spec: ModelSpec, model, registry=None) -> dict:
+    """What the data preparation needs to check a sequence model's targets: their per-sample shape
+    (``label_shape``, ``()`` for one class id per sample) and the id that marks padding."""
+    loss = build_loss(spec, registry)
+    shape, _ = class_targets(loss, model.graph.output.output_shape)
+    return {"label_shape": shape, "ignore_index": getattr(loss, "ignore_index", None) if shape else None}
 
 
 def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, registry=None, *,
@@ -299,8 +311,9 @@ def prepare_data(spec: ModelSpec, model, data_dir: str | Path | None = None, reg
         raise ModelFileError(problems=[Problem(f"no dataset given: {terms.set_dataset}",
                                                ("training", "dataset"), spec.source)])
     return load_data(dataset, spec.training.get("data"), data_dir=data_dir, seed=int(spec.training["seed"]),
-                     input_shape=spec.input_shape, num_outputs=num_outputs(model), registry=registry,
-                     embedded=embedded, preprocessing=preprocessing, tokens=spec.input_dtype == "int64")
+                     input_shape=spec.input_shape, num_outputs=num_outputs(model, build_loss(spec, registry)),
+                     registry=registry, embedded=embedded, preprocessing=preprocessing,
+                     tokens=spec.input_dtype == "int64", **label_options(spec, model, registry))
 
 
 def record_of(spec: ModelSpec, data: DataSplits) -> DataRecord:
@@ -336,7 +349,7 @@ def load_run_data(run: RunDir, spec: ModelSpec, model, *, data_dir: str | Path |
         return prepare_data(spec, model, data_dir, registry, terms=terms)
     record = DataRecord.load(run / DATA_RECORD)
     pre = Preprocessing.load(run / PREPROCESSING) if (run / PREPROCESSING).exists() else None
-    outputs = num_outputs(model)
+    outputs = num_outputs(model, build_loss(spec, registry))
     if pre is not None and pre.class_names and outputs is not None and len(pre.class_names) != outputs \
             and (spec.training.get("data") or {}).get("target") != "input":
         raise DataError(f"{run / PREPROCESSING}: class_names: {len(pre.class_names)} names for a model with "

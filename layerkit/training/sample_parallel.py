@@ -62,7 +62,7 @@ MIN_BATCH_FLOPS = 5_000_000  # forward FLOPs of one whole batch (break-even of c
 MIN_SHARD_SAMPLES = 8
 
 _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
-_REPLY = struct.Struct("<dd")  # loss * samples, correct predictions (fractional for reconstructions)
+_REPLY = struct.Struct("<dd")  # loss * counted terms, correct predictions (fractional for reconstructions)
 
 
 def eligible(model: Network, loss: Loss) -> bool:
@@ -93,18 +93,20 @@ def shard_count(model: Network, loss: Loss, batch_size: int, threads: int | None
 def share_gradients(model: Network, loss: Loss, x: np.ndarray, y: np.ndarray, idx: np.ndarray, n_total: int, seed: int,
                     stream: int, augment: Augment | None, random: bool, keys: Keys, key: int = 0
                     ) -> tuple[float, float, list[np.ndarray]]:
-    """Loss times samples, correct predictions and gradients (``keys`` order) of the samples ``idx``
-    of a global batch of ``n_total``; random layers and augmentation draw per sample under the
+    """Loss times counted terms, correct predictions and gradients (``keys`` order) of the samples
+    ``idx`` of a global batch whose loss counts ``n_total`` terms (``Loss.counted``: samples, or the
+    tokens that count of a sequence batch); random layers and augmentation draw per sample under the
     epoch's ``key`` (layers without ``sample_rng`` from the stream ``(seed, stream)``). What every
     share of a split batch computes, forked or on an MPI rank."""
     xb, yb = x[idx], y[idx]
     rng = SampleRandom(key, idx, np.random.default_rng([seed, stream])) if random else None
     if augment is not None:
         xb = augment(xb, rng.child("augment") if rng is not None else None)
-    # the loss averages over the share; the step's gradient is the batch mean
-    value, out, grads = model.loss_and_gradients(loss, xb, yb, rng, share=len(idx) / n_total)
+    # the loss averages over the share's terms; the step's gradient is the mean over the batch's
+    terms = loss.counted(yb)
+    value, out, grads = model.loss_and_gradients(loss, xb, yb, rng, share=terms / max(n_total, 1))
     hits = loss.correct(out, yb)
-    return value * len(idx), hits, [grads[name][t] for name, t in keys]
+    return value * terms, hits, [grads[name][t] for name, t in keys]
 
 
 class SampleParallel(ForkedWorkers):
@@ -153,15 +155,15 @@ class SampleParallel(ForkedWorkers):
         ``key`` is the epoch's per-sample key (``samplerandom.epoch_key``); ``rng`` (the trainer's
         generator) seeds the per-shard generators of layers without ``sample_rng``.
         """
-        n = len(idx)
+        terms = self.loss.counted(self.y[idx])
         seed = int(rng.integers(1 << 62)) if self._random and rng is not None else 0
-        loss_sum, hits, grads = self.compute(idx, n, seed, key=key)
-        return loss_sum / n, hits, grads
+        loss_sum, hits, grads = self.compute(idx, terms, seed, key=key)
+        return loss_sum / max(terms, 1), hits, grads
 
     def compute(self, idx: np.ndarray, n_total: int, seed: int, first: int = 0, key: int = 0
                 ) -> tuple[float, float, list[np.ndarray]]:
-        """Loss times samples, correct predictions and gradients of the samples ``idx``, one share of a
-        global batch of ``n_total`` (the gradients are scaled by their share of it).
+        """Loss times counted terms, correct predictions and gradients of the samples ``idx``, one share
+        of a global batch whose loss counts ``n_total`` terms (the gradients are scaled by their share).
 
         Every shard draws per sample under ``key``; layers without ``sample_rng`` in shard ``s``
         draw from the stream ``(seed, first + s)``: under MPI, ``first`` numbers this rank's

@@ -42,6 +42,9 @@ def _bounds(n: int, parts: int) -> list[int]:
 class Step:
     """``step(idx, rng, stop, key)`` -> (mean loss, correct predictions, gradients in ``keys`` order, stop).
 
+    The mean is over the terms the loss counts (``Loss.counted``): samples, or a sequence batch's
+    tokens that count; a split batch weights each share by its counted terms.
+
     ``key`` is the epoch's per-sample key (``samplerandom.epoch_key``). ``stop`` says that this
     process wants to stop after this batch (Ctrl-C); the step returns whether the group stops,
     which every member must agree on.
@@ -102,12 +105,13 @@ class DistributedStep(Step):
 
     def __call__(self, idx, rng, stop=False, key=0) -> StepResult:
         comm, n = self.comm, len(idx)
+        terms = self.loss.counted(self.y[idx])  # what the batch's mean loss averages over
         seed = int(rng.integers(1 << 62)) if self.random else 0
         if n < comm.size:
             # fewer samples than ranks (an epoch's last batch can be): every rank computes the
             # whole batch from the same stream, so they still agree without exchanging gradients
-            loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), n, seed, 0,
-                                                    self.augment, self.random, self.keys, key)
+            loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, np.asarray(idx), terms,
+                                                    seed, 0, self.augment, self.random, self.keys, key)
             for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
         else:
@@ -115,11 +119,11 @@ class DistributedStep(Step):
             mine = np.asarray(idx[bounds[comm.rank]:bounds[comm.rank + 1]])
             first = comm.rank * self.per_rank
             if self.workers is not None:
-                loss_sum, hits, grads = self.workers.compute(mine, n, seed, first, key)
+                loss_sum, hits, grads = self.workers.compute(mine, terms, seed, first, key)
             else:
                 with collectives.reducing(comm):
-                    loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, mine, n, seed, first,
-                                                            self.augment, self.random, self.keys, key)
+                    loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, mine, terms, seed,
+                                                            first, self.augment, self.random, self.keys, key)
             for view, g in zip(self._views, grads, strict=True):
                 np.copyto(view, g)
             comm.allreduce_sum(self._flat)
@@ -128,7 +132,7 @@ class DistributedStep(Step):
             comm.allreduce_sum(totals)
         else:
             totals[2] = comm.allreduce_sum(np.array([float(stop)]))[0]
-        return float(totals[0]) / n, float(totals[1]), self._views, bool(totals[2])
+        return float(totals[0]) / max(terms, 1), float(totals[1]), self._views, bool(totals[2])
 
 
 def random_model(model, augment) -> bool:

@@ -75,9 +75,9 @@ class TrainState:
 
     epoch: int = 0  # the epoch in progress, 0-based
     step: int = 0  # batches of it already done
-    loss_sum: float = 0.0  # running training loss * samples for the epoch in progress
+    loss_sum: float = 0.0  # running training loss * counted terms (Loss.counted) for the epoch in progress
     correct: float = 0.0  # right predictions (fractional: the pixel accuracy of reconstructions)
-    seen: int = 0
+    seen: int = 0  # counted terms: samples, or the tokens that count of a sequence loss
     history: list[dict] = field(default_factory=list)
     best_value: float | None = None
     best_epoch: int | None = None
@@ -147,6 +147,24 @@ def build_optimizer(model, config: dict, weight_decay: float = 0.0, registry=Non
     return optimizer
 
 
+def class_targets(loss, output_shape: Sequence[int]) -> tuple[tuple[int, ...], int]:
+    """The per-sample shape of the class-id targets ``loss`` takes for outputs of ``output_shape``
+    (no batch axis), and the number of classes: ``((), K)`` for one class id per sample of a (K,)
+    output; ``((T,), K)`` for one per position, where the loss predicts along the last axis of a
+    (T, K) output (``sequence_cross_entropy``)."""
+    shape = tuple(int(d) for d in output_shape)
+    if len(shape) >= 2:
+        # asked of the loss itself: a per-position loss predicts the largest score on the last axis
+        probe = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+        try:
+            pred = np.asarray(loss.predict(probe))
+        except Exception:  # noqa: BLE001 - a loss that cannot predict takes no class ids
+            pred = None
+        if pred is not None and pred.shape == probe.shape[:-1] and np.array_equal(pred, probe.argmax(axis=-1)):
+            return shape[:-1], shape[-1]
+    return (), math.prod(shape)
+
+
 def evaluate_split(model: Network, loss, x: np.ndarray, y: np.ndarray, comm: Collectives = SINGLE,
                    batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     """Mean loss and accuracy over ``x``, the ``batch_size`` chunks shared out over ``comm``'s ranks
@@ -156,27 +174,35 @@ def evaluate_split(model: Network, loss, x: np.ndarray, y: np.ndarray, comm: Col
     chunks = -(-len(x) // batch_size)
     lo, hi = (comm.rank * chunks // comm.size * batch_size, (comm.rank + 1) * chunks // comm.size * batch_size)
     part_loss, part_acc, _ = evaluate(model, loss, x[lo:hi], y[lo:hi], batch_size)
-    part = len(x[lo:hi])
+    part = loss.counted(y[lo:hi])  # each rank's means weigh by the terms they average over
     totals = comm.allreduce_sum(np.array([part_loss * part, part_acc * part], dtype=np.float64))
-    n = max(len(x), 1)
+    n = max(loss.counted(y), 1)
     return float(totals[0]) / n, float(totals[1]) / n if len(x) else 0.0
 
 
 def evaluate(model: Network, loss, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH
              ) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and predicted classes over ``x`` in inference mode (no predicted
-    classes, -1, where the targets are not class ids: a reconstruction's)."""
-    total, correct, preds = 0.0, 0.0, np.full(len(x), -1, dtype=np.int64)
-    classes = np.asarray(y).ndim == 1
+    classes, -1, where the targets are not class ids: a reconstruction's).
+
+    Both means are over the terms the loss counts (``Loss.counted``): per sample, or for a
+    sequence loss per token that counts (targets not ``ignore_index``), so the accuracy of a
+    sequence model is its token accuracy and ``preds`` is shaped like ``y``."""
+    y = np.asarray(y)
+    classes = np.issubdtype(y.dtype, np.integer)
+    total, correct, terms = 0.0, 0.0, 0
+    preds = np.full(y.shape if classes else len(x), -1, dtype=np.int64)
     # the batches' forward passes run over the thread pool; the loss is cheap and runs here
     for i, out in zip(range(0, len(x), batch_size), model.infer_batches(x, batch_size), strict=False):
         yb = y[i:i + batch_size]
         value, _ = loss.forward(out, yb)
-        total += float(value) * len(yb)
+        counted = loss.counted(yb)
+        total += float(value) * counted
+        terms += counted
         correct += loss.correct(out, yb)
         if classes:
             preds[i:i + len(yb)] = loss.predict(out)
-    n = max(len(x), 1)
+    n = max(terms, 1)
     return total / n, correct / n if len(x) else 0.0, preds
 
 
@@ -307,15 +333,16 @@ class Trainer:
             self._busy = True  # a second Ctrl-C in here must not checkpoint half-updated weights
             opt.step(grad_list, self.schedule.lr(epoch, step))
             self._busy = False
-            st.step, st.loss_sum, st.correct, st.seen = step + 1, st.loss_sum + value * len(idx), \
-                st.correct + hits, st.seen + len(idx)
+            terms = self.loss.counted(self.data.y_train[idx])  # samples, or a sequence batch's counted tokens
+            st.step, st.loss_sum, st.correct, st.seen = step + 1, st.loss_sum + value * terms, \
+                st.correct + hits, st.seen + terms
             self.batch_losses.append(float(value))
             # every rank stops after the same batch: the ranks agreed on ``stop`` in the step
             if stop or (single and self._stop_requested):
                 self._agreed_stop = True
                 raise KeyboardInterrupt
             for cb in self.callbacks:
-                cb.on_batch_end(epoch, step, value, hits / len(idx), len(idx))
+                cb.on_batch_end(epoch, step, value, hits / max(terms, 1), len(idx))
         if not single and not self.comm.same_everywhere(self.model.weights_dict().values()):
             raise TrainingError(f"the MPI ranks' weights differ after epoch {epoch + 1}: the MPI library's "
                                 f"all-reduce gave the ranks different sums; use another MPI implementation")
