@@ -73,7 +73,7 @@ def table(result: dict) -> str:
     head = ("| epoch | layerkit train loss | PyTorch train loss | layerkit test loss | PyTorch test loss |"
             + (" layerkit test bpc | PyTorch test bpc |" if text else ""))
     lines = [head, "|" + "---:|" * (head.count("|") - 1)]
-    for lk, th in zip(result["layerkit"]["history"], result["torch"]["history"]):
+    for lk, th in zip(result["layerkit"]["history"], result["torch"]["history"], strict=True):
         row = (f"| {lk['epoch']} | {lk['loss']:.4f} | {th['loss']:.4f} | {lk['test_loss']:.4f} | "
                f"{th['test_loss']:.4f} |")
         if text:
@@ -94,7 +94,7 @@ def plot(results: list[dict], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
-    for row, result in zip(axes, results):
+    for row, result in zip(axes, results, strict=True):
         for framework, style in (("layerkit", "-"), ("torch", "--")):
             label = "PyTorch" if framework == "torch" else "layerkit"
             batches = result[framework]["batches"]

@@ -196,8 +196,8 @@ def fit(network: Any, training: dict, x, y, x_test, y_test, threads: int = 1) ->
             total, count = total + loss.item() * counted, count + counted
             batches.append(loss.item())
         seconds = time.perf_counter() - start
-        history.append({"epoch": epoch + 1, "loss": total / count, "test_loss": _counted_mean(net, x_test, y_test, k, 256),
-                        "seconds": seconds})
+        test_loss = _counted_mean(net, x_test, y_test, k, 256)
+        history.append({"epoch": epoch + 1, "loss": total / count, "test_loss": test_loss, "seconds": seconds})
     return {"history": history, "batches": batches}
 
 
