@@ -158,7 +158,7 @@ def _counted_mean(net, x, y, k, batch: int) -> float:
     net.eval()
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xt, yt = torch.from_numpy(x[i:i + batch]), torch.from_numpy(y[i:i + batch].astype(np.int64))
+            xt, yt = torch.from_numpy(np.array(x[i:i + batch])), torch.from_numpy(y[i:i + batch].astype(np.int64))
             out = net(xt)
             total += float(nn.functional.cross_entropy(out.reshape(-1, k), yt.reshape(-1), ignore_index=-100,
                                                        reduction="sum"))
@@ -211,7 +211,7 @@ def train_epoch(network: Any, training: dict, x, y, threads: int, with_cpu: bool
     clip = (training.get("gradient_clipping") or {}).get("max_norm")
     k = int(network.graph.output.output_shape[-1])
     batch = int(training["batch_size"])
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(y.astype(np.int64))
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(xt), batch):
         opt.zero_grad(set_to_none=True)
