@@ -4,6 +4,7 @@
     python bench/speed.py --sweep [--threads 2] [--quick]   # only the batch-size table
     python bench/speed.py --infer [--threads 2] [--quick]   # only the inference table
     python bench/speed.py --rounds 3 ...                    # alternate the frameworks 3 times per row
+    python bench/speed.py --nets char_lstm,tiny_transformer --threads 1   # only these training rows
 
 Every measurement runs in its own child process (one per framework x net),
 with OMP/OPENBLAS/MKL_NUM_THREADS set to ``--threads`` (and
@@ -18,6 +19,12 @@ stamps the first batch's start and the last batch's end, so the per-epoch
 test evaluation and checkpointing the trainer does after the last batch are
 outside the timed region; on the PyTorch side (``torch_reference.train_epoch``)
 only the training loop is timed as well.
+
+The sequence models ``char_lstm`` and ``tiny_transformer`` train on windows of the ``text`` dataset's
+default corpus (the Python standard library's sources; a row's "images" are windows of 64 characters).
+Their PyTorch twin (bench/torch_sequence.py) is built from the same built layerkit network, with the
+model file's Adam settings and gradient clipping. ``--nets`` picks training rows by name; with it the
+inference table, check-grads and RSS figures are left out.
 
 Inference: ``Model.predict`` (batch 256) against the PyTorch net in ``eval()`` mode under
 ``no_grad``, over the same images, median of ``--repeats`` passes after a warm-up pass.
@@ -56,7 +63,11 @@ NETS = {
     "lenet_style": (HERE / "nets" / "lenet_style.json", 64, (2000, 512)),
     "mlp_bench": (HERE / "nets" / "mlp_bench.json", 64, (10000, 2048)),
     "alexnet_mnist": (REPO / "models" / "alexnet_mnist.json", 128, (1024, 256)),
+    "char_lstm": (REPO / "models" / "char_lstm.json", 64, (2048, 512)),
+    "tiny_transformer": (REPO / "models" / "tiny_transformer.json", 64, (1024, 256)),
 }
+#: nets trained on token windows of the text dataset (not MNIST), with a PyTorch twin from torch_sequence
+SEQUENCE_NETS = ("char_lstm", "tiny_transformer")
 # images per inference measurement (full, quick), predicted in batches of INFER_BATCH
 INFER_IMAGES = {"lenet_style": (10240, 2048), "mlp_bench": (20480, 4096), "alexnet_mnist": (2048, 512)}
 INFER_BATCH = 256
@@ -78,6 +89,8 @@ def _data_dir(arg: str | None) -> str | None:
 
 
 def _load_spec_and_data(model_file: Path, images: int, batch: int, epochs: int, data_dir: str | None):
+    if model_file.stem in SEQUENCE_NETS:
+        data_dir = None  # the text dataset's default corpus
     from layerkit.modelfile.build import build_model
     from layerkit.cli.overrides import apply_overrides
     from layerkit.training.runs import prepare_data
@@ -151,6 +164,8 @@ def child_torch_infer(net: str, images: int, repeats: int, threads: int, data_di
 def child_torch(net: str, images: int, repeats: int, threads: int, data_dir: str | None,
                 batch: int | None = None) -> dict:
     sys.path.insert(0, str(HERE))
+    if net in SEQUENCE_NETS:
+        return _child_torch_sequence(net, images, repeats, threads, batch)
     from torch_reference import train_epoch
 
     model_file, default_batch, _ = NETS[net]
@@ -159,6 +174,17 @@ def child_torch(net: str, images: int, repeats: int, threads: int, data_dir: str
     x, y = data.x_train, data.y_train
     train_epoch(model_file, x, y, batch, threads)  # warm-up
     runs = [train_epoch(model_file, x, y, batch, threads, with_cpu=True) for _ in range(repeats)]
+    return {"seconds": [w for w, _ in runs], "cpu_seconds": [c for _, c in runs], "images": len(x)}
+
+
+def _child_torch_sequence(net: str, images: int, repeats: int, threads: int, batch: int | None) -> dict:
+    from torch_sequence import train_epoch
+
+    model_file, default_batch, _ = NETS[net]
+    spec, model, data = _load_spec_and_data(model_file, images, batch or default_batch, 1, None)
+    x, y = data.x_train, data.y_train
+    train_epoch(model, spec.training, x, y, threads)  # warm-up
+    runs = [train_epoch(model, spec.training, x, y, threads, with_cpu=True) for _ in range(repeats)]
     return {"seconds": [w for w, _ in runs], "cpu_seconds": [c for _, c in runs], "images": len(x)}
 
 
@@ -329,6 +355,8 @@ def main() -> int:
                         help="alternate the layerkit and PyTorch children this many times per measurement and "
                              "pool their timed epochs (a machine whose speed drifts moves both sides alike)")
     parser.add_argument("--no-rss", action="store_true", help="skip the full-epoch AlexNet RSS measurement")
+    parser.add_argument("--nets", help="only these training rows, comma-separated (e.g. char_lstm,tiny_transformer): "
+                                       "no inference table, check-grads or RSS figure; names: " + ", ".join(NETS))
     parser.add_argument("--data-dir", help=f"MNIST IDX files (default {DEFAULT_DATA}; embedded sample if absent)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--net", help=argparse.SUPPRESS)
@@ -389,11 +417,18 @@ def main() -> int:
         _sweep(pair, size)
         return 0
     if args.infer:
-        infer = {net: (*pair("infer", net, INFER_IMAGES[net][size]), INFER_IMAGES[net][size]) for net in NETS}
+        infer = {net: (*pair("infer", net, INFER_IMAGES[net][size]), INFER_IMAGES[net][size]) for net in INFER_IMAGES}
         _infer_table({net: (rate(lk), rate(th), images) for net, (lk, th, images) in infer.items()})
         print(f"\nmedian of {repeats} passes after one warm-up{_rounds(args.rounds)}, each framework x net in its own "
               "process.")
         return 0
+
+    if args.nets:
+        chosen = [n.strip() for n in args.nets.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in NETS]
+        if unknown:
+            parser.error(f"--nets: unknown {', '.join(unknown)}; known: {', '.join(NETS)}")
+        return _train_rows(pair, chosen, size, repeats, args.rounds)
 
     matmul = run_child(["--child", "matmul", *common], args.threads)
     rows, results, infer = [], {}, {}
@@ -405,7 +440,7 @@ def main() -> int:
         results[net] = (lk_rate, th_rate)
         rows.append(f"| {net} | {batch} | {images:,} | {fmt(lk_rate, ',.0f')} | {fmt(th_rate, ',.0f')} | "
                     f"{fmt(_ratio(lk_rate, th_rate), '.2f')} | {fmt(gflops, '.1f')} |")
-    for net in NETS:
+    for net in INFER_IMAGES:
         images = INFER_IMAGES[net][size]
         lk, th = pair("infer", net, images)
         infer[net] = (rate(lk), rate(th), images)
@@ -427,7 +462,7 @@ def main() -> int:
 
     what = ("full-MNIST" if data_dir and not args.quick else "2,048-image" if args.quick else "embedded-sample")
     figures = [(f"{label} train img/s / PyTorch CPU", _ratio(*results[net]), ">= 1.0", lambda v: v >= 1.0, ".2f")
-               for net, label in LABELS.items()]
+               for net, label in TRAIN_LABELS.items()]
     figures += [(f"{label} inference img/s (predict, batch {INFER_BATCH}) / PyTorch no_grad",
                  _ratio(*infer[net][:2]), ">= 1.0", lambda v: v >= 1.0, ".2f") for net, label in LABELS.items()]
     figures += [("`check-grads models/alexnet_mnist.json` wall time (s)", grads_s, "<= 10 s", lambda v: v <= 10, ".1f")]
@@ -458,6 +493,24 @@ def main() -> int:
     return 1 if failed else 0
 
 
+def _train_rows(pair, nets: list[str], size: int, repeats: int, rounds: int) -> int:
+    """Only the training rows of ``nets``, with their ratio targets (>= 1.0x PyTorch)."""
+    print("| net | batch | samples/epoch | layerkit samples/s | PyTorch samples/s | ratio | target | result |\n"
+          "|---|---:|---:|---:|---:|---:|---|---|")
+    failed = 0
+    for net in nets:
+        _, batch, sizes = NETS[net]
+        lk, th = pair("train", net, sizes[size])
+        ratio = _ratio(rate(lk), rate(th))
+        passed = ratio is not None and ratio >= 1.0
+        failed += not passed
+        print(f"| {net} | {batch} | {sizes[size]:,} | {fmt(rate(lk), ',.0f')} | {fmt(rate(th), ',.0f')} | "
+              f"{fmt(ratio, '.2f')} | >= 1.0 | {'PASS' if passed else 'FAIL'} |", flush=True)
+    print(f"\n{'CPU time of the measured process' if CLOCK == 'cpu_seconds' else 'wall time'}: median of {repeats} "
+          f"timed epochs after one warm-up{_rounds(rounds)}, each framework x net in its own process.")
+    return 1 if failed else 0
+
+
 def _infer_table(infer: dict) -> None:
     print(f"\nInference (batch {INFER_BATCH}):\n\n| net | images | layerkit img/s | PyTorch img/s | ratio |\n"
           "|---|---:|---:|---:|---:|")
@@ -467,6 +520,7 @@ def _infer_table(infer: dict) -> None:
 
 
 LABELS = {"lenet_style": "LeNet-style", "mlp_bench": "MLP", "alexnet_mnist": "AlexNet-style"}
+TRAIN_LABELS = {**LABELS, "char_lstm": "char_lstm", "tiny_transformer": "tiny_transformer"}
 
 
 def _sweep(pair, size: int) -> None:

@@ -28,6 +28,7 @@ RESULTS = {
     "lenet5_fashion": "90.66%",
     "resnet_mini": "98.82%",
     "alexnet_mnist": "99.58%",
+    "reverse_transformer": "100.00%",
     "lab_cnn2_3class": "99.59%",
     "lab_cnn2": "97.60%",
     "lab_mlp_784_15_10_sigmoid": "93.57%",
