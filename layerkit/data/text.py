@@ -78,7 +78,8 @@ class TextDataset(SequenceDataset):
         # no search of $LAYERKIT_DATA_DIR or the cache: any .txt there would silently become the corpus
         if data_dir is None or embedded:
             raw = self.fallback()
-            assert raw is not None
+            if raw is None:  # the standard library has no readable module: nothing to train on
+                raise DataError("no text given and no default corpus found: pass --data-dir FILE")
             return raw
         return super().load(data_dir)
 

@@ -282,7 +282,8 @@ class _OnnxCell:
             a = g.op("Add", [xg, gh])
             i, f = g.op("Sigmoid", [self.gate(a, 0)]), g.op("Sigmoid", [self.gate(a, 1)])
             cand, o = g.op("Tanh", [self.gate(a, 2)]), g.op("Sigmoid", [self.gate(a, 3)])
-            assert c is not None
+            if c is None:  # an LSTM carries a cell state; _Recurrent passes it for gates == 4
+                raise ValueError("an LSTM step needs its cell state")
             c_new = g.op("Add", [g.op("Mul", [f, c]), g.op("Mul", [i, cand])])
             return g.op("Mul", [o, g.op("Tanh", [c_new])]), c_new
         r = g.op("Sigmoid", [g.op("Add", [self.gate(xg, 0), self.gate(gh, 0)])])
@@ -339,7 +340,8 @@ class LSTM(_Recurrent):
         a = xg + h @ params["weight_hh"].T + params["bias_hh"]
         i, f = sigmoid(a[:, :u]), sigmoid(a[:, u:2 * u])
         g, o = np.tanh(a[:, 2 * u:3 * u]), sigmoid(a[:, 3 * u:])
-        assert c is not None
+        if c is None:
+            raise ValueError("an LSTM step needs its cell state")
         c_new = f * c + i * g
         tc = np.tanh(c_new)
         return o * tc, c_new, (i, f, g, o, c, tc)
@@ -347,7 +349,8 @@ class LSTM(_Recurrent):
     def step_back(self, params: Params, cache: Any, dh: np.ndarray, dc: np.ndarray | None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         i, f, g, o, c_prev, tc = cache
-        assert dc is not None
+        if dc is None:
+            raise ValueError("an LSTM step back needs the cell state's gradient")
         dc = dc + dh * o * (1 - tc * tc)
         da = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
                              dh * tc * o * (1 - o)], axis=1)
