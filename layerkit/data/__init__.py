@@ -247,6 +247,24 @@ def _select_classes(x: np.ndarray, y: np.ndarray, classes: Sequence[int], source
     return x[keep], order[pos[keep]].astype(np.int64)
 
 
+
+def split_validation(x: np.ndarray, y: np.ndarray, split: float | None, seed: int, src: str, what: str
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(x_train, y_train, x_val, y_val)``: the fraction ``split`` of the training ``what`` (samples,
+    sequences) held out for validation, chosen by a seeded permutation, not the file's tail (files are
+    often sorted by class); no validation arrays when ``split`` is 0 or None."""
+    fraction = float(split or 0)
+    if not fraction:
+        return x, y, None, None
+    n_val = int(round(len(x) * fraction))
+    if n_val < 1 or n_val >= len(x):
+        raise DataError(f"{src}: validation_split {fraction} of {len(x)} training {what} leaves "
+                        f"{n_val} for validation and {len(x) - n_val} for training")
+    order = np.random.default_rng([seed, 0x5A11]).permutation(len(x))
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+
 def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
             input_shape: Sequence[int] | None = None, num_outputs: int | None = None,
             class_names: Sequence[str] | None = None, preprocessing: Preprocessing | None = None,
@@ -281,18 +299,8 @@ def prepare(raw: RawData, options: dict | None = None, *, seed: int = 0,
     if len(x_train) == 0:
         raise DataError(f"{src}: no training samples left")
 
-    x_val = y_val = None
-    split = float(options.get("validation_split") or 0)
-    if split:
-        n_val = int(round(len(x_train) * split))
-        if n_val < 1 or n_val >= len(x_train):
-            raise DataError(f"{src}: validation_split {split} of {len(x_train)} training samples leaves "
-                            f"{n_val} for validation and {len(x_train) - n_val} for training")
-        # a seeded permutation, not the file's tail: files are often sorted by class
-        order = np.random.default_rng([seed, 0x5A11]).permutation(len(x_train))
-        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-        x_val, y_val = x_train[val_idx], y_train[val_idx]
-        x_train, y_train = x_train[train_idx], y_train[train_idx]
+    x_train, y_train, x_val, y_val = split_validation(x_train, y_train, options.get("validation_split"), seed,
+                                                      src, "samples")
 
     layout = options.get("layout", "auto")
     if input_shape is not None:

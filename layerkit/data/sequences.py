@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from layerkit.data import Dataset, DataSplits, RawData
+from layerkit.data import Dataset, DataSplits, RawData, split_validation
 from layerkit.data.preprocess import Preprocessing
 from layerkit.data.vocabulary import Vocabulary
 from layerkit.errors import DataError
@@ -65,17 +65,8 @@ class SequenceDataset(Dataset):
             x_train, y_train = x_train[:options["train_limit"]], y_train[:options["train_limit"]]
         if options.get("test_limit"):
             x_test, y_test = x_test[:options["test_limit"]], y_test[:options["test_limit"]]
-        x_val = y_val = None
-        split = float(options.get("validation_split") or 0)
-        if split:
-            n_val = int(round(len(x_train) * split))
-            if n_val < 1 or n_val >= len(x_train):
-                raise DataError(f"{src}: validation_split {split} of {len(x_train)} training sequences leaves "
-                                f"{n_val} for validation and {len(x_train) - n_val} for training")
-            order = np.random.default_rng([seed, 0x5A11]).permutation(len(x_train))
-            val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-            x_val, y_val = x_train[val_idx], y_train[val_idx]
-            x_train, y_train = x_train[train_idx], y_train[train_idx]
+        x_train, y_train, x_val, y_val = split_validation(x_train, y_train, options.get("validation_split"), seed,
+                                                          src, "sequences")
         if len(x_train) == 0:
             raise DataError(f"{src}: no training sequences left")
         if preprocessing is None:
