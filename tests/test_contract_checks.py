@@ -52,6 +52,22 @@ class RightParamsOnly(Affine):
         return {"W": cache.T @ dy, "b": dy.sum(axis=0)}
 
 
+class WrongInputOnly(Affine):
+    """The input-gradient-only path forgets the transpose (W is square, so the shape is right)."""
+
+    type = "wrong_backward_input"
+
+    def backward_input(self, params, cache, dy):
+        return dy @ params["W"]
+
+
+class RightInputOnly(Affine):
+    type = "right_backward_input"
+
+    def backward_input(self, params, cache, dy):
+        return dy @ params["W"].T
+
+
 class Square(Layer):
     """y = x^2 with a correct backward."""
 
@@ -197,6 +213,7 @@ def run(cls, config=None, shape=None):
 @pytest.mark.parametrize("cls, member, detail", [
     (WrongParamsOnly, "backward_params", "gradient of 'W'"),
     (WrongInplace, "backward_inplace", "input gradient"),
+    (WrongInputOnly, "backward_input", "input gradient"),
     (Identity, "fresh_dx", "shares memory with dy"),
     (CacheAliasing, "fresh_dx", "shares memory with an array of its cache"),
     (PerHalfCentre, "sample_coupling = BATCH_SUMS", "forward output on two halves"),
@@ -210,7 +227,8 @@ def test_each_broken_promise_is_caught_naming_layer_and_member(cls, member, deta
     assert f"layer {cls.type!r}" in message and member in message and detail in message, message
 
 
-@pytest.mark.parametrize("cls", [RightParamsOnly, RightInplace, Centre, Square, Affine], ids=lambda c: c.type)
+@pytest.mark.parametrize("cls", [RightParamsOnly, RightInplace, RightInputOnly, Centre, Square, Affine],
+                         ids=lambda c: c.type)
 def test_kept_promises_pass(cls):
     run(cls)
 
@@ -252,6 +270,7 @@ class Plugin:
     @layerkit.hookimpl
     def layerkit_register_layers(self, register):
         register(WrongParamsOnly)
+        register(WrongInputOnly)
         register(Affine)
 
 
@@ -268,6 +287,21 @@ def test_gradient_check_compares_the_path_training_runs():
     assert rows["first.W"].status == "fail" and rows["first.W"].via == "backward_params"
     assert rows["first.b"].status == "pass" and rows["first.input"].via == "backward"
     assert rows["second.W"].status == "pass"
+
+
+def test_gradient_check_compares_the_input_only_path_of_a_frozen_layer():
+    # a frozen layer above one that learns trains through backward_input: check-grads must check that
+    registry = load_registry([Plugin()])
+    spec = {"format": 1, "name": "frozen_middle", "input": {"shape": [4]},
+            "layers": [{"name": "first", "type": "test_affine"},
+                       {"name": "second", "type": "wrong_backward_input", "trainable": False}],
+            "loss": {"type": "mse"}}
+    model = build_model(spec, registry=registry)
+    assert [rec.backward.value for rec in model.plan.nodes] == ["backward_params", "backward_input"]
+    report = check_model(model, whole_model=False, registry=registry)
+    rows = {r.label: r for r in report.rows}
+    assert rows["second.input"].status == "fail" and rows["second.input"].via == "backward_input"
+    assert rows["second.W"].status == "pass" and rows["second.W"].via == "backward"
 
 
 # -- one deliberately wrong layer per check name ---------------------------------------------------
@@ -334,6 +368,7 @@ BROKEN = {
     "infer_equals_forward": _variant(Scale, "infer_off", infer=lambda self, p, x, state=None: x * p["s"] + 1e-3),
     "backward_params_equals_backward": WrongParamsOnly,
     "backward_inplace_equals_backward": WrongInplace,
+    "backward_input_equals_backward": WrongInputOnly,
     "fresh_dx": Identity,
     "infer_fresh": _variant(Identity, "infer_not_fresh", fresh_dx=False, infer_fresh=True,
                             forward=lambda self, p, x, training=False, rng=None, state=None: (x, None),
@@ -427,8 +462,8 @@ def test_every_check_holds_under_python_O():
     assert done.stdout.strip() == "missed []", done.stdout + done.stderr
 
 
-CAPABILITY_MEMBERS = ("backward_inplace", "fresh_dx", "infer_inplace", "infer_fresh", "commutes_with_max",
-                      "pools_max", "inference_affine", "fold_affine")
+CAPABILITY_MEMBERS = ("backward_inplace", "backward_input", "fresh_dx", "infer_inplace", "infer_fresh",
+                      "commutes_with_max", "pools_max", "inference_affine", "fold_affine")
 
 
 def test_the_engine_does_not_need_the_capabilities_on_layer():

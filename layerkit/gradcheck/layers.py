@@ -18,12 +18,13 @@ one-sided differences disagreeing and skipped, never reported as failures.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 
 from layerkit.gradcheck.numerics import (EPS, KINK_BUDGET, NOISE_ULPS, PASS_TOL, SWEEP_STEPS, TensorResult, Worst,
                                          as_f64, diagnose, is_kink, out_of_memory, relative_error, status_of)
+from layerkit.nn.capabilities import InputGradientOnly
 from layerkit.nn.layer import Layer, input_kinds
 
 #: what the table says for an input of integer token ids, which has no gradient
@@ -140,7 +141,7 @@ def _failed(layer_name: str, tensor: str, shape, message: str, layer_type: str,
 
 
 #: the Layer methods a model's backward may call for a layer (``NodeRecord.backward`` in ``Network.plan``)
-PATHS = ("backward", "backward_params", "backward_inplace")
+PATHS = ("backward", "backward_params", "backward_inplace", "backward_input")
 
 
 def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
@@ -153,9 +154,10 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
     result per input tensor (``input`` or ``input[i]``) and per parameter tensor.
 
     ``via`` is the method whose gradients are compared, the one training calls for this layer:
-    ``backward``; ``backward_inplace`` (given its own copy of ``dy``); or ``backward_params``
+    ``backward``; ``backward_inplace`` (given its own copy of ``dy``); ``backward_params``
     for the parameter gradients (the input gradient, which training never reads there, still
-    comes from ``backward``).
+    comes from ``backward``); or ``backward_input`` for the input gradient (a frozen layer: the
+    parameter gradients, which training never computes there, still come from ``backward``).
     """
     if via not in PATHS:
         raise ValueError(f"via must be one of {PATHS}, not {via!r}")
@@ -184,6 +186,10 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
             dx, _ = layer.backward(p64, cache, R.copy())
             dx = as_f64(dx)  # before the next forward, which may reuse the layer's buffers
             grads = layer.backward_params(p64, probe.forward()[1], R.copy())
+        elif via == "backward_input":
+            dx = cast(InputGradientOnly, layer).backward_input(p64, cache, R.copy())
+            dx = None if dx is None else as_f64(dx)  # before the next forward, which may reuse buffers
+            _, grads = layer.backward(p64, probe.forward()[1], R.copy())
         else:
             dx, grads = getattr(layer, via)(p64, cache, R.copy())
     except MemoryError:
@@ -208,7 +214,7 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
                                         via=via))
             continue
         what = "input gradient" if tname.startswith("input") else "gradient"
-        method = "backward" if via == "backward_params" and tname.startswith("input") else via
+        method = _method(via, tname.startswith("input"))
         if analytic is None:
             results.append(_failed(layer_name, tname, arr.shape, f"{method} returned no {what} for {tname!r}",
                                    layer_type, method))
@@ -231,8 +237,18 @@ def check_layer(layer: Layer, params: Mapping[str, np.ndarray], x: Any, *,
                                                                  f"perturbed {tname}: {exc}", layer_type, method))
     for extra in grads:
         results.append(_failed(layer_name, extra, None,
-                               f"{via} returned a gradient for {extra!r}, which is not a parameter", layer_type, via))
+                               f"{_method(via, False)} returned a gradient for {extra!r}, which is not a parameter",
+                               layer_type, _method(via, False)))
     return results
+
+
+def _method(via: str, is_input: bool) -> str:
+    """The method that gave an input's (``is_input``) or a parameter's gradient when checking ``via``:
+    ``backward_params`` gives no input gradient and ``backward_input`` no parameter gradient, so
+    those come from ``backward``."""
+    if (via == "backward_params" and is_input) or (via == "backward_input" and not is_input):
+        return "backward"
+    return via
 
 
 # -- random tensors for a layer -------------------------------------------------

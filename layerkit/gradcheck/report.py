@@ -178,9 +178,10 @@ def _check_model(model, x, y, *, batch_size, samples, seed, whole_model, step, d
         else:
             inp = random_input(node.input_shape, batch_size, layer_rng, multi, node.layer)
             params = random_params(node.param_specs, layer_rng)
-        # the method training calls for this node, so what is checked is what trains
-        call = m64.plan.nodes[index].backward
-        via = "backward" if call in (BackwardCall.SKIP, BackwardCall.BACKWARD_INPUT) else call.value
+        # the method training calls for this node (the model's own plan: a frozen layer's input
+        # gradient comes from backward_input), so what is checked is what trains
+        call = model.plan.nodes[index].backward
+        via = "backward" if call is BackwardCall.SKIP else call.value
         rows += check_layer(node.layer, params, inp, state=m64.state[node.name], samples=samples,
                             seed=int(layer_rng.integers(2**31)), step=step, name=node.name, via=via)
     report = GradCheckReport(m64.graph.spec.name, rows, {

@@ -32,7 +32,7 @@ from layerkit import hookimpl
 from layerkit.parallel import threads as parallel
 from layerkit.errors import ShapeError
 from layerkit.nn.initializers import INITIALIZERS
-from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput
+from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput, InputGradientOnly
 from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
 from layerkit.kernels.windows import (Flat, Window, col2im_add, col2im_wide_add, flat, im2col, im2col_wide, image_rows,
                                       pad, pad_flat, unpad, window)
@@ -56,7 +56,7 @@ class ConvCache(NamedTuple):
     chunk: int = 0
 
 
-class Conv2D(AbsorbsAffine, FreshInferOutput, Layer):
+class Conv2D(AbsorbsAffine, FreshInferOutput, InputGradientOnly, Layer):
     """2-D convolution (see the module docstring for the three algorithms it picks from)."""
 
     type = "conv2d"
@@ -196,18 +196,24 @@ class Conv2D(AbsorbsAffine, FreshInferOutput, Layer):
         """Only the parameter gradients: the model calls this when the input is the data."""
         return self._backward(params, cache, dy, need_dx=False)[1]
 
-    def _backward(self, params: Params, cache: ConvCache, dy: np.ndarray, need_dx: bool
+    def backward_input(self, params: Params, cache: Any, dy: np.ndarray) -> np.ndarray:
+        """Only the input gradient: the model calls this for a frozen layer (no GEMM for dW, no columns rebuilt)."""
+        return self._backward(params, cache, dy, need_dx=True, need_dw=False)[0]
+
+    def _backward(self, params: Params, cache: ConvCache, dy: np.ndarray, need_dx: bool, need_dw: bool = True
                   ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
-        w3 = self._weights(params)
+        w3, g = self._weights(params), cache.window
         if cache.path == "batch":
-            dx, dw = _backward_batch(w3, cache.source, cache.cols, cache.hw, cache.window, dy, cache.chunk, need_dx)
+            dx, dw = _backward_batch(w3, cache.source, cache.cols, cache.hw, g, dy, cache.chunk, need_dx, need_dw)
         elif cache.path == "wide":
-            dx, dw = _backward_wide(params["W"], w3, cache.source, cache.cols, cache.hw, cache.window, dy, need_dx)
+            dx, dw = _backward_wide(params["W"], w3, cache.source, cache.cols, cache.hw, g, dy, need_dx, need_dw)
         else:
-            dx, dw = _backward_strided(w3, cache.source, cache.cols, cache.hw, cache.window, dy, need_dx)
-        grads = {"W": dw.reshape(params["W"].shape)}
-        if self.use_bias:
-            grads["b"] = dy.sum(axis=(0, 2, 3))
+            dx, dw = _backward_strided(w3, cache.source, cache.cols, cache.hw, g, dy, need_dx, need_dw)
+        grads: dict[str, np.ndarray] = {}
+        if dw is not None:
+            grads["W"] = dw.reshape(params["W"].shape)
+            if self.use_bias:
+                grads["b"] = dy.sum(axis=(0, 2, 3))
         return dx, grads
 
 
@@ -289,19 +295,21 @@ def _stride1_sizes(w3: np.ndarray, hw: tuple[int, int], g: Window, dy: np.ndarra
 
 
 def _backward_batch(w3: np.ndarray, xf: np.ndarray | None, cols: np.ndarray | None, hw: tuple[int, int], g: Window,
-                    dy: np.ndarray, nb: int, need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+                    dy: np.ndarray, nb: int, need_dx: bool = True, need_dw: bool = True
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Backward of :func:`_conv_batch`: from its columns, or rebuilt from ``xf`` chunk by chunk."""
     n, f, groups, fg, k, c, fl, run = _stride1_sizes(w3, hw, g, dy)
-    dwt = np.zeros((groups, k, fg), dtype=dy.dtype)
+    dwt = np.zeros((groups, k, fg), dtype=dy.dtype) if need_dw else None
     dxf = np.zeros((c, n, fl.size), dtype=dy.dtype) if need_dx else None
     dyw = np.zeros((f, nb, g.ho, fl.wf), dtype=dy.dtype)  # junk columns stay zero: they add nothing
     for n0 in range(0, n, nb):
         m = min(n, n0 + nb) - n0
-        chunk = cols if cols is not None else _im2col_batch(
-            xf[n0:n0 + m], g, fl, np.empty((c, g.kh, g.kw, m, run), dtype=dy.dtype))
         dyw[:, :m, :, :g.wo] = dy[n0:n0 + m].transpose(1, 0, 2, 3)
         dy3 = (dyw if m == nb else np.ascontiguousarray(dyw[:, :m])).reshape(groups, fg, m * run)
-        dwt += np.matmul(chunk.reshape(groups, k, m * run), dy3.transpose(0, 2, 1))
+        if dwt is not None:
+            chunk = cols if cols is not None else _im2col_batch(
+                xf[n0:n0 + m], g, fl, np.empty((c, g.kh, g.kw, m, run), dtype=dy.dtype))
+            dwt += np.matmul(chunk.reshape(groups, k, m * run), dy3.transpose(0, 2, 1))
         if need_dx:
             dcols = np.matmul(w3.transpose(0, 2, 1), dy3).reshape(c, g.kh, g.kw, m, run)
             target = dxf[:, n0:n0 + m]
@@ -310,7 +318,7 @@ def _backward_batch(w3: np.ndarray, xf: np.ndarray | None, cols: np.ndarray | No
                     start = fl.start(g, i, j)
                     target[:, :, start:start + run] += dcols[:, i, j]
     dx = image_rows(dxf, g, fl, *hw).transpose(1, 0, 2, 3) if need_dx else None
-    return dx, dwt.transpose(0, 2, 1)
+    return dx, (None if dwt is None else dwt.transpose(0, 2, 1))
 
 
 def _conv_wide(xf: np.ndarray, w3: np.ndarray, g: Window, f: Flat, bias: np.ndarray | None = None,
@@ -351,7 +359,8 @@ def _conv_wide(xf: np.ndarray, w3: np.ndarray, g: Window, f: Flat, bias: np.ndar
 
 
 def _backward_wide(w: np.ndarray, w3: np.ndarray, xf: np.ndarray | None, cols: np.ndarray | None, hw: tuple[int, int],
-                   g: Window, dy: np.ndarray, need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+                   g: Window, dy: np.ndarray, need_dx: bool = True, need_dw: bool = True
+                   ) -> tuple[np.ndarray | None, np.ndarray | None]:
     h, wd = hw
     n, f, groups, fg, k, c, fl, run = _stride1_sizes(w3, hw, g, dy)
     # dx either as a stride-1 convolution of dy with the rotated kernel (copies F*kh*kw values
@@ -378,6 +387,8 @@ def _backward_wide(w: np.ndarray, w3: np.ndarray, xf: np.ndarray | None, cols: n
         w3t = w3.transpose(0, 2, 1)
         dxf = np.zeros((n, c, fl.size), dtype=dy.dtype)
 
+    if rotate and not need_dw:
+        return dx, None  # dx came from the rotated convolution: nothing left to do
     if dyw is None:
         # dy on the wide grid with zero junk columns, so they contribute nothing
         dyw = np.zeros((n, f, g.ho, fl.wf), dtype=dy.dtype)
@@ -388,12 +399,14 @@ def _backward_wide(w: np.ndarray, w3: np.ndarray, xf: np.ndarray | None, cols: n
 
     def work(a: int, b: int) -> np.ndarray:
         part = np.zeros((groups, k, fg), dtype=dy.dtype)
-        buf = None if cols is not None else np.empty((min(nb, b - a), c, g.kh, g.kw, run), dtype=dy.dtype)
+        buf = (None if cols is not None or not need_dw
+               else np.empty((min(nb, b - a), c, g.kh, g.kw, run), dtype=dy.dtype))
         for n0 in range(a, b, nb):
             m = min(b, n0 + nb) - n0
-            chunk = cols if buf is None else im2col_wide(xf[n0:n0 + m], g, fl, buf[:m])
             dyc = dyw4[n0:n0 + m]
-            part += np.matmul(chunk.reshape(m, groups, k, run), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
+            if need_dw:
+                chunk = cols if buf is None else im2col_wide(xf[n0:n0 + m], g, fl, buf[:m])
+                part += np.matmul(chunk.reshape(m, groups, k, run), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
             if not rotate:
                 dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, run)
                 col2im_wide_add(dcols, g, fl, dxf[n0:n0 + m])
@@ -402,7 +415,7 @@ def _backward_wide(w: np.ndarray, w3: np.ndarray, xf: np.ndarray | None, cols: n
     dwt = _ordered_sum(work, n, nb, n * c * g.kh * g.kw * run * dy.itemsize, (groups, k, fg), dy.dtype)
     if not rotate:
         dx = image_rows(dxf, g, fl, h, wd)
-    return dx, dwt.transpose(0, 2, 1)
+    return dx, (dwt.transpose(0, 2, 1) if need_dw else None)
 
 
 def _conv_strided(xp: np.ndarray, w3: np.ndarray, g: Window, keep: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -430,7 +443,8 @@ def _conv_strided(xp: np.ndarray, w3: np.ndarray, g: Window, keep: bool = True) 
 
 
 def _backward_strided(w3: np.ndarray, xp: np.ndarray | None, cols: np.ndarray | None, hw: tuple[int, int], g: Window,
-                      dy: np.ndarray, need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+                      dy: np.ndarray, need_dx: bool = True, need_dw: bool = True
+                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
     n, c = xp.shape[:2]
     groups, fg, k = w3.shape
     cells = g.ho * g.wo
@@ -441,12 +455,14 @@ def _backward_strided(w3: np.ndarray, xp: np.ndarray | None, cols: np.ndarray | 
 
     def work(a: int, b: int) -> np.ndarray:
         part = np.zeros((groups, k, fg), dtype=dy.dtype)
-        buf = None if cols is not None else np.empty((min(nb, b - a), c, g.kh, g.kw, g.ho, g.wo), dtype=dy.dtype)
+        buf = (None if cols is not None or not need_dw
+               else np.empty((min(nb, b - a), c, g.kh, g.kw, g.ho, g.wo), dtype=dy.dtype))
         for n0 in range(a, b, nb):
             m = min(b, n0 + nb) - n0
-            chunk = cols[n0:n0 + m] if buf is None else im2col(xp[n0:n0 + m], g, buf[:m])
             dyc = dy4[n0:n0 + m]
-            part += np.matmul(chunk.reshape(m, groups, k, cells), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
+            if need_dw:
+                chunk = cols[n0:n0 + m] if buf is None else im2col(xp[n0:n0 + m], g, buf[:m])
+                part += np.matmul(chunk.reshape(m, groups, k, cells), dyc.transpose(0, 1, 3, 2)).sum(axis=0)
             if need_dx:
                 # strides > 1 leave gaps between windows, so scatter the column gradient back (col2im)
                 dcols = np.matmul(w3t, dyc).reshape(m, c, g.kh, g.kw, g.ho, g.wo)
@@ -454,7 +470,7 @@ def _backward_strided(w3: np.ndarray, xp: np.ndarray | None, cols: np.ndarray | 
         return part
 
     dwt = _ordered_sum(work, n, nb, n * c * g.kh * g.kw * cells * dy.itemsize, (groups, k, fg), dy.dtype)
-    return (unpad(dxp, g, *hw) if need_dx else None), dwt.transpose(0, 2, 1)
+    return (unpad(dxp, g, *hw) if need_dx else None), (dwt.transpose(0, 2, 1) if need_dw else None)
 
 
 def _ordered_sum(work: Callable[[int, int], np.ndarray], n: int, nb: int, col_bytes: int, shape: tuple[int, ...],

@@ -18,10 +18,11 @@ from layerkit.errors import ShapeError
 from layerkit.kernels.windows import Window, col2im_add, im2col, pad, pair, unpad, window
 from layerkit.nn.paramschema import int_or_pair_schema
 from layerkit.nn.initializers import INITIALIZERS
+from layerkit.nn.capabilities import InputGradientOnly
 from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
 
 
-class Conv2DTranspose(Layer):
+class Conv2DTranspose(InputGradientOnly, Layer):
     """Transposed 2-D convolution: the input gradient of a convolution, as a layer (upsampling)."""
 
     type = "conv2d_transpose"
@@ -149,17 +150,23 @@ class Conv2DTranspose(Layer):
         """Only the parameter gradients: the model calls this when the input is the data."""
         return self._backward(params, cache, dy, False)[1]
 
-    def _backward(self, params: Params, x: np.ndarray, dy: np.ndarray, need_dx: bool
+    def backward_input(self, params: Params, cache: Any, dy: np.ndarray) -> np.ndarray:
+        """Only the input gradient: the model calls this for a frozen layer (no GEMM for dW)."""
+        return self._backward(params, cache, dy, True, need_dw=False)[0]
+
+    def _backward(self, params: Params, x: np.ndarray, dy: np.ndarray, need_dx: bool, need_dw: bool = True
                   ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         n, c, h, w = x.shape
         (ho, wo), g = self._geometry((h, w))
         cols = im2col(pad(dy, g), g, np.empty((n, self.filters, g.kh, g.kw, h, w), dtype=dy.dtype))
         cols = cols.reshape(n, -1, h * w)  # (N, F*kh*kw, H*W)
-        x3 = x.reshape(n, c, h * w)
-        dw = np.matmul(x3, cols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, F*kh*kw)
-        grads = {"W": dw.reshape(params["W"].shape)}
-        if self.use_bias:
-            grads["b"] = dy.sum(axis=(0, 2, 3))
+        grads: dict[str, np.ndarray] = {}
+        if need_dw:
+            x3 = x.reshape(n, c, h * w)
+            dw = np.matmul(x3, cols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, F*kh*kw)
+            grads["W"] = dw.reshape(params["W"].shape)
+            if self.use_bias:
+                grads["b"] = dy.sum(axis=(0, 2, 3))
         dx = np.matmul(params["W"].reshape(c, -1), cols).reshape(x.shape) if need_dx else None
         return dx, grads
 

@@ -7,11 +7,11 @@ from typing import Any, Callable
 import numpy as np
 
 from layerkit import hookimpl
-from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput
+from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput, InputGradientOnly
 from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, Shape
 
 
-class Dense(AbsorbsAffine, FreshInferOutput, Layer):
+class Dense(AbsorbsAffine, FreshInferOutput, InputGradientOnly, Layer):
     """Fully connected layer ``y = x W + b`` on the last axis; absorbs a following batch norm for inference."""
 
     type = "dense"
@@ -77,7 +77,11 @@ class Dense(AbsorbsAffine, FreshInferOutput, Layer):
         return {"W": w.astype(params["W"].dtype, copy=False), "b": b.astype(params["W"].dtype, copy=False)}
 
     def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
-        return dy @ params["W"].T, self.backward_params(params, cache, dy)
+        return _input_gradient(params, dy), self.backward_params(params, cache, dy)
+
+    def backward_input(self, params: Params, cache: Any, dy: np.ndarray) -> np.ndarray:
+        """Only the input gradient: the model calls this for a frozen layer (no GEMM for dW)."""
+        return _input_gradient(params, dy)
 
     def to_onnx(self, g: Any, x: Any, input_shape: Any, params: Params, state: Params) -> str:
         y = g.op("MatMul", [x, g.const(params["W"], "W")])
@@ -92,6 +96,11 @@ class Dense(AbsorbsAffine, FreshInferOutput, Layer):
         if self.use_bias:
             grads["b"] = dy.sum(axis=0)
         return grads
+
+
+def _input_gradient(params: Params, dy: np.ndarray) -> np.ndarray:
+    """``dy W^T``: what ``backward`` and ``backward_input`` both return, from this one product."""
+    return dy @ params["W"].T
 
 
 @hookimpl

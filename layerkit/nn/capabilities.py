@@ -2,7 +2,8 @@
 
 :class:`~layerkit.nn.layer.Layer` holds what every layer needs. The members here serve
 particular pairs of layers (relu before a max pool, batch norm after a convolution, a gradient
-nobody else holds): a layer opts in by inheriting the mixin, before ``Layer``::
+nobody else holds, a frozen layer whose weight gradient nobody needs): a layer opts in by
+inheriting the mixin, before ``Layer``::
 
     class MyRelu(CommutesWithMax, InplaceBackward, FreshGradient, Layer):
         ...
@@ -36,6 +37,21 @@ class InplaceBackward:
     def backward_inplace(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
         """:meth:`backward`, but allowed to overwrite ``dy`` (and return it as ``dx``)."""
         return self.backward(params, cache, dy)  # type: ignore[attr-defined]
+
+
+class InputGradientOnly:
+    """Provides :meth:`backward_input`: only the input gradient of :meth:`~layerkit.nn.layer.Layer.backward`.
+
+    The planner's ``choose_backward_calls`` pass calls it for a frozen layer (``"trainable": false``)
+    below which a parameter still learns: the input gradient is needed, the parameter gradients are
+    not. Worth it where the parameter gradients cost real work (dense, convolution: the GEMM for
+    ``dW``). Promise: the result equals ``backward(params, cache, dy)[0]`` bit for bit (the same
+    code path computes it), and ``dy`` is left alone.
+    """
+
+    def backward_input(self, params: Params, cache: Any, dy: np.ndarray) -> Any:
+        """The input gradient of :meth:`backward` alone (an array, or a list for several inputs)."""
+        return self.backward(params, cache, dy)[0]  # type: ignore[attr-defined]
 
 
 class FreshGradient:
@@ -133,7 +149,8 @@ class AbsorbsAffine:
 
 #: every capability, with the member it declares
 CAPABILITIES: dict[type, str] = {
-    InplaceBackward: "backward_inplace", FreshGradient: "fresh_dx", InplaceInfer: "infer_inplace",
+    InplaceBackward: "backward_inplace", InputGradientOnly: "backward_input", FreshGradient: "fresh_dx",
+    InplaceInfer: "infer_inplace",
     FreshInferOutput: "infer_fresh", CommutesWithMax: "commutes_with_max", MaxPooling: "pools_max",
     AffineInference: "inference_affine", AbsorbsAffine: "fold_affine",
 }

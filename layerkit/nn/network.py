@@ -17,7 +17,7 @@ import numpy as np
 from layerkit.errors import CheckpointError
 from layerkit.fileio import save_npz_atomic
 from layerkit.nn.initializers import initialize
-from layerkit.nn.capabilities import InplaceBackward, InplaceInfer
+from layerkit.nn.capabilities import InplaceBackward, InplaceInfer, InputGradientOnly
 from layerkit.nn.plan import BackwardCall, InferCall, Plan
 from layerkit.nn.planner import plan_inference, plan_training
 from layerkit.nn.samplerandom import SampleRandom, layer_rng
@@ -132,13 +132,13 @@ class Network:
                 dx, g = rec.layer.backward(self.params[rec.name], pool_cache, dy)
             elif call is BackwardCall.BACKWARD_INPLACE:
                 dx, g = cast(InplaceBackward, rec.layer).backward_inplace(self.params[rec.name], caches[i], dy)
-            elif call is BackwardCall.BACKWARD_INPUT:  # frozen: its parameter gradients go nowhere
-                dx, g = rec.layer.backward(self.params[rec.name], caches[i], dy)[0], {}
+            elif call is BackwardCall.BACKWARD_INPUT:  # frozen: no parameter gradient computed
+                dx, g = cast(InputGradientOnly, rec.layer).backward_input(self.params[rec.name], caches[i], dy), {}
             else:
                 dx, g = rec.layer.backward(self.params[rec.name], caches[i], dy)
             del dy
             caches[i] = None
-            grads[rec.name] = g
+            grads[rec.name] = {} if rec.frozen else g  # a frozen layer's gradients go nowhere
             dxs = [dx] if rec.single else dx
             for s, d in zip(rec.inputs, dxs, strict=True):
                 if s == 0 or not records[s - 1].needs_grad:

@@ -54,7 +54,9 @@ def choose_backward_calls(plan: Plan) -> Plan:
 
     A node none of whose inputs needs a gradient skips its input gradient (``backward_params``)
     or, with no parameters (or frozen ones), is skipped; a frozen node whose input needs a
-    gradient computes that alone (``backward_input``). ``backward_inplace`` (fresh-buffer planning) gets a
+    gradient computes that alone (``backward_input``) where it provides it
+    (:class:`~layerkit.nn.capabilities.InputGradientOnly`), else runs ``backward`` and the network
+    drops its parameter gradients. ``backward_inplace`` (fresh-buffer planning) gets a
     ``dy`` nobody else holds: one made by a single reader that declares ``fresh_dx``, or a sum of
     several readers' gradients (a new array), and only for a layer that provides it
     (:class:`~layerkit.nn.capabilities.InplaceBackward`); the loss's gradient belongs to the caller. After
@@ -91,8 +93,10 @@ def choose_backward_calls(plan: Plan) -> Plan:
     for rec in nodes[:-1]:
         if rec.runs_after_pool and calls[rec.index + 1] is not BackwardCall.SKIP:
             calls[rec.index], calls[rec.index + 1] = calls[rec.index + 1], BackwardCall.BACKWARD
-    for rec in nodes:  # a layer without the in-place path gets the plain one (same numbers)
+    for rec in nodes:  # a layer without the in-place or input-only path gets the plain one (same numbers)
         if calls[rec.index] is BackwardCall.BACKWARD_INPLACE and not overrides(rec.layer, "backward_inplace"):
+            calls[rec.index] = BackwardCall.BACKWARD
+        if calls[rec.index] is BackwardCall.BACKWARD_INPUT and not overrides(rec.layer, "backward_input"):
             calls[rec.index] = BackwardCall.BACKWARD
     return plan.replace({i: {"backward": call} for i, call in enumerate(calls) if call is not nodes[i].backward})
 

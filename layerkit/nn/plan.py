@@ -29,8 +29,9 @@ class BackwardCall(Enum):
     BACKWARD_PARAMS = "backward_params"
     #: ``backward_inplace``: ``backward`` allowed to overwrite a ``dy`` nobody else holds
     BACKWARD_INPLACE = "backward_inplace"
-    #: ``backward`` for the input gradient alone: a frozen layer (``"trainable": false``) below which
-    #: a parameter still learns; its parameter gradients are dropped, and no optimizer sees them
+    #: ``backward_input``: the input gradient alone, for a frozen layer (``"trainable": false``) below
+    #: which a parameter still learns and that provides it (``InputGradientOnly``); a frozen layer
+    #: without it runs ``backward``, and its parameter gradients are dropped (no optimizer sees them)
     BACKWARD_INPUT = "backward_input"
     #: nothing: no parameter here or upstream, so no gradient is needed
     SKIP = "skip"

@@ -95,7 +95,8 @@ def _same(a: Any, b: Any) -> bool:
 #: capability flags: the claim is the attribute being True
 FLAG_CAPABILITIES = ("fresh_dx", "infer_fresh", "commutes_with_max", "pools_max")
 #: capability methods: the claim is the layer providing its own
-METHOD_CAPABILITIES = ("backward_params", "backward_inplace", "infer_inplace", "inference_affine", "fold_affine")
+METHOD_CAPABILITIES = ("backward_params", "backward_inplace", "backward_input", "infer_inplace", "inference_affine",
+                       "fold_affine")
 
 
 def declares(layer: Any, name: str) -> bool:
@@ -630,16 +631,47 @@ def _backward_inplace_equals_backward(s: Subject) -> None:
         _same_param_grads("backward_inplace", mode, grads2, grads)
 
 
+def _backward_input_equals_backward(s: Subject) -> None:
+    params = s.params()
+    for mode, training in _MODES:
+        y, cache = s.forward(params, s.x(), training)
+        dy = np.random.default_rng(s.seed + 3).standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
+        before = dy.copy()
+        dxs, _ = s.backward(params, cache, dy.copy())
+        _, cache = s.forward(params, s.x(), training)
+        got = s.call("backward_input", cast(Any, s.layer).backward_input, params, cache, dy)
+        if not np.array_equal(dy, before):
+            raise Broken("backward_input", f"backward_input ({mode}) modified dy in place")
+        if not s.multi and isinstance(got, tuple):
+            raise Broken("backward_input", f"backward_input ({mode}) returned a tuple; it returns the input "
+                                           f"gradient alone, not (input gradient, parameter gradients)")
+        dxs2 = list(got) if s.multi and isinstance(got, (list, tuple)) else [got]
+        if len(dxs2) != len(dxs):
+            raise Broken("backward_input", f"backward_input ({mode}) returned {len(dxs2)} input gradients, "
+                                           f"backward {len(dxs)}")
+        for tname, a, b in zip(s.tensor_names(), dxs2, dxs, strict=True):
+            if not _equal(a, b):
+                text, numbers = _difference(a, b)
+                raise Broken("backward_input", f"backward_input ({mode}) gives a different {tname} gradient "
+                                               f"than backward ({text}); it must equal backward's bit for bit",
+                             numbers)
+
+
 def _fresh_dx(s: Subject) -> None:
     params = s.params()
-    methods = ["backward", *(["backward_inplace"] if declares(s.layer, "backward_inplace") else [])]
+    methods = ["backward", *(["backward_inplace"] if declares(s.layer, "backward_inplace") else []),
+               *(["backward_input"] if declares(s.layer, "backward_input") else [])]
     for mode, training in _MODES:
         for method in methods:
             x = s.x()
             y, cache = s.forward(params, x, training)
             dy = np.random.default_rng(s.seed + 3).standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
-            dxs, _ = s.backward(params, cache, dy, method)
-            others = [("dy", dy)] if method == "backward" else []
+            if method == "backward_input":
+                got = s.call(method, cast(Any, s.layer).backward_input, params, cache, dy)
+                dxs = list(got) if s.multi and isinstance(got, (list, tuple)) else [got]
+            else:
+                dxs, _ = s.backward(params, cache, dy, method)
+            others = [("dy", dy)] if method != "backward_inplace" else []
             xs = x if isinstance(x, list) else [x]
             others += [(name, v) for name, v in zip(s.tensor_names(), xs, strict=True)]
             others += [(f"parameter {k!r}", v) for k, v in params.items()]
@@ -826,6 +858,8 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
              "backward_params gives backward's parameter gradients bit for bit and leaves dy alone"),
     _example("backward_inplace_equals_backward", "backward_inplace", _backward_inplace_equals_backward,
              "backward_inplace gives backward's gradients (on a copy of dy) bit for bit"),
+    _example("backward_input_equals_backward", "backward_input", _backward_input_equals_backward,
+             "backward_input gives backward's input gradient bit for bit and leaves dy alone"),
     _example("fresh_dx", "fresh_dx", _fresh_dx,
              "fresh_dx: no input gradient shares memory with dy, the input, a parameter or the cache"),
     _example("infer_fresh", "infer_fresh", _infer_fresh,
@@ -848,7 +882,8 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
 #: ``split_batch_equals_whole``, a sample_coupling of NONE or BATCH_SUMS)
 CAPABILITY_CHECKS = {
     "backward_params_equals_backward": "backward_params", "backward_inplace_equals_backward": "backward_inplace",
-    "fresh_dx": "fresh_dx", "infer_fresh": "infer_fresh", "infer_inplace_equals_infer": "infer_inplace",
+    "backward_input_equals_backward": "backward_input", "fresh_dx": "fresh_dx", "infer_fresh": "infer_fresh",
+    "infer_inplace_equals_infer": "infer_inplace",
     "inference_affine_matches_infer": "inference_affine", "fold_affine_matches_infer": "fold_affine",
     "commutes_with_max": "commutes_with_max", "pools_max": "pools_max",
 }
