@@ -160,7 +160,10 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
         typer.echo(json.dumps(record, indent=2))
         return
     kept = f" (weights of epoch {result.best_epoch}, best {result.monitor})" if result.monitor else ""
-    console.print(f"test accuracy {_pct(result.test_accuracy)}, loss {result.test_loss:.4f}{kept}; "
+    # a model reading token ids is scored per position that counts: its accuracy is a token accuracy
+    tokens = (run.model_dict().get("input") or {}).get("dtype") == "int64"
+    console.print(f"test {'token ' if tokens else ''}accuracy {_pct(result.test_accuracy)}, "
+                  f"loss {result.test_loss:.4f}{kept}; "
                   f"run saved in {run.path}", markup=False)
 
 
@@ -183,7 +186,8 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL",
              as_json: bool = typer.Option(False, "--json",
                                           help="Print one JSON object: model, weights, samples, loss, accuracy, "
                                                "classes, per_class_accuracy, confusion_matrix (a sequence "
-                                               "model: tokens and its token accuracy instead of classes)."),
+                                               "model: tokens, bits_per_token and its token accuracy instead "
+                                               "of classes)."),
              untrained: bool = typer.Option(False, "--untrained",
                                             help="Score the model's random initial weights (for testing the "
                                                  "pipeline): a model file without --weights.")) -> None:
@@ -254,15 +258,17 @@ def evaluate(model: Path = typer.Argument(..., metavar="RUN_DIR|MODEL",
     if np.ndim(data.y_test) != 1 and np.issubdtype(np.asarray(data.y_test).dtype, np.integer):
         # a sequence model: one class per position, scored per token that counts (no confusion matrix)
         tokens = loss_fn.counted(data.y_test)
+        # the loss is in nats per counted token; in bits it is a character model's bpc (docs/results.md)
+        bits = loss_value / float(np.log(2))
         if as_json:
             typer.echo(json.dumps({"model": spec.name, "weights": shown_weights, "data_source": data.source,
                                    "data_location": data.location, "samples": int(len(data.y_test)),
-                                   "tokens": int(tokens), "loss": loss_value, "accuracy": accuracy,
-                                   "accuracy_of": "tokens"}, indent=2))
+                                   "tokens": int(tokens), "loss": loss_value, "bits_per_token": bits,
+                                   "accuracy": accuracy, "accuracy_of": "tokens"}, indent=2))
         else:
             _console().print(f"{spec.name}: test token accuracy {_pct(accuracy)} "
                              f"({int(round(accuracy * tokens))}/{tokens} tokens in {len(data.y_test)} sequences), "
-                             f"loss {loss_value:.4f} per token", markup=False)
+                             f"loss {loss_value:.4f} per token ({bits:.2f} bits)", markup=False)
         return
     if np.ndim(data.y_test) != 1:  # a reconstruction: no classes to tabulate
         if as_json:

@@ -35,6 +35,22 @@ def _trained(model, source: Path, untrained: bool, command: str):
     return model
 
 
+def refuse_token_model(model, source: Path) -> None:
+    """``predict`` answers one class per input, as a classifier does; a model reading token ids answers a
+    class per position, so it is refused with one line naming what serves it: ``layerkit generate`` for a
+    language model trained on text, ``Model.predict`` for any other."""
+    if model.net.input_dtype != np.int64:
+        return
+    vocab = None if model.preprocessing is None else model.preprocessing.vocabulary
+    if vocab is not None and vocab.unit != "token":
+        raise LayerkitError(f"{source}: model {model.name!r} is a language model (it reads token ids and predicts "
+                            f"the next character at every position); predict is for classifiers: continue a "
+                            f"text with 'layerkit generate {source} --prompt TEXT'")
+    raise LayerkitError(f"{source}: model {model.name!r} reads token ids and predicts a class per position, not "
+                        f"one per input; predict is for classifiers: use layerkit.load({str(source)!r}).predict(ids) "
+                        f"from Python, or 'layerkit generate' for a language model trained on text")
+
+
 @app.command()
 def predict(run_dir: Path = RUN_DIR,
             inputs: List[Path] = typer.Argument(..., metavar="INPUT...",
@@ -54,13 +70,18 @@ def predict(run_dir: Path = RUN_DIR,
             untrained: bool = typer.Option(False, "--untrained", help=UNTRAINED_HELP)) -> None:
     """Class, class name and top probabilities for each input, preprocessed exactly as in training.
 
+    For classifiers: a model reading token ids (a sequence model) is refused; a language model is
+    continued with 'layerkit generate'.
+
     Images: luminance for 1-channel models (transparent pixels over white), RGB for 3-channel ones; they
     must be the model's size unless --resize. CSV: a header row is skipped and a 'label' column dropped.
     """
     from layerkit.api import load
     from layerkit.data.inputs import polarity_note, read_inputs
 
-    model = _trained(load(run_dir), run_dir, untrained, "predict")
+    model = load(run_dir)
+    refuse_token_model(model, run_dir)
+    model = _trained(model, run_dir, untrained, "predict")
     background = model.input_background
     batches, problems, notes = [], [], []
     for path in inputs:

@@ -26,12 +26,14 @@ def _task(raw: dict) -> str:
 
 
 JSON_LIST = typer.Option(False, "--json", help="Print a JSON list: name, task, parameters, test_accuracy, "
+                                                "test_bpc (a language model's bits per character), "
                                                 "description, path of each model.")
 
 
 @models_app.callback(invoke_without_command=True)
 def models(ctx: typer.Context, as_json: bool = JSON_LIST) -> None:
-    """One line per shipped model: task, parameters, test accuracy (docs/results.md). Any command
+    """One line per shipped model: task, parameters, test accuracy or a language model's bits per
+    character (docs/results.md). Any command
     that takes a model file also takes one of these names. 'layerkit models list' is the same."""
     if ctx.invoked_subcommand is not None:
         return
@@ -40,7 +42,7 @@ def models(ctx: typer.Context, as_json: bool = JSON_LIST) -> None:
 
 @models_app.command("list")
 def list_models(as_json: bool = JSON_LIST) -> None:
-    """One line per shipped model: task, parameters, test accuracy (as 'layerkit models')."""
+    """One line per shipped model: task, parameters, test accuracy or bpc (as 'layerkit models')."""
     _list_models(as_json)
 
 
@@ -52,8 +54,8 @@ def _list_models(as_json: bool) -> None:
         raw = json.loads(path.read_text(encoding="utf-8"))
         graph = build_graph_from(path)
         rows.append({"name": name, "task": _task(raw), "parameters": graph.param_count,
-                     "test_accuracy": zoo.RESULTS.get(name), "description": raw.get("description", ""),
-                     "path": str(path)})
+                     "test_accuracy": zoo.RESULTS.get(name), "test_bpc": zoo.BITS_PER_CHARACTER.get(name),
+                     "description": raw.get("description", ""), "path": str(path)})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -61,7 +63,7 @@ def _list_models(as_json: bool) -> None:
     task_width = max(len(r["task"]) for r in rows)
     for r in rows:
         typer.echo(f"{r['name']:<{width}}  {r['task']:<{task_width}}  {r['parameters']:>9,} params  "
-                   f"{r['test_accuracy'] or '-':>6}  {r['description']}")
+                   f"{zoo.listed_result(r['name']) or '-':>8}  {r['description']}")
 
 
 @models_app.command("copy")

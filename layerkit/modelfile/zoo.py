@@ -36,6 +36,22 @@ RESULTS = {
     "lab_alexnet_kaggle": "99.14%",
 }
 
+#: the language models' result instead of an accuracy: test bits per character (bpc = the mean
+#: cross-entropy in nats over ln 2), seed 0, measured at commit 150c456, from docs/results.md (a test keeps
+#: them equal)
+BITS_PER_CHARACTER = {
+    "char_lstm": 2.32,
+    "tiny_transformer": 2.35,
+}
+
+
+def listed_result(name: str) -> str | None:
+    """What ``layerkit models`` shows for a shipped model: its test accuracy, or a language model's bits
+    per character (``2.32 bpc``); None where none is recorded."""
+    if name in BITS_PER_CHARACTER:
+        return f"{BITS_PER_CHARACTER[name]:.2f} bpc"
+    return RESULTS.get(name)
+
 
 def files() -> dict[str, Path]:
     """Name -> file of every shipped model: the zoo and, in ``labs/``, the lab reports' nets as they
