@@ -438,20 +438,32 @@ class SequenceCrossEntropy(Loss):
 
     def forward(self, output, target):
         ids, keep = self._targets(output, target)
-        z = output - output.max(axis=2, keepdims=True)
-        logsum = np.log(np.exp(z).sum(axis=2))
-        picked = np.take_along_axis(z, ids[..., None], axis=2)[..., 0]
-        count = int(keep.sum())
-        loss = float(((logsum - picked) * keep).sum()) / max(count, 1)
-        prob = np.exp(z - logsum[..., None])
-        return loss, (prob, ids, keep, count)
+        # one exponential over the (N*T, K) scores, kept for backward: softmax = e / sum(e)
+        e = output - output.max(axis=2, keepdims=True)
+        picked = np.take_along_axis(e, ids[..., None], axis=2)[..., 0]
+        np.exp(e, out=e)
+        total = e.sum(axis=2)
+        nll = np.log(total) - picked
+        # the mask only when some position is padding
+        masked = not keep.all()
+        count = int(keep.sum()) if masked else keep.size
+        loss = float((nll * keep).sum() if masked else nll.sum()) / max(count, 1)
+        return loss, (e, total, ids, keep if masked else None, count)
 
     def backward(self, cache):
-        prob, ids, keep, count = cache
-        grad = prob.copy()
-        np.put_along_axis(grad, ids[..., None], np.take_along_axis(grad, ids[..., None], axis=2) - 1, axis=2)
-        grad *= (keep / max(count, 1))[..., None].astype(prob.dtype)
-        return grad.astype(prob.dtype, copy=False)
+        e, total, ids, keep, count = cache
+        # d loss / d scores = (softmax - onehot) * keep / count, written into one fresh array
+        scale = np.reciprocal(total)
+        scale *= 1.0 / max(count, 1)
+        if keep is not None:
+            scale *= keep
+        grad = e * scale[..., None].astype(e.dtype, copy=False)
+        flat = grad.reshape(-1, grad.shape[2])
+        rows = np.arange(flat.shape[0])
+        # one target per position: the indices are distinct, so a plain fancy-index update is exact
+        flat[rows, ids.reshape(-1)] -= (keep.reshape(-1) / max(count, 1) if keep is not None
+                                        else np.full(flat.shape[0], 1.0 / max(count, 1))).astype(grad.dtype)
+        return grad
 
     def predict(self, output):
         """Predicted class ids per position, (N, T)."""
