@@ -395,6 +395,11 @@ class MulticlassHinge(_ClassLoss):
         return grad
 
 
+#: scores in [-SAFE_SCORE, SAFE_SCORE] go through exp unshifted: e^30 summed over even a million
+#: classes stays far below float32's largest value, and e^-30 far above its smallest normal one
+SAFE_SCORE = 30.0
+
+
 class SequenceCrossEntropy(Loss):
     """Softmax cross-entropy at every position of a sequence (``sequence_cross_entropy``): (N, T, K)
     class scores, (N, T) class ids, positions holding ``ignore_index`` skipped."""
@@ -438,12 +443,24 @@ class SequenceCrossEntropy(Loss):
 
     def forward(self, output, target):
         ids, keep = self._targets(output, target)
-        # one exponential over the (N*T, K) scores, kept for backward: softmax = e / sum(e)
-        e = output - output.max(axis=2, keepdims=True)
-        picked = np.take_along_axis(e, ids[..., None], axis=2)[..., 0]
-        np.exp(e, out=e)
-        total = e.sum(axis=2)
-        nll = np.log(total) - picked
+        # one exponential over the (N*T, K) scores, kept for backward: softmax = e / sum(e).
+        # Scores within +-SAFE_SCORE need no shift (no exp overflows, even summed, and none
+        # underflows), which spares a reduction along the short class axis; others get the usual
+        # shift by each position's maximum.
+        lo, hi = float(output.min()), float(output.max())
+        if -SAFE_SCORE <= lo and hi <= SAFE_SCORE:
+            e = np.exp(output)
+            picked = np.take_along_axis(output, ids[..., None], axis=2)[..., 0]
+        else:
+            e = output - output.max(axis=2, keepdims=True)
+            picked = np.take_along_axis(e, ids[..., None], axis=2)[..., 0]
+            np.exp(e, out=e)
+        # the sum over classes as a matrix-vector product: a reduction along a short contiguous
+        # axis costs numpy a loop per position
+        total = (e.reshape(-1, e.shape[2]) @ np.ones(e.shape[2], dtype=e.dtype)).reshape(e.shape[:2])
+        # per position in float64 (N*T numbers): log(total) and the picked score are both large where
+        # the scores were not shifted, and their difference must not lose float32's digits
+        nll = np.log(total.astype(np.float64)) - picked
         # the mask only when some position is padding
         masked = not keep.all()
         count = int(keep.sum()) if masked else keep.size
