@@ -393,8 +393,8 @@ class LSTM(_Recurrent):
             return super().backward(params, cache, dy)
         da, grads = self.sequence_backward(params, cache, dy)
         steps, n = cache.tcs.shape[0], cache.tcs.shape[2]
-        # dx^T = W_ih^T d a^T for all positions in one product: (D, T*N), then batch-first
-        dx = (params["weight_ih"].T @ da).reshape(-1, steps, n).transpose(2, 1, 0)
+        # dx = d a W_ih for all positions in one product: (T*N, D), then batch-first
+        dx = (da.T @ params["weight_ih"]).reshape(steps, n, -1).transpose(1, 0, 2)
         return np.ascontiguousarray(dx), grads
 
     def backward_params(self, params: Params, cache: Any, dy: np.ndarray) -> dict[str, np.ndarray]:
