@@ -161,6 +161,20 @@ def test_a_wrong_recurrent_backward_is_caught():
             dxg, dgh, dh_prev, dc_prev = super().step_back(params, cache, dh, dc)
             return dxg, dgh, dh_prev, np.zeros_like(dc_prev)
 
+    # the cell-by-cell step_back runs where steps are masked; the unmasked LSTM has its own loop
+    rows = check_layer_config(Forgetful, {"units": 3, "return_sequences": True, "padding_idx": 0}, [(20, 2), (20,)])
+    assert {r.tensor for r in rows if r.status == "fail"} >= {"weight_hh", "input[0]"}
+
+
+def test_a_wrong_unmasked_lstm_backward_is_caught():
+    class Forgetful(LSTM):
+        """Drops the gradient that reaches the state before each step through W_hh."""
+
+        def sequence_backward(self, params, cache, dy):
+            w_hh = params["weight_hh"]
+            da, grads = super().sequence_backward({**params, "weight_hh": np.zeros_like(w_hh)}, cache, dy)
+            return da, grads
+
     rows = check_layer_config(Forgetful, {"units": 3, "return_sequences": True, "padding_idx": None}, (20, 2))
     assert {r.tensor for r in rows if r.status == "fail"} >= {"weight_hh", "input"}
 

@@ -323,6 +323,18 @@ class RNN(_Recurrent):
         return {"activations": ["Tanh" if self.nonlinearity == "tanh" else "Relu"]}
 
 
+class _LSTMCache:
+    """What the unmasked LSTM's forward keeps for backward, batch-last: the input ``xs`` (D, T*N) and
+    the hidden states ``hs`` (U, (T+1)*N), the positions ordered (t, n) with h before step t at t; the
+    cell state before each step ``cs`` (T+1, U, N), tanh of each new cell state (T, U, N) and the gates
+    i, f, g, o (T, 4U, N)."""
+
+    __slots__ = ("xs", "hs", "cs", "tcs", "acts")
+
+    def __init__(self, xs: np.ndarray, hs: np.ndarray, cs: np.ndarray, tcs: np.ndarray, acts: np.ndarray) -> None:
+        self.xs, self.hs, self.cs, self.tcs, self.acts = xs, hs, cs, tcs, acts
+
+
 class LSTM(_Recurrent):
     """Long short-term memory with PyTorch's gates i, f, g, o, as ``nn.LSTM``."""
 
@@ -333,6 +345,114 @@ class LSTM(_Recurrent):
     examples = _examples()
     gates = 4
     onnx_op = "LSTM"
+
+    # The unmasked sequence runs batch-last: every per-step array is (features, N), so a gate is a
+    # contiguous block of rows of the (4U, N) step and every elementwise call runs on contiguous memory.
+    def forward(self, params: Params, x: Any, training: bool = False, rng: np.random.Generator | None = None,
+                state: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
+        if self.arity == 2:  # masked steps: the general loop, which blends the state per step
+            return super().forward(params, x, training, rng, state)
+        seq = np.asarray(x)
+        n, steps, _ = seq.shape
+        u, dtype = self.units, seq.dtype
+        # sigmoid(a) = 0.5 tanh(a / 2) + 0.5: halving the rows of the sigmoid gates (i, f, o) is exact,
+        # so one tanh over all four gates and one affine map (identity on g) give every activation
+        half = np.ones((4 * u, 1), dtype=dtype)
+        half[:2 * u] = half[3 * u:] = 0.5
+        shift = (half == 0.5).astype(dtype) * half
+        w_hh = params["weight_hh"] * half  # (4U, U)
+        # (D, T*N), positions ordered (t, n): the input of all steps side by side
+        xs = np.ascontiguousarray(seq.transpose(2, 1, 0)).reshape(-1, steps * n)
+        # (T, 4U, N): every step's input projection and both biases before the loop
+        acts = np.matmul(params["weight_ih"] * half, xs.reshape(-1, steps, n).transpose(1, 0, 2))
+        acts += (params["bias_ih"] + params["bias_hh"])[:, None] * half
+        # hs[:, t*N:(t+1)*N]: the state before step t, side by side as in xs
+        hs = np.zeros((u, (steps + 1) * n), dtype=dtype)
+        cs = np.zeros((steps + 1, u, n), dtype=dtype)  # cs[t]: the cell state before step t
+        tcs = np.empty((steps, u, n), dtype=dtype)  # tanh of the cell state after step t
+        rec = np.empty((4 * u, n), dtype=dtype)
+        ig = np.empty((u, n), dtype=dtype)
+        for t in range(steps):
+            a = acts[t]
+            np.matmul(w_hh, hs[:, t * n:(t + 1) * n], out=rec)
+            a += rec
+            np.tanh(a, out=a)
+            a *= half
+            a += shift  # a: the gates i, f, g, o, each (U, N)
+            np.multiply(a[u:2 * u], cs[t], out=cs[t + 1])
+            np.multiply(a[:u], a[2 * u:3 * u], out=ig)
+            cs[t + 1] += ig
+            np.tanh(cs[t + 1], out=tcs[t])
+            np.multiply(a[3 * u:], tcs[t], out=hs[:, (t + 1) * n:(t + 2) * n])
+        out = hs[:, n:].reshape(u, steps, n)
+        y = np.ascontiguousarray(out.transpose(2, 1, 0)) if self.return_sequences else out[:, -1].T.copy()
+        return y, _LSTMCache(xs, hs, cs, tcs, acts)
+
+    def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
+        if not isinstance(cache, _LSTMCache):
+            return super().backward(params, cache, dy)
+        da, grads = self.sequence_backward(params, cache, dy)
+        steps, n = cache.tcs.shape[0], cache.tcs.shape[2]
+        # dx = d a W_ih for all positions in one product: (T*N, D), then batch-first
+        dx = (da.T @ params["weight_ih"]).reshape(steps, n, -1).transpose(1, 0, 2)
+        return np.ascontiguousarray(dx), grads
+
+    def backward_params(self, params: Params, cache: Any, dy: np.ndarray) -> dict[str, np.ndarray]:
+        if not isinstance(cache, _LSTMCache):
+            return super().backward_params(params, cache, dy)
+        return self.sequence_backward(params, cache, dy)[1]
+
+    def sequence_backward(self, params: Params, cache: _LSTMCache, dy: np.ndarray
+                          ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(d a^T, grads)`` of the unmasked sequence: the gradients of the gates' pre-activations
+        at all positions as (4U, T*N), ordered (t, n), and the parameter gradients."""
+        xs, hs, cs, tcs, acts = cache.xs, cache.hs, cache.cs, cache.tcs, cache.acts
+        steps, u, n = tcs.shape
+        dtype = hs.dtype
+        i, f, g, o = (acts[:, k * u:(k + 1) * u] for k in range(4))
+        # the derivative factors of every step at once, before the loop:
+        # d a_i = dc g i(1-i), d a_f = dc c_prev f(1-f), d a_g = dc i(1-g^2), d a_o = dh tanh(c) o(1-o)
+        dgates = np.empty((steps, 4, u, n), dtype=dtype)
+        d_i, d_f, d_g, d_o = (dgates[:, k] for k in range(4))
+        np.subtract(1, i, out=d_i)
+        d_i *= i
+        d_i *= g
+        np.subtract(1, f, out=d_f)
+        d_f *= f
+        d_f *= cs[:-1]
+        np.multiply(g, g, out=d_g)
+        np.subtract(1, d_g, out=d_g)
+        d_g *= i
+        np.subtract(1, o, out=d_o)
+        d_o *= o
+        d_o *= tcs
+        dc_dh = np.multiply(tcs, tcs)  # d c_t / d h_t = o (1 - tanh(c_t)^2), through h = o tanh(c)
+        np.subtract(1, dc_dh, out=dc_dh)
+        dc_dh *= o
+        w_hh_t = np.ascontiguousarray(params["weight_hh"].T)  # (U, 4U)
+        da = np.empty((4 * u, steps * n), dtype=dtype)  # positions ordered (t, n), as xs and hs
+        tmp = np.empty((u, n), dtype=dtype)
+        dc = np.zeros((u, n), dtype=dtype)
+        if self.return_sequences:
+            douts = np.ascontiguousarray(np.asarray(dy, dtype=dtype).transpose(1, 2, 0))  # (T, U, N)
+            dh = np.zeros((u, n), dtype=dtype)
+        else:
+            douts = None
+            dh = np.array(np.asarray(dy).T, dtype=dtype)
+        for t in range(steps - 1, -1, -1):
+            if douts is not None:
+                dh += douts[t]
+            np.multiply(dh, dc_dh[t], out=tmp)
+            dc += tmp
+            da_t = da[:, t * n:(t + 1) * n]
+            np.multiply(dc, dgates[t, :3], out=da_t[:3 * u].reshape(3, u, n))
+            np.multiply(dh, dgates[t, 3], out=da_t[3 * u:])
+            np.matmul(w_hh_t, da_t, out=dh)
+            dc *= f[t]
+        # both weight gradients as one product each over all N*T positions
+        gb = da.sum(axis=1)
+        grads = {"weight_ih": da @ xs.T, "weight_hh": da @ hs[:, :steps * n].T, "bias_ih": gb, "bias_hh": gb.copy()}
+        return da, grads
 
     def step(self, params: Params, xg: np.ndarray, h: np.ndarray, c: np.ndarray | None
              ) -> tuple[np.ndarray, np.ndarray | None, Any]:

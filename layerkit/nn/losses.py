@@ -395,6 +395,11 @@ class MulticlassHinge(_ClassLoss):
         return grad
 
 
+#: scores in [-SAFE_SCORE, SAFE_SCORE] go through exp unshifted: e^30 summed over even a million
+#: classes stays far below float32's largest value, and e^-30 far above its smallest normal one
+SAFE_SCORE = 30.0
+
+
 class SequenceCrossEntropy(Loss):
     """Softmax cross-entropy at every position of a sequence (``sequence_cross_entropy``): (N, T, K)
     class scores, (N, T) class ids, positions holding ``ignore_index`` skipped."""
@@ -438,20 +443,44 @@ class SequenceCrossEntropy(Loss):
 
     def forward(self, output, target):
         ids, keep = self._targets(output, target)
-        z = output - output.max(axis=2, keepdims=True)
-        logsum = np.log(np.exp(z).sum(axis=2))
-        picked = np.take_along_axis(z, ids[..., None], axis=2)[..., 0]
-        count = int(keep.sum())
-        loss = float(((logsum - picked) * keep).sum()) / max(count, 1)
-        prob = np.exp(z - logsum[..., None])
-        return loss, (prob, ids, keep, count)
+        # one exponential over the (N*T, K) scores, kept for backward: softmax = e / sum(e).
+        # Scores within +-SAFE_SCORE need no shift (no exp overflows, even summed, and none
+        # underflows), which spares a reduction along the short class axis; others get the usual
+        # shift by each position's maximum.
+        lo, hi = float(output.min()), float(output.max())
+        if -SAFE_SCORE <= lo and hi <= SAFE_SCORE:
+            e = np.exp(output)
+            picked = np.take_along_axis(output, ids[..., None], axis=2)[..., 0]
+        else:
+            e = output - output.max(axis=2, keepdims=True)
+            picked = np.take_along_axis(e, ids[..., None], axis=2)[..., 0]
+            np.exp(e, out=e)
+        # the sum over classes as a matrix-vector product: a reduction along a short contiguous
+        # axis costs numpy a loop per position
+        total = (e.reshape(-1, e.shape[2]) @ np.ones(e.shape[2], dtype=e.dtype)).reshape(e.shape[:2])
+        # per position in float64 (N*T numbers): log(total) and the picked score are both large where
+        # the scores were not shifted, and their difference must not lose float32's digits
+        nll = np.log(total.astype(np.float64)) - picked
+        # the mask only when some position is padding
+        masked = not keep.all()
+        count = int(keep.sum()) if masked else keep.size
+        loss = float((nll * keep).sum() if masked else nll.sum()) / max(count, 1)
+        return loss, (e, total, ids, keep if masked else None, count)
 
     def backward(self, cache):
-        prob, ids, keep, count = cache
-        grad = prob.copy()
-        np.put_along_axis(grad, ids[..., None], np.take_along_axis(grad, ids[..., None], axis=2) - 1, axis=2)
-        grad *= (keep / max(count, 1))[..., None].astype(prob.dtype)
-        return grad.astype(prob.dtype, copy=False)
+        e, total, ids, keep, count = cache
+        # d loss / d scores = (softmax - onehot) * keep / count, written into one fresh array
+        scale = np.reciprocal(total)
+        scale *= 1.0 / max(count, 1)
+        if keep is not None:
+            scale *= keep
+        grad = e * scale[..., None].astype(e.dtype, copy=False)
+        flat = grad.reshape(-1, grad.shape[2])
+        rows = np.arange(flat.shape[0])
+        # one target per position: the indices are distinct, so a plain fancy-index update is exact
+        flat[rows, ids.reshape(-1)] -= (keep.reshape(-1) / max(count, 1) if keep is not None
+                                        else np.full(flat.shape[0], 1.0 / max(count, 1))).astype(grad.dtype)
+        return grad
 
     def predict(self, output):
         """Predicted class ids per position, (N, T)."""
