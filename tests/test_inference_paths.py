@@ -8,9 +8,10 @@ import pytest
 
 from layerkit.nn.plan import InferCall
 from layerkit.modelfile.build import build_model
-from layerkit.nn.layer import Example, Layer, ParamSpec
+from layerkit.nn.layer import Example, Layer
 from layerkit.testing import run_layer_test
 
+from test_contract_checks import Scale as _Scale
 from test_speed_paths import ALEXNET_LIKE
 
 
@@ -70,34 +71,6 @@ def test_no_fold_when_the_conv_output_has_another_reader():
     assert not any(rec.infer is InferCall.INFER_INPLACE for rec in plan.nodes)
     x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(x), model.forward(x, training=False)[0])
-
-
-class _Scale(Layer):
-    """y = x * s per feature, with correct inference paths; the broken variants below each lie once."""
-
-    type = "scale_ok"
-    description = "per-feature scale"
-    examples = (Example({}, (3,)),)
-
-    def output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def param_specs(self, input_shape):
-        return {"s": ParamSpec(tuple(input_shape), "ones")}
-
-    def forward(self, params, x, training=False, rng=None, state=None):
-        return x * params["s"], x
-
-    def backward(self, params, cache, dy):
-        return dy * params["s"], {"s": (dy * cache).sum(axis=0)}
-
-    def inference_affine(self, params, state=None):
-        return params["s"], np.zeros_like(params["s"])
-
-    def fold_affine(self, params, scale, shift):
-        if np.any(shift):
-            return None  # no bias to put a shift into
-        return {"s": params["s"] * scale}
 
 
 class _InferOff(_Scale):
