@@ -148,14 +148,15 @@ class SampleParallel(ForkedWorkers):
                                self._random, self.keys, key)
 
     # -- the step ------------------------------------------------------------------
-    def step(self, idx: np.ndarray, rng: np.random.Generator | None = None, key: int = 0
-             ) -> tuple[float, float, list[np.ndarray]]:
+    def step(self, idx: np.ndarray, rng: np.random.Generator | None = None, key: int = 0,
+             terms: int | None = None) -> tuple[float, float, list[np.ndarray]]:
         """Mean loss, correct predictions and summed gradients (in ``keys`` order) of one batch.
 
         ``key`` is the epoch's per-sample key (``samplerandom.epoch_key``); ``rng`` (the trainer's
         generator) seeds the per-shard generators of layers without ``sample_rng``.
         """
-        terms = self.loss.counted(self.y[idx])
+        if terms is None:  # the caller may have counted them already (the training step has)
+            terms = self.loss.counted(self.y[idx])
         seed = int(rng.integers(1 << 62)) if self._random and rng is not None else 0
         loss_sum, hits, grads = self.compute(idx, terms, seed, key=key)
         return loss_sum / max(terms, 1), hits, grads

@@ -31,8 +31,9 @@ from layerkit.parallel import collectives
 from layerkit.parallel.collectives import Collectives
 from layerkit.training.sample_parallel import SampleParallel, shard_count, share_gradients
 
-#: mean loss, correct predictions (fractional for reconstructions), gradients, stop
-StepResult = tuple[float, float, list[np.ndarray], bool]
+#: mean loss, correct predictions (fractional for reconstructions), gradients, stop, and the terms the
+#: mean is over (``Loss.counted`` of the batch's targets: samples, or counted tokens)
+StepResult = tuple[float, float, list[np.ndarray], bool, int]
 
 
 def _bounds(n: int, parts: int) -> list[int]:
@@ -40,7 +41,8 @@ def _bounds(n: int, parts: int) -> list[int]:
 
 
 class Step:
-    """``step(idx, rng, stop, key)`` -> (mean loss, correct predictions, gradients in ``keys`` order, stop).
+    """``step(idx, rng, stop, key)`` -> (mean loss, correct predictions, gradients in ``keys`` order, stop,
+    counted terms).
 
     The mean is over the terms the loss counts (``Loss.counted``): samples, or a sequence batch's
     tokens that count; a split batch weights each share by its counted terms.
@@ -72,7 +74,7 @@ class LocalStep(Step):
             xb = self.augment(xb, draws.child("augment") if isinstance(draws, SampleRandom) else draws)
         value, out, grads = self.model.loss_and_gradients(self.loss, xb, yb, draws)
         hits = self.loss.correct(out, yb)
-        return value, hits, [grads[n][t] for n, t in self.keys], stop
+        return value, hits, [grads[n][t] for n, t in self.keys], stop, self.loss.counted(yb)
 
 
 class ForkedStep(Step):
@@ -82,8 +84,9 @@ class ForkedStep(Step):
         self.workers, self.shares = workers, workers.shards
 
     def __call__(self, idx, rng, stop=False, key=0) -> StepResult:
-        value, hits, grads = self.workers.step(idx, rng, key)
-        return value, hits, grads, stop
+        terms = self.workers.loss.counted(self.workers.y[idx])
+        value, hits, grads = self.workers.step(idx, rng, key, terms=terms)
+        return value, hits, grads, stop, terms
 
 
 class DistributedStep(Step):
@@ -132,7 +135,7 @@ class DistributedStep(Step):
             comm.allreduce_sum(totals)
         else:
             totals[2] = comm.allreduce_sum(np.array([float(stop)]))[0]
-        return float(totals[0]) / max(terms, 1), float(totals[1]), self._views, bool(totals[2])
+        return float(totals[0]) / max(terms, 1), float(totals[1]), self._views, bool(totals[2]), terms
 
 
 def random_model(model, augment) -> bool:

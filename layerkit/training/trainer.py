@@ -326,14 +326,13 @@ class Trainer:
         key = epoch_key(self.seed, epoch)  # random layers draw per (seed, epoch, sample)
         for step in range(st.step, spe):
             idx = perm[step * bs:(step + 1) * bs]
-            value, hits, grad_list, stop = self._step(idx, self.rng, self._stop_requested, key)
+            value, hits, grad_list, stop, terms = self._step(idx, self.rng, self._stop_requested, key)
             if not math.isfinite(value):
                 raise everywhere(TrainingError(f"the loss became {value} in epoch {epoch + 1}, batch {step + 1}; "
                                                f"training stopped (try a lower learning rate)"))
             self._busy = True  # a second Ctrl-C in here must not checkpoint half-updated weights
             opt.step(grad_list, self.schedule.lr(epoch, step))
             self._busy = False
-            terms = self.loss.counted(self.data.y_train[idx])  # samples, or a sequence batch's counted tokens
             st.step, st.loss_sum, st.correct, st.seen = step + 1, st.loss_sum + value * terms, \
                 st.correct + hits, st.seen + terms
             self.batch_losses.append(float(value))
