@@ -878,15 +878,9 @@ CHECKS: dict[str, Check] = {c.name: c for c in (
              "backward's gradients agree with central differences of forward, in float64"),
 )}
 
-#: the checks that apply only when the layer declares the capability of the same name (or, for
-#: ``split_batch_equals_whole``, a sample_coupling of NONE or BATCH_SUMS)
-CAPABILITY_CHECKS = {
-    "backward_params_equals_backward": "backward_params", "backward_inplace_equals_backward": "backward_inplace",
-    "backward_input_equals_backward": "backward_input", "fresh_dx": "fresh_dx", "infer_fresh": "infer_fresh",
-    "infer_inplace_equals_infer": "infer_inplace",
-    "inference_affine_matches_infer": "inference_affine", "fold_affine_matches_infer": "fold_affine",
-    "commutes_with_max": "commutes_with_max", "pools_max": "pools_max",
-}
+#: the checks that apply only when the layer declares the capability they are about (their ``member``)
+CAPABILITY_CHECKS = {c.name: c.member for c in CHECKS.values()
+                     if c.member in FLAG_CAPABILITIES + METHOD_CAPABILITIES}
 
 
 def _applies(check: Check, subject: Subject) -> bool:
