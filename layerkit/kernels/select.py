@@ -1,0 +1,142 @@
+"""Which implementation of the kernels runs: the numpy reference or the compiled (numba) one.
+
+``LAYERKIT_KERNELS`` chooses, once per process, at the first float32 call of a kernel:
+
+- ``auto`` (the default): numba when it is installed (``pip install 'layerkit[fast]'``), else numpy;
+- ``numpy``: the reference, always;
+- ``numba``: the compiled kernels, an error (:class:`~layerkit.errors.KernelError`) if numba is missing.
+
+Only float32 calls (training, inference) can take the compiled path; float64 calls (the gradient
+checks) always run the reference, and so never import numba. numba is imported at the first float32
+call on the numba path, after :func:`cache_dir` has pointed its on-disk cache (``NUMBA_CACHE_DIR``)
+at a directory the user can write, unless the user set ``NUMBA_CACHE_DIR``: the kernels are compiled
+once per machine and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from layerkit.errors import KernelError
+from layerkit.kernels.registry import KERNELS
+
+ENV = "LAYERKIT_KERNELS"
+PATHS = ("auto", "numpy", "numba")
+INSTALL_HINT = "pip install 'layerkit[fast]'"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The kernel path of this process and why: ``path`` is ``"numpy"`` or ``"numba"``."""
+
+    path: str
+    reason: str
+    requested: str
+
+
+def numba_installed() -> bool:
+    """Whether numba can be imported (found without importing it)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def decide(requested: str | None = None) -> Choice:
+    """The path ``LAYERKIT_KERNELS`` (or ``requested``) asks for; raises KernelError for a bad value
+    or for ``numba`` without numba. Imports nothing."""
+    raw = os.environ.get(ENV, "") if requested is None else requested
+    value = raw.strip().lower() or "auto"
+    if value not in PATHS:
+        raise KernelError(f"{ENV}={raw!r}: must be one of {', '.join(PATHS)}")
+    have = numba_installed()
+    if value == "numpy":
+        return Choice("numpy", f"{ENV}=numpy", value)
+    if value == "numba":
+        if not have:
+            raise KernelError(f"{ENV}=numba but numba is not installed: {INSTALL_HINT}")
+        return Choice("numba", f"{ENV}=numba", value)
+    if have:
+        return Choice("numba", f"{ENV}=auto and numba is installed", value)
+    return Choice("numpy", f"{ENV}=auto and numba is not installed ({INSTALL_HINT} adds it)", value)
+
+
+def cache_dir() -> Path:
+    """Where numba keeps the compiled kernels: ``NUMBA_CACHE_DIR`` if the user set it, else
+    ``$XDG_CACHE_HOME/layerkit/numba`` (``~/.cache/layerkit/numba`` without XDG_CACHE_HOME)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "layerkit" / "numba"
+
+
+_lock = threading.RLock()
+_choice: Choice | None = None
+#: kernel name -> the implementation float32 calls use; filled at a kernel's first float32 call
+_active: dict[str, Any] = {}
+
+
+def choice() -> Choice:
+    """This process's path, decided at the first call (see the module docstring)."""
+    global _choice
+    if _choice is None:
+        with _lock:
+            if _choice is None:
+                _choice = decide()
+    return _choice
+
+
+def _compiled(name: str) -> Any:
+    spec = KERNELS[name]
+    if spec.load_compiled is None:
+        return spec.reference
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir()))
+    try:
+        return spec.load_compiled()
+    except ImportError as exc:  # numba (or llvmlite) is installed but broken
+        raise KernelError(f"the compiled kernels cannot be loaded ({exc}): reinstall numba "
+                          f"({INSTALL_HINT}) or set {ENV}=numpy") from exc
+
+
+def _resolve(name: str) -> Any:
+    with _lock:
+        if name not in _active:
+            _active[name] = _compiled(name) if choice().path == "numba" else KERNELS[name].reference
+        return _active[name]
+
+
+def kernel(name: str, dtype: Any) -> Any:
+    """The implementation of kernel ``name`` for arrays of ``dtype``: the compiled one for float32 on
+    the numba path, the numpy reference otherwise. After the first call, one dict look-up."""
+    if dtype != np.float32:
+        return KERNELS[name].reference
+    impl = _active.get(name)
+    return impl if impl is not None else _resolve(name)
+
+
+def compiled(name: str) -> Any:
+    """The compiled implementation of ``name`` whatever the path (for the checks); imports numba.
+    None when the kernel has none or numba is not installed."""
+    if KERNELS[name].load_compiled is None or not numba_installed():
+        return None
+    return _compiled(name)
+
+
+@contextlib.contextmanager
+def forced(impls: dict[str, Any]) -> Iterator[None]:
+    """Run the body with these implementations for float32 calls (the checks compare the paths this
+    way); not for use while other threads train."""
+    with _lock:
+        saved = dict(_active)
+        _active.update(impls)
+    try:
+        yield
+    finally:
+        with _lock:
+            _active.clear()
+            _active.update(saved)
