@@ -71,3 +71,5 @@ class Kernel:
     tolerance: Tolerance
     examples: Callable[[np.random.Generator], Iterable[KernelExample]]
     run: Callable[[Any, KernelExample], dict[str, np.ndarray]]
+    #: which calls the compiled implementation takes (the rest run the reference), in words
+    covers: str = "every call"

@@ -130,4 +130,5 @@ KERNEL = Kernel(
     tolerance=Tolerance(),
     examples=examples,
     run=run,
+    covers="2x2 windows of stride 2 (any padding, ceil_mode); other windows run the numpy reference",
 )
