@@ -58,8 +58,8 @@ def main() -> None:
             with select.forced(impls):
                 y, cache = layer.forward({}, x, True)
                 dy = rng.standard_normal(y.shape).astype(np.float32)
-                row.append(median_ms(lambda: layer.forward({}, x, True), args.repeats))
-                row.append(median_ms(lambda: layer.backward({}, cache, dy), args.repeats))
+                row.append(median_ms(lambda layer=layer, x=x: layer.forward({}, x, True), args.repeats))
+                row.append(median_ms(lambda layer=layer, c=cache, dy=dy: layer.backward({}, c, dy), args.repeats))
         print(f"{'max_pool2d':<12} {str(config):<40} {str(shape):<18} " + " ".join(f"{t:9.3f}" for t in row))
 
 

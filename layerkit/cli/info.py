@@ -38,8 +38,9 @@ def gather() -> dict[str, Any]:
             "why": choice.reason,
             ENV: choice.requested,
             "numba_cache_dir": str(cache_dir()),
-            "kernels": [{"name": k.name, "compiled": k.load_compiled is not None and choice.path == "numba",
-                         "covers": k.covers, "tolerance": str(k.tolerance), "description": k.description} for k in KERNELS.values()],
+            "kernels": [{"name": k.name, "compiled": k.compiled_module is not None and choice.path == "numba",
+                         "covers": k.covers, "tolerance": str(k.tolerance), "description": k.description}
+                        for k in KERNELS.values()],
         },
         "threads": {"layerkit": threads.num_threads(), "blas": blas.num_threads()},
     }

@@ -66,8 +66,8 @@ class Kernel:
     name: str
     description: str
     reference: Any
-    #: imports the compiled implementation (and numba); None where there is none
-    load_compiled: Callable[[], Any] | None
+    #: the module of the compiled implementation (its ``IMPL``; importing it imports numba), or None
+    compiled_module: str | None
     tolerance: Tolerance
     examples: Callable[[np.random.Generator], Iterable[KernelExample]]
     run: Callable[[Any, KernelExample], dict[str, np.ndarray]]

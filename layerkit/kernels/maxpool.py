@@ -116,17 +116,11 @@ def examples(rng: np.random.Generator) -> Iterator[KernelExample]:
     yield KernelExample("non-contiguous input and gradient", (nchw, dy[:, :, :, ::-1], 2, 2, 0))
 
 
-def _load_numba() -> Any:
-    from layerkit.kernels.maxpool_numba import IMPL  # imports numba
-
-    return IMPL
-
-
 KERNEL = Kernel(
     name="max_pool2d",
     description="2-D max pooling forward and backward (MaxPool2D): the first maximum takes the gradient",
     reference=MaxPoolNumpy(),
-    load_compiled=_load_numba,
+    compiled_module="layerkit.kernels.maxpool_numba",
     tolerance=Tolerance(),
     examples=examples,
     run=run,

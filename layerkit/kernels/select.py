@@ -16,6 +16,7 @@ once per machine and loaded from there afterwards.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import os
 import threading
@@ -93,11 +94,11 @@ def choice() -> Choice:
 
 def _compiled(name: str) -> Any:
     spec = KERNELS[name]
-    if spec.load_compiled is None:
+    if spec.compiled_module is None:
         return spec.reference
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir()))
     try:
-        return spec.load_compiled()
+        return importlib.import_module(spec.compiled_module).IMPL
     except ImportError as exc:  # numba (or llvmlite) is installed but broken
         raise KernelError(f"the compiled kernels cannot be loaded ({exc}): reinstall numba "
                           f"({INSTALL_HINT}) or set {ENV}=numpy") from exc
@@ -122,7 +123,7 @@ def kernel(name: str, dtype: Any) -> Any:
 def compiled(name: str) -> Any:
     """The compiled implementation of ``name`` whatever the path (for the checks); imports numba.
     None when the kernel has none or numba is not installed."""
-    if KERNELS[name].load_compiled is None or not numba_installed():
+    if KERNELS[name].compiled_module is None or not numba_installed():
         return None
     return _compiled(name)
 
