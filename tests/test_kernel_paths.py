@@ -134,3 +134,27 @@ def test_float64_gradient_checks_never_import_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
                          env={**os.environ, select.ENV: "auto"})
     assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+@needs_numba
+def test_auto_loads_a_compiled_kernel_only_once_it_pays(monkeypatch):
+    # a short run (a 1-epoch fit, a test) never pays numba's load time; the compiled kernel gives the
+    # same bits, so switching mid-run changes nothing
+    monkeypatch.setenv(select.ENV, "auto")
+    monkeypatch.setattr(select, "_choice", None)
+    monkeypatch.setattr(select, "_active", {})
+    monkeypatch.setattr(select, "_seen", {})
+    monkeypatch.setattr(select, "LOAD_AFTER", 1000)
+    f32 = np.dtype(np.float32)
+    reference = KERNELS["max_pool2d"].reference
+    assert select.kernel("max_pool2d", f32, 600) is reference
+    assert select.kernel("max_pool2d", f32, 600).path == "numba"  # 1,200 values seen: loaded
+    assert select.kernel("max_pool2d", f32, 1).path == "numba"
+
+
+@needs_numba
+def test_numba_asked_for_loads_at_the_first_call(monkeypatch):
+    monkeypatch.setenv(select.ENV, "numba")
+    monkeypatch.setattr(select, "_choice", None)
+    monkeypatch.setattr(select, "_active", {})
+    assert select.kernel("max_pool2d", np.dtype(np.float32), 1).path == "numba"

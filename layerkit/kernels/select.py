@@ -2,9 +2,15 @@
 
 ``LAYERKIT_KERNELS`` chooses, once per process, at the first float32 call of a kernel:
 
-- ``auto`` (the default): numba when it is installed (``pip install 'layerkit[fast]'``), else numpy;
+- ``auto`` (the default): numba when it is installed (``pip install 'layerkit[fast]'``), else numpy.
+  Loading numba costs a few tenths of a second, so each kernel runs its reference until it has
+  seen :data:`LOAD_AFTER` input values, about the work on which the compiled kernel saves that
+  much, and loads the compiled one then: a short run never pays for numba, a long one pays at most
+  twice the least it could (the compiled kernels give the reference's results bit for bit or
+  within their stated tolerance, so switching mid-run changes nothing the run computes beyond that);
 - ``numpy``: the reference, always;
-- ``numba``: the compiled kernels, an error (:class:`~layerkit.errors.KernelError`) if numba is missing.
+- ``numba``: the compiled kernels from the first call, an error (:class:`~layerkit.errors.KernelError`)
+  if numba is missing.
 
 Only float32 calls (training, inference) can take the compiled path; float64 calls (the gradient
 checks) always run the reference, and so never import numba. numba is imported at the first float32
@@ -30,6 +36,10 @@ from layerkit.errors import KernelError
 from layerkit.kernels.registry import KERNELS
 
 ENV = "LAYERKIT_KERNELS"
+#: input values a kernel runs on its reference, on the auto path, before its compiled twin is loaded:
+#: loading numba from its cache costs about 0.3 s of CPU time and the compiled max pooling saves
+#: about 1.1 ns per input value, forward and backward (docs/performance.md)
+LOAD_AFTER = 1 << 28
 PATHS = ("auto", "numpy", "numba")
 INSTALL_HINT = "pip install 'layerkit[fast]'"
 
@@ -63,7 +73,8 @@ def decide(requested: str | None = None) -> Choice:
             raise KernelError(f"{ENV}=numba but numba is not installed: {INSTALL_HINT}")
         return Choice("numba", f"{ENV}=numba", value)
     if have:
-        return Choice("numba", f"{ENV}=auto and numba is installed", value)
+        return Choice("numba", f"{ENV}=auto and numba is installed (each compiled kernel is loaded once it "
+                               f"has {LOAD_AFTER:,} input values to run on)", value)
     return Choice("numpy", f"{ENV}=auto and numba is not installed ({INSTALL_HINT} adds it)", value)
 
 
@@ -78,8 +89,10 @@ def cache_dir() -> Path:
 
 _lock = threading.RLock()
 _choice: Choice | None = None
-#: kernel name -> the implementation float32 calls use; filled at a kernel's first float32 call
+#: kernel name -> the implementation float32 calls use, once decided
 _active: dict[str, Any] = {}
+#: kernel name -> input values run on the reference so far (the auto path, before loading)
+_seen: dict[str, int] = {}
 
 
 def choice() -> Choice:
@@ -104,20 +117,27 @@ def _compiled(name: str) -> Any:
                           f"({INSTALL_HINT}) or set {ENV}=numpy") from exc
 
 
-def _resolve(name: str) -> Any:
+def _resolve(name: str, size: int) -> Any:
     with _lock:
-        if name not in _active:
-            _active[name] = _compiled(name) if choice().path == "numba" else KERNELS[name].reference
+        if name in _active:
+            return _active[name]
+        path = choice()
+        if path.path == "numba" and path.requested == "auto":
+            _seen[name] = _seen.get(name, 0) + size
+            if _seen[name] < LOAD_AFTER:
+                return KERNELS[name].reference
+        _active[name] = _compiled(name) if path.path == "numba" else KERNELS[name].reference
         return _active[name]
 
 
-def kernel(name: str, dtype: Any) -> Any:
-    """The implementation of kernel ``name`` for arrays of ``dtype``: the compiled one for float32 on
-    the numba path, the numpy reference otherwise. After the first call, one dict look-up."""
+def kernel(name: str, dtype: Any, size: int = 0) -> Any:
+    """The implementation of kernel ``name`` for a call on ``size`` input values of ``dtype``: the
+    compiled one for float32 on the numba path (on the auto path once it pays, see the module
+    docstring), the numpy reference otherwise. Once decided, one dict look-up."""
     if dtype != np.float32:
         return KERNELS[name].reference
     impl = _active.get(name)
-    return impl if impl is not None else _resolve(name)
+    return impl if impl is not None else _resolve(name, size)
 
 
 def compiled(name: str) -> Any:

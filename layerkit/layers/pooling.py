@@ -115,7 +115,7 @@ class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
         g = self._window(x.shape[2:])
         xp = pad(x, g, -np.inf)
         y = np.empty((x.shape[0], x.shape[1], g.ho, g.wo), dtype=x.dtype)
-        impl = kernel("max_pool2d", x.dtype)  # numpy or compiled (layerkit.kernels.select)
+        impl = kernel("max_pool2d", x.dtype, x.size)  # numpy or compiled (layerkit.kernels.select)
         arg = impl.argmax_buffer(y.shape, g)
         # sample chunks keep the input lines every offset touches in cache for the next offset
         over_chunks(xp, lambda slices, step: impl.forward(xp, g, y, arg, slices))
