@@ -148,6 +148,11 @@ def compiled(name: str) -> Any:
     return _compiled(name)
 
 
+def active_paths() -> dict[str, str]:
+    """Kernel name -> the path (``numpy``, ``numba``) its float32 calls took, for the kernels called so far."""
+    return {name: impl.path for name, impl in _active.items()}
+
+
 @contextlib.contextmanager
 def forced(impls: dict[str, Any]) -> Iterator[None]:
     """Run the body with these implementations for float32 calls (the checks compare the paths this
