@@ -37,8 +37,8 @@ from layerkit.kernels.registry import KERNELS
 
 ENV = "LAYERKIT_KERNELS"
 #: input values a kernel runs on its reference, on the auto path, before its compiled twin is loaded:
-#: loading numba from its cache costs about 0.3 s of CPU time and the compiled max pooling saves
-#: about 1.1 ns per input value, forward and backward (docs/performance.md)
+#: about the work on which the compiled max pooling saves what loading numba costs (both measured in
+#: docs/performance.md, "Compile time, and what loading numba costs a short run")
 LOAD_AFTER = 1 << 28
 PATHS = ("auto", "numpy", "numba")
 INSTALL_HINT = "pip install 'layerkit[fast]'"
