@@ -137,25 +137,35 @@ def test_check_grads_never_imports_numba():
     assert out.stderr.split()[-2:] == ["0", "False"], out.stderr
 
 
+@pytest.fixture
+def fresh_choice():
+    # the path is decided once per process: decide again for this test, and again after it
+    select.reset()
+    yield
+    select.reset()
+
+
 @needs_numba
-def test_auto_loads_a_compiled_kernel_only_once_it_pays(monkeypatch):
+def test_auto_loads_a_compiled_kernel_only_once_it_pays(monkeypatch, fresh_choice):
     # a short run (a 1-epoch fit, a test) never pays numba's load time; the compiled kernel gives the
     # same bits, so switching mid-run changes nothing
     monkeypatch.setenv(select.ENV, "auto")
-    monkeypatch.setattr(select, "_choice", None)
-    monkeypatch.setattr(select, "_active", {})
-    monkeypatch.setattr(select, "_seen", {})
     monkeypatch.setattr(select, "LOAD_AFTER", 1000)
     f32 = np.dtype(np.float32)
     reference = KERNELS["max_pool2d"].reference
     assert select.kernel("max_pool2d", f32, 600) is reference
+    assert select.active_paths() == {}  # nothing loaded yet
     assert select.kernel("max_pool2d", f32, 600).path == "numba"  # 1,200 values seen: loaded
-    assert select.kernel("max_pool2d", f32, 1).path == "numba"
+    assert select.active_paths() == {"max_pool2d": "numba"}
 
 
 @needs_numba
-def test_numba_asked_for_loads_at_the_first_call(monkeypatch):
+def test_numba_asked_for_loads_at_the_first_call(monkeypatch, fresh_choice):
     monkeypatch.setenv(select.ENV, "numba")
-    monkeypatch.setattr(select, "_choice", None)
-    monkeypatch.setattr(select, "_active", {})
     assert select.kernel("max_pool2d", np.dtype(np.float32), 1).path == "numba"
+
+
+def test_numpy_asked_for_never_loads_a_compiled_kernel(monkeypatch, fresh_choice):
+    monkeypatch.setenv(select.ENV, "numpy")
+    monkeypatch.setattr(select, "LOAD_AFTER", 0)
+    assert select.kernel("max_pool2d", np.dtype(np.float32), 10**9).path == "numpy"

@@ -148,6 +148,16 @@ def compiled(name: str) -> Any:
     return _compiled(name)
 
 
+def reset() -> None:
+    """Forget the path and the implementations chosen so far: the next float32 call decides again from
+    ``LAYERKIT_KERNELS`` (for tests, and a process that changed the variable)."""
+    global _choice
+    with _lock:
+        _choice = None
+        _active.clear()
+        _seen.clear()
+
+
 def active_paths() -> dict[str, str]:
     """Kernel name -> the path (``numpy``, ``numba``) its float32 calls took, for the kernels called so far."""
     return {name: impl.path for name, impl in _active.items()}
