@@ -169,3 +169,13 @@ def test_numpy_asked_for_never_loads_a_compiled_kernel(monkeypatch, fresh_choice
     monkeypatch.setenv(select.ENV, "numpy")
     monkeypatch.setattr(select, "LOAD_AFTER", 0)
     assert select.kernel("max_pool2d", np.dtype(np.float32), 10**9).path == "numpy"
+
+
+@needs_numba
+def test_info_check_exits_1_on_a_wrong_kernel(monkeypatch, capsys):
+    import dataclasses
+
+    wrong = dataclasses.replace(KERNELS["max_pool2d"], compiled_module="test_kernels")  # its IMPL: LastTie
+    monkeypatch.setitem(KERNELS, "max_pool2d", wrong)
+    assert main(["info", "--check"]) == 1
+    assert "check kernel_matches_reference failed" in capsys.readouterr().err

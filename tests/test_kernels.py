@@ -86,3 +86,7 @@ def test_a_wrong_kernel_that_raises_is_a_failed_check():
 
     with pytest.raises(ContractError, match="raised IndexError"):
         check_kernel(KERNELS["max_pool2d"], Raises())
+
+
+#: a deliberately wrong "compiled module" for tests/test_kernel_paths.py (`layerkit info --check` exit 1)
+IMPL = LastTie()
