@@ -39,6 +39,7 @@ from layerkit.nn.network import Network
 from layerkit.nn.optimizers import Optimizer
 from layerkit.parallel.collectives import SINGLE, Collectives
 from layerkit.nn.samplerandom import epoch_key
+from layerkit.training import virtual
 from layerkit.training.steps import make_step, shards_for, share_dependent_layers
 from layerkit.nn.schedules import Schedule
 from layerkit.plugins import registry_or_global
@@ -256,13 +257,21 @@ class Trainer:
                                 "with training.data.target 'input'; drop one of them")
         #: each rank's share of a batch split over this many forked processes (1: not split),
         #: see ``layerkit.parallel.processes``
-        self.shards = shards_for(model, loss, self.batch_size, self.comm)
-        #: processes one batch is split over, in all (MPI ranks times forked processes)
-        self.shares = self.comm.size * self.shards
+        #: ``training.virtual_shares``: every batch cut into this many fixed shares whatever the
+        #: process count (0: the shares follow the processes), see ``layerkit.training.virtual``
+        self.virtual_shares = virtual.setting(self.training)
+        if self.virtual_shares:
+            self.shards = virtual.forked_processes(model, loss, self.batch_size, self.virtual_shares, self.comm,
+                                                   warn=self.comm.rank == 0)
+        else:
+            self.shards = shards_for(model, loss, self.batch_size, self.comm)
+        #: shares one batch is split over: the processes (MPI ranks times forked processes), or
+        #: the fixed shares
+        self.shares = self.virtual_shares or self.comm.size * self.shards
         #: random layers that draw per share, not per sample (``uses_rng`` without ``sample_rng``):
-        #: with any, the run depends on ``shares``
+        #: with any, the run depends on ``shares`` (with fixed shares they draw per fixed share)
         self.share_dependent = share_dependent_layers(model)
-        if self.share_dependent and self.shares > 1:
+        if self.share_dependent and self.shares > 1 and not self.virtual_shares:
             warnings.warn(f"layers {', '.join(self.share_dependent)} draw their random numbers per share of the "
                           f"batch (uses_rng without sample_rng), so this run depends on the number of processes "
                           f"({self.shares}); declare sample_rng = True to draw per sample", UserWarning, stacklevel=2)
@@ -298,7 +307,7 @@ class Trainer:
                 # once, clearly, instead of a stream of RuntimeWarnings
                 with np.errstate(over="ignore", invalid="ignore"), \
                         make_step(self.model, self.loss, self.data.x_train, self.data.y_train, self.augment,
-                                  self._keys, self.shards, self.comm) as self._step:
+                                  self._keys, self.shards, self.comm, self.virtual_shares) as self._step:
                     while self.state.epoch < self.epochs and not self.state.stopped_early:
                         self._run_epoch()
             except KeyboardInterrupt:
