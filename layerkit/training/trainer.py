@@ -260,11 +260,13 @@ class Trainer:
         #: ``training.virtual_shares``: every batch cut into this many fixed shares whatever the
         #: process count (0: the shares follow the processes), see ``layerkit.training.virtual``
         self.virtual_shares = virtual.setting(self.training)
+        #: forked processes per rank the machine would use without fixed shares (see ``shards``)
+        self.shards_wanted = 0
         if self.virtual_shares:
-            self.shards = virtual.forked_processes(model, loss, self.batch_size, self.virtual_shares, self.comm,
-                                                   warn=self.comm.rank == 0)
+            self.shards, self.shards_wanted = virtual.forked_processes(model, loss, self.batch_size,
+                                                                       self.virtual_shares, self.comm)
         else:
-            self.shards = shards_for(model, loss, self.batch_size, self.comm)
+            self.shards = self.shards_wanted = shards_for(model, loss, self.batch_size, self.comm)
         #: shares one batch is split over: the processes (MPI ranks times forked processes), or
         #: the fixed shares
         self.shares = self.virtual_shares or self.comm.size * self.shards

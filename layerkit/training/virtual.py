@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import mmap
 import threading
-import warnings
 
 import numpy as np
 
-from layerkit.errors import TrainingError, everywhere
+from layerkit.errors import LayerkitError, TrainingError, everywhere
 from layerkit.nn.network import Network
 from layerkit.parallel import collectives, lockstep
 from layerkit.parallel import threads as parallel
@@ -50,27 +49,22 @@ def setting(training: dict) -> int:
     return int(training.get("virtual_shares") or 0)
 
 
-def forked_processes(model: Network, loss, batch_size: int, shares: int, comm: Collectives,
-                     warn: bool = True) -> int:
-    """Forked processes per rank with ``shares`` fixed shares: the most the machine would use that
-    divide each rank's shares. Refuses a rank count that does not divide them, or a model whose
-    batch cannot be split."""
+def forked_processes(model: Network, loss, batch_size: int, shares: int, comm: Collectives) -> tuple[int, int]:
+    """Forked processes per rank with ``shares`` fixed shares, and how many the machine would use
+    otherwise: the most of those that divide each rank's shares. Refuses a rank count that does
+    not divide the shares, or a model whose batch cannot be split."""
     if not eligible(model, loss):
         coupled = [node.name for node in model.nodes if node.layer.sample_coupling not in ("none", "batch_sums")
                    or (node.layer.sample_coupling == "none" and node.state_specs)]
         what = f"layers {', '.join(coupled)} couple" if coupled else "the loss couples"
-        raise everywhere(TrainingError(f"training.virtual_shares needs a batch that can be split, but {what} the "
+        raise everywhere(LayerkitError(f"training.virtual_shares needs a batch that can be split, but {what} the "
                                        f"samples of a batch; drop virtual_shares for this model"))
     if shares % comm.size:
-        raise everywhere(TrainingError(f"training.virtual_shares {shares} cannot be shared out over {comm.size} "
+        raise everywhere(LayerkitError(f"training.virtual_shares {shares} cannot be shared out over {comm.size} "
                                        f"MPI ranks: run a number of ranks that divides it"))
     per_rank = shares // comm.size
     wanted = shard_count(model, loss, max(1, batch_size // comm.size))
-    forks = max(d for d in range(1, min(wanted, per_rank) + 1) if per_rank % d == 0)
-    if forks < wanted and warn:
-        warnings.warn(f"training.virtual_shares {shares}: {forks} process{'es' if forks > 1 else ''} per rank instead "
-                      f"of {wanted} (the process count must divide the shares)", UserWarning, stacklevel=3)
-    return forks
+    return max(d for d in range(1, min(wanted, per_rank) + 1) if per_rank % d == 0), wanted
 
 
 class ShareRunner:
