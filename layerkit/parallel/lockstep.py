@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -73,8 +73,7 @@ class Lockstep(Collectives):
             self._result = total
         if self.local > 1:
             self._wait()
-        assert self._result is not None
-        return self._result.copy()
+        return cast(np.ndarray, self._result).copy()
 
     def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
         np.copyto(array, self.batch_sum(array).reshape(array.shape))
