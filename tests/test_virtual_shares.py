@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerkit.errors import LayerkitError
+from layerkit.errors import LayerkitError, TrainingError
 from layerkit.nn.network import load_npz
 from layerkit.parallel import lockstep
 from layerkit.parallel import threads as parallel
@@ -91,6 +91,11 @@ def test_one_two_and_four_processes_and_a_resume_train_the_same_model(tmp_path, 
     assert not any("processes before" in n for n in notes), notes
     for name in ("two", "four", "resumed"):
         assert_same_training(tmp_path / name, tmp_path / "one")
+    # without batch norm one process computes its shares one after the other, not in threads
+    plain = convnet(epochs=1, virtual_shares=4, data={"train_limit": 162, "test_limit": 40})
+    fit(tmp_path, "plain_one", plain, 1, monkeypatch)
+    fit(tmp_path, "plain_two", plain, 2, monkeypatch)
+    assert_same_training(tmp_path / "plain_two", tmp_path / "plain_one")
 
 
 @pytest.mark.usefixtures("hermetic", "one_thread")
@@ -181,3 +186,23 @@ def test_a_model_whose_batch_cannot_be_split_is_refused(monkeypatch):
     monkeypatch.setattr(type(model.nodes[1].layer), "sample_coupling", "other")
     with pytest.raises(LayerkitError, match="virtual_shares needs a batch that can be split"):
         virtual.forked_processes(model, loss, 64, 2, Collectives())
+
+
+@pytest.mark.usefixtures("hermetic", "one_thread")
+def test_a_share_failing_in_a_worker_stops_the_run_with_its_traceback(tmp_path, monkeypatch):
+    if not available():
+        pytest.skip("no process-shared semaphores for forked processes here")
+    import os
+
+    from layerkit.nn.network import Network
+
+    parent, backward = os.getpid(), Network.backward
+
+    def failing(self, caches, dout):
+        if os.getpid() != parent:  # in the worker, while the main process waits at batch norm's sums
+            raise ValueError("injected failure in a worker")
+        return backward(self, caches, dout)
+
+    monkeypatch.setattr(Network, "backward", failing)
+    with pytest.raises(TrainingError, match="injected failure in a worker"):
+        fit(tmp_path, "two", noisy(), 2, monkeypatch)

@@ -93,12 +93,18 @@ def _threads(n: int) -> ThreadPoolExecutor:
     return _pool
 
 
-def run(group: Lockstep, fn: Callable[[int], Any]) -> list[Any]:
+def run(group: Lockstep, fn: Callable[[int], Any], together: bool = True) -> list[Any]:
     """``[fn(s) for s in range(group.local)]``, each call in its own thread (the first in this one),
-    all in lockstep at ``group``'s sums. numpy's error state (``np.errstate``) is the caller's."""
-    if group.local == 1:
-        group.enter(0)
-        return [fn(0)]
+    all in lockstep at ``group``'s sums. numpy's error state (``np.errstate``) is the caller's.
+
+    ``together=False``: the calls make no sums, so they run one after the other in this thread
+    (the same numbers, without the threads' cost)."""
+    if group.local == 1 or not together:
+        results = []
+        for s in range(group.local):
+            group.enter(s)
+            results.append(fn(s))
+        return results
     errors = np.geterr()
 
     def one(s: int) -> Any:

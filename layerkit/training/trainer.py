@@ -255,13 +255,14 @@ class Trainer:
         if self.augment is not None and (self.training.get("data") or {}).get("target") == "input":
             raise LayerkitError("training.data.augment moves the input images but not the targets they are "
                                 "with training.data.target 'input'; drop one of them")
-        #: each rank's share of a batch split over this many forked processes (1: not split),
-        #: see ``layerkit.parallel.processes``
         #: ``training.virtual_shares``: every batch cut into this many fixed shares whatever the
         #: process count (0: the shares follow the processes), see ``layerkit.training.virtual``
         self.virtual_shares = virtual.setting(self.training)
-        #: forked processes per rank the machine would use without fixed shares (see ``shards``)
-        self.shards_wanted = 0
+        #: each rank's share of a batch split over this many forked processes (1: not split),
+        #: see ``layerkit.parallel.processes``; ``shards_wanted``: how many the machine would use
+        #: without fixed shares (their count must divide the shares)
+        self.shards: int
+        self.shards_wanted: int
         if self.virtual_shares:
             self.shards, self.shards_wanted = virtual.forked_processes(model, loss, self.batch_size,
                                                                        self.virtual_shares, self.comm)

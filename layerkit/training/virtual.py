@@ -10,7 +10,8 @@ contiguous shares (``bounds(n, S)``) whatever the process count, and
 - every share is computed by the same code on the same samples (:func:`share_gradients`, one
   BLAS thread, no layer thread pool): its float32 numbers do not depend on who computes it;
 - a process holding several shares runs them in lockstep threads
-  (``layerkit.parallel.lockstep``), which meet at batch norm's sums;
+  (``layerkit.parallel.lockstep``), which meet at batch norm's sums (without batch norm, one
+  after the other);
 - batch norm's sums gather one row per share from every process and add the rows in share
   order (exact, ``Lockstep.batch_sum``);
 - the shares' gradients are added in float64 (each process its own shares in order, then the
@@ -35,6 +36,7 @@ import threading
 import numpy as np
 
 from layerkit.errors import LayerkitError, TrainingError, everywhere
+from layerkit.nn.layer import Coupling
 from layerkit.nn.network import Network
 from layerkit.parallel import collectives, lockstep
 from layerkit.parallel import threads as parallel
@@ -75,6 +77,8 @@ class ShareRunner:
                  total: int, local: int, random: bool) -> None:
         self.model, self.loss, self.x, self.y, self.augment, self.keys = model, loss, x, y, augment, keys
         self.total, self.local, self.random = total, local, random
+        # without whole-batch sums (no batch norm) the shares need not meet: one after the other
+        self.together = any(node.layer.sample_coupling == Coupling.BATCH_SUMS for node in model.nodes)
         # one network per thread over the same parameters; only the first keeps the running
         # statistics (every share normalises with the same whole-batch statistics)
         self.views = [model] + [Network(model.graph, model.params, {name: {} for name in model.state}, model.dtype,
@@ -94,7 +98,7 @@ class ShareRunner:
                                    n_total, seed, share, self.augment, self.random, self.keys, key)
 
         with parallel.serial(), collectives.reducing(group):
-            results = lockstep.run(group, one)
+            results = lockstep.run(group, one, together=self.together)
         for s, (loss_sum, hits, share_grads) in enumerate(results):
             terms[first + s], terms[self.total + first + s] = loss_sum, hits
             for acc, g in zip(grads, share_grads, strict=True):
