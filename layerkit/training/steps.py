@@ -1,12 +1,15 @@
 """The trainer's step: one global batch in, its mean loss, correct predictions and gradients out.
 
-One call, three ways of computing it (:func:`make_step` picks):
+One call, several ways of computing it (:func:`make_step` picks):
 
 - :class:`LocalStep`: the whole batch in this process.
 - :class:`ForkedStep`: the batch split over forked processes on this machine
   (``layerkit.training.sample_parallel``).
 - :class:`DistributedStep`: the batch split over MPI ranks (``layerkit.parallel.mpi``),
   each rank's share computed in its process or split again over forked processes.
+- :class:`VirtualStep`: with ``training.virtual_shares``, the batch cut into fixed shares that
+  any of the three setups shares out (``layerkit.training.virtual``): bit-identical numbers
+  whatever the process count.
 
 Every split follows the same rules, so they all train the same model up to float32
 rounding: each share's gradient is scaled by its fraction of the batch and the shares
