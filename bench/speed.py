@@ -5,6 +5,7 @@
     python bench/speed.py --infer [--threads 2] [--quick]   # only the inference table
     python bench/speed.py --rounds 3 ...                    # alternate the frameworks 3 times per row
     python bench/speed.py --nets char_lstm,tiny_transformer --threads 1   # only these training rows
+    python bench/speed.py --set virtual_shares=4 ...           # a training setting for layerkit's rows
 
 Every measurement runs in its own child process (one per framework x net),
 with OMP/OPENBLAS/MKL_NUM_THREADS set to ``--threads`` (and
@@ -88,6 +89,10 @@ def _data_dir(arg: str | None) -> str | None:
         (path / "train-images-idx3-ubyte").exists() else None
 
 
+#: the ``--set`` training settings, handed to the layerkit children (the PyTorch side has no such settings)
+SETTINGS_VAR = "LAYERKIT_BENCH_SETTINGS"
+
+
 def _load_spec_and_data(model_file: Path, images: int, batch: int, epochs: int, data_dir: str | None):
     if model_file.stem in SEQUENCE_NETS:
         data_dir = None  # the text dataset's default corpus
@@ -98,7 +103,7 @@ def _load_spec_and_data(model_file: Path, images: int, batch: int, epochs: int, 
 
     raw, source = read_model_file(model_file)
     raw = apply_overrides(raw, {"epochs": epochs, "batch_size": batch, "data.train_limit": images,
-                                "data.test_limit": 256})
+                                "data.test_limit": 256, **json.loads(os.environ.get(SETTINGS_VAR) or "{}")})
     spec = spec_from_dict(raw, source=Path(source).name)
     model = build_model(spec)
     return spec, model, prepare_data(spec, model, data_dir)
@@ -367,6 +372,9 @@ def main() -> int:
     parser.add_argument("--nets", help="only these training rows, comma-separated (e.g. char_lstm,tiny_transformer): "
                                        "no inference table, check-grads or RSS figure; names: " + ", ".join(NETS))
     parser.add_argument("--data-dir", help=f"MNIST IDX files (default {DEFAULT_DATA}; embedded sample if absent)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="a training setting for layerkit's rows, as `layerkit fit --set` (e.g. "
+                             "virtual_shares=4); the PyTorch rows are unchanged")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--net", help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, help=argparse.SUPPRESS)
@@ -399,6 +407,10 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
+    if args.set:
+        from layerkit.cli.overrides import parse_sets
+
+        os.environ[SETTINGS_VAR] = json.dumps(parse_sets(args.set))  # child_env passes it on
     command = "python bench/speed.py " + " ".join(sys.argv[1:])
     print(f"`{command.strip()}`\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}; "
           f"{machine_line(args.threads)}\n", flush=True)

@@ -172,3 +172,29 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     assert mismatch.returncode == 2, mismatch.stderr
     assert "MPI rank 1 was started with another model file than rank 0" in mismatch.stderr
     assert "[rank 1]" not in mismatch.stderr  # every rank finds it; rank 0 alone says it
+
+
+@pytest.mark.usefixtures("hermetic")
+def test_with_fixed_shares_ranks_train_bit_for_bit_what_one_process_trains(tmp_path, monkeypatch):
+    # training.virtual_shares: 2 ranks, 2 ranks of 2 forked processes each, and a 2-rank run
+    # resumed by one process all train the one-process model exactly (tests/test_virtual_shares.py
+    # has the forked processes and the check failing on an unsynchronised batch norm)
+    from test_virtual_shares import assert_same_training, noisy
+
+    model = noisy()
+    job = {"kind": "train", "runs": [
+        {"model": model, "out": str(tmp_path / "mpi")},
+        {"model": model, "out": str(tmp_path / "mpi_x2"), "processes": 2},
+        {"model": model, "out": str(tmp_path / "mpi_left"), "interrupt": [0, 2], "resume": False}]}
+    cmd = driver(tmp_path, job, "job")
+    done = mpiexec(tmp_path, cmd, cmd)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "0")
+    parallel.set_num_threads(1)
+    try:
+        train(model, out=tmp_path / "one")
+        train(resume=tmp_path / "mpi_left")
+    finally:
+        parallel.set_num_threads(None)
+    for name in ("mpi", "mpi_x2", "mpi_left"):
+        assert_same_training(tmp_path / name, tmp_path / "one")

@@ -87,6 +87,11 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
         augment_shift: Optional[int] = typer.Option(None, "--augment-shift", metavar="N",
                                                     help="Move training images by up to N random pixels "
                                                          "(training.data.augment.shift)."),
+        virtual_shares: Optional[int] = typer.Option(None, "--virtual-shares", min=1, metavar="S",
+                                                     help="Compute every batch as S fixed shares, so that one "
+                                                          "process, forked processes and MPI ranks (a count "
+                                                          "dividing S) train the same model bit for bit "
+                                                          "(training.virtual_shares)."),
         set_: List[str] = typer.Option([], "--set", metavar="KEY=JSON",
                                        help="Any training setting, e.g. --set early_stopping.patience=2 "
                                             "(repeatable)."),
@@ -123,7 +128,7 @@ def fit(model: Optional[Path] = typer.Argument(None, metavar="MODEL", help="Mode
                  "data.validation_split": validation_split, "data.classes": _parse_classes(classes),
                  "data.normalize": normalize, "data.augment.shift": augment_shift,
                  "callbacks": list(callback) or None, "init_from": None if init_from is None else str(init_from),
-                 **parse_sets(set_)}
+                 "virtual_shares": virtual_shares, **parse_sets(set_)}
     given = sorted(k for k, v in overrides.items() if v is not None)
     if resume is not None and given:
         raise LayerkitError(f"--resume continues a run exactly as it was started; it cannot be combined with "

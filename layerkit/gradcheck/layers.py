@@ -254,9 +254,24 @@ def _method(via: str, is_input: bool) -> str:
 # -- random tensors for a layer -------------------------------------------------
 
 def random_params(specs: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Standard-normal parameters: initial values (zero biases, unit scales) would hide
-    backward bugs that multiply by them."""
-    return {name: rng.standard_normal(tuple(spec.shape)) for name, spec in specs.items()}
+    """Random normal parameters, never the initial values: zero biases and unit scales would
+    hide backward bugs that multiply by them.
+
+    A tensor whose initializer scales with its fans (``he_normal``, ``glorot_uniform``, ...)
+    is drawn with that initializer's spread, so a wide layer is checked where it trains: unit
+    weights on 128 recurrent units saturate every gate, and the gradient check then compares
+    differences of saturated functions (large values, large round-off) instead of the layer's
+    math. Constant-initialized tensors (biases, scales, slopes) are standard normal.
+    """
+    return {name: rng.standard_normal(tuple(spec.shape)) * _spread(spec) for name, spec in specs.items()}
+
+
+def _spread(spec: Any) -> float:
+    """The standard deviation of ``spec``'s initializer when it scales with the fans, else 1."""
+    from layerkit.nn.initializers import init_std
+
+    std = init_std(spec)
+    return 1.0 if std is None else std
 
 
 def initial_state(specs: Mapping[str, Any]) -> dict[str, np.ndarray]:

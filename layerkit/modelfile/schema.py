@@ -123,6 +123,12 @@ TRAINING_SCHEMA: dict[str, Any] = {
         "epochs": {"type": "integer", "minimum": 1, "default": 10},
         "batch_size": {"type": "integer", "minimum": 1, "default": 64},
         "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "virtual_shares": {"type": "integer", "minimum": 1,
+                           "description": "Compute every batch as this many fixed shares, whatever the number of "
+                                          "processes: one process, forked processes and MPI ranks (any count "
+                                          "that divides it) then train the same model bit for bit. The "
+                                          "shares are part of the training: another count rounds "
+                                          "differently. See docs/distributed.md."},
         "init_from": {"type": "string", "minLength": 1,
                       "description": "Start from the weights of a run directory, a saved model folder or a "
                                      "weights .npz (relative to the current directory): every tensor whose "

@@ -47,6 +47,18 @@ def initialize(spec: ParamSpec, rng: np.random.Generator, dtype=np.float32) -> n
     return np.ascontiguousarray(value, dtype=dtype)
 
 
+def init_std(spec: ParamSpec) -> float | None:
+    """The standard deviation of the values ``spec.init`` draws, or None for a constant initializer."""
+    fan_in, fan_out = _fans(spec)
+    return {
+        "he_normal": math.sqrt(2.0 / fan_in),
+        "he_uniform": math.sqrt(2.0 / fan_in),  # limit sqrt(6 / fan_in) over sqrt(3)
+        "glorot_uniform": math.sqrt(2.0 / (fan_in + fan_out)),
+        "glorot_normal": math.sqrt(2.0 / (fan_in + fan_out)),
+        "lecun_normal": math.sqrt(1.0 / fan_in),
+    }.get(spec.init) if isinstance(spec.init, str) else None
+
+
 INITIALIZERS = ("zeros", "ones", "he_normal", "he_uniform", "glorot_uniform", "glorot_normal", "lecun_normal")
 
 

@@ -536,6 +536,10 @@ def _fit(run: RunDir, spec: ModelSpec, model, loss, data: DataSplits, resuming: 
     elif trainer.shards > 1:
         log(f"note: each batch is split over {trainer.shards} processes (sample-parallel; "
             f"LAYERKIT_PROCESSES sets the count, LAYERKIT_SAMPLE_PARALLEL=0 trains in one)")
+    if trainer.virtual_shares and trainer.shards < trainer.shards_wanted:
+        log(f"note: {trainer.shards} process{'es' if trainer.shards > 1 else ''} per rank instead of "
+            f"{trainer.shards_wanted}: the process count must divide training.virtual_shares "
+            f"({trainer.virtual_shares} shares over {launch.comm.size} rank{'s' if launch.comm.size > 1 else ''})")
     if resuming and trainer.saved_shares not in (None, trainer.shares) and trainer.share_dependent:
         # random layers drawing per sample make every split the same training up to rounding; only
         # layers drawing per share (written for 0.1 or 0.2) make the count matter

@@ -113,10 +113,12 @@ class SampleParallel(ForkedWorkers):
     """Workers for one training run: ``with SampleParallel(...) as sp: sp.step(indices)``."""
 
     def __init__(self, model: Network, loss: Loss, x: np.ndarray, y: np.ndarray, shards: int,
-                 augment: Augment | None = None, outer: collectives.Collectives = collectives.SINGLE) -> None:
+                 augment: Augment | None = None, outer: collectives.Collectives = collectives.SINGLE,
+                 rows: int = 1) -> None:
         sync = any(node.layer.sample_coupling == Coupling.BATCH_SUMS for node in model.nodes)
-        # room for a few values per channel of the widest synced layer (batch norm sends 2 + 1)
-        reduce_max = max([MAX_REDUCE] + [4 * int(node.output_shape[0]) + 4 for node in model.nodes
+        # room for a few values per channel of the widest synced layer (batch norm sends 2 + 1), in
+        # ``rows`` rows (fixed shares send one row per share)
+        reduce_max = max([MAX_REDUCE] + [rows * (4 * int(node.output_shape[0]) + 4) for node in model.nodes
                                          if node.layer.sample_coupling == Coupling.BATCH_SUMS])
         super().__init__(shards, sync=sync, reduce_max=reduce_max, outer=outer)
         self.model, self.loss, self.x, self.y = model, loss, x, y

@@ -1,12 +1,15 @@
 """The trainer's step: one global batch in, its mean loss, correct predictions and gradients out.
 
-One call, three ways of computing it (:func:`make_step` picks):
+One call, several ways of computing it (:func:`make_step` picks):
 
 - :class:`LocalStep`: the whole batch in this process.
 - :class:`ForkedStep`: the batch split over forked processes on this machine
   (``layerkit.training.sample_parallel``).
 - :class:`DistributedStep`: the batch split over MPI ranks (``layerkit.parallel.mpi``),
   each rank's share computed in its process or split again over forked processes.
+- :class:`VirtualStep`: with ``training.virtual_shares``, the batch cut into fixed shares that
+  any of the three setups shares out (``layerkit.training.virtual``): bit-identical numbers
+  whatever the process count.
 
 Every split follows the same rules, so they all train the same model up to float32
 rounding: each share's gradient is scaled by its fraction of the batch and the shares
@@ -29,6 +32,8 @@ import numpy as np
 from layerkit.nn.samplerandom import SampleRandom
 from layerkit.parallel import collectives
 from layerkit.parallel.collectives import Collectives
+from layerkit.parallel import threads as parallel
+from layerkit.training import virtual
 from layerkit.training.sample_parallel import SampleParallel, shard_count, share_gradients
 
 #: mean loss, correct predictions (fractional for reconstructions), gradients, stop, and the terms the
@@ -138,6 +143,61 @@ class DistributedStep(Step):
         return float(totals[0]) / max(terms, 1), float(totals[1]), self._views, bool(totals[2]), terms
 
 
+class VirtualStep(Step):
+    """The batch cut into ``total`` fixed shares (``training.virtual_shares``,
+    ``layerkit.training.virtual``), shared out over ``comm``'s ranks and each rank's forked
+    ``workers``: the same numbers whatever the process count."""
+
+    def __init__(self, comm: Collectives, model, loss, x, y, augment, keys, workers: virtual.VirtualWorkers | None,
+                 total: int) -> None:
+        self.comm, self.model, self.loss, self.x, self.y = comm, model, loss, x, y
+        self.augment, self.keys, self.workers, self.total = augment, keys, workers, total
+        self.random = random_model(model, augment)
+        self.per_rank = workers.shards if workers is not None else 1
+        self.shares = total
+        self.local = total // (comm.size * self.per_rank)
+        sizes = [model.params[n][t].size for n, t in keys]
+        cuts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._flat64 = np.zeros(int(cuts[-1]), dtype=np.float64)  # the gradients, added in float64
+        self._flat = np.empty(int(cuts[-1]), dtype=model.dtype)  # and rounded once, for the optimizer
+        shapes = [model.params[n][t].shape for n, t in keys]
+        self._parts64 = [self._flat64[a:b].reshape(shape) for a, b, shape in zip(cuts, cuts[1:], shapes, strict=False)]
+        self._views = [self._flat[a:b].reshape(shape) for a, b, shape in zip(cuts, cuts[1:], shapes, strict=False)]
+        self.runner = None if workers is not None else virtual.ShareRunner(model, loss, x, y, augment, keys, total,
+                                                                           self.local, self.random)
+
+    def __call__(self, idx, rng, stop=False, key=0) -> StepResult:
+        comm, n, total = self.comm, len(idx), self.total
+        terms = self.loss.counted(self.y[idx])
+        seed = int(rng.integers(1 << 62)) if self.random else 0
+        idx = np.asarray(idx)
+        if n < total:
+            # fewer samples than shares (an epoch's last batch can be): every process computes the
+            # whole batch, the same way, and only the stop flag is exchanged
+            with parallel.serial():
+                loss_sum, hits, grads = share_gradients(self.model, self.loss, self.x, self.y, idx, terms, seed, 0,
+                                                        self.augment, self.random, self.keys, key)
+            for view, g in zip(self._views, grads, strict=True):
+                np.copyto(view, g)
+            if comm.size > 1:
+                stop = bool(comm.allreduce_sum(np.array([float(stop)]))[0])
+            return float(loss_sum) / max(terms, 1), float(hits), self._views, stop, terms
+        first = comm.rank * self.per_rank * self.local
+        parts = np.zeros(2 * total + 1, dtype=np.float64)  # per share: loss x counted terms, then hits; stop
+        if self.workers is not None:
+            self.workers.compute_shares(idx, first, terms, seed, key, self._flat64, parts)
+        else:
+            self._flat64[:] = 0
+            self.runner.compute(idx, first, terms, seed, key, comm, self._parts64, parts)
+        parts[-1] = float(stop)
+        if comm.size > 1:
+            comm.allreduce_sum(self._flat64)
+            comm.allreduce_sum(parts)  # each rank's terms are at its own shares: exact
+        np.copyto(self._flat, self._flat64, casting="same_kind")
+        loss_sum, hits = virtual.add_in_order(parts[:total]), virtual.add_in_order(parts[total:2 * total])
+        return loss_sum / max(terms, 1), hits, self._views, bool(parts[-1]), terms
+
+
 def random_model(model, augment) -> bool:
     return augment is not None or any(node.layer.uses_rng for node in model.nodes)
 
@@ -149,9 +209,15 @@ def share_dependent_layers(model) -> list[str]:
 
 
 @contextmanager
-def make_step(model, loss, x, y, augment, keys, shards: int, comm: Collectives = collectives.SINGLE):
+def make_step(model, loss, x, y, augment, keys, shards: int, comm: Collectives = collectives.SINGLE,
+              virtual_shares: int = 0):
     """The step for this process: over ``comm``'s ranks when it has several, each rank's share
-    split again over ``shards`` forked processes when ``shards`` > 1."""
+    split again over ``shards`` forked processes when ``shards`` > 1; with ``virtual_shares``, the
+    batch cut into that many fixed shares, shared out over the processes."""
+    if virtual_shares:
+        with _virtual_step(model, loss, x, y, augment, keys, shards, comm, virtual_shares) as step:
+            yield step
+        return
     if comm.size == 1 and shards < 2:
         yield LocalStep(model, loss, x, y, augment, keys)
         return
@@ -171,3 +237,21 @@ def make_step(model, loss, x, y, augment, keys, shards: int, comm: Collectives =
 def shards_for(model, loss, batch_size: int, comm: Collectives = collectives.SINGLE) -> int:
     """Forked processes per rank: the split of one rank's share of a batch (1: none)."""
     return shard_count(model, loss, max(1, batch_size // comm.size))
+
+
+@contextmanager
+def _virtual_step(model, loss, x, y, augment, keys, shards: int, comm: Collectives, total: int):
+    # one BLAS thread: a share's numbers must not depend on how many threads BLAS would use
+    held = not parallel.blas_held()
+    parallel.hold_blas()
+    workers = (virtual.VirtualWorkers(model, loss, x, y, shards, total, augment=augment, outer=comm)
+               if shards > 1 else None)
+    try:
+        if workers is not None:
+            workers.start()
+        yield VirtualStep(comm, model, loss, x, y, augment, keys, workers, total)
+    finally:
+        if workers is not None:
+            workers.close()
+        if held:
+            parallel.release_blas()

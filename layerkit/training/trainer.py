@@ -39,6 +39,7 @@ from layerkit.nn.network import Network
 from layerkit.nn.optimizers import Optimizer
 from layerkit.parallel.collectives import SINGLE, Collectives
 from layerkit.nn.samplerandom import epoch_key
+from layerkit.training import virtual
 from layerkit.training.steps import make_step, shards_for, share_dependent_layers
 from layerkit.nn.schedules import Schedule
 from layerkit.plugins import registry_or_global
@@ -254,15 +255,26 @@ class Trainer:
         if self.augment is not None and (self.training.get("data") or {}).get("target") == "input":
             raise LayerkitError("training.data.augment moves the input images but not the targets they are "
                                 "with training.data.target 'input'; drop one of them")
+        #: ``training.virtual_shares``: every batch cut into this many fixed shares whatever the
+        #: process count (0: the shares follow the processes), see ``layerkit.training.virtual``
+        self.virtual_shares = virtual.setting(self.training)
         #: each rank's share of a batch split over this many forked processes (1: not split),
-        #: see ``layerkit.parallel.processes``
-        self.shards = shards_for(model, loss, self.batch_size, self.comm)
-        #: processes one batch is split over, in all (MPI ranks times forked processes)
-        self.shares = self.comm.size * self.shards
+        #: see ``layerkit.parallel.processes``; ``shards_wanted``: how many the machine would use
+        #: without fixed shares (their count must divide the shares)
+        self.shards: int
+        self.shards_wanted: int
+        if self.virtual_shares:
+            self.shards, self.shards_wanted = virtual.forked_processes(model, loss, self.batch_size,
+                                                                       self.virtual_shares, self.comm)
+        else:
+            self.shards = self.shards_wanted = shards_for(model, loss, self.batch_size, self.comm)
+        #: shares one batch is split over: the processes (MPI ranks times forked processes), or
+        #: the fixed shares
+        self.shares = self.virtual_shares or self.comm.size * self.shards
         #: random layers that draw per share, not per sample (``uses_rng`` without ``sample_rng``):
-        #: with any, the run depends on ``shares``
+        #: with any, the run depends on ``shares`` (with fixed shares they draw per fixed share)
         self.share_dependent = share_dependent_layers(model)
-        if self.share_dependent and self.shares > 1:
+        if self.share_dependent and self.shares > 1 and not self.virtual_shares:
             warnings.warn(f"layers {', '.join(self.share_dependent)} draw their random numbers per share of the "
                           f"batch (uses_rng without sample_rng), so this run depends on the number of processes "
                           f"({self.shares}); declare sample_rng = True to draw per sample", UserWarning, stacklevel=2)
@@ -298,7 +310,7 @@ class Trainer:
                 # once, clearly, instead of a stream of RuntimeWarnings
                 with np.errstate(over="ignore", invalid="ignore"), \
                         make_step(self.model, self.loss, self.data.x_train, self.data.y_train, self.augment,
-                                  self._keys, self.shards, self.comm) as self._step:
+                                  self._keys, self.shards, self.comm, self.virtual_shares) as self._step:
                     while self.state.epoch < self.epochs and not self.state.stopped_early:
                         self._run_epoch()
             except KeyboardInterrupt:
