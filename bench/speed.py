@@ -134,7 +134,13 @@ def child_layerkit(net: str, images: int, repeats: int, data_dir: str | None, ba
     timer.cpu_seconds = []
     Trainer(model, build_loss(spec), data, spec.training, callbacks=[timer]).fit()
     return {"seconds": timer.seconds[1:], "cpu_seconds": timer.cpu_seconds[1:], "images": len(data.x_train),
-            "flops": model.graph.flops, "source": data.source}
+            "flops": model.graph.flops, "source": data.source, "kernels": _kernels_used()}
+
+
+def _kernels_used() -> dict:
+    from layerkit.kernels.select import active_paths
+
+    return active_paths()
 
 
 def child_layerkit_infer(net: str, images: int, repeats: int, data_dir: str | None) -> dict:
@@ -151,7 +157,7 @@ def child_layerkit_infer(net: str, images: int, repeats: int, data_dir: str | No
         model.predict(x, INFER_BATCH)
         seconds.append(time.perf_counter() - start)
         cpu_seconds.append(time.process_time() - cpu)
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "images": len(x)}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "images": len(x), "kernels": _kernels_used()}
 
 
 def child_torch_infer(net: str, images: int, repeats: int, threads: int, data_dir: str | None) -> dict:
@@ -324,10 +330,13 @@ def machine_line(threads: int) -> str:
     overrides = ", ".join(f"{v}={os.environ[v]}" for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                           if v in os.environ)
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    from layerkit.kernels.select import decide
+
+    path = decide()  # the children inherit LAYERKIT_KERNELS; each reports what it ran (a note if it differs)
     cpu = _cpu_model() or platform.processor() or platform.machine()
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__} "
             f"({blas}, kernel {kernel}), torch {torch_version}; threads {threads}, "
-            f"LAYERKIT_NUM_THREADS={layerkit_threads(threads)}; "
+            f"LAYERKIT_NUM_THREADS={layerkit_threads(threads)}; kernels {path.path} ({path.reason}); "
             + (f"{overrides} set here and unset for the children; " if overrides else "")
             + f"load average before the run {load}")
 
@@ -410,6 +419,8 @@ def main() -> int:
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
 
+    from layerkit.kernels.select import decide
+
     def pair(kind: str, net: str, images: int, extra: list[str] = (), rss: bool = False) -> tuple[dict, dict]:
         """layerkit's and PyTorch's result for one measurement, each in its own process, back to back;
         with ``--rounds R`` the two alternate R times and their timed epochs are pooled."""
@@ -423,6 +434,10 @@ def main() -> int:
         for side, res in (("layerkit", lk), ("torch", th)):
             if "error" in res:
                 print(f"note: {net} {kind} {side}: {res['error']}", file=sys.stderr)
+        want = decide().path
+        if set(lk.get("kernels", {}).values()) - {want}:
+            print(f"note: {net} {kind}: the layerkit child ran kernels {lk['kernels']}, not {want} "
+                  f"throughout", file=sys.stderr)
         return lk, th
 
     if args.sweep:

@@ -85,6 +85,10 @@ class TrainingError(LayerkitError):
     exit_code = 1
 
 
+class KernelError(LayerkitError):
+    """LAYERKIT_KERNELS names an unknown kernel path, or asks for numba where it is not installed."""
+
+
 class CheckFailed(LayerkitError):
     """A check (gradient check, evaluation threshold) ran and failed."""
 

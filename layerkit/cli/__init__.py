@@ -202,7 +202,7 @@ def _main_rank(argv: list[str] | None) -> int:
     return code
 
 
-from layerkit.cli import check, generate, inspect, train, use, zoo  # noqa: E402,F401  (register the commands)
+from layerkit.cli import check, generate, info, inspect, train, use, zoo  # noqa: E402,F401  (register the commands)
 
 
 PLUGIN_HELP = ("Load a layer plugin from a .py file for this run (repeatable; LAYERKIT_PLUGINS holds more, "

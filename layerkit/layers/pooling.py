@@ -2,8 +2,10 @@
 
 Windowed pooling loops over the pool *offsets* (k*k iterations), each one a
 strided view of the whole batch, so any stride/padding is handled by the same
-code. Max pooling backward finds, per output pixel, the first offset (row-major
-window order) whose input equals the maximum and writes ``dy`` only there.
+code. Max pooling's forward and backward are the ``max_pool2d`` kernel
+(:mod:`layerkit.kernels.maxpool`; compiled with the ``fast`` extra): backward finds,
+per output pixel, the first offset (row-major window order) whose input equals the
+maximum and writes ``dy`` only there.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from layerkit import hookimpl
 from layerkit.errors import ShapeError
 from layerkit.nn.capabilities import FreshGradient, FreshInferOutput, MaxPooling
 from layerkit.nn.layer import Coupling, Example, Layer, Params, require_rank, Shape
+from layerkit.kernels.maxpool import grad_buffer
+from layerkit.kernels.select import kernel
 from layerkit.kernels.windows import Window, pad, pair, unpad, window
 from layerkit.nn.paramschema import int_or_pair_schema
 from layerkit.parallel.chunks import over_chunks
@@ -70,11 +74,6 @@ class _WindowPool(Layer):
         return g.op(op, [x], kernel_shape=[w.kh, w.kw], strides=[w.sh, w.sw],
                     pads=[w.pad_top, w.pad_left, w.pad_bottom, w.pad_right], **attrs)
 
-    @staticmethod
-    def _grad_buffer(shape: tuple[int, ...], g: Window, dtype: np.dtype, overlap: bool) -> np.ndarray:
-        # when the windows tile the input exactly every element is written once, so no zero fill
-        tiles = not overlap and not g.padded and shape[2] == g.ho * g.kh and shape[3] == g.wo * g.kw
-        return np.empty(shape, dtype=dtype) if tiles else np.zeros(shape, dtype=dtype)
 
 def _ceil_window(g: Window, hw: Sequence[int]) -> Window:
     """PyTorch's ceil_mode: one more output row/column where a partial window fits, its overhang
@@ -116,45 +115,18 @@ class MaxPool2D(MaxPooling, FreshGradient, FreshInferOutput, _WindowPool):
         g = self._window(x.shape[2:])
         xp = pad(x, g, -np.inf)
         y = np.empty((x.shape[0], x.shape[1], g.ho, g.wo), dtype=x.dtype)
-        # np.maximum over strided views, not a reshape + max over two axes, which is many times
-        # slower (docs/performance.md); sample chunks keep the input lines every offset touches
-        # in cache for the next offset
-        def work(slices: list[slice], step: int) -> None:
-            for sl in slices:
-                xc, yc = xp[sl], y[sl]
-                offsets = g.offsets()
-                _, _, rows, cols = next(offsets)
-                np.copyto(yc, xc[:, :, rows, cols])
-                for _, _, rows, cols in offsets:
-                    np.maximum(yc, xc[:, :, rows, cols], out=yc)
-
-        over_chunks(xp, work)
+        impl = kernel("max_pool2d", x.dtype, x.size)  # numpy or compiled (layerkit.kernels.select)
+        arg = impl.argmax_buffer(y.shape, g)
+        # sample chunks keep the input lines every offset touches in cache for the next offset
+        over_chunks(xp, lambda slices, step: impl.forward(xp, g, y, arg, slices))
         # xp is the input itself unless padded, so the cache adds no memory in the common case
-        return y, (x.shape, g, xp, y)
+        return y, (x.shape, g, xp, y, impl, arg)
 
     def backward(self, params: Params, cache: Any, dy: np.ndarray) -> tuple[Any, dict[str, np.ndarray]]:
-        (n, c, h, w), g, xp, y = cache
+        (n, c, h, w), g, xp, y, impl, arg = cache
         overlap = g.sh < g.kh or g.sw < g.kw
-        dxp = self._grad_buffer(xp.shape, g, dy.dtype, overlap)
-
-        def work(slices: list[slice], step: int) -> None:
-            taken_buf = np.empty((step, *y.shape[1:]), dtype=bool)
-            hit_buf = np.empty_like(taken_buf)
-            for sl in slices:
-                m = sl.stop - sl.start
-                xc, yc, dyc, dxc = xp[sl], y[sl], dy[sl], dxp[sl]
-                taken, hit = taken_buf[:m], hit_buf[:m]
-                taken.fill(False)
-                for _, _, rows, cols in g.offsets():
-                    np.equal(xc[:, :, rows, cols], yc, out=hit)
-                    np.greater(hit, taken, out=hit)  # for booleans a > b is a and not b: first maximum only
-                    taken |= hit
-                    if overlap:
-                        dxc[:, :, rows, cols] += dyc * hit
-                    else:
-                        np.multiply(dyc, hit, out=dxc[:, :, rows, cols])
-
-        over_chunks(xp, work)
+        dxp = grad_buffer(xp.shape, g, dy.dtype, overlap)
+        over_chunks(xp, lambda slices, step: impl.backward(xp, y, arg, dy, g, dxp, overlap, slices, step))
         return unpad(dxp, g, h, w), {}
 
 
@@ -226,7 +198,7 @@ class AvgPool2D(FreshInferOutput, _WindowPool):
         (n, c, h, w), g, inv = cache
         overlap = g.sh < g.kh or g.sw < g.kw
         share = dy * inv
-        dxp = self._grad_buffer((n, c, *g.padded_hw(h, w)), g, dy.dtype, overlap)
+        dxp = grad_buffer((n, c, *g.padded_hw(h, w)), g, dy.dtype, overlap)
         for _, _, rows, cols in g.offsets():
             if overlap:
                 dxp[:, :, rows, cols] += share

@@ -10,6 +10,11 @@ that example (every check gets its own copies of the arrays). A failed claim rai
 The pytest plugin (one test per layer, example and check), :func:`layerkit.testing.run_layer_test`,
 :func:`layerkit.testing.layer_conformance_tests`, ``layerkit check-grads FILE.py`` and ``--plugin``
 loading all run these checks; the table of names is in ``docs/plugins.md``.
+
+One more check is about kernels, not layers: :func:`check_kernel` (``kernel_matches_reference``)
+runs a kernel's compiled implementation against its numpy reference on the inputs the kernel makes
+(:mod:`layerkit.kernels`); pytest runs it over the live kernel registry and ``layerkit info --check``
+on the installed one.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from layerkit.nn.layer import Coupling, Example, Layer, ParamSpec, input_kinds, 
 from layerkit.plugins.layer_checks import SIGNATURES, STATIC_CHECKS
 
 __all__ = ["Check", "Subject", "CHECKS", "CAPABILITY_CHECKS", "yield_checks", "run_checks", "declares",
-           "subject_for", "shape_text"]
+           "subject_for", "shape_text", "KERNEL_CHECK", "check_kernel"]
 
 #: the forward seed every check uses, so two paths can be compared bit for bit
 _MODES = (("training", True), ("inference", False))
@@ -930,3 +935,39 @@ def run_checks(subject: Subject, *, scope: str = "example", at_load: bool = Fals
     raise the first :class:`ContractError`. Returns each check's result by name."""
     checks = yield_checks(subject.cls, None if scope == "layer" else subject)
     return {c.name: c.run(subject) for c in checks if c.at_load or not at_load}
+
+
+# -- compiled kernels ---------------------------------------------------------------------------
+
+#: the check a compiled kernel must pass (:func:`check_kernel`)
+KERNEL_CHECK = "kernel_matches_reference"
+
+
+def check_kernel(kernel: Any, compiled: Any = None, *, seed: int = 0) -> int:
+    """Compare ``compiled`` (default: the kernel's compiled implementation, which imports numba) with
+    the numpy reference of ``kernel`` (a :class:`layerkit.kernels.kernel.Kernel`) on every example
+    input the kernel makes, output by output, within the kernel's stated tolerance. Raises
+    :class:`~layerkit.errors.ContractError` (check ``kernel_matches_reference``) at the first output
+    outside it; returns the number of examples compared, 0 when there is nothing compiled to compare."""
+    from layerkit.kernels.select import compiled as load_compiled
+
+    impl = load_compiled(kernel.name) if compiled is None else compiled
+    if impl is None:
+        return 0
+    count = 0
+    for example in kernel.examples(np.random.default_rng(seed)):
+        # the reference on a copy, so that nothing it does to its inputs reaches the compiled run
+        want = kernel.run(kernel.reference, copy.deepcopy(example))
+        try:
+            got = kernel.run(impl, example)
+        except Exception as exc:  # the compiled code's failure is the check's finding
+            raise ContractError(f"raised {type(exc).__name__}: {exc}", check=KERNEL_CHECK, layer=kernel.name,
+                                example=example.what, member=f"{impl.path} kernel") from exc
+        for output, value in want.items():
+            why = kernel.tolerance.mismatch(got[output], value)
+            if why:
+                raise ContractError(f"its {output} differs from the numpy reference (tolerance: {kernel.tolerance}): "
+                                    f"{why}", check=KERNEL_CHECK, layer=kernel.name, example=example.what,
+                                    member=f"{impl.path} kernel")
+        count += 1
+    return count
