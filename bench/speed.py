@@ -455,7 +455,7 @@ def main() -> int:
         unknown = [n for n in chosen if n not in NETS]
         if unknown:
             parser.error(f"--nets: unknown {', '.join(unknown)}; known: {', '.join(NETS)}")
-        return _train_rows(pair, chosen, size, repeats, args.rounds)
+        return _train_rows(pair, chosen, size, repeats, args.rounds, args.threads)
 
     matmul = run_child(["--child", "matmul", *common], args.threads)
     rows, results, infer = [], {}, {}
@@ -488,8 +488,8 @@ def main() -> int:
     rss_bytes = rss["maxrss_kib"] * 1024 if rss.get("rc") == 0 else None
 
     what = ("full-MNIST" if data_dir and not args.quick else "2,048-image" if args.quick else "embedded-sample")
-    figures = [(f"{label} train img/s / PyTorch CPU", _ratio(*results[net]), ">= 1.0", lambda v: v >= 1.0, ".2f")
-               for net, label in TRAIN_LABELS.items()]
+    figures = [(f"{label} train img/s / PyTorch CPU", _ratio(*results[net]), f">= {train_target(net, args.threads)}",
+                _at_least(train_target(net, args.threads)), ".2f") for net, label in TRAIN_LABELS.items()]
     figures += [(f"{label} inference img/s (predict, batch {INFER_BATCH}) / PyTorch no_grad",
                  _ratio(*infer[net][:2]), ">= 1.0", lambda v: v >= 1.0, ".2f") for net, label in LABELS.items()]
     figures += [("`check-grads models/alexnet_mnist.json` wall time (s)", grads_s, "<= 10 s", lambda v: v <= 10, ".1f")]
@@ -520,8 +520,22 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def _train_rows(pair, nets: list[str], size: int, repeats: int, rounds: int) -> int:
-    """Only the training rows of ``nets``, with their ratio targets (>= 1.0x PyTorch)."""
+#: the convolution nets' training target on one thread (issue 21: compiled kernels); 1.0 on more
+CONV_NETS_ONE_THREAD_TARGET = 1.2
+
+
+def _at_least(target: float):
+    return lambda value: value >= target
+
+
+def train_target(net: str, threads: int) -> float:
+    """The training ratio to PyTorch a net must reach: LeNet-style and AlexNet-style 1.2 on one
+    thread and 1.0 on all cores, every other net 1.0."""
+    return CONV_NETS_ONE_THREAD_TARGET if net in ("lenet_style", "alexnet_mnist") and threads == 1 else 1.0
+
+
+def _train_rows(pair, nets: list[str], size: int, repeats: int, rounds: int, threads: int) -> int:
+    """Only the training rows of ``nets``, with their ratio targets (:func:`train_target`)."""
     print("| net | batch | samples/epoch | layerkit samples/s | PyTorch samples/s | ratio | target | result |\n"
           "|---|---:|---:|---:|---:|---:|---|---|")
     failed = 0
@@ -529,10 +543,11 @@ def _train_rows(pair, nets: list[str], size: int, repeats: int, rounds: int) -> 
         _, batch, sizes = NETS[net]
         lk, th = pair("train", net, sizes[size])
         ratio = _ratio(rate(lk), rate(th))
-        passed = ratio is not None and ratio >= 1.0
+        target = train_target(net, threads)
+        passed = ratio is not None and ratio >= target
         failed += not passed
         print(f"| {net} | {batch} | {sizes[size]:,} | {fmt(rate(lk), ',.0f')} | {fmt(rate(th), ',.0f')} | "
-              f"{fmt(ratio, '.2f')} | >= 1.0 | {'PASS' if passed else 'FAIL'} |", flush=True)
+              f"{fmt(ratio, '.2f')} | >= {target} | {'PASS' if passed else 'FAIL'} |", flush=True)
     print(f"\n{'CPU time of the measured process' if CLOCK == 'cpu_seconds' else 'wall time'}: median of {repeats} "
           f"timed epochs after one warm-up{_rounds(rounds)}, each framework x net in its own process.")
     return 1 if failed else 0
