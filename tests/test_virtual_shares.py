@@ -68,16 +68,20 @@ def no_leftover_workers():
 
 
 @pytest.fixture
+def forked():
+    if not available():
+        pytest.skip("no process-shared semaphores for forked processes here")
+
+
+@pytest.fixture
 def one_thread():
     parallel.set_num_threads(1)
     yield
     parallel.set_num_threads(None)
 
 
-@pytest.mark.usefixtures("hermetic", "one_thread")
+@pytest.mark.usefixtures("hermetic", "one_thread", "forked")
 def test_one_two_and_four_processes_and_a_resume_train_the_same_model(tmp_path, monkeypatch):
-    if not available():
-        pytest.skip("no process-shared semaphores for forked processes here")
     model = noisy()
     fit(tmp_path, "one", model, 1, monkeypatch)
     fit(tmp_path, "two", model, 2, monkeypatch)
@@ -98,10 +102,8 @@ def test_one_two_and_four_processes_and_a_resume_train_the_same_model(tmp_path, 
     assert_same_training(tmp_path / "plain_two", tmp_path / "plain_one")
 
 
-@pytest.mark.usefixtures("hermetic", "one_thread")
+@pytest.mark.usefixtures("hermetic", "one_thread", "forked")
 def test_the_comparison_fails_when_batch_norm_is_not_synchronised_across_processes(tmp_path, monkeypatch):
-    if not available():
-        pytest.skip("no process-shared semaphores for forked processes here")
     model = noisy()
     fit(tmp_path, "one", model, 1, monkeypatch)
     # each process normalises with its own shares' statistics: one process still sees the whole
@@ -156,11 +158,9 @@ def test_a_failing_share_stops_the_others_instead_of_hanging():
     assert threading.active_count() < 10
 
 
+@pytest.mark.usefixtures("forked")
 def test_process_counts_must_divide_the_shares(monkeypatch):
     from layerkit.training import virtual
-
-    if not available():
-        pytest.skip("no process-shared semaphores for forked processes here")
 
     model, loss, _ = zoo("alexnet_mnist")
 
@@ -188,10 +188,8 @@ def test_a_model_whose_batch_cannot_be_split_is_refused(monkeypatch):
         virtual.forked_processes(model, loss, 64, 2, Collectives())
 
 
-@pytest.mark.usefixtures("hermetic", "one_thread")
+@pytest.mark.usefixtures("hermetic", "one_thread", "forked")
 def test_a_share_failing_in_a_worker_stops_the_run_with_its_traceback(tmp_path, monkeypatch):
-    if not available():
-        pytest.skip("no process-shared semaphores for forked processes here")
     import os
 
     from layerkit.nn.network import Network
