@@ -65,12 +65,17 @@ _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
 _REPLY = struct.Struct("<dd")  # loss * counted terms, correct predictions (fractional for reconstructions)
 
 
+def unsplittable(model: Network) -> list[str]:
+    """The nodes whose batch cannot be split over samples: coupled otherwise than through
+    whole-batch sums, or uncoupled but keeping running state."""
+    return [node.name for node in model.nodes
+            if not (node.layer.sample_coupling == Coupling.BATCH_SUMS
+                    or (node.layer.sample_coupling == Coupling.NONE and not node.state_specs))]
+
+
 def eligible(model: Network, loss: Loss) -> bool:
     """Whether every layer and the loss can be split over samples."""
-    if loss.sample_coupling != Coupling.NONE:
-        return False
-    return all(node.layer.sample_coupling == Coupling.BATCH_SUMS
-               or (node.layer.sample_coupling == Coupling.NONE and not node.state_specs) for node in model.nodes)
+    return loss.sample_coupling == Coupling.NONE and not unsplittable(model)
 
 
 def shard_count(model: Network, loss: Loss, batch_size: int, threads: int | None = None) -> int:

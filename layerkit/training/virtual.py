@@ -43,7 +43,7 @@ from layerkit.parallel import threads as parallel
 from layerkit.parallel.collectives import Collectives
 from layerkit.parallel.processes import BARRIER_TIMEOUT_S, bounds
 from layerkit.training.sample_parallel import (Augment, Keys, SampleParallel, eligible, shard_count,
-                                               share_gradients)
+                                               share_gradients, unsplittable)
 
 
 def setting(training: dict) -> int:
@@ -56,8 +56,7 @@ def forked_processes(model: Network, loss, batch_size: int, shares: int, comm: C
     otherwise: the most of those that divide each rank's shares. Refuses a rank count that does
     not divide the shares, or a model whose batch cannot be split."""
     if not eligible(model, loss):
-        coupled = [node.name for node in model.nodes if node.layer.sample_coupling not in ("none", "batch_sums")
-                   or (node.layer.sample_coupling == "none" and node.state_specs)]
+        coupled = unsplittable(model)
         what = f"layers {', '.join(coupled)} couple" if coupled else "the loss couples"
         raise everywhere(LayerkitError(f"training.virtual_shares needs a batch that can be split, but {what} the "
                                        f"samples of a batch; drop virtual_shares for this model"))
