@@ -167,7 +167,8 @@ def test_process_counts_must_divide_the_shares(monkeypatch):
     class Ranks(Collectives):
         size = 3
 
-    with pytest.raises(LayerkitError, match="virtual_shares 4 cannot be shared out over 3 MPI ranks"):
+    # one line naming the file and the JSON path, as every model-file problem
+    with pytest.raises(LayerkitError, match=r"mnist\.json: training\.virtual_shares: 4 shares .* over 3 MPI ranks"):
         virtual.forked_processes(model, loss, 128, 4, Ranks())
     monkeypatch.setenv("LAYERKIT_SAMPLE_PARALLEL", "1")
     set_processes(4)
@@ -184,7 +185,7 @@ def test_a_model_whose_batch_cannot_be_split_is_refused(monkeypatch):
 
     model, loss, _ = zoo("lenet5")
     monkeypatch.setattr(type(model.nodes[1].layer), "sample_coupling", "other")
-    with pytest.raises(LayerkitError, match="virtual_shares needs a batch that can be split"):
+    with pytest.raises(LayerkitError, match=r"lenet5\.json: training\.virtual_shares: needs a batch that can be split"):
         virtual.forked_processes(model, loss, 64, 2, Collectives())
 
 

@@ -35,7 +35,7 @@ import threading
 
 import numpy as np
 
-from layerkit.errors import LayerkitError, TrainingError, everywhere
+from layerkit.errors import LayerkitError, Problem, TrainingError, everywhere
 from layerkit.nn.layer import Coupling
 from layerkit.nn.network import Network
 from layerkit.parallel import collectives, lockstep
@@ -55,14 +55,18 @@ def forked_processes(model: Network, loss, batch_size: int, shares: int, comm: C
     """Forked processes per rank with ``shares`` fixed shares, and how many the machine would use
     otherwise: the most of those that divide each rank's shares. Refuses a rank count that does
     not divide the shares, or a model whose batch cannot be split."""
+    def refuse(message: str) -> BaseException:
+        return everywhere(LayerkitError(problems=[Problem(message, ("training", "virtual_shares"),
+                                                          model.graph.spec.source)]))
+
     if not eligible(model, loss):
         coupled = unsplittable(model)
         what = f"layers {', '.join(coupled)} couple" if coupled else "the loss couples"
-        raise everywhere(LayerkitError(f"training.virtual_shares needs a batch that can be split, but {what} the "
-                                       f"samples of a batch; drop virtual_shares for this model"))
+        raise refuse(f"needs a batch that can be split, but {what} the samples of a batch; drop virtual_shares "
+                     f"for this model")
     if shares % comm.size:
-        raise everywhere(LayerkitError(f"training.virtual_shares {shares} cannot be shared out over {comm.size} "
-                                       f"MPI ranks: run a number of ranks that divides it"))
+        raise refuse(f"{shares} shares cannot be shared out over {comm.size} MPI ranks: run a number of ranks "
+                     f"that divides it")
     per_rank = shares // comm.size
     wanted = shard_count(model, loss, max(1, batch_size // comm.size))
     return max(d for d in range(1, min(wanted, per_rank) + 1) if per_rank % d == 0), wanted
