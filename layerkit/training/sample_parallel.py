@@ -65,6 +65,23 @@ _ALIGN = 16  # float32 elements: 64-byte aligned tensors in the shared blocks
 _REPLY = struct.Struct("<dd")  # loss * counted terms, correct predictions (fractional for reconstructions)
 
 
+def gradient_size(model: Network, keys: Keys) -> int:
+    """Elements of the gradients of ``keys`` laid end to end (what one fused buffer holds)."""
+    return sum(model.params[n][t].size for n, t in keys)
+
+
+def gradient_views(flat: np.ndarray, model: Network, keys: Keys) -> list[np.ndarray]:
+    """``flat`` (:func:`gradient_size` elements) cut, in ``keys`` order, into one view per
+    parameter tensor, of its shape: the gradients as one buffer for one all-reduce or one sum."""
+    views, start = [], 0
+    for n, t in keys:
+        shape = model.params[n][t].shape
+        stop = start + model.params[n][t].size
+        views.append(flat[start:stop].reshape(shape))
+        start = stop
+    return views
+
+
 def unsplittable(model: Network) -> list[str]:
     """The nodes whose batch cannot be split over samples: coupled otherwise than through
     whole-batch sums, or uncoupled but keeping running state."""

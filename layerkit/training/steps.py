@@ -34,7 +34,8 @@ from layerkit.parallel import collectives
 from layerkit.parallel.collectives import Collectives
 from layerkit.parallel import threads as parallel
 from layerkit.training import virtual
-from layerkit.training.sample_parallel import SampleParallel, shard_count, share_gradients
+from layerkit.training.sample_parallel import (SampleParallel, gradient_size, gradient_views, shard_count,
+                                               share_gradients)
 
 #: mean loss, correct predictions (fractional for reconstructions), gradients, stop, and the terms the
 #: mean is over (``Loss.counted`` of the batch's targets: samples, or counted tokens)
@@ -105,11 +106,8 @@ class DistributedStep(Step):
         self.augment, self.keys, self.workers, self.random = augment, keys, workers, random
         self.per_rank = workers.shards if workers is not None else 1
         self.shares = comm.size * self.per_rank
-        sizes = [model.params[n][t].size for n, t in keys]
-        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self._flat = np.empty(int(self._offsets[-1]), dtype=model.dtype)  # the gradients, fused for one all-reduce
-        self._views = [self._flat[a:b].reshape(model.params[n][t].shape)
-                       for a, b, (n, t) in zip(self._offsets, self._offsets[1:], keys, strict=False)]
+        self._flat = np.empty(gradient_size(model, keys), dtype=model.dtype)  # the gradients, for one all-reduce
+        self._views = gradient_views(self._flat, model, keys)
 
     def __call__(self, idx, rng, stop=False, key=0) -> StepResult:
         comm, n = self.comm, len(idx)
@@ -156,13 +154,10 @@ class VirtualStep(Step):
         self.per_rank = workers.shards if workers is not None else 1
         self.shares = total
         self.local = total // (comm.size * self.per_rank)
-        sizes = [model.params[n][t].size for n, t in keys]
-        cuts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self._flat64 = np.zeros(int(cuts[-1]), dtype=np.float64)  # the gradients, added in float64
-        self._flat = np.empty(int(cuts[-1]), dtype=model.dtype)  # and rounded once, for the optimizer
-        shapes = [model.params[n][t].shape for n, t in keys]
-        self._parts64 = [self._flat64[a:b].reshape(shape) for a, b, shape in zip(cuts, cuts[1:], shapes, strict=False)]
-        self._views = [self._flat[a:b].reshape(shape) for a, b, shape in zip(cuts, cuts[1:], shapes, strict=False)]
+        self._flat64 = np.zeros(gradient_size(model, keys), dtype=np.float64)  # the gradients, added in float64
+        self._flat = np.empty(self._flat64.size, dtype=model.dtype)  # and rounded once, for the optimizer
+        self._parts64 = gradient_views(self._flat64, model, keys)
+        self._views = gradient_views(self._flat, model, keys)
         self.runner = None if workers is not None else virtual.ShareRunner(model, loss, x, y, augment, keys, total,
                                                                            self.local, self.random)
 

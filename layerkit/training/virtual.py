@@ -43,7 +43,8 @@ from layerkit.parallel import threads as parallel
 from layerkit.parallel.collectives import Collectives
 from layerkit.parallel.processes import BARRIER_TIMEOUT_S, bounds
 from layerkit.training.sample_parallel import (Augment, Keys, SampleParallel, eligible, shard_count,
-                                               share_gradients, unsplittable)
+                                               gradient_size, gradient_views, share_gradients,
+                                               unsplittable)
 
 
 def setting(training: dict) -> int:
@@ -125,10 +126,9 @@ class VirtualWorkers(SampleParallel):
                  augment: Augment | None = None, outer: Collectives = collectives.SINGLE) -> None:
         super().__init__(model, loss, x, y, shards, augment=augment, outer=outer, rows=total)
         self.total, self.local = total, total // (outer.size * shards)
-        sizes = [model.params[n][t].size for n, t in self.keys]
-        self._cuts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self._sum_blocks = [mmap.mmap(-1, max(int(self._cuts[-1]), 1) * 8) for _ in range(shards - 1)]
-        self._sums = [np.frombuffer(b, dtype=np.float64)[:int(self._cuts[-1])] for b in self._sum_blocks]
+        size = gradient_size(model, self.keys)
+        self._sum_blocks = [mmap.mmap(-1, max(size, 1) * 8) for _ in range(shards - 1)]
+        self._sums = [np.frombuffer(b, dtype=np.float64)[:size] for b in self._sum_blocks]
         self._runner: ShareRunner | None = None
 
     def _shares(self) -> ShareRunner:
@@ -136,10 +136,6 @@ class VirtualWorkers(SampleParallel):
             self._runner = ShareRunner(self.model, self.loss, self.x, self.y, self.augment, self.keys, self.total,
                                        self.local, self._random)
         return self._runner
-
-    def _split(self, flat: np.ndarray) -> list[np.ndarray]:
-        return [flat[a:b].reshape(self.model.params[n][t].shape)
-                for a, b, (n, t) in zip(self._cuts, self._cuts[1:], self.keys, strict=False)]
 
     def compute_shares(self, idx: np.ndarray, first: int, n_total: int, seed: int, key: int,
                        flat: np.ndarray, terms: np.ndarray) -> None:
@@ -154,7 +150,8 @@ class VirtualWorkers(SampleParallel):
         flat[:] = 0
         broken = False
         try:
-            self._shares().compute(idx, first, n_total, seed, key, self.group(0), self._split(flat), terms)
+            self._shares().compute(idx, first, n_total, seed, key, self.group(0),
+                                   gradient_views(flat, self.model, self.keys), terms)
         except threading.BrokenBarrierError:
             broken = True  # a worker failed in the middle of the step: its reply says why
         except BaseException:
@@ -174,5 +171,5 @@ class VirtualWorkers(SampleParallel):
         flat[:] = 0
         terms = np.zeros(2 * self.total, dtype=np.float64)
         self._shares().compute(header[4:], int(header[2]), int(header[0]), int(header[1]), int(header[3]),
-                               self.group(shard), self._split(flat), terms)
+                               self.group(shard), gradient_views(flat, self.model, self.keys), terms)
         return terms.tobytes()
