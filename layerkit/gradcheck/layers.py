@@ -263,15 +263,9 @@ def random_params(specs: Mapping[str, Any], rng: np.random.Generator) -> dict[st
     differences of saturated functions (large values, large round-off) instead of the layer's
     math. Constant-initialized tensors (biases, scales, slopes) are standard normal.
     """
-    return {name: rng.standard_normal(tuple(spec.shape)) * _spread(spec) for name, spec in specs.items()}
-
-
-def _spread(spec: Any) -> float:
-    """The standard deviation of ``spec``'s initializer when it scales with the fans, else 1."""
     from layerkit.nn.initializers import init_std
 
-    std = init_std(spec)
-    return 1.0 if std is None else std
+    return {name: rng.standard_normal(tuple(spec.shape)) * (init_std(spec) or 1.0) for name, spec in specs.items()}
 
 
 def initial_state(specs: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -150,7 +150,8 @@ def check_model(model, x: np.ndarray | None = None, y: np.ndarray | None = None,
 
     With a real batch ``x`` (and labels ``y``), its first ``batch_size`` samples are used and each
     layer is checked on the activations it actually receives, with the model's parameters;
-    without one, every layer gets random standard-normal inputs and parameters.
+    without one, every layer gets random standard-normal inputs and random parameters
+    (:func:`layerkit.gradcheck.layers.random_params`: at the initializer's spread).
     """
     # tiny float64 GEMMs: a second BLAS thread only synchronises (see blas.one_thread)
     with blas.one_thread():
