@@ -74,7 +74,7 @@ def test_windows_the_compiled_kernel_does_not_cover_run_the_reference(pool, stri
         assert got[key].tobytes() == want[key].tobytes()
 
 
-def _train(path, net, steps=4):
+def _train(path, net, steps=4, exact_only=False):
     from layerkit.modelfile.build import build_model
     from layerkit.modelfile.spec import spec_from_dict
     from layerkit.nn.optimizers import SGD
@@ -85,7 +85,9 @@ def _train(path, net, steps=4):
     keys = [(k, t) for k, d in model.params.items() for t in d]
     opt = SGD([model.params[k][t] for k, t in keys], lr=0.05, momentum=0.9)
     rng = np.random.default_rng(0)
-    impls = {name: (select.compiled(name) if path == "numba" else k.reference) for name, k in KERNELS.items()}
+    # exact_only: the compiled kernels that promise the reference's bits, the others' references
+    impls = {name: (select.compiled(name) if path == "numba" and (k.tolerance.exact or not exact_only) else k.reference)
+             for name, k in KERNELS.items()}
     with select.forced(impls):
         for _ in range(steps):
             x = rng.standard_normal((32, *raw["input"]["shape"])).astype(np.float32)
@@ -97,8 +99,20 @@ def _train(path, net, steps=4):
 
 
 @needs_numba
-def test_both_paths_train_the_same_weights_bit_for_bit():
-    assert _train("numba", "bench/nets/lenet_style.json") == _train("numpy", "bench/nets/lenet_style.json")
+def test_the_exact_kernels_train_the_same_weights_bit_for_bit():
+    net = "bench/nets/lenet_style.json"
+    assert _train("numba", net, exact_only=True) == _train("numpy", net, exact_only=True)
+
+
+@needs_numba
+def test_both_paths_train_the_same_weights_within_float32_rounding():
+    # the direct convolution sums in another order: four SGD steps move the weights apart by rounding only
+    net = "bench/nets/lenet_style.json"
+    got, want = _train("numba", net), _train("numpy", net)
+    assert got.keys() == want.keys() and got != want
+    for key in want:
+        a, b = np.frombuffer(got[key], np.float32), np.frombuffer(want[key], np.float32)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), key
 
 
 def test_info_shows_the_path_and_why(monkeypatch, capsys):
@@ -157,6 +171,19 @@ def test_auto_loads_a_compiled_kernel_only_once_it_pays(monkeypatch, fresh_choic
     assert select.active_paths() == {}  # nothing loaded yet
     assert select.kernel("max_pool2d", f32, 600).path == "numba"  # 1,200 values seen: loaded
     assert select.active_paths() == {"max_pool2d": "numba"}
+
+
+@needs_numba
+def test_a_kernel_that_pays_sooner_loads_sooner(monkeypatch, fresh_choice):
+    import dataclasses
+
+    monkeypatch.setenv(select.ENV, "auto")
+    monkeypatch.setattr(select, "LOAD_AFTER", 10**9)
+    monkeypatch.setitem(KERNELS, "conv2d_direct", dataclasses.replace(KERNELS["conv2d_direct"], load_after=1000))
+    f32 = np.dtype(np.float32)
+    assert select.kernel("conv2d_direct", f32, 600).path == "numpy"
+    assert select.kernel("conv2d_direct", f32, 600).path == "numba"
+    assert select.kernel("max_pool2d", f32, 10**6).path == "numpy"  # the default still holds for the others
 
 
 @needs_numba

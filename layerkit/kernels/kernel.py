@@ -73,3 +73,6 @@ class Kernel:
     run: Callable[[Any, KernelExample], dict[str, np.ndarray]]
     #: which calls the compiled implementation takes (the rest run the reference), in words
     covers: str = "every call"
+    #: input values the ``auto`` path runs the reference on before loading the compiled twin, when it
+    #: pays sooner than :data:`layerkit.kernels.select.LOAD_AFTER` (None: that default)
+    load_after: int | None = None

@@ -4,10 +4,11 @@
 
 - ``auto`` (the default): numba when it is installed (``pip install 'layerkit[fast]'``), else numpy.
   Loading numba costs a few tenths of a second, so each kernel runs its reference until it has
-  seen :data:`LOAD_AFTER` input values, about the work on which the compiled kernel saves that
-  much, and loads the compiled one then: a short run never pays for numba, a long one pays at most
-  twice the least it could (the compiled kernels give the reference's results bit for bit or
-  within their stated tolerance, so switching mid-run changes nothing the run computes beyond that);
+  seen :data:`LOAD_AFTER` input values (or the kernel's own ``load_after``), about the work on
+  which the compiled kernel saves that much, and loads the compiled one then: a short run never
+  pays for numba, a long one pays at most twice the least it could (the compiled kernels give the
+  reference's results bit for bit or within their stated tolerance, so switching mid-run changes
+  nothing the run computes beyond that);
 - ``numpy``: the reference, always;
 - ``numba``: the compiled kernels from the first call, an error (:class:`~layerkit.errors.KernelError`)
   if numba is missing.
@@ -74,7 +75,7 @@ def decide(requested: str | None = None) -> Choice:
         return Choice("numba", f"{ENV}=numba", value)
     if have:
         return Choice("numba", f"{ENV}=auto and numba is installed (each compiled kernel is loaded once it "
-                               f"has {LOAD_AFTER:,} input values to run on)", value)
+                               f"has enough input values to run on: {LOAD_AFTER:,} unless it says fewer)", value)
     return Choice("numpy", f"{ENV}=auto and numba is not installed ({INSTALL_HINT} adds it)", value)
 
 
@@ -124,7 +125,8 @@ def _resolve(name: str, size: int) -> Any:
         path = choice()
         if path.path == "numba" and path.requested == "auto":
             _seen[name] = _seen.get(name, 0) + size
-            if _seen[name] < LOAD_AFTER:
+            threshold = KERNELS[name].load_after
+            if _seen[name] < (LOAD_AFTER if threshold is None else threshold):
                 return KERNELS[name].reference
         _active[name] = _compiled(name) if path.path == "numba" else KERNELS[name].reference
         return _active[name]

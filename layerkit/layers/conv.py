@@ -34,6 +34,8 @@ from layerkit.errors import ShapeError
 from layerkit.nn.initializers import INITIALIZERS
 from layerkit.nn.capabilities import AbsorbsAffine, FreshInferOutput, InputGradientOnly
 from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
+from layerkit.kernels.conv_direct import wide_grad
+from layerkit.kernels.select import kernel
 from layerkit.kernels.windows import (Flat, Window, col2im_add, col2im_wide_add, flat, im2col, im2col_wide, image_rows,
                                       pad, pad_flat, unpad, window)
 from layerkit.nn.paramschema import int_or_pair_schema
@@ -44,7 +46,7 @@ class ConvCache(NamedTuple):
     """What :meth:`Conv2D.backward` needs from a forward: the path taken and its buffers."""
 
     #: the algorithm forward used (see the module docstring), which backward mirrors
-    path: Literal["batch", "wide", "strided"]
+    path: Literal["direct", "batch", "wide", "strided"]
     #: the padded input (flat for the stride-1 paths), or None where the columns were kept
     source: np.ndarray | None
     #: the im2col columns, or None: backward rebuilds them from ``source`` chunk by chunk
@@ -165,6 +167,11 @@ class Conv2D(AbsorbsAffine, FreshInferOutput, InputGradientOnly, Layer):
         g = self._window((h, w))
         w3 = self._weights(params)
         bias = None if b is None else b.reshape(-1, 1, 1)
+        direct = _direct_kernel(g, c, self.filters, self.groups, x)
+        if direct is not None:
+            f = flat(g, h, w)
+            xf = pad_flat(x, g, f)
+            return _conv_direct(direct, xf, params["W"], b, g, f), ConvCache("direct", xf, None, (h, w), g)
         nb = _batch_chunk(g, n, c, w3.shape[0] * w3.shape[1], x.itemsize, whole=keep)
         if nb:
             f = flat(g, h, w)
@@ -203,7 +210,9 @@ class Conv2D(AbsorbsAffine, FreshInferOutput, InputGradientOnly, Layer):
     def _backward(self, params: Params, cache: ConvCache, dy: np.ndarray, need_dx: bool, need_dw: bool = True
                   ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         w3, g = self._weights(params), cache.window
-        if cache.path == "batch":
+        if cache.path == "direct":
+            dx, dw = _backward_direct(params["W"], cache.source, cache.hw, g, dy, need_dx, need_dw)
+        elif cache.path == "batch":
             dx, dw = _backward_batch(w3, cache.source, cache.cols, cache.hw, g, dy, cache.chunk, need_dx, need_dw)
         elif cache.path == "wide":
             dx, dw = _backward_wide(params["W"], w3, cache.source, cache.cols, cache.hw, g, dy, need_dx, need_dw)
@@ -221,6 +230,73 @@ def _wide_ok(g: Window) -> bool:
     """Stride 1 and padding below the dilated kernel: then dx is itself a stride-1 convolution."""
     keh, kew = (g.kh - 1) * g.dh + 1, (g.kw - 1) * g.dw + 1
     return g.sh == g.sw == 1 and max(g.pad_top, g.pad_bottom) < keh and max(g.pad_left, g.pad_right) < kew
+
+
+# -- small layers, compiled: the direct convolution kernel --------------------------------------------
+#
+# With the compiled kernels (pip install 'layerkit[fast]'), layers whose GEMMs are too small for BLAS
+# to run fast skip the column buffer altogether: the conv2d_direct kernel slides the kernel over
+# the flat rows (layerkit.kernels.conv_direct). The input gradient is the same kernel run on the
+# padded output gradient with the rotated kernel, as the wide path's.
+
+DIRECT_MAX_WORK = 32 * 25  # filters x kernel taps per input channel; larger layers keep the GEMM
+
+
+def _direct_kernel(g: Window, c: int, filters: int, groups: int, x: np.ndarray) -> Any:
+    """The compiled direct convolution when it is active and covers this layer, else None."""
+    if groups != 1 or not _wide_ok(g) or filters * g.kh * g.kw > DIRECT_MAX_WORK:
+        return None
+    impl = kernel("conv2d_direct", x.dtype, x.size)
+    return impl if impl.path != "numpy" and impl.covers(g, c, filters) else None
+
+
+def _conv_direct(impl: Any, xf: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Window, f: Flat) -> np.ndarray:
+    n = xf.shape[0]
+    y = np.empty((n, w.shape[0], g.ho, g.wo), dtype=xf.dtype)
+
+    def work(a: int, z: int) -> None:
+        impl.forward(xf[a:z], w, b, g, f, y[a:z])
+
+    nbytes = xf.nbytes * g.kh * g.kw
+    parallel.run(work, parallel.split(n, 1, nbytes, "conv"), nbytes, "conv")
+    return y
+
+
+def _backward_direct(w: np.ndarray, xf: np.ndarray, hw: tuple[int, int], g: Window, dy: np.ndarray, need_dx: bool,
+                     need_dw: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    impl = kernel("conv2d_direct", dy.dtype)
+    n = dy.shape[0]
+    f = flat(g, *hw)
+    dx = dw = dyw = None
+    start = 0
+    if need_dx:
+        gt, wt = _rotated(g, w, hw)
+        flt = flat(gt, g.ho, g.wo)
+        dyf = pad_flat(dy, gt, flt)
+        dx = _conv_direct(impl, dyf, wt, None, gt, flt)
+        if flt.wf == f.wf:  # as in _backward_wide: the padded dy holds dy on the wide grid, junk columns zero
+            dyw, start = dyf, gt.pad_top * flt.wf + flt.lead
+    if need_dw:
+        if dyw is None:
+            dyw = wide_grad(dy, g, f)
+
+        def work(a: int, z: int) -> np.ndarray:
+            part = np.zeros(w.shape, dtype=dy.dtype)
+            impl.weight_grad(xf[a:z], dyw[a:z], start, g, f, part)
+            return part
+
+        dw = _ordered_sum(work, n, 1, xf.nbytes * g.kh * g.kw, w.shape, dy.dtype)
+    return dx, dw
+
+
+def _rotated(g: Window, w: np.ndarray, hw: tuple[int, int]) -> tuple[Window, np.ndarray]:
+    """The input gradient of a stride-1 convolution as a stride-1 convolution of the output gradient:
+    its window and its kernel (rotated by 180 degrees, channels and filters swapped; one group)."""
+    h, wd = hw
+    keh, kew = (g.kh - 1) * g.dh + 1, (g.kw - 1) * g.dw + 1
+    gt = Window(g.kh, g.kw, 1, 1, g.dh, g.dw, keh - 1 - g.pad_top, keh - 1 - g.pad_bottom,
+                kew - 1 - g.pad_left, kew - 1 - g.pad_right, h, wd)
+    return gt, np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
 
 
 # -- small layers: one GEMM over the whole batch ----------------------------------------------------------
