@@ -73,10 +73,12 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON obje
              f"numba cache: {k['numba_cache_dir']}",
              f"threads: {out['threads']['layerkit']} (BLAS {out['threads']['blas']})"]
     for kern in k["kernels"]:
-        how = (f"compiled for {kern['covers']}; {kern['tolerance']} as numpy" if kern["compiled"]
-               else "numpy")
+        same = "bit for bit" if kern["tolerance"] == "bit for bit" else f"within {kern['tolerance']}"
+        how = f"compiled for {kern['covers']}; matches numpy {same}" if kern["compiled"] else "numpy"
         lines.append(f"  {kern['name']}: {how}")
+    tolerances = {kern["name"]: kern["tolerance"] for kern in k["kernels"]}
     for name, count in out.get("checked", {}).items():
-        lines.append(f"check {name}: compiled = numpy reference on {count} inputs" if count else
+        lines.append(f"check {name}: the compiled kernel matches the numpy reference ({tolerances[name]}) on {count} "
+                     f"inputs" if count else
                      f"check {name}: nothing compiled to compare (numba is not installed)")
     typer.echo("\n".join(lines))

@@ -10,7 +10,9 @@ from layerkit import hookimpl
 from layerkit.errors import ShapeError
 from layerkit.nn.capabilities import (AffineInference, FreshGradient, FreshInferOutput, InplaceBackward,
                                        InplaceInfer)
+from layerkit.kernels.select import kernel
 from layerkit.nn.layer import Coupling, Example, Layer, Params, ParamSpec, require_rank, Shape
+from layerkit.parallel import threads as parallel
 from layerkit.parallel.collectives import batch_sum, splitting
 from layerkit.parallel.chunks import over_chunks
 
@@ -38,6 +40,10 @@ def _channel_sums(a: np.ndarray, b: np.ndarray | None = None, shift: np.ndarray 
     """
     n, c = a.shape[:2]
     both = b is a
+    if a.ndim == 4:
+        impl = _compiled(a)
+        if impl is not None:
+            return _compiled_sums(impl, a, b, shift)
     if a.ndim == 2:
         if shift is not None:
             b = b.astype(np.float64) - shift
@@ -72,6 +78,26 @@ def _channel_sums(a: np.ndarray, b: np.ndarray | None = None, shift: np.ndarray 
     return total, dot
 
 
+def _compiled(a: np.ndarray) -> Any:
+    """The compiled batch_norm kernel for this (N, C, H, W) batch, or None on the numpy path."""
+    impl = kernel("batch_norm", a.dtype, a.size)
+    return impl if impl.path != "numpy" else None
+
+
+def _compiled_sums(impl: Any, a: np.ndarray, b: np.ndarray | None, shift: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_channel_sums` by the compiled kernel, over fixed sample ranges added in order: the same
+    result whatever the thread count."""
+    def work(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray | None]:
+        part = a[lo:hi]  # one view for both factors: the kernel tells the squares case by identity
+        return impl.sums(part, part if b is a else (None if b is None else b[lo:hi]), shift)
+
+    parts = parallel.run(work, parallel.spans(len(a), 1, parallel.REDUCE_PARTS), a.nbytes * 2, "pass")
+    total = np.sum([p[0] for p in parts], axis=0)
+    dot = None if b is None else np.sum([p[1] for p in parts], axis=0)
+    return total, dot
+
+
 def _whole_batch(a: np.ndarray, b: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-channel sums and element count of this shard, summed over the whole batch when
     the batch is split over processes (``layerkit.parallel.processes``); unchanged otherwise."""
@@ -91,6 +117,13 @@ def _affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, bshape: tuple[i
         y += shift
         return y
     y = np.empty_like(x) if out is None else out
+    impl = _compiled(x)
+    if impl is not None:
+        def each(lo: int, hi: int) -> None:
+            impl.affine(x[lo:hi], scale, shift, y[lo:hi])
+
+        parallel.run(each, parallel.split(len(x), 1, 2 * x.nbytes, "pass"), 2 * x.nbytes, "pass")
+        return y
 
     def work(slices: list[slice], step: int) -> None:
         for sl in slices:
@@ -260,9 +293,16 @@ class BatchNorm(AffineInference, InplaceBackward, FreshGradient, InplaceInfer, F
         def cast(v: np.ndarray) -> np.ndarray:
             return v.astype(dy.dtype).reshape(bshape)
 
-        scale, k, c0, shift = cast(scale), cast(k), cast(c0), shift.reshape(bshape)
         if out is None:
             out = np.empty_like(dy)
+        impl = _compiled(dy) if dy.ndim == 4 else None
+        if impl is not None:
+            def each(lo: int, hi: int) -> None:
+                impl.input_grad(dy[lo:hi], x[lo:hi], scale, k, c0, shift, out[lo:hi])
+
+            parallel.run(each, parallel.split(len(dy), 1, 3 * dy.nbytes, "pass"), 3 * dy.nbytes, "pass")
+            return out, grads
+        scale, k, c0, shift = cast(scale), cast(k), cast(c0), shift.reshape(bshape)
         # chunk by chunk, so k*(x - shift) + c0 lives in a cache-sized temporary
 
         def work(slices: list[slice], step: int) -> None:
