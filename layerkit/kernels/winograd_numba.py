@@ -1,0 +1,281 @@
+"""Winograd F(2x2, 3x3) convolution compiled with numba: 3x3, stride 1, zero padding 0 or 1.
+
+Each 2x2 block of outputs (a tile) comes from a 4x4 patch of the padded input ``d``:
+``y = A^T [(G g G^T) * (B^T d B)] A`` with the element-wise product summed over the input
+channels. The 16 products of one tile are then 16 independent channel sums, i.e. 16 GEMMs
+``M[k] (F x tiles) = U[k] (F x C) @ V[k] (C x tiles)``, with 16 multiplies per tile and channel
+pair where im2col needs 36: 2.25x fewer.
+
+The layout follows from that:
+
+- ``U = G g G^T`` for every (filter, channel) pair, (16, F, C), once per call;
+- the tiles are taken in blocks of whole tile rows, so that a block's transformed input
+  ``V (16, C, tiles)`` and products ``M (16, F, tiles)`` stay in the core's L2 cache instead of
+  streaming 4x the input through memory;
+- the input transform ``V = B^T d B`` reads the image rows straight from the input (a tile
+  that reaches past the image reads zeros, so padding, odd sizes and partial last tiles need
+  no padded copy);
+- the output transform ``A^T m A`` writes its 2x2 outputs straight into the NCHW result,
+  adding the bias.
+
+The 16 GEMMs run in numba too (:func:`_products`): the whole convolution is then one compiled
+call that holds no GIL, with no Python per block (docs/performance.md compares it with numpy's
+matmul per block).
+
+The input gradient of a 3x3 stride-1 convolution is itself one: ``dy`` padded by ``2 - pad``
+on each side, convolved with the kernel rotated by 180 degrees and its channel axes swapped
+(:func:`backward_input`). The weight gradient uses the transposed algorithm
+``dg = G^T [sum over tiles of (A dy A^T) * (B^T d B)] G`` (:func:`backward_weights`): 16
+GEMMs whose inner dimension is the tiles.
+
+Results differ from the im2col path only by rounding: the transforms add and subtract up to 16
+values per product, so float32 results are within a few 1e-6 of the output's largest value
+(tests/test_winograd.py states the tolerance; float64 agrees to 1e-13).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: G of F(2x2, 3x3): U = G g G^T maps a 3x3 kernel to its 4x4 transform
+G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+#: target bytes of a block's transformed input plus its products: L2-sized (1 MiB per core), with room
+#: for the weights' transform and the input rows the block reads
+BLOCK_BYTES = 1 << 19
+
+#: B^T's rows as (row parity and offset in tile rows of its first term, the same of its second, sign of
+#: the second): d0 - d2, d1 + d2, d2 - d1, d1 - d3, where d_r is the tile's row r = 2 * (r // 2) + r % 2
+_ROWS = np.array([[0, 0, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0], [1, 0, 1, 1]])
+_SIGNS = np.array([-1.0, 1.0, -1.0, -1.0], dtype=np.float32)
+
+_JIT = {"cache": True, "nogil": True, "fastmath": {"contract"}}
+
+
+def covers(c: int, f: int, kh: int, kw: int, stride: tuple[int, int] | int, dilation: tuple[int, int] | int,
+           groups: int, pads: tuple[int, int, int, int]) -> bool:
+    """Whether :func:`forward` computes this convolution: a 3x3 kernel, stride 1, dilation 1, one group,
+    each pad (top, bottom, left, right) 0 or 1, at least one channel and filter."""
+    pair = (lambda v: (v, v) if isinstance(v, int) else tuple(v))
+    return ((kh, kw) == (3, 3) and pair(stride) == (1, 1) and pair(dilation) == (1, 1) and groups == 1
+            and len(pads) == 4 and all(p in (0, 1) for p in pads) and c >= 1 and f >= 1)
+
+
+def weight_transform(w: np.ndarray) -> np.ndarray:
+    """``U = G g G^T`` for every (filter, channel): (16, F, C), in ``w``'s dtype."""
+    g = G.astype(w.dtype)
+    u = np.einsum("ik,fckl,jl->ijfc", g, w, g)
+    return np.ascontiguousarray(u.reshape(16, w.shape[0], w.shape[1]))
+
+
+@numba.njit(**_JIT)
+def _input_block(x, pt, pl, start, rows, th, tw, v):  # pragma: no cover - compiled
+    # V[k, c, j] = (B^T d B)[k] for ``rows`` tile rows from global tile row ``start`` (= n * th + ty).
+    # Tiles lie on a "wide" grid, j = row * (tw + 1) + tx, one junk tile per row: then the 16 values
+    # of tile j sit at j, j + 1, j + tw + 1, j + tw + 2 in the input's four polyphase parts
+    # (p[a, b][ty, tx] = padded x[2 ty + a, 2 tx + b]) and the transform is one long loop over j,
+    # contiguous and vectorised, instead of short loops of stride-2 loads per tile row.
+    _, c_in, h, w = x.shape
+    w1 = tw + 1
+    plen = (rows + 2) * w1 + 1
+    p = np.zeros((4, plen), dtype=v.dtype)
+    pf = p.reshape(-1)
+    xf = x.reshape(-1)
+    # the phase columns inside the image: 0 <= 2 tx + b - pl < w, in [e_lo, e_hi) for b = 0, [o_lo, o_hi)
+    # for b = 1; the others stay zero
+    e_lo, e_hi = (pl + 1) // 2, min(w1, (w - 1 + pl) // 2 + 1)
+    o_lo, o_hi = pl // 2, min(w1, (w - 2 + pl) // 2 + 1)
+    for c in range(c_in):
+        done = 0
+        while done < rows:
+            g = start + done
+            n, ty0 = g // th, g % th
+            seg = min(rows - done, th - ty0)  # this image's tile rows in the block
+            # polyphase parts of padded rows 2 ty0 .. 2 (ty0 + seg) + 1, zero outside the image
+            for pr in range(seg + 1):
+                for a in range(2):
+                    iy = 2 * (ty0 + pr) + a - pt
+                    pe = (2 * a) * plen + pr * w1  # this row's start in the even, then odd, part
+                    po = pe + plen
+                    if 0 <= iy < h:
+                        # flat indices: a view per row costs more than its few loads. Padded column
+                        # 2 tx + b is input column 2 tx + b - pl; the columns outside the image are
+                        # the same in every row and were zeroed once
+                        base = ((n * c_in + c) * h + iy) * w - pl
+                        for tx in range(e_lo, e_hi):
+                            pf[pe + tx] = xf[base + 2 * tx]
+                        for tx in range(o_lo, o_hi):
+                            pf[po + tx] = xf[base + 2 * tx + 1]
+                    else:
+                        for tx in range(w1):
+                            pf[pe + tx] = 0.0
+                            pf[po + tx] = 0.0
+            # B^T's row u combines two of the tile's rows, A and B (d0 - d2, d1 + d2, d2 - d1,
+            # d1 - d3); one loop per u keeps each loop at four output streams, which LLVM vectorises
+            j0 = done * w1
+            nj = seg * w1
+            for u in range(4):
+                pa, oa, pb, ob = _ROWS[u, 0], _ROWS[u, 1] * w1, _ROWS[u, 2], _ROWS[u, 3] * w1
+                sg = v.dtype.type(_SIGNS[u])
+                ae, ao = p[2 * pa, oa:oa + nj + 1], p[2 * pa + 1, oa:oa + nj + 1]
+                be, bo = p[2 * pb, ob:ob + nj + 1], p[2 * pb + 1, ob:ob + nj + 1]
+                v0, v1 = v[4 * u, c, j0:j0 + nj], v[4 * u + 1, c, j0:j0 + nj]
+                v2, v3 = v[4 * u + 2, c, j0:j0 + nj], v[4 * u + 3, c, j0:j0 + nj]
+                for j in range(nj):
+                    r0 = ae[j] + sg * be[j]
+                    r1 = ao[j] + sg * bo[j]
+                    r2 = ae[j + 1] + sg * be[j + 1]
+                    r3 = ao[j + 1] + sg * bo[j + 1]
+                    v0[j] = r0 - r2
+                    v1[j] = r1 + r2
+                    v2[j] = r2 - r1
+                    v3[j] = r1 - r3
+            done += seg
+
+
+@numba.njit(**_JIT)
+def _output_block(m, b, start, rows, th, tw, y):  # pragma: no cover - compiled
+    # y[n, f, 2 ty + a, 2 tx + bb] = (A^T m A)[a, bb] + bias, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]:
+    # one long loop over the block's wide grid into the four output phases, then the phases
+    # interleaved into the NCHW rows (cropping the junk tile and an odd last row or column)
+    _, f_out, ho, wo = y.shape
+    w1 = tw + 1
+    nt = rows * w1
+    q = np.empty((4, nt), dtype=m.dtype)
+    q00, q01, q10, q11 = q[0], q[1], q[2], q[3]
+    full = wo // 2
+    yf = y.reshape(-1)
+    for f in range(f_out):
+        bias = b[f]
+        # one-dimensional views hoisted out of the loop: indexing m[k, f, j] inside it keeps LLVM
+        # from vectorising (measured 4x slower)
+        m0, m1, m2, m3 = m[0, f, :nt], m[1, f, :nt], m[2, f, :nt], m[3, f, :nt]
+        m4, m5, m6, m7 = m[4, f, :nt], m[5, f, :nt], m[6, f, :nt], m[7, f, :nt]
+        m8, m9, m10, m11 = m[8, f, :nt], m[9, f, :nt], m[10, f, :nt], m[11, f, :nt]
+        m12, m13, m14, m15 = m[12, f, :nt], m[13, f, :nt], m[14, f, :nt], m[15, f, :nt]
+        for j in range(nt):
+            # A^T m: rows (m0 + m1 + m2, m1 - m2 - m3) for each of the 4 columns, then the columns
+            s00 = m0[j] + m4[j] + m8[j]
+            s01 = m1[j] + m5[j] + m9[j]
+            s02 = m2[j] + m6[j] + m10[j]
+            s03 = m3[j] + m7[j] + m11[j]
+            s10 = m4[j] - m8[j] - m12[j]
+            s11 = m5[j] - m9[j] - m13[j]
+            s12 = m6[j] - m10[j] - m14[j]
+            s13 = m7[j] - m11[j] - m15[j]
+            q00[j] = s00 + s01 + s02 + bias
+            q01[j] = s01 - s02 - s03 + bias
+            q10[j] = s10 + s11 + s12 + bias
+            q11[j] = s11 - s12 - s13 + bias
+        # flat indices: a view per output row costs more than its 14 stores (measured 3x slower)
+        for row in range(rows):
+            g = start + row
+            n, ty = g // th, g % th
+            o = row * w1
+            for a in range(2):
+                oy = 2 * ty + a
+                if oy < ho:
+                    base = ((n * f_out + f) * ho + oy) * wo
+                    qe, qo = 2 * a, 2 * a + 1
+                    for tx in range(full):
+                        yf[base + 2 * tx] = q[qe, o + tx]
+                        yf[base + 2 * tx + 1] = q[qo, o + tx]
+                    if wo % 2:
+                        yf[base + 2 * full] = q[qe, o + full]
+
+
+@numba.njit(**_JIT)
+def _products(u, v, m, nt):  # pragma: no cover - compiled
+    # m[k, :, :nt] = u[k] @ v[k, :, :nt] for the 16 k, in numba: four filters at a time share each
+    # row of v, the tiles innermost (contiguous, vectorised). Measured against numpy's matmul in
+    # bench/winograd.py (--products numba).
+    _, f_out, c_in = u.shape
+    for k in range(16):
+        uk, vk, mk = u[k], v[k], m[k]
+        f = 0
+        while f + 4 <= f_out:
+            m0, m1, m2, m3 = mk[f], mk[f + 1], mk[f + 2], mk[f + 3]
+            for j in range(nt):
+                m0[j] = 0.0
+                m1[j] = 0.0
+                m2[j] = 0.0
+                m3[j] = 0.0
+            for c in range(c_in):
+                a0, a1, a2, a3 = uk[f, c], uk[f + 1, c], uk[f + 2, c], uk[f + 3, c]
+                vc = vk[c]
+                for j in range(nt):
+                    s = vc[j]
+                    m0[j] += a0 * s
+                    m1[j] += a1 * s
+                    m2[j] += a2 * s
+                    m3[j] += a3 * s
+            f += 4
+        while f < f_out:
+            m0 = mk[f]
+            for j in range(nt):
+                m0[j] = 0.0
+            for c in range(c_in):
+                a0 = uk[f, c]
+                vc = vk[c]
+                for j in range(nt):
+                    m0[j] += a0 * vc[j]
+            f += 1
+
+
+def _rows_per_block(c: int, f: int, tw: int, itemsize: int) -> int:
+    """Tile rows per block: V and M of a block within BLOCK_BYTES, at least one row."""
+    per_row = 16 * (c + f) * (tw + 1) * itemsize
+    return max(1, BLOCK_BYTES // per_row)
+
+
+def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int, int, int, int],
+          products: str = "numpy", block_bytes: int | None = None) -> np.ndarray:
+    # any pads >= 0 (backward_input needs 2 - pad); the public functions check what they accept
+    n, c, h, wd = x.shape
+    f = w.shape[0]
+    pt, pb, pl, pr = (int(p) for p in pads)
+    ho, wo = h + pt + pb - 2, wd + pl + pr - 2
+    y = np.empty((n, f, max(ho, 0), max(wo, 0)), dtype=x.dtype)
+    if y.size == 0:
+        return y
+    x = np.ascontiguousarray(x)
+    u = weight_transform(w.astype(x.dtype, copy=False))
+    bias = np.zeros(f, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    per_row = 16 * (c + f) * (tw + 1) * x.itemsize
+    rpb = max(1, (block_bytes or BLOCK_BYTES) // per_row)
+    total = n * th
+    rpb = min(rpb, total)
+    v = np.empty((16, c, rpb * (tw + 1)), dtype=x.dtype)
+    m = np.empty((16, f, rpb * (tw + 1)), dtype=x.dtype)
+    for start in range(0, total, rpb):
+        rows = min(rpb, total - start)
+        nt = rows * (tw + 1)
+        _input_block(x, pt, pl, start, rows, th, tw, v)
+        if products == "numba":
+            _products(u, v, m, nt)
+        elif nt == v.shape[2]:
+            np.matmul(u, v, out=m)
+        else:
+            m[:, :, :nt] = np.matmul(u, v[:, :, :nt])
+        _output_block(m, bias, start, rows, th, tw, y)
+    return y
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int, int, int, int]) -> np.ndarray:
+    """The 3x3 stride-1 convolution of ``x`` (N, C, H, W) with ``w`` (F, C, 3, 3), plus ``b`` (F,) when
+    given, zero padding ``pads`` = (top, bottom, left, right): (N, F, Ho, Wo), C-contiguous, x's dtype."""
+    return _conv(x, w, b, pads)
+
+
+def backward_input(dy: np.ndarray, w: np.ndarray, pads: tuple[int, int, int, int], hw: tuple[int, int]
+                   ) -> np.ndarray:
+    """The gradient with respect to the input (N, C, H, W), ``hw`` = (H, W), of :func:`forward` given
+    ``dy`` (N, F, Ho, Wo): the stride-1 convolution of dy padded by 2 - pad with the rotated kernel."""
+    pt, pb, pl, pr = pads
+    wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    dx = _conv(dy, wt, None, (2 - pt, 2 - pb, 2 - pl, 2 - pr))
+    if dx.shape[2:] != tuple(hw):
+        raise ValueError(f"dy {dy.shape} with pads {pads} gives an input of {dx.shape[2:]}, not {tuple(hw)}")
+    return dx
