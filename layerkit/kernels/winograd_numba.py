@@ -43,12 +43,19 @@ G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0
 
 #: target bytes of a block's transformed input plus its products: L2-sized (1 MiB per core), with room
 #: for the weights' transform and the input rows the block reads
-BLOCK_BYTES = 1 << 19
+BLOCK_BYTES = 1 << 20
 
 #: B^T's rows as (row parity and offset in tile rows of its first term, the same of its second, sign of
 #: the second): d0 - d2, d1 + d2, d2 - d1, d1 - d3, where d_r is the tile's row r = 2 * (r // 2) + r % 2
 _ROWS = np.array([[0, 0, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0], [1, 0, 1, 1]])
 _SIGNS = np.array([-1.0, 1.0, -1.0, -1.0], dtype=np.float32)
+
+#: A's rows (A e A^T = the 4x4 tile gradient from the 2x2 output gradient e) as the weights of e's
+#: two rows: e0, e0 + e1, e0 - e1, -e1
+_A_ROWS = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]], dtype=np.float32)
+
+_U = np.uint64
+_ONE, _TWO = np.uint64(1), np.uint64(2)
 
 _JIT = {"cache": True, "nogil": True, "fastmath": {"contract"}}
 
@@ -62,11 +69,15 @@ def covers(c: int, f: int, kh: int, kw: int, stride: tuple[int, int] | int, dila
             and len(pads) == 4 and all(p in (0, 1) for p in pads) and c >= 1 and f >= 1)
 
 
+#: G (x) G: U[4 i + j] = sum over (k, l) of G[i, k] G[j, l] g[k, l], one (16 x 9) @ (9 x F C) product
+_GG = np.kron(G, G)
+
+
 def weight_transform(w: np.ndarray) -> np.ndarray:
     """``U = G g G^T`` for every (filter, channel): (16, F, C), in ``w``'s dtype."""
-    g = G.astype(w.dtype)
-    u = np.einsum("ik,fckl,jl->ijfc", g, w, g)
-    return np.ascontiguousarray(u.reshape(16, w.shape[0], w.shape[1]))
+    f, c = w.shape[:2]
+    flat = np.ascontiguousarray(w).reshape(f * c, 9)
+    return (_GG.astype(w.dtype) @ flat.T).reshape(16, f, c)
 
 
 @numba.njit(**_JIT)
@@ -86,6 +97,14 @@ def _input_block(x, pt, pl, start, rows, th, tw, v):  # pragma: no cover - compi
     # for b = 1; the others stay zero
     e_lo, e_hi = (pl + 1) // 2, min(w1, (w - 1 + pl) // 2 + 1)
     o_lo, o_hi = pl // 2, min(w1, (w - 2 + pl) // 2 + 1)
+    mid_lo = max(e_lo, o_lo)
+    mid_hi = max(mid_lo, min(e_hi, o_hi))
+    # outside [mid_lo, mid_hi) each phase has at most one inside column per side (the two ranges'
+    # ends differ by at most one): its index, or -1 (a loop per edge measured 2.5x slower overall)
+    el = e_lo if e_lo < mid_lo else -1
+    er = max(mid_hi, e_lo) if max(mid_hi, e_lo) < e_hi else -1
+    ol = o_lo if o_lo < mid_lo else -1
+    orr = max(mid_hi, o_lo) if max(mid_hi, o_lo) < o_hi else -1
     for c in range(c_in):
         done = 0
         while done < rows:
@@ -94,23 +113,57 @@ def _input_block(x, pt, pl, start, rows, th, tw, v):  # pragma: no cover - compi
             seg = min(rows - done, th - ty0)  # this image's tile rows in the block
             # polyphase parts of padded rows 2 ty0 .. 2 (ty0 + seg) + 1, zero outside the image
             for pr in range(seg + 1):
-                for a in range(2):
-                    iy = 2 * (ty0 + pr) + a - pt
-                    pe = (2 * a) * plen + pr * w1  # this row's start in the even, then odd, part
-                    po = pe + plen
-                    if 0 <= iy < h:
-                        # flat indices: a view per row costs more than its few loads. Padded column
-                        # 2 tx + b is input column 2 tx + b - pl; the columns outside the image are
-                        # the same in every row and were zeroed once
-                        base = ((n * c_in + c) * h + iy) * w - pl
-                        for tx in range(e_lo, e_hi):
-                            pf[pe + tx] = xf[base + 2 * tx]
-                        for tx in range(o_lo, o_hi):
-                            pf[po + tx] = xf[base + 2 * tx + 1]
-                    else:
-                        for tx in range(w1):
-                            pf[pe + tx] = 0.0
-                            pf[po + tx] = 0.0
+                iy = 2 * (ty0 + pr) - pt
+                pe = pr * w1  # this phase row's start in the part (0, 0); parts are plen apart
+                if 0 <= iy and iy + 1 < h:
+                    # both image rows inside (the common case): all four parts in one loop where both
+                    # columns are inside, then the edge columns (flat indices: a view per row costs
+                    # more than its loads; one loop for the four parts measured 1.5x faster than one
+                    # per part)
+                    b0 = ((n * c_in + c) * h + iy) * w - pl
+                    b1 = b0 + w
+                    # unsigned indices, all non-negative: numba then drops its negative-index
+                    # wraparound select, which kept LLVM from vectorising the loop (2.6x slower)
+                    s0, s1 = _U(b0 + 2 * mid_lo), _U(b1 + 2 * mid_lo)
+                    d0 = _U(pe + mid_lo)
+                    d1, d2, d3 = d0 + _U(plen), d0 + _U(2 * plen), d0 + _U(3 * plen)
+                    for t in range(mid_hi - mid_lo):
+                        k = _U(t)
+                        pf[d0 + k] = xf[s0 + _TWO * k]
+                        pf[d1 + k] = xf[s0 + _TWO * k + _ONE]
+                        pf[d2 + k] = xf[s1 + _TWO * k]
+                        pf[d3 + k] = xf[s1 + _TWO * k + _ONE]
+                    for bb, pp in ((b0, pe), (b1, pe + 2 * plen)):
+                        if el >= 0:
+                            pf[pp + el] = xf[bb + 2 * el]
+                        if er >= 0:
+                            pf[pp + er] = xf[bb + 2 * er]
+                        if ol >= 0:
+                            pf[pp + plen + ol] = xf[bb + 2 * ol + 1]
+                        if orr >= 0:
+                            pf[pp + plen + orr] = xf[bb + 2 * orr + 1]
+                else:
+                    for a in range(2):
+                        if 0 <= iy + a < h:
+                            ba = ((n * c_in + c) * h + iy + a) * w - pl
+                            pa = pe + 2 * a * plen
+                            sa, da = _U(ba + 2 * mid_lo), _U(pa + mid_lo)
+                            for t in range(mid_hi - mid_lo):
+                                k = _U(t)
+                                pf[da + k] = xf[sa + _TWO * k]
+                                pf[da + _U(plen) + k] = xf[sa + _TWO * k + _ONE]
+                            if el >= 0:
+                                pf[pa + el] = xf[ba + 2 * el]
+                            if er >= 0:
+                                pf[pa + er] = xf[ba + 2 * er]
+                            if ol >= 0:
+                                pf[pa + plen + ol] = xf[ba + 2 * ol + 1]
+                            if orr >= 0:
+                                pf[pa + plen + orr] = xf[ba + 2 * orr + 1]
+                        else:
+                            for tx in range(w1):
+                                pf[pe + 2 * a * plen + tx] = 0.0
+                                pf[pe + (2 * a + 1) * plen + tx] = 0.0
             # B^T's row u combines two of the tile's rows, A and B (d0 - d2, d1 + d2, d2 - d1,
             # d1 - d3); one loop per u keeps each loop at four output streams, which LLVM vectorises
             j0 = done * w1
@@ -168,21 +221,83 @@ def _output_block(m, b, start, rows, th, tw, y):  # pragma: no cover - compiled
             q01[j] = s01 - s02 - s03 + bias
             q10[j] = s10 + s11 + s12 + bias
             q11[j] = s11 - s12 - s13 + bias
-        # flat indices: a view per output row costs more than its 14 stores (measured 3x slower)
+        # flat indices: a view per output row costs more than its 14 stores (measured 3x slower);
+        # both output rows of a tile row in one loop where both are inside (the common case)
         for row in range(rows):
             g = start + row
             n, ty = g // th, g % th
             o = row * w1
+            oy = 2 * ty
+            base = ((n * f_out + f) * ho + oy) * wo
+            if oy + 1 < ho:
+                # unsigned indices: see _input_block
+                b0, b1, uo = _U(base), _U(base + wo), _U(o)
+                for t in range(full):
+                    k = _U(t)
+                    yf[b0 + _TWO * k] = q00[uo + k]
+                    yf[b0 + _TWO * k + _ONE] = q01[uo + k]
+                    yf[b1 + _TWO * k] = q10[uo + k]
+                    yf[b1 + _TWO * k + _ONE] = q11[uo + k]
+                if wo % 2:
+                    yf[base + 2 * full] = q00[o + full]
+                    yf[base + wo + 2 * full] = q10[o + full]
+            else:
+                for tx in range(full):
+                    yf[base + 2 * tx] = q00[o + tx]
+                    yf[base + 2 * tx + 1] = q01[o + tx]
+                if wo % 2:
+                    yf[base + 2 * full] = q00[o + full]
+
+
+@numba.njit(**_JIT)
+def _grad_block(dy, start, rows, th, tw, d):  # pragma: no cover - compiled
+    # D[k, f, j] = (A e A^T)[k] for the 2x2 output gradient e of each tile of the block, on the same
+    # wide grid as _input_block; the junk tile and the outputs past an odd edge are zero, so they
+    # add nothing to the weight gradient. A e A^T's rows are (e0, e0 + e1, e0 - e1, -e1), applied to
+    # the rows of e and then to its columns.
+    _, f_out, ho, wo = dy.shape
+    w1 = tw + 1
+    nt = rows * w1
+    e = np.zeros((4, nt), dtype=d.dtype)  # e[2 a + b, j] = dy[n, f, 2 ty + a, 2 tx + b]
+    ef = e.reshape(-1)
+    yf = dy.reshape(-1)
+    e_hi, o_hi = (wo + 1) // 2, wo // 2  # tiles whose even (odd) output column is inside
+    for f in range(f_out):
+        for row in range(rows):
+            g = start + row
+            n, ty = g // th, g % th
             for a in range(2):
                 oy = 2 * ty + a
+                pe = 2 * a * nt + row * w1
+                po = pe + nt
                 if oy < ho:
-                    base = ((n * f_out + f) * ho + oy) * wo
-                    qe, qo = 2 * a, 2 * a + 1
-                    for tx in range(full):
-                        yf[base + 2 * tx] = q[qe, o + tx]
-                        yf[base + 2 * tx + 1] = q[qo, o + tx]
-                    if wo % 2:
-                        yf[base + 2 * full] = q[qe, o + full]
+                    # flat indices, as in _input_block; the columns past the edge stay zero
+                    base = _U(((n * f_out + f) * ho + oy) * wo)
+                    ue, uo = _U(pe), _U(po)
+                    # unsigned indices: see _input_block
+                    for t in range(o_hi):
+                        k = _U(t)
+                        ef[ue + k] = yf[base + _TWO * k]
+                        ef[uo + k] = yf[base + _TWO * k + _ONE]
+                    if e_hi > o_hi:
+                        ef[pe + o_hi] = yf[base + _U(2 * o_hi)]
+                else:
+                    for tx in range(w1):
+                        ef[pe + tx] = 0.0
+                        ef[po + tx] = 0.0
+        e00, e01, e10, e11 = e[0], e[1], e[2], e[3]
+        for i in range(4):
+            # row i of A e: (e0, e0 + e1, e0 - e1, -e1) with e0, e1 the rows of e
+            sa = d.dtype.type(_A_ROWS[i, 0])
+            sb = d.dtype.type(_A_ROWS[i, 1])
+            d0, d1, d2, d3 = d[4 * i, f, :nt], d[4 * i + 1, f, :nt], d[4 * i + 2, f, :nt], d[4 * i + 3, f, :nt]
+            for j in range(nt):
+                r0 = sa * e00[j] + sb * e10[j]
+                r1 = sa * e01[j] + sb * e11[j]
+                d0[j] = r0
+                d1[j] = r0 + r1
+                d2[j] = r0 - r1
+                d3[j] = -r1
 
 
 @numba.njit(**_JIT)
@@ -223,10 +338,14 @@ def _products(u, v, m, nt):  # pragma: no cover - compiled
             f += 1
 
 
-def _rows_per_block(c: int, f: int, tw: int, itemsize: int) -> int:
-    """Tile rows per block: V and M of a block within BLOCK_BYTES, at least one row."""
+def _rows_per_block(c: int, f: int, th: int, tw: int, n: int, itemsize: int, budget: int) -> int:
+    """Tile rows per block: whole images while one fits the budget (V and M of a block), else as many
+    rows as fit, at least one. Blocks of whole images read each channel of the input in one run, and
+    measured a third faster on the input transform than blocks that cut images (docs/performance.md)."""
     per_row = 16 * (c + f) * (tw + 1) * itemsize
-    return max(1, BLOCK_BYTES // per_row)
+    if per_row * th <= budget:
+        return th * min(n, budget // (per_row * th))
+    return max(1, budget // per_row)
 
 
 def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int, int, int, int],
@@ -243,10 +362,8 @@ def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int, i
     u = weight_transform(w.astype(x.dtype, copy=False))
     bias = np.zeros(f, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     th, tw = (ho + 1) // 2, (wo + 1) // 2
-    per_row = 16 * (c + f) * (tw + 1) * x.itemsize
-    rpb = max(1, (block_bytes or BLOCK_BYTES) // per_row)
     total = n * th
-    rpb = min(rpb, total)
+    rpb = _rows_per_block(c, f, th, tw, n, x.itemsize, block_bytes or BLOCK_BYTES)
     v = np.empty((16, c, rpb * (tw + 1)), dtype=x.dtype)
     m = np.empty((16, f, rpb * (tw + 1)), dtype=x.dtype)
     for start in range(0, total, rpb):
@@ -279,3 +396,33 @@ def backward_input(dy: np.ndarray, w: np.ndarray, pads: tuple[int, int, int, int
     if dx.shape[2:] != tuple(hw):
         raise ValueError(f"dy {dy.shape} with pads {pads} gives an input of {dx.shape[2:]}, not {tuple(hw)}")
     return dx
+
+
+def backward_weights(x: np.ndarray, dy: np.ndarray, pads: tuple[int, int, int, int],
+                     block_bytes: int | None = None) -> np.ndarray:
+    """The gradient with respect to the weights (F, C, 3, 3) of :func:`forward` given its input ``x``
+    (N, C, H, W) and ``dy`` (N, F, Ho, Wo): ``G^T [sum over tiles of (A dy A^T) * (B^T x B)] G``, 16 GEMMs
+    whose inner dimension is the tiles."""
+    n, c, h, wd = x.shape
+    f, ho, wo = dy.shape[1:]
+    pt, pb, pl, pr = (int(p) for p in pads)
+    if (ho, wo) != (h + pt + pb - 2, wd + pl + pr - 2) or dy.shape[0] != n:
+        raise ValueError(f"dy {dy.shape} does not match x {x.shape} with pads {pads}")
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    total = n * th
+    rpb = _rows_per_block(c, f, th, tw, n, x.itemsize, block_bytes or BLOCK_BYTES)
+    v = np.empty((16, c, rpb * (tw + 1)), dtype=x.dtype)
+    d = np.empty((16, f, rpb * (tw + 1)), dtype=x.dtype)
+    acc = np.zeros((16, f, c), dtype=x.dtype)
+    part = np.empty((16, f, c), dtype=x.dtype)
+    for start in range(0, total, rpb):
+        rows = min(rpb, total - start)
+        nt = rows * (tw + 1)
+        _input_block(x, pt, pl, start, rows, th, tw, v)
+        _grad_block(dy, start, rows, th, tw, d)
+        np.matmul(d[:, :, :nt], v[:, :, :nt].transpose(0, 2, 1), out=part)
+        acc += part
+    g = G.astype(x.dtype)
+    return np.einsum("ki,klfc,lj->fcij", g, acc.reshape(4, 4, f, c), g)
