@@ -57,16 +57,24 @@ _A_ROWS = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]], dtype=np.
 _U = np.uint64
 _ONE, _TWO = np.uint64(1), np.uint64(2)
 
-_JIT = {"cache": True, "nogil": True, "fastmath": {"contract"}}
+
+
+#: fewest input channels of the forward and of the input gradient (F) for which Winograd beats im2col:
+#: below it the 16 GEMMs are too thin for BLAS (batch 128, 28x28: 1 channel 19 ms against 2 ms, 8 level,
+#: 16 channels 10 ms against 15; docs/performance.md)
+MIN_CHANNELS = 16
 
 
 def covers(c: int, f: int, kh: int, kw: int, stride: tuple[int, int] | int, dilation: tuple[int, int] | int,
            groups: int, pads: tuple[int, int, int, int]) -> bool:
-    """Whether :func:`forward` computes this convolution: a 3x3 kernel, stride 1, dilation 1, one group,
-    each pad (top, bottom, left, right) 0 or 1, at least one channel and filter."""
-    pair = (lambda v: (v, v) if isinstance(v, int) else tuple(v))
+    """Whether :func:`forward` computes this convolution and beats im2col on it: a 3x3 kernel, stride 1,
+    dilation 1, one group, each pad (top, bottom, left, right) 0 or 1, and at least MIN_CHANNELS input
+    channels and filters (the filters are the input gradient's input channels)."""
+    def pair(v: tuple[int, int] | int) -> tuple[int, int]:
+        return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
     return ((kh, kw) == (3, 3) and pair(stride) == (1, 1) and pair(dilation) == (1, 1) and groups == 1
-            and len(pads) == 4 and all(p in (0, 1) for p in pads) and c >= 1 and f >= 1)
+            and len(pads) == 4 and all(p in (0, 1) for p in pads) and min(c, f) >= MIN_CHANNELS)
 
 
 #: G (x) G: U[4 i + j] = sum over (k, l) of G[i, k] G[j, l] g[k, l], one (16 x 9) @ (9 x F C) product
@@ -80,7 +88,7 @@ def weight_transform(w: np.ndarray) -> np.ndarray:
     return (_GG.astype(w.dtype) @ flat.T).reshape(16, f, c)
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _input_block(x, pt, pl, start, rows, th, tw, v):  # pragma: no cover - compiled
     # V[k, c, j] = (B^T d B)[k] for ``rows`` tile rows from global tile row ``start`` (= n * th + ty).
     # Tiles lie on a "wide" grid, j = row * (tw + 1) + tx, one junk tile per row: then the 16 values
@@ -187,7 +195,7 @@ def _input_block(x, pt, pl, start, rows, th, tw, v):  # pragma: no cover - compi
             done += seg
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _output_block(m, b, start, rows, th, tw, y):  # pragma: no cover - compiled
     # y[n, f, 2 ty + a, 2 tx + bb] = (A^T m A)[a, bb] + bias, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]:
     # one long loop over the block's wide grid into the four output phases, then the phases
@@ -249,7 +257,7 @@ def _output_block(m, b, start, rows, th, tw, y):  # pragma: no cover - compiled
                     yf[base + 2 * full] = q00[o + full]
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _grad_block(dy, start, rows, th, tw, d):  # pragma: no cover - compiled
     # D[k, f, j] = (A e A^T)[k] for the 2x2 output gradient e of each tile of the block, on the same
     # wide grid as _input_block; the junk tile and the outputs past an odd edge are zero, so they
@@ -300,7 +308,7 @@ def _grad_block(dy, start, rows, th, tw, d):  # pragma: no cover - compiled
                 d3[j] = -r1
 
 
-@numba.njit(**_JIT)
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _products(u, v, m, nt):  # pragma: no cover - compiled
     # m[k, :, :nt] = u[k] @ v[k, :, :nt] for the 16 k, in numba: four filters at a time share each
     # row of v, the tiles innermost (contiguous, vectorised). Measured against numpy's matmul in
