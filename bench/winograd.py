@@ -2,6 +2,10 @@
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/winograd.py [--batch 128] [--repeats 7] [--clock cpu]
 
+(Unset OPENBLAS_CORETYPE first, as bench/speed.py does for its children: on the AMD EPYC machine
+OPENBLAS_CORETYPE=Haswell halves OpenBLAS's sgemm against the SkylakeX kernel it picks itself, for
+both sides; the header names the kernel used.)
+
 For the AlexNet-style MNIST net's four 3x3 'same' convolutions, float32, one thread: the median time of
 layerkit's forward, input gradient (``backward_input``), weight gradient (``backward_params``) and whole
 backward, and of ``layerkit.kernels.winograd_numba``'s ``forward``, ``backward_input`` and
@@ -24,7 +28,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from layerkit.layers.conv import Conv2D
 from layerkit.parallel import threads
@@ -133,7 +137,10 @@ def main() -> None:
     threadpool_limits(1)
     tune_malloc()  # as training does: freed buffers are reused, not faulted in again
     rng = np.random.default_rng(0)
-    print(f"batch {args.batch}, float32, one thread ({args.clock} clock), ms; 'rel' = max |diff| / max |layerkit|")
+    blas = ", ".join(f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')}"
+                     for i in threadpool_info() if i.get("user_api") == "blas")
+    print(f"batch {args.batch}, float32, one thread ({args.clock} clock), ms; {blas}; load average "
+          f"{os.getloadavg()[0]:.2f}; 'rel' = max |diff| / max |layerkit|")
     print("| layer (C -> F, HxW) | layerkit fwd / dx / dW / bwd | Winograd fwd / dx / dW | fwd with numba GEMMs "
           "| fwd 1 thread / 2 threads (wall) | rel fwd / dx / dW |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -9,18 +9,17 @@ pair where im2col needs 36: 2.25x fewer.
 The layout follows from that:
 
 - ``U = G g G^T`` for every (filter, channel) pair, (16, F, C), once per call;
-- the tiles are taken in blocks of whole tile rows, so that a block's transformed input
-  ``V (16, C, tiles)`` and products ``M (16, F, tiles)`` stay in the core's L2 cache instead of
-  streaming 4x the input through memory;
-- the input transform ``V = B^T d B`` reads the image rows straight from the input (a tile
-  that reaches past the image reads zeros, so padding, odd sizes and partial last tiles need
-  no padded copy);
-- the output transform ``A^T m A`` writes its 2x2 outputs straight into the NCHW result,
-  adding the bias.
+- the tiles are taken in blocks of whole images (of tile rows when one image is too big), so that
+  a block's transformed input ``V (16, C, tiles)`` and products ``M (16, F, tiles)`` stay in the
+  core's L2 cache instead of streaming 4x the input through memory;
+- the input transform ``V = B^T d B`` copies the image rows the block needs into zero-padded
+  row slots (padding, odd sizes and partial last tiles need no padded copy of the input) and then
+  runs one long loop over the block's tiles;
+- the output transform ``A^T m A`` writes its 2x2 outputs in image order and copies them, row by
+  row, into the NCHW result, adding the bias.
 
-The 16 GEMMs run in numba too (:func:`_products`): the whole convolution is then one compiled
-call that holds no GIL, with no Python per block (docs/performance.md compares it with numpy's
-matmul per block).
+The 16 GEMMs are numpy's matmul (OpenBLAS), one call per block: a numba loop (:func:`_products`,
+kept for the benchmark) measured half its speed.
 
 The input gradient of a 3x3 stride-1 convolution is itself one: ``dy`` padded by ``2 - pad``
 on each side, convolved with the kernel rotated by 180 degrees and its channel axes swapped
@@ -29,8 +28,8 @@ on each side, convolved with the kernel rotated by 180 degrees and its channel a
 GEMMs whose inner dimension is the tiles.
 
 Results differ from the im2col path only by rounding: the transforms add and subtract up to 16
-values per product, so float32 results are within a few 1e-6 of the output's largest value
-(tests/test_winograd.py states the tolerance; float64 agrees to 1e-13).
+values per product; float32 results measured within 1e-6 of the output's largest value
+(tests/test_winograd.py holds them to 1e-5; float64 to 1e-12).
 """
 
 from __future__ import annotations
@@ -91,103 +90,57 @@ def weight_transform(w: np.ndarray) -> np.ndarray:
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _input_block(x, pt, pl, start, rows, th, tw, v):  # pragma: no cover - compiled
     # V[k, c, j] = (B^T d B)[k] for ``rows`` tile rows from global tile row ``start`` (= n * th + ty).
-    # Tiles lie on a "wide" grid, j = row * (tw + 1) + tx, one junk tile per row: then the 16 values
-    # of tile j sit at j, j + 1, j + tw + 1, j + tw + 2 in the input's four polyphase parts
-    # (p[a, b][ty, tx] = padded x[2 ty + a, 2 tx + b]) and the transform is one long loop over j,
-    # contiguous and vectorised, instead of short loops of stride-2 loads per tile row.
+    # Tiles lie on a "wide" grid, j = row * (tw + 1) + tx, one junk tile per row. The padded input
+    # rows 2 ty + a are copied whole (contiguous copies) into slots of 2 (tw + 1) values, row parity
+    # a in s[a]: then tile j's 4x4 patch starts at 2 j in s[0] and s[1] (its rows 2 and 3 one slot
+    # further on) and the transform is one long vectorised loop over j. Short loops per image row
+    # (14 or 28 values) are what the time goes to otherwise: a deinterleaving copy per row measured
+    # 1.2x slower overall, stride-2 loops per tile row 4x slower.
     _, c_in, h, w = x.shape
     w1 = tw + 1
-    plen = (rows + 2) * w1 + 1
-    p = np.zeros((4, plen), dtype=v.dtype)
-    pf = p.reshape(-1)
+    w2 = 2 * w1  # a slot: padded columns 0 .. 2 tw + 1; w + pl <= w2 always
+    slen = (rows + 2) * w2 + 4
+    # columns before pl and from pl + w on are never written: they stay the zero padding
+    s = np.zeros((2, slen), dtype=v.dtype)
+    sf = s.reshape(-1)
     xf = x.reshape(-1)
-    # the phase columns inside the image: 0 <= 2 tx + b - pl < w, in [e_lo, e_hi) for b = 0, [o_lo, o_hi)
-    # for b = 1; the others stay zero
-    e_lo, e_hi = (pl + 1) // 2, min(w1, (w - 1 + pl) // 2 + 1)
-    o_lo, o_hi = pl // 2, min(w1, (w - 2 + pl) // 2 + 1)
-    mid_lo = max(e_lo, o_lo)
-    mid_hi = max(mid_lo, min(e_hi, o_hi))
-    # outside [mid_lo, mid_hi) each phase has at most one inside column per side (the two ranges'
-    # ends differ by at most one): its index, or -1 (a loop per edge measured 2.5x slower overall)
-    el = e_lo if e_lo < mid_lo else -1
-    er = max(mid_hi, e_lo) if max(mid_hi, e_lo) < e_hi else -1
-    ol = o_lo if o_lo < mid_lo else -1
-    orr = max(mid_hi, o_lo) if max(mid_hi, o_lo) < o_hi else -1
     for c in range(c_in):
         done = 0
         while done < rows:
             g = start + done
             n, ty0 = g // th, g % th
             seg = min(rows - done, th - ty0)  # this image's tile rows in the block
-            # polyphase parts of padded rows 2 ty0 .. 2 (ty0 + seg) + 1, zero outside the image
             for pr in range(seg + 1):
-                iy = 2 * (ty0 + pr) - pt
-                pe = pr * w1  # this phase row's start in the part (0, 0); parts are plen apart
-                if 0 <= iy and iy + 1 < h:
-                    # both image rows inside (the common case): all four parts in one loop where both
-                    # columns are inside, then the edge columns (flat indices: a view per row costs
-                    # more than its loads; one loop for the four parts measured 1.5x faster than one
-                    # per part)
-                    b0 = ((n * c_in + c) * h + iy) * w - pl
-                    b1 = b0 + w
+                for a in range(2):
+                    iy = 2 * (ty0 + pr) + a - pt
                     # unsigned indices, all non-negative: numba then drops its negative-index
-                    # wraparound select, which kept LLVM from vectorising the loop (2.6x slower)
-                    s0, s1 = _U(b0 + 2 * mid_lo), _U(b1 + 2 * mid_lo)
-                    d0 = _U(pe + mid_lo)
-                    d1, d2, d3 = d0 + _U(plen), d0 + _U(2 * plen), d0 + _U(3 * plen)
-                    for t in range(mid_hi - mid_lo):
-                        k = _U(t)
-                        pf[d0 + k] = xf[s0 + _TWO * k]
-                        pf[d1 + k] = xf[s0 + _TWO * k + _ONE]
-                        pf[d2 + k] = xf[s1 + _TWO * k]
-                        pf[d3 + k] = xf[s1 + _TWO * k + _ONE]
-                    for bb, pp in ((b0, pe), (b1, pe + 2 * plen)):
-                        if el >= 0:
-                            pf[pp + el] = xf[bb + 2 * el]
-                        if er >= 0:
-                            pf[pp + er] = xf[bb + 2 * er]
-                        if ol >= 0:
-                            pf[pp + plen + ol] = xf[bb + 2 * ol + 1]
-                        if orr >= 0:
-                            pf[pp + plen + orr] = xf[bb + 2 * orr + 1]
-                else:
-                    for a in range(2):
-                        if 0 <= iy + a < h:
-                            ba = ((n * c_in + c) * h + iy + a) * w - pl
-                            pa = pe + 2 * a * plen
-                            sa, da = _U(ba + 2 * mid_lo), _U(pa + mid_lo)
-                            for t in range(mid_hi - mid_lo):
-                                k = _U(t)
-                                pf[da + k] = xf[sa + _TWO * k]
-                                pf[da + _U(plen) + k] = xf[sa + _TWO * k + _ONE]
-                            if el >= 0:
-                                pf[pa + el] = xf[ba + 2 * el]
-                            if er >= 0:
-                                pf[pa + er] = xf[ba + 2 * er]
-                            if ol >= 0:
-                                pf[pa + plen + ol] = xf[ba + 2 * ol + 1]
-                            if orr >= 0:
-                                pf[pa + plen + orr] = xf[ba + 2 * orr + 1]
-                        else:
-                            for tx in range(w1):
-                                pf[pe + 2 * a * plen + tx] = 0.0
-                                pf[pe + (2 * a + 1) * plen + tx] = 0.0
-            # B^T's row u combines two of the tile's rows, A and B (d0 - d2, d1 + d2, d2 - d1,
+                    # wraparound select, which kept LLVM from vectorising such loops (2.6x slower)
+                    d = _U(a * slen + pr * w2 + pl)
+                    if 0 <= iy < h:
+                        src = _U(((n * c_in + c) * h + iy) * w)
+                        for t in range(w):
+                            k = _U(t)
+                            sf[d + k] = xf[src + k]
+                    else:
+                        for t in range(w):
+                            sf[d + _U(t)] = 0.0
+            # B^T's row u combines two of the patch's rows, A and B (d0 - d2, d1 + d2, d2 - d1,
             # d1 - d3); one loop per u keeps each loop at four output streams, which LLVM vectorises
             j0 = done * w1
             nj = seg * w1
             for u in range(4):
-                pa, oa, pb, ob = _ROWS[u, 0], _ROWS[u, 1] * w1, _ROWS[u, 2], _ROWS[u, 3] * w1
+                pa, oa, pb, ob = _ROWS[u, 0], _ROWS[u, 1] * w2, _ROWS[u, 2], _ROWS[u, 3] * w2
                 sg = v.dtype.type(_SIGNS[u])
-                ae, ao = p[2 * pa, oa:oa + nj + 1], p[2 * pa + 1, oa:oa + nj + 1]
-                be, bo = p[2 * pb, ob:ob + nj + 1], p[2 * pb + 1, ob:ob + nj + 1]
+                sa = s[pa, oa:oa + 2 * nj + 4]
+                sb = s[pb, ob:ob + 2 * nj + 4]
                 v0, v1 = v[4 * u, c, j0:j0 + nj], v[4 * u + 1, c, j0:j0 + nj]
                 v2, v3 = v[4 * u + 2, c, j0:j0 + nj], v[4 * u + 3, c, j0:j0 + nj]
                 for j in range(nj):
-                    r0 = ae[j] + sg * be[j]
-                    r1 = ao[j] + sg * bo[j]
-                    r2 = ae[j + 1] + sg * be[j + 1]
-                    r3 = ao[j + 1] + sg * bo[j + 1]
+                    q = 2 * j
+                    r0 = sa[q] + sg * sb[q]
+                    r1 = sa[q + 1] + sg * sb[q + 1]
+                    r2 = sa[q + 2] + sg * sb[q + 2]
+                    r3 = sa[q + 3] + sg * sb[q + 3]
                     v0[j] = r0 - r2
                     v1[j] = r1 + r2
                     v2[j] = r2 - r1
@@ -198,14 +151,15 @@ def _input_block(x, pt, pl, start, rows, th, tw, v):  # pragma: no cover - compi
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _output_block(m, b, start, rows, th, tw, y):  # pragma: no cover - compiled
     # y[n, f, 2 ty + a, 2 tx + bb] = (A^T m A)[a, bb] + bias, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]:
-    # one long loop over the block's wide grid into the four output phases, then the phases
-    # interleaved into the NCHW rows (cropping the junk tile and an odd last row or column)
+    # one long loop over the block's wide grid writes each tile's 2x2 outputs to z[a, 2 j + bb],
+    # where each tile row's outputs are already in image order; then contiguous copies of wo values
+    # per output row (cropping the junk tile and an odd last row or column). Short interleaving
+    # loops per row instead measured 1.5x slower.
     _, f_out, ho, wo = y.shape
     w1 = tw + 1
     nt = rows * w1
-    q = np.empty((4, nt), dtype=m.dtype)
-    q00, q01, q10, q11 = q[0], q[1], q[2], q[3]
-    full = wo // 2
+    z = np.empty((2, 2 * nt), dtype=m.dtype)
+    z0, z1 = z[0], z[1]
     yf = y.reshape(-1)
     for f in range(f_out):
         bias = b[f]
@@ -225,36 +179,24 @@ def _output_block(m, b, start, rows, th, tw, y):  # pragma: no cover - compiled
             s11 = m5[j] - m9[j] - m13[j]
             s12 = m6[j] - m10[j] - m14[j]
             s13 = m7[j] - m11[j] - m15[j]
-            q00[j] = s00 + s01 + s02 + bias
-            q01[j] = s01 - s02 - s03 + bias
-            q10[j] = s10 + s11 + s12 + bias
-            q11[j] = s11 - s12 - s13 + bias
-        # flat indices: a view per output row costs more than its 14 stores (measured 3x slower);
-        # both output rows of a tile row in one loop where both are inside (the common case)
+            z0[2 * j] = s00 + s01 + s02 + bias
+            z0[2 * j + 1] = s01 - s02 - s03 + bias
+            z1[2 * j] = s10 + s11 + s12 + bias
+            z1[2 * j + 1] = s11 - s12 - s13 + bias
         for row in range(rows):
             g = start + row
             n, ty = g // th, g % th
-            o = row * w1
+            src = _U(2 * row * w1)
             oy = 2 * ty
-            base = ((n * f_out + f) * ho + oy) * wo
+            base = _U(((n * f_out + f) * ho + oy) * wo)  # unsigned: see _input_block
+            for t in range(wo):
+                k = _U(t)
+                yf[base + k] = z0[src + k]
             if oy + 1 < ho:
-                # unsigned indices: see _input_block
-                b0, b1, uo = _U(base), _U(base + wo), _U(o)
-                for t in range(full):
+                b1 = base + _U(wo)
+                for t in range(wo):
                     k = _U(t)
-                    yf[b0 + _TWO * k] = q00[uo + k]
-                    yf[b0 + _TWO * k + _ONE] = q01[uo + k]
-                    yf[b1 + _TWO * k] = q10[uo + k]
-                    yf[b1 + _TWO * k + _ONE] = q11[uo + k]
-                if wo % 2:
-                    yf[base + 2 * full] = q00[o + full]
-                    yf[base + wo + 2 * full] = q10[o + full]
-            else:
-                for tx in range(full):
-                    yf[base + 2 * tx] = q00[o + tx]
-                    yf[base + 2 * tx + 1] = q01[o + tx]
-                if wo % 2:
-                    yf[base + 2 * full] = q00[o + full]
+                    yf[b1 + k] = z1[src + k]
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
@@ -279,7 +221,9 @@ def _grad_block(dy, start, rows, th, tw, d):  # pragma: no cover - compiled
                 pe = 2 * a * nt + row * w1
                 po = pe + nt
                 if oy < ho:
-                    # flat indices, as in _input_block; the columns past the edge stay zero
+                    # deinterleaved into the four parts here (the columns past the edge stay zero):
+                    # _input_block's staged rows measured 1.2x slower for this transform, which reads
+                    # each value once
                     base = _U(((n * f_out + f) * ho + oy) * wo)
                     ue, uo = _U(pe), _U(po)
                     # unsigned indices: see _input_block
