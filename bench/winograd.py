@@ -114,7 +114,7 @@ def row(name: str, c: int, f: int, hw: int, batch: int, r: int, clock: Callable[
     win = [median_ms(lambda: wn.forward(x, w, None, PADS), r, clock),
            median_ms(lambda: wn.backward_input(dy, w, PADS, (hw, hw)), r, clock),
            median_ms(lambda: wn.backward_weights(x, dy, PADS), r, clock)]
-    numba_gemm = median_ms(lambda: wn._conv(x, w, None, PADS, products="numba"), r, clock)
+    numba_gemm = median_ms(lambda: wn.forward(x, w, None, PADS, products="numba"), r, clock)
     one = median_ms(lambda: wn.forward(x, w, None, PADS), r, time.perf_counter)
     two = median_ms(lambda: two_threads(lambda part: wn.forward(part, w, None, PADS), x), r, time.perf_counter)
     errs = (rel(wn.forward(x, w, None, PADS), y), rel(wn.backward_input(dy, w, PADS, (hw, hw)), dx),

@@ -77,14 +77,14 @@ def covers(c: int, f: int, kh: int, kw: int, stride: tuple[int, int] | int, dila
 
 
 #: G (x) G: U[4 i + j] = sum over (k, l) of G[i, k] G[j, l] g[k, l], one (16 x 9) @ (9 x F C) product
-_GG = np.kron(G, G)
+GG = np.kron(G, G)
 
 
 def weight_transform(w: np.ndarray) -> np.ndarray:
     """``U = G g G^T`` for every (filter, channel): (16, F, C), in ``w``'s dtype."""
     f, c = w.shape[:2]
     flat = np.ascontiguousarray(w).reshape(f * c, 9)
-    return (_GG.astype(w.dtype) @ flat.T).reshape(16, f, c)
+    return (GG.astype(w.dtype) @ flat.T).reshape(16, f, c)
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
@@ -332,10 +332,17 @@ def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int, i
     return y
 
 
-def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int, int, int, int]) -> np.ndarray:
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int, int, int, int], *,
+            block_bytes: int | None = None, products: str = "numpy") -> np.ndarray:
     """The 3x3 stride-1 convolution of ``x`` (N, C, H, W) with ``w`` (F, C, 3, 3), plus ``b`` (F,) when
-    given, zero padding ``pads`` = (top, bottom, left, right): (N, F, Ho, Wo), C-contiguous, x's dtype."""
-    return _conv(x, w, b, pads)
+    given, zero padding ``pads`` = (top, bottom, left, right): (N, F, Ho, Wo), C-contiguous, x's dtype.
+
+    ``block_bytes`` overrides :data:`BLOCK_BYTES` (a smaller budget makes blocks of tile rows that cut
+    images); ``products="numba"`` runs the 16 GEMMs in numba instead of numpy's matmul (for comparison:
+    it measured half the speed)."""
+    if products not in ("numpy", "numba"):
+        raise ValueError(f"products={products!r}: 'numpy' or 'numba'")
+    return _conv(x, w, b, pads, products, block_bytes)
 
 
 def backward_input(dy: np.ndarray, w: np.ndarray, pads: tuple[int, int, int, int], hw: tuple[int, int]
