@@ -1,12 +1,13 @@
 """The numba Winograd F(2x2, 3x3) convolution against layerkit's im2col Conv2D (milliseconds).
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/winograd.py [--batch 128] [--repeats 7] [--clock cpu]
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/winograd.py [--batch 128] [--repeats 9] [--clock cpu]
 
 (Unset OPENBLAS_CORETYPE first, as bench/speed.py does for its children: on the AMD EPYC machine
 OPENBLAS_CORETYPE=Haswell halves OpenBLAS's sgemm against the SkylakeX kernel it picks itself, for
 both sides; the header names the kernel used.)
 
-For the AlexNet-style MNIST net's four 3x3 'same' convolutions, float32, one thread: the median time of
+For the AlexNet-style MNIST net's four 3x3 'same' convolutions, float32, one thread: the median time, over
+rounds that run every variant once in turn, of
 layerkit's forward, input gradient (``backward_input``), weight gradient (``backward_params``) and whole
 backward, and of ``layerkit.kernels.winograd_numba``'s ``forward``, ``backward_input`` and
 ``backward_weights``; the largest difference from layerkit's result relative to its largest value; the
@@ -39,15 +40,19 @@ SHAPES = (("conv1", 1, 32, 28), ("conv2", 32, 32, 28), ("conv3", 32, 64, 14), ("
 PADS = (1, 1, 1, 1)
 
 
-def median_ms(fn: Callable[[], object], repeats: int, clock: Callable[[], float]) -> float:
-    """``fn()``'s median time in milliseconds over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = clock()
+def round_robin_ms(fns: dict[str, tuple[Callable[[], object], Callable[[], float]]], repeats: int
+                   ) -> dict[str, float]:
+    """Each ``fn``'s median time in milliseconds (by its own clock) over ``repeats`` rounds that call every
+    function once in turn, after one warm-up round: a machine whose speed drifts moves them all alike."""
+    for fn, _ in fns.values():
         fn()
-        times.append(clock() - start)
-    return 1e3 * float(np.median(times))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, (fn, clock) in fns.items():
+            start = clock()
+            fn()
+            times[name].append(clock() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
 def rel(got: np.ndarray, want: np.ndarray) -> float:
@@ -107,16 +112,22 @@ def row(name: str, c: int, f: int, hw: int, batch: int, r: int, clock: Callable[
     y, cache = layer.forward(params, x, training=True)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, grads = layer.backward(params, cache, dy)
-    ref = [median_ms(lambda: layer.forward(params, x, training=True), r, clock),
-           median_ms(lambda: layer.backward_input(params, cache, dy), r, clock),
-           median_ms(lambda: layer.backward_params(params, cache, dy), r, clock),
-           median_ms(lambda: layer.backward(params, cache, dy), r, clock)]
-    win = [median_ms(lambda: wn.forward(x, w, None, PADS), r, clock),
-           median_ms(lambda: wn.backward_input(dy, w, PADS, (hw, hw)), r, clock),
-           median_ms(lambda: wn.backward_weights(x, dy, PADS), r, clock)]
-    numba_gemm = median_ms(lambda: wn.forward(x, w, None, PADS, products="numba"), r, clock)
-    one = median_ms(lambda: wn.forward(x, w, None, PADS), r, time.perf_counter)
-    two = median_ms(lambda: two_threads(lambda part: wn.forward(part, w, None, PADS), x), r, time.perf_counter)
+    wall = time.perf_counter
+    t = round_robin_ms({
+        "fwd": (lambda: layer.forward(params, x, training=True), clock),
+        "dx": (lambda: layer.backward_input(params, cache, dy), clock),
+        "dW": (lambda: layer.backward_params(params, cache, dy), clock),
+        "bwd": (lambda: layer.backward(params, cache, dy), clock),
+        "w fwd": (lambda: wn.forward(x, w, None, PADS), clock),
+        "w dx": (lambda: wn.backward_input(dy, w, PADS, (hw, hw)), clock),
+        "w dW": (lambda: wn.backward_weights(x, dy, PADS), clock),
+        "numba": (lambda: wn.forward(x, w, None, PADS, products="numba"), clock),
+        "one": (lambda: wn.forward(x, w, None, PADS), wall),
+        "two": (lambda: two_threads(lambda part: wn.forward(part, w, None, PADS), x), wall),
+    }, r)
+    ref = [t["fwd"], t["dx"], t["dW"], t["bwd"]]
+    win = [t["w fwd"], t["w dx"], t["w dW"]]
+    numba_gemm, one, two = t["numba"], t["one"], t["two"]
     errs = (rel(wn.forward(x, w, None, PADS), y), rel(wn.backward_input(dy, w, PADS, (hw, hw)), dx),
             rel(wn.backward_weights(x, dy, PADS), grads["W"]))
     return (f"| {name} ({c} -> {f}, {hw}x{hw}) | {' / '.join(f'{t:.1f}' for t in ref)} | "
@@ -127,7 +138,7 @@ def row(name: str, c: int, f: int, hw: int, batch: int, r: int, clock: Callable[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
                         help="one-thread times by this process's CPU time (default) or the wall clock; the "
                              "two-thread column is always wall clock")
