@@ -149,3 +149,16 @@ def test_a_mismatched_gradient_shape_is_refused():
     with pytest.raises(ValueError):
         wn.backward_input(np.zeros((2, 4, 6, 6), np.float32), np.zeros((4, 3, 3, 3), np.float32), (1, 1, 1, 1),
                           (7, 7))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: wn.forward(np.zeros((2, 3, 6, 6), np.float32), np.zeros((4, 3, 3, 3), np.float32), None, (-1, 1, 1, 1)),
+    lambda: wn.forward(np.zeros((2, 3, 6, 6), np.float32), np.zeros((4, 2, 3, 3), np.float32), None, (1, 1, 1, 1)),
+    lambda: wn.forward(np.zeros((2, 3, 6, 6), np.float32), np.zeros((4, 3, 3, 3), np.float32), np.zeros(3), (1,) * 4),
+    lambda: wn.backward_input(np.zeros((2, 4, 6, 6), np.float32), np.zeros((4, 3, 3, 3), np.float32), (3, 3, 0, 0),
+                              (2, 8)),
+])
+def test_bad_shapes_and_pads_are_refused_before_any_compiled_loop(call):
+    # a negative pad would index before the staged rows: refused, never computed
+    with pytest.raises(ValueError):
+        call()

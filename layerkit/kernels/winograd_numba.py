@@ -44,8 +44,9 @@ G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0
 #: for the weights' transform and the input rows the block reads
 BLOCK_BYTES = 1 << 20
 
-#: B^T's rows as (row parity and offset in tile rows of its first term, the same of its second, sign of
-#: the second): d0 - d2, d1 + d2, d2 - d1, d1 - d3, where d_r is the tile's row r = 2 * (r // 2) + r % 2
+#: B^T's rows as (row parity and slot offset of its first term, the same of its second; _SIGNS: the sign
+#: of the second): d0 - d2, d1 + d2, d2 - d1, d1 - d3, where the patch's row r has parity r % 2 and lies
+#: r // 2 slots (tile rows) on in _input_block's staged rows
 _ROWS = np.array([[0, 0, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0], [1, 0, 1, 1]])
 _SIGNS = np.array([-1.0, 1.0, -1.0, -1.0], dtype=np.float32)
 
@@ -53,10 +54,9 @@ _SIGNS = np.array([-1.0, 1.0, -1.0, -1.0], dtype=np.float32)
 #: two rows: e0, e0 + e1, e0 - e1, -e1
 _A_ROWS = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]], dtype=np.float32)
 
+#: unsigned indices for the compiled loops (see _input_block)
 _U = np.uint64
 _ONE, _TWO = np.uint64(1), np.uint64(2)
-
-
 
 #: fewest input channels of the forward and of the input gradient (F) for which Winograd beats im2col:
 #: below it the 16 GEMMs are too thin for BLAS (batch 128, 28x28: 1 channel 19 ms against 2 ms, 8 level,
@@ -290,6 +290,20 @@ def _products(u, v, m, nt):  # pragma: no cover - compiled
             f += 1
 
 
+def _check(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int, int, int, int]) -> None:
+    """ValueError unless x is (N, C, H, W), w (F, C, 3, 3), b None or (F,), and pads four values >= 0."""
+    if x.ndim != 4 or w.shape != (w.shape[0], x.shape[1], 3, 3):
+        raise ValueError(f"x {x.shape} and weights {w.shape}: need (N, C, H, W) and (F, C, 3, 3)")
+    if b is not None and np.shape(b) != (w.shape[0],):
+        raise ValueError(f"bias {np.shape(b)} for {w.shape[0]} filters")
+    _check_pads(pads)
+
+
+def _check_pads(pads: tuple[int, int, int, int]) -> None:
+    if len(pads) != 4 or min(int(p) for p in pads) < 0:
+        raise ValueError(f"pads {tuple(pads)}: four values >= 0 (top, bottom, left, right)")
+
+
 def _rows_per_block(c: int, f: int, th: int, tw: int, n: int, itemsize: int, budget: int) -> int:
     """Tile rows per block: whole images while one fits the budget (V and M of a block), else as many
     rows as fit, at least one. Blocks of whole images read each channel of the input in one run, and
@@ -302,7 +316,8 @@ def _rows_per_block(c: int, f: int, th: int, tw: int, n: int, itemsize: int, bud
 
 def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int, int, int, int],
           products: str = "numpy", block_bytes: int | None = None) -> np.ndarray:
-    # any pads >= 0 (backward_input needs 2 - pad); the public functions check what they accept
+    # any pads >= 0 (backward_input needs 2 - pad); negative ones would index before the staged rows
+    _check(x, w, b, pads)
     n, c, h, wd = x.shape
     f = w.shape[0]
     pt, pb, pl, pr = (int(p) for p in pads)
@@ -350,6 +365,8 @@ def backward_input(dy: np.ndarray, w: np.ndarray, pads: tuple[int, int, int, int
     """The gradient with respect to the input (N, C, H, W), ``hw`` = (H, W), of :func:`forward` given
     ``dy`` (N, F, Ho, Wo): the stride-1 convolution of dy padded by 2 - pad with the rotated kernel."""
     pt, pb, pl, pr = pads
+    if max(pads) > 2:
+        raise ValueError(f"pads {tuple(pads)}: at most 2 each for the input gradient")
     wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     dx = _conv(dy, wt, None, (2 - pt, 2 - pb, 2 - pl, 2 - pr))
     if dx.shape[2:] != tuple(hw):
@@ -362,6 +379,9 @@ def backward_weights(x: np.ndarray, dy: np.ndarray, pads: tuple[int, int, int, i
     """The gradient with respect to the weights (F, C, 3, 3) of :func:`forward` given its input ``x``
     (N, C, H, W) and ``dy`` (N, F, Ho, Wo): ``G^T [sum over tiles of (A dy A^T) * (B^T x B)] G``, 16 GEMMs
     whose inner dimension is the tiles."""
+    if x.ndim != 4 or dy.ndim != 4:
+        raise ValueError(f"x {x.shape} and dy {dy.shape}: need (N, C, H, W) and (N, F, Ho, Wo)")
+    _check_pads(pads)
     n, c, h, wd = x.shape
     f, ho, wo = dy.shape[1:]
     pt, pb, pl, pr = (int(p) for p in pads)
