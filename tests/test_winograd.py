@@ -51,8 +51,9 @@ def conv_layer(f, padding):
     return layer
 
 
-# odd sizes (a partial last tile), sizes 1 and 2 (tiles that are mostly padding), batch 1, odd C and F
-SHAPES = [(2, 5, 7, 9, 11), (1, 3, 4, 8, 7), (3, 1, 2, 5, 5), (2, 16, 9, 1, 1), (1, 2, 3, 2, 3), (4, 6, 9, 7, 10)]
+# odd sizes (a partial last tile), sizes 1 and 2 (tiles that are mostly padding), batch 1 and 256, odd C and F
+SHAPES = [(2, 5, 7, 9, 11), (1, 3, 4, 8, 7), (3, 1, 2, 5, 5), (2, 16, 9, 1, 1), (1, 2, 3, 2, 3), (4, 6, 9, 7, 10),
+          (256, 2, 3, 3, 5)]
 
 
 @pytest.mark.parametrize("n, c, f, h, w", SHAPES)
