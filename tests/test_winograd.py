@@ -124,10 +124,11 @@ def test_two_threads_on_halves_of_the_batch_give_the_whole_batch():
 def test_covers_only_what_it_computes():
     assert wn.covers(32, 32, 3, 3, 1, 1, 1, (1, 1, 1, 1))
     assert wn.covers(64, 16, 3, 3, (1, 1), (1, 1), 1, (0, 1, 1, 0))
+    assert wn.covers(wn.MIN_CHANNELS, wn.MIN_CHANNELS, 3, 3, 1, 1, 1, (1, 1, 1, 1))
     for args in [(32, 32, 5, 5, 1, 1, 1, (2, 2, 2, 2)), (32, 32, 3, 3, 2, 1, 1, (1, 1, 1, 1)),
                  (32, 32, 3, 3, 1, 2, 1, (2, 2, 2, 2)), (32, 32, 3, 3, 1, 1, 2, (1, 1, 1, 1)),
                  (32, 32, 3, 3, 1, 1, 1, (2, 2, 2, 2)), (1, 32, 3, 3, 1, 1, 1, (1, 1, 1, 1)),
-                 (32, 1, 3, 3, 1, 1, 1, (1, 1, 1, 1))]:
+                 (32, 1, 3, 3, 1, 1, 1, (1, 1, 1, 1)), (wn.MIN_CHANNELS - 1, 32, 3, 3, 1, 1, 1, (1, 1, 1, 1))]:
         assert not wn.covers(*args), args
 
 

@@ -59,9 +59,9 @@ _U = np.uint64
 _ONE, _TWO = np.uint64(1), np.uint64(2)
 
 #: fewest input channels of the forward and of the input gradient (F) for which Winograd beats im2col:
-#: below it the 16 GEMMs are too thin for BLAS (batch 128, 28x28: 1 channel 19 ms against 2 ms, 8 level,
-#: 16 channels 10 ms against 15; docs/performance.md)
-MIN_CHANNELS = 16
+#: below it the 16 GEMMs are too thin for BLAS (batch 128, 28x28, 32 filters, one thread: 1 channel
+#: 16.8 ms against 1.1 ms, 4 channels level, 8 channels 4.3 ms against 5.7; docs/performance.md)
+MIN_CHANNELS = 8
 
 
 def covers(c: int, f: int, kh: int, kw: int, stride: tuple[int, int] | int, dilation: tuple[int, int] | int,
