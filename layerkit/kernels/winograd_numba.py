@@ -374,11 +374,11 @@ def backward_input(dy: np.ndarray, w: np.ndarray, pads: tuple[int, int, int, int
     return dx
 
 
-def backward_weights(x: np.ndarray, dy: np.ndarray, pads: tuple[int, int, int, int],
+def backward_weights(x: np.ndarray, dy: np.ndarray, pads: tuple[int, int, int, int], *,
                      block_bytes: int | None = None) -> np.ndarray:
     """The gradient with respect to the weights (F, C, 3, 3) of :func:`forward` given its input ``x``
     (N, C, H, W) and ``dy`` (N, F, Ho, Wo): ``G^T [sum over tiles of (A dy A^T) * (B^T x B)] G``, 16 GEMMs
-    whose inner dimension is the tiles."""
+    whose inner dimension is the tiles, summed block by block (``block_bytes`` as in :func:`forward`)."""
     if x.ndim != 4 or dy.ndim != 4:
         raise ValueError(f"x {x.shape} and dy {dy.shape}: need (N, C, H, W) and (N, F, Ho, Wo)")
     _check_pads(pads)
