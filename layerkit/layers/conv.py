@@ -46,8 +46,9 @@ class ConvCache(NamedTuple):
     """What :meth:`Conv2D.backward` needs from a forward: the path taken and its buffers."""
 
     #: the algorithm forward used (see the module docstring), which backward mirrors
-    path: Literal["direct", "batch", "wide", "strided"]
-    #: the padded input (flat for the stride-1 paths), or None where the columns were kept
+    path: Literal["winograd", "direct", "batch", "wide", "strided"]
+    #: the input (winograd), the padded input (flat for the other stride-1 paths), or None where the
+    #: columns were kept
     source: np.ndarray | None
     #: the im2col columns, or None: backward rebuilds them from ``source`` chunk by chunk
     cols: np.ndarray | None
@@ -167,6 +168,10 @@ class Conv2D(AbsorbsAffine, FreshInferOutput, InputGradientOnly, Layer):
         g = self._window((h, w))
         w3 = self._weights(params)
         bias = None if b is None else b.reshape(-1, 1, 1)
+        wino = _winograd_kernel(g, c, self.filters, self.groups, x)
+        if wino is not None:
+            return (_conv_winograd(wino, x, params["W"], b, _pads(g)),
+                    ConvCache("winograd", x if keep else None, None, (h, w), g))
         direct = _direct_kernel(g, c, self.filters, self.groups, x)
         if direct is not None:
             f = flat(g, h, w)
@@ -210,7 +215,9 @@ class Conv2D(AbsorbsAffine, FreshInferOutput, InputGradientOnly, Layer):
     def _backward(self, params: Params, cache: ConvCache, dy: np.ndarray, need_dx: bool, need_dw: bool = True
                   ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         w3, g = self._weights(params), cache.window
-        if cache.path == "direct":
+        if cache.path == "winograd":
+            dx, dw = _backward_winograd(params["W"], cache.source, cache.hw, g, dy, need_dx, need_dw)
+        elif cache.path == "direct":
             dx, dw = _backward_direct(params["W"], cache.source, cache.hw, g, dy, need_dx, need_dw)
         elif cache.path == "batch":
             dx, dw = _backward_batch(w3, cache.source, cache.cols, cache.hw, g, dy, cache.chunk, need_dx, need_dw)
@@ -230,6 +237,58 @@ def _wide_ok(g: Window) -> bool:
     """Stride 1 and padding below the dilated kernel: then dx is itself a stride-1 convolution."""
     keh, kew = (g.kh - 1) * g.dh + 1, (g.kw - 1) * g.dw + 1
     return g.sh == g.sw == 1 and max(g.pad_top, g.pad_bottom) < keh and max(g.pad_left, g.pad_right) < kew
+
+
+# -- 3x3 layers with many channels, compiled: the Winograd kernel -------------------------------------
+#
+# With the compiled kernels, 3x3 stride-1 layers with 8 or more channels and filters run Winograd's
+# F(2x2, 3x3) (layerkit.kernels.winograd): 2.25x fewer multiplies than the GEMM on the columns.
+
+
+def _pads(g: Window) -> tuple[int, int, int, int]:
+    return g.pad_top, g.pad_bottom, g.pad_left, g.pad_right
+
+
+def _winograd_kernel(g: Window, c: int, filters: int, groups: int, x: np.ndarray) -> Any:
+    """The compiled Winograd convolution when it is active and covers this layer, else None."""
+    if g.kh != 3 or g.kw != 3:
+        return None
+    impl = kernel("conv2d_winograd", x.dtype, x.size)
+    if impl.path == "numpy" or not impl.covers(c, filters, g.kh, g.kw, (g.sh, g.sw), (g.dh, g.dw), groups, _pads(g)):
+        return None
+    return impl
+
+
+def _conv_winograd(impl: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                   pads: tuple[int, int, int, int]) -> np.ndarray:
+    n, _, h, wd = x.shape
+    y = np.empty((n, w.shape[0], h + pads[0] + pads[1] - 2, wd + pads[2] + pads[3] - 2), dtype=x.dtype)
+
+    def work(a: int, z: int) -> None:
+        impl.forward(x[a:z], w, b, pads, out=y[a:z])
+
+    nbytes = x.nbytes * 9
+    parallel.run(work, parallel.split(n, 1, nbytes, "conv"), nbytes, "conv")
+    return y
+
+
+def _backward_winograd(w: np.ndarray, x: np.ndarray, hw: tuple[int, int], g: Window, dy: np.ndarray, need_dx: bool,
+                       need_dw: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    impl = kernel("conv2d_winograd", dy.dtype)
+    n = dy.shape[0]
+    pads = _pads(g)
+    nbytes = dy.nbytes * 9
+    dx = dw = None
+    if need_dx:
+        dx = np.empty((n, w.shape[1], *hw), dtype=dy.dtype)
+
+        def grad_input(a: int, z: int) -> None:
+            impl.backward_input(dy[a:z], w, pads, hw, out=dx[a:z])
+
+        parallel.run(grad_input, parallel.split(n, 1, nbytes, "conv"), nbytes, "conv")
+    if need_dw:
+        dw = _ordered_sum(lambda a, z: impl.backward_weights(x[a:z], dy[a:z], pads), n, 1, nbytes, w.shape, dy.dtype)
+    return dx, dw
 
 
 # -- small layers, compiled: the direct convolution kernel --------------------------------------------
