@@ -34,11 +34,11 @@ def _run(layer, x, dy, path):
     return cache.path, y, dx, grads, only
 
 
-# LeNet's two layers, AlexNet's first, an odd filter count, a 3x5 kernel, no bias, a rectangle
+# LeNet's two layers, a 'same' 3x3 layer, an odd filter count, a 3x5 kernel, no bias, a rectangle
 COVERED = [
     ({"filters": 8, "kernel_size": 5}, (1, 28, 28)),
     ({"filters": 16, "kernel_size": 5}, (8, 12, 12)),
-    ({"filters": 32, "kernel_size": 3, "padding": "same", "use_bias": False}, (1, 28, 28)),
+    ({"filters": 16, "kernel_size": 3, "padding": "same", "use_bias": False}, (1, 28, 28)),
     ({"filters": 5, "kernel_size": 3, "padding": 1}, (3, 7, 9)),
     ({"filters": 3, "kernel_size": [3, 5], "padding": "same"}, (2, 6, 8)),
     ({"filters": 7, "kernel_size": [5, 3]}, (2, 9, 6)),
@@ -67,7 +67,7 @@ def test_the_direct_path_gives_the_numpy_paths_results_within_rounding(config, s
     ({"filters": 4, "kernel_size": 3, "groups": 2}, (2, 7, 7)),  # grouped
     ({"filters": 4, "kernel_size": 3, "dilation": 2}, (2, 9, 9)),  # dilated
     ({"filters": 4, "kernel_size": 2}, (2, 6, 6)),  # a width with no compiled code
-    ({"filters": 128, "kernel_size": 3, "padding": 1}, (2, 6, 6)),  # many filters: the GEMM wins
+    ({"filters": 32, "kernel_size": 3, "padding": 1}, (1, 6, 6)),  # more filters: the GEMM wins
 ])
 def test_other_layers_keep_their_numpy_paths(config, shape):
     layer = _conv(**config)

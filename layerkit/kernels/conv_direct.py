@@ -122,9 +122,9 @@ KERNEL = Kernel(
     tolerance=TOLERANCE,
     examples=examples,
     run=run,
-    covers="kernels 3 or 5 wide (any height), stride 1, no dilation, one group; Conv2D takes it where "
-           "filters x kernel taps <= 800 (LeNet's and alexnet_mnist's layers), other layers keep their GEMM",
-    # it saves 7-20 ns per input value (LeNet-style 20, alexnet_mnist 7: docs/performance.md), so it
-    # pays for numba's load after some 2^25 values, 270 LeNet-style batches of 64
+    covers="kernels 3 or 5 wide (any height), stride 1, no dilation, one group; Conv2D takes it for layers "
+           "with at most 16 filters (LeNet's), other layers keep their GEMM",
+    # it saves about 20 ns per input value on LeNet-style (docs/performance.md), so it pays for
+    # numba's load after some 2^25 values, 270 LeNet-style batches of 64
     load_after=1 << 25,
 )

@@ -11,7 +11,15 @@ The weight gradient is computed transposed, ``cols (K, Ho*Wo) @ dy^T``, which
 OpenBLAS runs faster than ``dy @ cols^T`` for these shapes: a short M with a long
 inner dimension is its slow case (docs/performance.md).
 
-Three paths, chosen from the shapes alone (so forward, infer and backward agree):
+With the compiled kernels (``pip install 'layerkit[fast]'``, float32), two more paths come first:
+
+- 3x3 stride-1 layers with 8 or more channels and filters: Winograd's F(2x2, 3x3), forward, input
+  and weight gradients (the ``conv2d_winograd`` kernel, :mod:`layerkit.kernels.winograd`);
+- other stride-1 layers with at most 16 filters and kernels 3 or 5 wide: the direct convolution
+  (the ``conv2d_direct`` kernel, :mod:`layerkit.kernels.conv_direct`), no column buffer.
+
+They agree with the numpy paths within float32 rounding. The numpy paths, chosen from the shapes
+alone (so forward, infer and backward agree):
 
 - small stride-1 layers (at most 16 filters, the batch's columns in cache): one GEMM over
   the whole batch, columns laid out channel-major (``_conv_batch``, below);
@@ -298,12 +306,14 @@ def _backward_winograd(w: np.ndarray, x: np.ndarray, hw: tuple[int, int], g: Win
 # the flat rows (layerkit.kernels.conv_direct). The input gradient is the same kernel run on the
 # padded output gradient with the rotated kernel, as the wide path's.
 
-DIRECT_MAX_WORK = 32 * 25  # filters x kernel taps per input channel; larger layers keep the GEMM
+#: more filters and OpenBLAS's GEMM wins (alexnet_mnist's conv1, 32 filters: 1.0 ms forward against the
+#: direct kernel's 1.5; LeNet's 8 and 16 filters: 0.24 and 0.41 ms against 0.62 and 0.77; docs/performance.md)
+DIRECT_MAX_FILTERS = 16
 
 
 def _direct_kernel(g: Window, c: int, filters: int, groups: int, x: np.ndarray) -> Any:
     """The compiled direct convolution when it is active and covers this layer, else None."""
-    if groups != 1 or not _wide_ok(g) or filters * g.kh * g.kw > DIRECT_MAX_WORK:
+    if groups != 1 or not _wide_ok(g) or filters > DIRECT_MAX_FILTERS:
         return None
     impl = kernel("conv2d_direct", x.dtype, x.size)
     return impl if impl.path != "numpy" and impl.covers(g, c, filters) else None
