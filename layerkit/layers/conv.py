@@ -361,11 +361,15 @@ def _backward_direct(w: np.ndarray, xf: np.ndarray, hw: tuple[int, int], g: Wind
 def _rotated(g: Window, w: np.ndarray, hw: tuple[int, int]) -> tuple[Window, np.ndarray]:
     """The input gradient of a stride-1 convolution as a stride-1 convolution of the output gradient:
     its window and its kernel (rotated by 180 degrees, channels and filters swapped; one group)."""
-    h, wd = hw
+    return _rotated_window(g, hw), np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+
+
+def _rotated_window(g: Window, hw: tuple[int, int]) -> Window:
+    """The window of the convolution that gives a stride-1 convolution's input gradient (input ``hw``):
+    the output gradient padded so that every tap that reached the input reaches it back."""
     keh, kew = (g.kh - 1) * g.dh + 1, (g.kw - 1) * g.dw + 1
-    gt = Window(g.kh, g.kw, 1, 1, g.dh, g.dw, keh - 1 - g.pad_top, keh - 1 - g.pad_bottom,
-                kew - 1 - g.pad_left, kew - 1 - g.pad_right, h, wd)
-    return gt, np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return Window(g.kh, g.kw, 1, 1, g.dh, g.dw, keh - 1 - g.pad_top, keh - 1 - g.pad_bottom,
+                  kew - 1 - g.pad_left, kew - 1 - g.pad_right, *hw)
 
 
 # -- small layers: one GEMM over the whole batch ----------------------------------------------------------
@@ -516,9 +520,7 @@ def _backward_wide(w: np.ndarray, w3: np.ndarray, xf: np.ndarray | None, cols: n
     if not need_dx:
         rotate = True  # nothing to scatter
     elif rotate:
-        keh, kew = (g.kh - 1) * g.dh + 1, (g.kw - 1) * g.dw + 1
-        gt = Window(g.kh, g.kw, 1, 1, g.dh, g.dw, keh - 1 - g.pad_top, keh - 1 - g.pad_bottom,
-                    kew - 1 - g.pad_left, kew - 1 - g.pad_right, h, wd)
+        gt = _rotated_window(g, hw)
         wt = w.reshape(groups, fg, c // groups, g.kh, g.kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
         flt = flat(gt, g.ho, g.wo)
         dyf = pad_flat(dy, gt, flt)
