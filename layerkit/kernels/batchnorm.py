@@ -25,7 +25,7 @@ import numpy as np
 from layerkit.kernels.kernel import Kernel, KernelExample, Tolerance
 
 #: a row total of a few thousand float32 values in another order: a few units in the last place of
-#: the row's magnitude (largest seen over the examples: 4e-7 relative)
+#: the row's magnitude
 TOLERANCE = Tolerance(rtol=1e-5, atol=1e-5)
 
 
@@ -110,6 +110,6 @@ KERNEL = Kernel(
     examples=examples,
     run=run,
     covers="C-contiguous float32 batches; other arrays run the numpy reference",
-    # it saves about 2 ns per input value on alexnet_mnist's batch norms (docs/performance.md)
+    # what it saves per input value pays for numba's load after some 2^27 values (docs/performance.md)
     load_after=1 << 27,
 )

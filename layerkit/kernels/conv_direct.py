@@ -31,8 +31,7 @@ from layerkit.kernels.kernel import Kernel, KernelExample, Tolerance
 from layerkit.kernels.windows import Flat, Window, flat, im2col_wide, pad_flat, window
 
 #: outputs and weight gradients are sums of up to a few thousand float32 products in another order
-#: than the GEMM's; relative to values of order one (the examples' scale) their difference stays
-#: below 1e-5 (largest seen over the examples: 2e-6)
+#: than the GEMM's: relative to values of order one (the examples' scale) a few units in the last place
 TOLERANCE = Tolerance(rtol=1e-4, atol=1e-5)
 
 
@@ -124,7 +123,6 @@ KERNEL = Kernel(
     run=run,
     covers="kernels 3 or 5 wide (any height), stride 1, no dilation, one group; Conv2D takes it for layers "
            "with at most 16 filters (LeNet's), other layers keep their GEMM",
-    # it saves about 20 ns per input value on LeNet-style (docs/performance.md), so it pays for
-    # numba's load after some 2^25 values, 270 LeNet-style batches of 64
+    # what it saves per input value pays for numba's load after some 2^25 values (docs/performance.md)
     load_after=1 << 25,
 )

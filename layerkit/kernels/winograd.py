@@ -24,8 +24,8 @@ import numpy as np
 from layerkit.kernels.kernel import Kernel, KernelExample, Tolerance
 from layerkit.kernels.windows import Window, col2im_add, im2col, pad, unpad
 
-#: values of order one (the examples' scale) through the transforms: within 1e-5 absolute (largest
-#: seen over the examples: 2e-6), or 1e-4 relative for the larger weight-gradient sums
+#: values of order one (the examples' scale) through the transforms: within 1e-5 absolute, or 1e-4
+#: relative for the larger weight-gradient sums
 TOLERANCE = Tolerance(rtol=1e-4, atol=1e-5)
 
 
@@ -120,7 +120,6 @@ KERNEL = Kernel(
     run=run,
     covers="3x3 kernels, stride 1, no dilation, one group, padding 0 or 1 on each side, at least 8 input "
            "channels and 8 filters (alexnet_mnist's conv2-conv4); Conv2D takes it before any other path",
-    # it saves about 4 ns per input value on alexnet_mnist's conv2-conv4 (docs/performance.md), so it
-    # pays for numba's load after some 2^26 values, a dozen alexnet_mnist batches of 128
+    # what it saves per input value pays for numba's load after some 2^26 values (docs/performance.md)
     load_after=1 << 26,
 )

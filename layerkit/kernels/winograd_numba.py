@@ -19,7 +19,7 @@ The layout follows from that:
   row, into the NCHW result, adding the bias.
 
 The 16 GEMMs are numpy's matmul (OpenBLAS), one call per block: a numba loop (:func:`_products`,
-kept for the benchmark) measured half its speed.
+kept for the benchmark) measured slower.
 
 The input gradient of a 3x3 stride-1 convolution is itself one: ``dy`` padded by ``2 - pad``
 on each side, convolved with the kernel rotated by 180 degrees and its channel axes swapped
@@ -28,8 +28,8 @@ on each side, convolved with the kernel rotated by 180 degrees and its channel a
 GEMMs whose inner dimension is the tiles.
 
 Results differ from the im2col path only by rounding: the transforms add and subtract up to 16
-values per product; float32 results measured within 1e-6 of the output's largest value
-(tests/test_winograd.py holds them to 1e-5; float64 to 1e-12).
+values per product; tests/test_winograd.py holds float32 results to 1e-5 of the output's largest
+value and float64 ones to 1e-12.
 
 :data:`IMPL` is the compiled twin of :class:`layerkit.kernels.winograd.WinogradNumpy` in the kernel
 registry (kernel ``conv2d_winograd``), which :class:`~layerkit.layers.conv.Conv2D` calls.
@@ -62,8 +62,7 @@ _U = np.uint64
 _ONE, _TWO = np.uint64(1), np.uint64(2)
 
 #: fewest input channels of the forward and of the input gradient (F) for which Winograd beats im2col:
-#: below it the 16 GEMMs are too thin for BLAS (batch 128, 28x28, 32 filters, one thread: 1 channel
-#: 16.8 ms against 1.1 ms, 4 channels level, 8 channels 4.3 ms against 5.7; docs/performance.md)
+#: below it the 16 GEMMs are too thin for BLAS (docs/performance.md, "Compiled kernels")
 MIN_CHANNELS = 8
 
 
@@ -98,7 +97,7 @@ def _input_block(x, pt, pl, start, rows, th, tw, v):  # pragma: no cover - compi
     # a in s[a]: then tile j's 4x4 patch starts at 2 j in s[0] and s[1] (its rows 2 and 3 one slot
     # further on) and the transform is one long vectorised loop over j. Short loops per image row
     # (14 or 28 values) are what the time goes to otherwise: a deinterleaving copy per row measured
-    # 1.2x slower overall, stride-2 loops per tile row 4x slower.
+    # slower, and stride-2 loops per tile row slower still (docs/performance.md).
     _, c_in, h, w = x.shape
     w1 = tw + 1
     w2 = 2 * w1  # a slot: padded columns 0 .. 2 tw + 1; w + pl <= w2 always
@@ -117,7 +116,7 @@ def _input_block(x, pt, pl, start, rows, th, tw, v):  # pragma: no cover - compi
                 for a in range(2):
                     iy = 2 * (ty0 + pr) + a - pt
                     # unsigned indices, all non-negative: numba then drops its negative-index
-                    # wraparound select, which kept LLVM from vectorising such loops (2.6x slower)
+                    # wraparound select, which kept LLVM from vectorising such loops
                     d = _U(a * slen + pr * w2 + pl)
                     if 0 <= iy < h:
                         src = _U(((n * c_in + c) * h + iy) * w)
@@ -157,7 +156,7 @@ def _output_block(m, b, start, rows, th, tw, y):  # pragma: no cover - compiled
     # one long loop over the block's wide grid writes each tile's 2x2 outputs to z[a, 2 j + bb],
     # where each tile row's outputs are already in image order; then contiguous copies of wo values
     # per output row (cropping the junk tile and an odd last row or column). Short interleaving
-    # loops per row instead measured 1.5x slower.
+    # loops per row instead measured slower.
     _, f_out, ho, wo = y.shape
     w1 = tw + 1
     nt = rows * w1
@@ -167,7 +166,7 @@ def _output_block(m, b, start, rows, th, tw, y):  # pragma: no cover - compiled
     for f in range(f_out):
         bias = b[f]
         # one-dimensional views hoisted out of the loop: indexing m[k, f, j] inside it keeps LLVM
-        # from vectorising (measured 4x slower)
+        # from vectorising (measured slower)
         m0, m1, m2, m3 = m[0, f, :nt], m[1, f, :nt], m[2, f, :nt], m[3, f, :nt]
         m4, m5, m6, m7 = m[4, f, :nt], m[5, f, :nt], m[6, f, :nt], m[7, f, :nt]
         m8, m9, m10, m11 = m[8, f, :nt], m[9, f, :nt], m[10, f, :nt], m[11, f, :nt]
@@ -225,7 +224,7 @@ def _grad_block(dy, start, rows, th, tw, d):  # pragma: no cover - compiled
                 po = pe + nt
                 if oy < ho:
                     # deinterleaved into the four parts here (the columns past the edge stay zero):
-                    # _input_block's staged rows measured 1.2x slower for this transform, which reads
+                    # _input_block's staged rows measured slower for this transform, which reads
                     # each value once
                     base = _U(((n * f_out + f) * ho + oy) * wo)
                     ue, uo = _U(pe), _U(po)
@@ -310,7 +309,7 @@ def _check_pads(pads: tuple[int, int, int, int]) -> None:
 def _rows_per_block(c: int, f: int, th: int, tw: int, n: int, itemsize: int, budget: int) -> int:
     """Tile rows per block: whole images while one fits the budget (V and M of a block), else as many
     rows as fit, at least one. Blocks of whole images read each channel of the input in one run, and
-    measured a third faster on the input transform than blocks that cut images (docs/performance.md)."""
+    measured faster on the input transform than blocks that cut images (docs/performance.md)."""
     per_row = 16 * (c + f) * (tw + 1) * itemsize
     if per_row * th <= budget:
         return th * min(n, budget // (per_row * th))
@@ -360,7 +359,7 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: tuple[int,
 
     ``block_bytes`` overrides :data:`BLOCK_BYTES` (a smaller budget makes blocks of tile rows that cut
     images); ``products="numba"`` runs the 16 GEMMs in numba instead of numpy's matmul (for comparison:
-    it measured half the speed); ``out`` receives the result instead of a new array."""
+    it measured slower); ``out`` receives the result instead of a new array."""
     if products not in ("numpy", "numba"):
         raise ValueError(f"products={products!r}: 'numpy' or 'numba'")
     return _conv(x, w, b, pads, products, block_bytes, out)
@@ -413,7 +412,7 @@ def backward_weights(x: np.ndarray, dy: np.ndarray, pads: tuple[int, int, int, i
         np.matmul(d[:, :, :nt], v[:, :, :nt].transpose(0, 2, 1), out=part)
         acc += part
     # dg[f, c, i, j] = sum over (k, l) of G[k, i] G[l, j] acc[4 k + l, f, c]: one (9 x 16) @ (16 x F C)
-    # product (a three-operand einsum measured about 1 ms for 64 x 64 channels)
+    # product, not a three-operand einsum, which is slow enough to matter (docs/performance.md)
     dg = GG.T.astype(x.dtype) @ acc.reshape(16, f * c)
     return np.ascontiguousarray(dg.reshape(3, 3, f, c).transpose(2, 3, 0, 1))
 

@@ -306,8 +306,8 @@ def _backward_winograd(w: np.ndarray, x: np.ndarray, hw: tuple[int, int], g: Win
 # the flat rows (layerkit.kernels.conv_direct). The input gradient is the same kernel run on the
 # padded output gradient with the rotated kernel, as the wide path's.
 
-#: more filters and OpenBLAS's GEMM wins (alexnet_mnist's conv1, 32 filters: 1.0 ms forward against the
-#: direct kernel's 1.5; LeNet's 8 and 16 filters: 0.24 and 0.41 ms against 0.62 and 0.77; docs/performance.md)
+#: more filters and OpenBLAS's GEMM wins (alexnet_mnist's conv1, 32 filters, against LeNet's 8 and 16:
+#: docs/performance.md, "Compiled kernels")
 DIRECT_MAX_FILTERS = 16
 
 
