@@ -9,14 +9,10 @@ from layerkit.kernels import select
 from layerkit.kernels.batchnorm import BatchNormNumpy
 from layerkit.kernels.registry import KERNELS
 from layerkit.layers.normalization import BatchNorm
-from layerkit.parallel import threads
 from layerkit.testing.engine import KERNEL_CHECK, check_kernel
+from kernel_support import kernel_impls, on_thread_counts
 
 pytestmark = pytest.mark.skipif(not select.numba_installed(), reason="needs the fast extra (numba)")
-
-
-def _impls(path):
-    return {name: (select.compiled(name) if path == "numba" else k.reference) for name, k in KERNELS.items()}
 
 
 def _step(path, x, dy, inplace=False, affine=True):
@@ -26,7 +22,7 @@ def _step(path, x, dy, inplace=False, affine=True):
     params = {"gamma": rng.uniform(0.5, 2, c).astype(np.float32), "beta": rng.standard_normal(c).astype(np.float32)}
     params = params if affine else {}
     state = {"running_mean": np.zeros(c, np.float32), "running_var": np.ones(c, np.float32)}
-    with select.forced(_impls(path)):
+    with select.forced(kernel_impls(path)):
         y, cache = layer.forward(params, x, training=True, state=state)
         dx, grads = (layer.backward_inplace(params, cache, dy.copy()) if inplace
                      else layer.backward(params, cache, dy))
@@ -65,13 +61,7 @@ def test_no_affine_and_flat_features():
 def test_the_sums_do_not_depend_on_the_thread_count():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 32, 28, 28)).astype(np.float32)  # large enough for the pool to split it
-    runs = []
-    for count in (1, 2):
-        threads.set_num_threads(count)
-        try:
-            runs.append(_step("numba", x, x)[2]["gamma"])
-        finally:
-            threads.set_num_threads(None)
+    runs = on_thread_counts(lambda: _step("numba", x, x)[2]["gamma"])
     assert runs[0].tobytes() == runs[1].tobytes()
 
 

@@ -9,8 +9,8 @@ from layerkit.kernels import select
 from layerkit.kernels.conv_direct import DirectConvNumpy
 from layerkit.kernels.registry import KERNELS
 from layerkit.layers.conv import Conv2D
-from layerkit.parallel import threads
 from layerkit.testing.engine import KERNEL_CHECK, check_kernel
+from kernel_support import on_thread_counts
 
 # numba is not imported here: layerkit.kernels.select points its cache at the user's directory first
 pytestmark = pytest.mark.skipif(not select.numba_installed(), reason="needs the fast extra (numba)")
@@ -89,13 +89,7 @@ def test_the_weight_gradient_does_not_depend_on_the_thread_count():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 8, 12, 12)).astype(np.float32)
     dy = rng.standard_normal((64, 16, 8, 8)).astype(np.float32)
-    runs = []
-    for count in (1, 2):
-        threads.set_num_threads(count)
-        try:
-            runs.append(_run(layer, x, dy, "numba")[3]["W"])
-        finally:
-            threads.set_num_threads(None)
+    runs = on_thread_counts(lambda: _run(layer, x, dy, "numba")[3]["W"])
     assert runs[0].tobytes() == runs[1].tobytes()
 
 

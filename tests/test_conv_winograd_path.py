@@ -9,8 +9,8 @@ from layerkit.kernels import select
 from layerkit.kernels.registry import KERNELS
 from layerkit.kernels.winograd import WinogradNumpy
 from layerkit.layers.conv import Conv2D
-from layerkit.parallel import threads
 from layerkit.testing.engine import KERNEL_CHECK, check_kernel
+from kernel_support import kernel_impls, on_thread_counts
 
 pytestmark = pytest.mark.skipif(not select.numba_installed(), reason="needs the fast extra (numba)")
 
@@ -18,7 +18,7 @@ DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "use_bias": T
 
 
 def _run(layer, x, dy, path):
-    impls = {name: (select.compiled(name) if path == "numba" else k.reference) for name, k in KERNELS.items()}
+    impls = kernel_impls(path)
     rng = np.random.default_rng(1)
     params = {name: (rng.standard_normal(spec.shape) * 0.2).astype(np.float32)
               for name, spec in layer.param_specs(x.shape[1:]).items()}
@@ -70,13 +70,7 @@ def test_the_weight_gradient_does_not_depend_on_the_thread_count():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 16, 14, 14)).astype(np.float32)  # large enough for the pool to split it
     dy = rng.standard_normal((64, 16, 14, 14)).astype(np.float32)
-    runs = []
-    for count in (1, 2):
-        threads.set_num_threads(count)
-        try:
-            runs.append(_run(layer, x, dy, "numba")[3]["W"])
-        finally:
-            threads.set_num_threads(None)
+    runs = on_thread_counts(lambda: _run(layer, x, dy, "numba")[3]["W"])
     assert runs[0].tobytes() == runs[1].tobytes()
 
 

@@ -272,12 +272,13 @@ def _conv_winograd(impl: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
     n, _, h, wd = x.shape
     y = np.empty((n, w.shape[0], h + pads[0] + pads[1] - 2, wd + pads[2] + pads[3] - 2), dtype=x.dtype)
 
-    def work(a: int, z: int) -> None:
-        impl.forward(x[a:z], w, b, pads, out=y[a:z])
-
-    nbytes = x.nbytes * 9
-    parallel.run(work, parallel.split(n, 1, nbytes, "conv"), nbytes, "conv")
+    _over_samples(lambda a, z: impl.forward(x[a:z], w, b, pads, out=y[a:z]), n, x.nbytes * 9)
     return y
+
+
+def _over_samples(work: Callable[[int, int], object], n: int, nbytes: int) -> None:
+    """``work(a, z)`` over sample ranges that together cover ``n``: one per thread when the work is worth it."""
+    parallel.run(work, parallel.split(n, 1, nbytes, "conv"), nbytes, "conv")
 
 
 def _backward_winograd(w: np.ndarray, x: np.ndarray, hw: tuple[int, int], g: Window, dy: np.ndarray, need_dx: bool,
@@ -288,12 +289,8 @@ def _backward_winograd(w: np.ndarray, x: np.ndarray, hw: tuple[int, int], g: Win
     nbytes = dy.nbytes * 9
     dx = dw = None
     if need_dx:
-        dx = np.empty((n, w.shape[1], *hw), dtype=dy.dtype)
-
-        def grad_input(a: int, z: int) -> None:
-            impl.backward_input(dy[a:z], w, pads, hw, out=dx[a:z])
-
-        parallel.run(grad_input, parallel.split(n, 1, nbytes, "conv"), nbytes, "conv")
+        out = dx = np.empty((n, w.shape[1], *hw), dtype=dy.dtype)
+        _over_samples(lambda a, z: impl.backward_input(dy[a:z], w, pads, hw, out=out[a:z]), n, nbytes)
     if need_dw:
         dw = _ordered_sum(lambda a, z: impl.backward_weights(x[a:z], dy[a:z], pads), n, 1, nbytes, w.shape, dy.dtype)
     return dx, dw
@@ -323,11 +320,7 @@ def _conv_direct(impl: Any, xf: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     n = xf.shape[0]
     y = np.empty((n, w.shape[0], g.ho, g.wo), dtype=xf.dtype)
 
-    def work(a: int, z: int) -> None:
-        impl.forward(xf[a:z], w, b, g, f, y[a:z])
-
-    nbytes = xf.nbytes * g.kh * g.kw
-    parallel.run(work, parallel.split(n, 1, nbytes, "conv"), nbytes, "conv")
+    _over_samples(lambda a, z: impl.forward(xf[a:z], w, b, g, f, y[a:z]), n, xf.nbytes * g.kh * g.kw)
     return y
 
 
