@@ -616,6 +616,16 @@ def _same_param_grads(method: str, mode: str, got: dict, grads: dict) -> None:
                                  f"({text}); it must equal backward's bit for bit", numbers)
 
 
+def _same_input_grads(method: str, mode: str, got: list, dxs: list, names: Any, than: str) -> None:
+    if len(got) != len(dxs):
+        raise Broken(method, f"{method} ({mode}) returned {len(got)} input gradients, backward {len(dxs)}")
+    for tname, a, b in zip(names, got, dxs, strict=True):
+        if not _equal(a, b):
+            text, numbers = _difference(a, b)
+            raise Broken(method, f"{method} ({mode}) gives a different {tname} gradient than {than} ({text}); "
+                                 f"it must equal backward's bit for bit", numbers)
+
+
 def _backward_inplace_equals_backward(s: Subject) -> None:
     params = s.params()
     for mode, training in _MODES:
@@ -624,15 +634,7 @@ def _backward_inplace_equals_backward(s: Subject) -> None:
         dxs, grads = s.backward(params, cache, dy.copy())
         _, cache = s.forward(params, s.x(), training)
         dxs2, grads2 = s.backward(params, cache, dy.copy(), "backward_inplace")
-        if len(dxs2) != len(dxs):
-            raise Broken("backward_inplace", f"backward_inplace ({mode}) returned {len(dxs2)} input gradients, "
-                                             f"backward {len(dxs)}")
-        for tname, a, b in zip(s.tensor_names(), dxs2, dxs, strict=True):
-            if not _equal(a, b):
-                text, numbers = _difference(a, b)
-                raise Broken("backward_inplace", f"backward_inplace ({mode}) gives a different {tname} gradient "
-                                                 f"than backward on a copy of dy ({text}); it must equal "
-                                                 f"backward's bit for bit", numbers)
+        _same_input_grads("backward_inplace", mode, dxs2, dxs, s.tensor_names(), "backward on a copy of dy")
         _same_param_grads("backward_inplace", mode, grads2, grads)
 
 
@@ -651,15 +653,7 @@ def _backward_input_equals_backward(s: Subject) -> None:
             raise Broken("backward_input", f"backward_input ({mode}) returned a tuple; it returns the input "
                                            f"gradient alone, not (input gradient, parameter gradients)")
         dxs2 = list(got) if s.multi and isinstance(got, (list, tuple)) else [got]
-        if len(dxs2) != len(dxs):
-            raise Broken("backward_input", f"backward_input ({mode}) returned {len(dxs2)} input gradients, "
-                                           f"backward {len(dxs)}")
-        for tname, a, b in zip(s.tensor_names(), dxs2, dxs, strict=True):
-            if not _equal(a, b):
-                text, numbers = _difference(a, b)
-                raise Broken("backward_input", f"backward_input ({mode}) gives a different {tname} gradient "
-                                               f"than backward ({text}); it must equal backward's bit for bit",
-                             numbers)
+        _same_input_grads("backward_input", mode, dxs2, dxs, s.tensor_names(), "backward")
 
 
 def _fresh_dx(s: Subject) -> None:
