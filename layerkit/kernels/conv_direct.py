@@ -40,9 +40,6 @@ class DirectConvNumpy:
 
     path = "numpy"
 
-    def covers(self, g: Window, c: int, f: int) -> bool:
-        return True
-
     def forward(self, xf: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: Window, f: Flat, y: np.ndarray) -> None:
         m, c = xf.shape[:2]
         filters = w.shape[0]

@@ -10,9 +10,9 @@ Three operations on NCHW batches, with zero padding ``pads`` = (top, bottom, lef
 The reference below is im2col and GEMMs (one per sample, as numpy's batched matmul runs them). The
 compiled twin (:mod:`layerkit.kernels.winograd_numba`) is Winograd's F(2x2, 3x3) algorithm, 2.25x
 fewer multiplies; its transforms add and subtract up to 16 values per product, so it agrees with the
-reference within float32 rounding (:data:`TOLERANCE`), not bit for bit. ``covers`` says which
-convolutions the layer hands it: those where it measured faster than the GEMM (8 channels and 8
-filters or more).
+reference within float32 rounding (:data:`TOLERANCE`), not bit for bit. The compiled twin's
+``covers`` says which convolutions the layer hands it (the layer asks only the compiled path):
+those where it measured faster than the GEMM (8 channels and 8 filters or more).
 """
 
 from __future__ import annotations
@@ -38,10 +38,6 @@ class WinogradNumpy:
     """The reference: im2col and one GEMM per sample."""
 
     path = "numpy"
-
-    def covers(self, c: int, f: int, kh: int, kw: int, stride: Any, dilation: Any, groups: int,
-               pads: tuple[int, int, int, int]) -> bool:
-        return False  # the layer's own GEMM paths are the numpy path
 
     def _cols(self, x: np.ndarray, g: Window) -> np.ndarray:
         n, c = x.shape[:2]

@@ -40,6 +40,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from layerkit.kernels.windows import pair
+
 #: G of F(2x2, 3x3): U = G g G^T maps a 3x3 kernel to its 4x4 transform
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
@@ -71,11 +73,8 @@ def covers(c: int, f: int, kh: int, kw: int, stride: tuple[int, int] | int, dila
     """Whether :func:`forward` computes this convolution and beats im2col on it: a 3x3 kernel, stride 1,
     dilation 1, one group, each pad (top, bottom, left, right) 0 or 1, and at least MIN_CHANNELS input
     channels and filters (the filters are the input gradient's input channels)."""
-    def pair(v: tuple[int, int] | int) -> tuple[int, int]:
-        return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-    return ((kh, kw) == (3, 3) and pair(stride) == (1, 1) and pair(dilation) == (1, 1) and groups == 1
-            and len(pads) == 4 and all(p in (0, 1) for p in pads) and min(c, f) >= MIN_CHANNELS)
+    return ((kh, kw) == (3, 3) and pair(stride, "stride") == (1, 1) and pair(dilation, "dilation") == (1, 1)
+            and groups == 1 and len(pads) == 4 and all(p in (0, 1) for p in pads) and min(c, f) >= MIN_CHANNELS)
 
 
 #: G (x) G: U[4 i + j] = sum over (k, l) of G[i, k] G[j, l] g[k, l], one (16 x 9) @ (9 x F C) product

@@ -336,8 +336,9 @@ def _backward_direct(w: np.ndarray, xf: np.ndarray, hw: tuple[int, int], g: Wind
         flt = flat(gt, g.ho, g.wo)
         dyf = pad_flat(dy, gt, flt)
         dx = _conv_direct(impl, dyf, wt, None, gt, flt)
-        if flt.wf == f.wf:  # as in _backward_wide: the padded dy holds dy on the wide grid, junk columns zero
-            dyw, start = dyf, gt.pad_top * flt.wf + flt.lead
+        offset = _wide_start(gt, flt, f)
+        if offset is not None:
+            dyw, start = dyf, offset
     if need_dw:
         if dyw is None:
             dyw = wide_grad(dy, g, f)
@@ -349,6 +350,14 @@ def _backward_direct(w: np.ndarray, xf: np.ndarray, hw: tuple[int, int], g: Wind
 
         dw = _ordered_sum(work, n, 1, xf.nbytes * g.kh * g.kw, w.shape, dy.dtype)
     return dx, dw
+
+
+def _wide_start(gt: Window, flt: Flat, fl: Flat) -> int | None:
+    """Where ``dy`` on the forward's wide grid starts in each row of the rotated convolution's padded
+    ``dy`` (``gt``, ``flt``), or None when the two grids differ (they never do: W + max pad = Wo + max
+    pad of the rotated window, but it is cheap to check). From its first real pixel the padded dy is
+    dy on the wide grid with zero junk columns: they fall on the next row's leading zeros."""
+    return gt.pad_top * flt.wf + flt.lead if flt.wf == fl.wf else None
 
 
 def _rotated(g: Window, w: np.ndarray, hw: tuple[int, int]) -> tuple[Window, np.ndarray]:
@@ -518,10 +527,8 @@ def _backward_wide(w: np.ndarray, w3: np.ndarray, xf: np.ndarray | None, cols: n
         flt = flat(gt, g.ho, g.wo)
         dyf = pad_flat(dy, gt, flt)
         dx, _ = _conv_wide(dyf, np.ascontiguousarray(wt).reshape(groups, c // groups, -1), gt, flt)
-        if flt.wf == fl.wf:  # always so (W + max pad = Wo + max pad of the rotated window), but cheap to check
-            # the padded dy, read from its first real pixel, is already dy on the wide grid with
-            # zero junk columns (they fall on the next row's leading zeros)
-            start = gt.pad_top * flt.wf + flt.lead
+        start = _wide_start(gt, flt, fl)
+        if start is not None:
             dyw = dyf[:, :, start:start + run]
     else:
         w3t = w3.transpose(0, 2, 1)
@@ -530,10 +537,7 @@ def _backward_wide(w: np.ndarray, w3: np.ndarray, xf: np.ndarray | None, cols: n
     if rotate and not need_dw:
         return dx, None  # dx came from the rotated convolution: nothing left to do
     if dyw is None:
-        # dy on the wide grid with zero junk columns, so they contribute nothing
-        dyw = np.zeros((n, f, g.ho, fl.wf), dtype=dy.dtype)
-        dyw[..., :g.wo] = dy
-        dyw = dyw.reshape(n, f, run)
+        dyw = wide_grad(dy, g, fl)  # zero junk columns, so they contribute nothing
     dyw4 = dyw.reshape(n, groups, fg, run)
     nb = n if cols is not None else chunk_size(c * g.kh * g.kw * run * dy.itemsize, n)
 
