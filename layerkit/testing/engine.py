@@ -273,6 +273,10 @@ class Subject:
         return {k: np.array(v, dtype=dtype, copy=True) for k, v in base.items()}
 
     # -- forward and backward, their results checked for form -------------------------------
+    def output_gradient(self, y: Any) -> np.ndarray:
+        """The checks' standard-normal ``dy`` for the output ``y`` (the same draw every call)."""
+        return np.random.default_rng(self.seed + 3).standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
+
     def forward(self, params: dict, x: Any, training: bool, state: dict | None = None,
                 layer: Any = None) -> tuple[Any, Any]:
         layer = self.layer if layer is None else layer
@@ -460,7 +464,7 @@ def _backward_leaves_dy_unchanged(s: Subject) -> None:
     params = s.params()
     for mode, training in _MODES:
         y, cache = s.forward(params, s.x(), training)
-        dy = np.random.default_rng(s.seed + 3).standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
+        dy = s.output_gradient(y)
         before = dy.copy()
         s.backward(params, cache, dy)
         if not np.array_equal(dy, before):
@@ -596,7 +600,7 @@ def _backward_params_equals_backward(s: Subject) -> None:
     params = s.params()
     for mode, training in _MODES:
         y, cache = s.forward(params, s.x(), training)
-        dy = np.random.default_rng(s.seed + 3).standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
+        dy = s.output_gradient(y)
         before = dy.copy()
         _, grads = s.backward(params, cache, dy)
         _, cache = s.forward(params, s.x(), training)
@@ -630,7 +634,7 @@ def _backward_inplace_equals_backward(s: Subject) -> None:
     params = s.params()
     for mode, training in _MODES:
         y, cache = s.forward(params, s.x(), training)
-        dy = np.random.default_rng(s.seed + 3).standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
+        dy = s.output_gradient(y)
         dxs, grads = s.backward(params, cache, dy.copy())
         _, cache = s.forward(params, s.x(), training)
         dxs2, grads2 = s.backward(params, cache, dy.copy(), "backward_inplace")
@@ -642,7 +646,7 @@ def _backward_input_equals_backward(s: Subject) -> None:
     params = s.params()
     for mode, training in _MODES:
         y, cache = s.forward(params, s.x(), training)
-        dy = np.random.default_rng(s.seed + 3).standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
+        dy = s.output_gradient(y)
         before = dy.copy()
         dxs, _ = s.backward(params, cache, dy.copy())
         _, cache = s.forward(params, s.x(), training)
@@ -664,7 +668,7 @@ def _fresh_dx(s: Subject) -> None:
         for method in methods:
             x = s.x()
             y, cache = s.forward(params, x, training)
-            dy = np.random.default_rng(s.seed + 3).standard_normal(np.shape(y)).astype(np.asarray(y).dtype)
+            dy = s.output_gradient(y)
             if method == "backward_input":
                 got = s.call(method, cast(Any, s.layer).backward_input, params, cache, dy)
                 dxs = list(got) if s.multi and isinstance(got, (list, tuple)) else [got]
